@@ -1,0 +1,62 @@
+# Thin wrappers over the `alexnet` binary. `make help` lists them.
+#
+# Without SRC, `make preprocess` generates the embedded sample dataset under data/ and uses it.
+
+PIPELINE ?= sample
+SAMPLE   ?= data/sample
+SRC      ?=
+OUT      ?= data/shards-$(PIPELINE)
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+
+CARGO ?= cargo
+BIN   := target/release/alexnet
+PIPELINE_FILE := pipelines/$(PIPELINE).toml
+INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
+
+.PHONY: help build demo sample preprocess export test bench bench-pillow clean-data fmt
+
+help:
+	@echo "make demo                 generate sample data, preprocess it, export a few images"
+	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n]"
+	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
+	@echo "make test                 the whole test suite (CPU only)"
+	@echo "make bench                criterion benchmarks + preprocessing vs Pillow"
+
+build:
+	$(CARGO) build --release --locked
+
+$(BIN): build
+
+# The sample dataset is generated once; delete data/ to regenerate it.
+$(SAMPLE)/LOC_synset_mapping.txt: | build
+	$(BIN) sample --out $(SAMPLE)
+
+sample: $(SAMPLE)/LOC_synset_mapping.txt
+
+preprocess: build $(if $(SRC),,sample)
+	$(BIN) preprocess --input $(INPUT) --output $(OUT) --pipeline $(PIPELINE_FILE) --jobs $(JOBS)
+
+export: build
+	$(BIN) export --data $(OUT) --split val --out $(OUT)/export
+
+demo: preprocess
+	$(BIN) export --data $(OUT) --split val --out $(OUT)/export --limit 16
+	@echo "Look at $(OUT)/export/val/*.png: the images as they were stored."
+
+test:
+	$(CARGO) test --locked
+
+bench: build
+	$(CARGO) bench --locked
+	$(MAKE) bench-pillow
+
+# Preprocessing throughput against a Pillow pipeline with torchvision's semantics.
+bench-pillow: build
+	python3 -m pip install --quiet --disable-pip-version-check 'Pillow>=10'
+	python3 benches/preprocess_vs_pillow.py
+
+clean-data:
+	rm -rf data
+
+fmt:
+	$(CARGO) fmt

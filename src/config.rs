@@ -1,0 +1,180 @@
+//! Pipeline configuration: one TOML file per pipeline in `pipelines/`, read by every stage.
+//!
+//! Every field has a default (the paper's setting), unknown keys are rejected so a typo can't
+//! silently fall back to a default, and the resolved configuration is what gets saved next to
+//! each stage's outputs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid pipeline file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid pipeline file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A whole pipeline. Stages read their own section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pipeline {
+    /// Short name, used in reports.
+    pub name: String,
+    pub preprocess: PreprocessConfig,
+}
+
+/// How source images become stored records (see `preprocess`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    /// Side of the stored square images: shorter side resized to this, then centre-cropped.
+    pub image_size: u32,
+    /// Source images per shard file (a shard holds fewer when some of its inputs are rejected).
+    pub shard_images: u32,
+    /// Images larger than this many pixels are rejected before decoding (decompression bombs).
+    pub max_pixels: u64,
+    /// Files larger than this many bytes are rejected without being read.
+    pub max_file_bytes: u64,
+    /// Stop with an error when more than this fraction of a split's inputs are rejected
+    /// (after at least 100 inputs): that points at a systemic problem, not at bad files.
+    pub max_reject_fraction: f64,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self {
+            name: "alexnet".to_string(),
+            preprocess: PreprocessConfig::default(),
+        }
+    }
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 256,
+            // 1024 × 192 KiB ≈ 192 MiB per shard: few enough files for 1.28M images, small
+            // enough that a crash loses little work.
+            shard_images: 1024,
+            // Pillow refuses images over 2 × 89.5 MP; real photos stay far below.
+            max_pixels: 178_956_970,
+            max_file_bytes: 256 << 20,
+            max_reject_fraction: 0.5,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses pipeline TOML; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let pipeline: Pipeline = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        pipeline
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(pipeline)
+    }
+
+    /// The resolved configuration as TOML, for saving next to a stage's outputs.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("pipeline config always serialises")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let p = &self.preprocess;
+        if !(8..=4096).contains(&p.image_size) {
+            return Err(format!(
+                "preprocess.image_size = {} is outside 8..=4096",
+                p.image_size
+            ));
+        }
+        if p.shard_images == 0 {
+            return Err("preprocess.shard_images must be at least 1".into());
+        }
+        if p.max_pixels == 0 || p.max_file_bytes == 0 {
+            return Err("preprocess.max_pixels and max_file_bytes must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&p.max_reject_fraction) {
+            return Err(format!(
+                "preprocess.max_reject_fraction = {} is outside 0..=1",
+                p.max_reject_fraction
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Pipeline, ConfigError> {
+        Pipeline::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_papers_settings() {
+        let p = parse("").unwrap();
+        assert_eq!(p, Pipeline::default());
+        assert_eq!(p.preprocess.image_size, 256);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("[preprocess]\nimage_sise = 128\n").unwrap_err();
+        assert!(format!("{err:#}").contains("test.toml"), "{err}");
+        let chain = format!("{:?}", err);
+        assert!(chain.contains("image_sise"), "{chain}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = parse("[preprocess]\nimage_size = 2\n").unwrap_err();
+        assert!(err.to_string().contains("preprocess.image_size"), "{err}");
+        let err = parse("[preprocess]\nshard_images = 0\n").unwrap_err();
+        assert!(err.to_string().contains("shard_images"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let mut p = Pipeline::default();
+        p.preprocess.image_size = 96;
+        let again = parse(&p.to_toml()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn shipped_pipelines_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let alexnet = Pipeline::load(&root.join("alexnet.toml")).unwrap();
+        assert_eq!(alexnet.preprocess, PreprocessConfig::default());
+        let sample = Pipeline::load(&root.join("sample.toml")).unwrap();
+        assert!(sample.preprocess.image_size < 256);
+    }
+}

@@ -1,0 +1,9 @@
+//! ImageNet preprocessing, AlexNet training and evaluation.
+//!
+//! One module per pipeline stage; `main.rs` only parses arguments and dispatches.
+
+pub mod config;
+pub mod export;
+pub mod preprocess;
+pub mod sample;
+pub mod shards;

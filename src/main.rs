@@ -1,0 +1,198 @@
+//! The `alexnet` command: parses arguments and hands each subcommand to its library module.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use alexnet::config::Pipeline;
+use alexnet::preprocess::{self, PreprocessOptions};
+use alexnet::sample::{self, SampleOptions, ValLayout};
+use alexnet::shards::Split;
+
+#[derive(Parser)]
+#[command(
+    name = "alexnet",
+    version,
+    about = "ImageNet → 256×256 shards → AlexNet, the 2012 recipe in Rust",
+    long_about = "ImageNet → 256×256 shards → AlexNet, the 2012 recipe in Rust.\n\n\
+        Typical use: `alexnet preprocess --input /data/imagenet --output /data/shards`.\n\
+        Try it on generated data: `alexnet sample --out data/sample` first."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a small synthetic dataset in ImageNet's layout (for demos and tests).
+    Sample(SampleArgs),
+    /// Decode, resize and centre-crop an ImageNet-style folder into shards.
+    Preprocess(PreprocessArgs),
+    /// Write the stored images of one split back out as PNG files, with index.csv.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Directory to create (must be empty or absent).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of classes.
+    #[arg(long, default_value_t = SampleOptions::default().classes)]
+    classes: usize,
+    /// Training images per class.
+    #[arg(long, default_value_t = SampleOptions::default().train_per_class)]
+    train_per_class: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = SampleOptions::default().val_per_class)]
+    val_per_class: usize,
+    /// Smallest shorter side, in pixels.
+    #[arg(long, default_value_t = SampleOptions::default().min_side)]
+    min_side: u32,
+    /// Largest shorter side, in pixels.
+    #[arg(long, default_value_t = SampleOptions::default().max_side)]
+    max_side: u32,
+    /// Random seed: the same seed gives byte-identical files.
+    #[arg(long, default_value_t = SampleOptions::default().seed)]
+    seed: u64,
+    /// Put validation images in val/<wnid>/ folders instead of a flat val/ with LOC_val_solution.csv.
+    #[arg(long)]
+    val_folders: bool,
+    /// Leave out the broken and unusual files (CMYK, PNG named .JPEG, truncated, empty, ...).
+    #[arg(long)]
+    no_edge_cases: bool,
+}
+
+#[derive(clap::Args)]
+struct PreprocessArgs {
+    /// ImageNet-style input: train/<wnid>/*.JPEG and val/ (flat with LOC_val_solution.csv, or val/<wnid>/).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output directory for shards; an interrupted run resumes when given the same one.
+    #[arg(long)]
+    output: PathBuf,
+    /// Pipeline file (TOML); without it, the paper's settings (256×256).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// LOC_val_solution.csv, when it is not in the input directory or up to three levels above.
+    #[arg(long)]
+    val_labels: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Shard directory written by `alexnet preprocess`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split to export.
+    #[arg(long, value_parser = ["train", "val"])]
+    split: String,
+    /// Directory to write <split>/<index>.png and <split>/index.csv into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Export only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(args) => run_sample(args),
+        Command::Preprocess(args) => run_preprocess(args),
+        Command::Export(args) => run_export(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_pipeline(path: Option<&Path>) -> Result<Pipeline> {
+    match path {
+        Some(path) => Ok(Pipeline::load(path)?),
+        None => Ok(Pipeline::default()),
+    }
+}
+
+fn run_sample(args: SampleArgs) -> Result<()> {
+    let options = SampleOptions {
+        classes: args.classes,
+        train_per_class: args.train_per_class,
+        val_per_class: args.val_per_class,
+        min_side: args.min_side,
+        max_side: args.max_side,
+        seed: args.seed,
+        val_layout: if args.val_folders {
+            ValLayout::Folders
+        } else {
+            ValLayout::Flat
+        },
+        edge_cases: !args.no_edge_cases,
+    };
+    let started = Instant::now();
+    let summary = sample::generate(&args.out, &options)
+        .with_context(|| format!("generating sample data in {}", args.out.display()))?;
+    println!(
+        "wrote {} classes, {} train and {} val files ({:.1} MiB) to {} in {:.1}s",
+        summary.classes,
+        summary.train_files,
+        summary.val_files,
+        summary.bytes as f64 / (1 << 20) as f64,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    for edge in &summary.edge_cases {
+        println!("  edge case {:<14} {}", edge.kind.name(), edge.path);
+    }
+    Ok(())
+}
+
+fn run_preprocess(args: PreprocessArgs) -> Result<()> {
+    let pipeline = load_pipeline(args.pipeline.as_deref())?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
+    let options = PreprocessOptions {
+        input: args.input,
+        output: args.output,
+        jobs,
+        val_labels: args.val_labels,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let size = pipeline.preprocess.image_size;
+    eprintln!(
+        "preprocessing {} → {} ({} pipeline, {size}×{size}, {jobs} jobs)",
+        options.input.display(),
+        options.output.display(),
+        pipeline.name,
+    );
+    let summary = preprocess::run(&pipeline, &options).with_context(|| {
+        format!(
+            "preprocessing {} into {}",
+            options.input.display(),
+            options.output.display()
+        )
+    })?;
+    print!("{summary}");
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let split: Split = args.split.parse().map_err(anyhow::Error::msg)?;
+    let n = alexnet::export::export(&args.data, split, &args.out, args.limit)
+        .with_context(|| format!("exporting {split} from {}", args.data.display()))?;
+    println!(
+        "wrote {n} PNG files and index.csv to {}",
+        args.out.join(split.name()).display()
+    );
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! Turning a source file into RGB pixels, or a reason why not.
+//!
+//! Formats are recognised by content, never by extension (ImageNet has a PNG named `.JPEG`).
+//! Dimensions are read from the header and checked before any pixel buffer is allocated, and
+//! a JPEG whose entropy-coded data ends before its end-of-image marker is called truncated:
+//! decoders in lenient mode return such files grey-filled without an error.
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+/// Why an input was not stored. The short names are what `rejects.parquet` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The file could not be read (permissions, I/O error).
+    Unreadable,
+    /// Zero bytes.
+    Empty,
+    /// Bigger than the configured file-size cap.
+    FileTooLarge,
+    /// Not an image format this build decodes.
+    Unsupported,
+    /// Width × height over the configured pixel cap, or a zero dimension.
+    BadDimensions,
+    /// The data ends before the image does.
+    Truncated,
+    /// The decoder refused the data.
+    Corrupt,
+}
+
+impl RejectReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::Empty => "empty",
+            RejectReason::FileTooLarge => "file_too_large",
+            RejectReason::Unsupported => "unsupported_format",
+            RejectReason::BadDimensions => "bad_dimensions",
+            RejectReason::Truncated => "truncated",
+            RejectReason::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// An input that cannot become a training image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Caps that protect the process from hostile files.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+    pub max_file_bytes: u64,
+}
+
+/// A decoded source image, converted to 8-bit RGB.
+#[derive(Debug)]
+pub struct Decoded {
+    pub image: RgbImage,
+    /// Format found in the bytes: `jpeg`, `png`, ...
+    pub format: &'static str,
+}
+
+/// Reads and decodes one file.
+pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<Decoded, Rejection> {
+    let unreadable = |e: std::io::Error| Rejection::new(RejectReason::Unreadable, e.to_string());
+    let len = std::fs::metadata(path).map_err(unreadable)?.len();
+    if len > limits.max_file_bytes {
+        return Err(Rejection::new(
+            RejectReason::FileTooLarge,
+            format!("{len} bytes, over the limit of {}", limits.max_file_bytes),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    decode_bytes(&bytes, limits)
+}
+
+/// Decodes an image held in memory. Never panics: a decoder panic becomes a rejection.
+pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, Rejection> {
+    if bytes.is_empty() {
+        return Err(Rejection::new(RejectReason::Empty, "the file is empty"));
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        Rejection::new(
+            RejectReason::Unsupported,
+            format!("not a recognised image (starts with {})", hex_prefix(bytes)),
+        )
+    })?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_structure(bytes)?;
+    }
+    catch_unwind(AssertUnwindSafe(|| decode_known(bytes, format, limits))).unwrap_or_else(|_| {
+        Err(Rejection::new(
+            RejectReason::Corrupt,
+            "the decoder panicked on this file",
+        ))
+    })
+}
+
+fn decode_known(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<Decoded, Rejection> {
+    let corrupt = |e: image::ImageError| classify_decode_error(&e);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decoder_limits = Limits::default();
+    // Enough for the largest allowed image at 16 bits per channel with alpha, plus slack.
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(decoder_limits);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 || width as u64 * height as u64 > limits.max_pixels {
+        return Err(Rejection::new(
+            RejectReason::BadDimensions,
+            format!(
+                "{width}x{height} pixels (limit {} pixels)",
+                limits.max_pixels
+            ),
+        ));
+    }
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    Ok(Decoded {
+        image: to_rgb8(image),
+        format: format_name(format),
+    })
+}
+
+/// 8-bit RGB: grey is replicated, alpha dropped (as Pillow's `convert("RGB")`), 16-bit scaled.
+fn to_rgb8(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.into_rgb8(),
+    }
+}
+
+fn classify_decode_error(e: &image::ImageError) -> Rejection {
+    use image::ImageError as E;
+    let detail = e.to_string();
+    let reason = match e {
+        E::Unsupported(_) => RejectReason::Unsupported,
+        E::Limits(_) => RejectReason::BadDimensions,
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => RejectReason::Truncated,
+        _ if detail.to_ascii_lowercase().contains("eof")
+            || detail.to_ascii_lowercase().contains("end of file")
+            || detail.to_ascii_lowercase().contains("truncated")
+            || detail.to_ascii_lowercase().contains("no more bytes") =>
+        {
+            RejectReason::Truncated
+        }
+        _ => RejectReason::Corrupt,
+    };
+    Rejection::new(reason, detail)
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    format
+        .extensions_str()
+        .first()
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Walks a JPEG's marker structure and checks that the entropy-coded data is followed by an
+/// end-of-image marker. Segment lengths are followed, so thumbnails embedded in EXIF data
+/// (which carry their own EOI) don't count.
+pub fn check_jpeg_structure(bytes: &[u8]) -> Result<(), Rejection> {
+    let truncated = |what: &str| Rejection::new(RejectReason::Truncated, what.to_string());
+    let corrupt = |what: &str| Rejection::new(RejectReason::Corrupt, what.to_string());
+    if bytes.len() < 4 || bytes[0..2] != [0xFF, 0xD8] {
+        return Err(corrupt("no JPEG start-of-image marker"));
+    }
+    let mut pos = 2;
+    let mut seen_scan = false;
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while pos < bytes.len() && bytes[pos] == 0xFF && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if pos + 1 >= bytes.len() {
+            return Err(truncated("the file ends before the end-of-image marker"));
+        }
+        if bytes[pos] != 0xFF {
+            return Err(corrupt(&format!("expected a marker at byte {pos}")));
+        }
+        let marker = bytes[pos + 1];
+        pos += 2;
+        match marker {
+            0xD9 if seen_scan => return Ok(()),
+            0xD9 => return Err(corrupt("end-of-image marker before any image data")),
+            // Standalone markers without a length.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(pos..pos + 2) else {
+            return Err(truncated("the file ends inside a marker segment"));
+        };
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        if len < 2 {
+            return Err(corrupt(&format!("bad segment length at byte {pos}")));
+        }
+        pos += len;
+        if pos > bytes.len() {
+            return Err(truncated("the file ends inside a marker segment"));
+        }
+        if marker == 0xDA {
+            seen_scan = true;
+            pos = skip_entropy_coded_data(bytes, pos)
+                .ok_or_else(|| truncated("the file ends inside the image data"))?;
+        }
+    }
+}
+
+/// Position of the first marker after entropy-coded data starting at `pos`: a 0xFF followed
+/// by anything but a stuffed zero or a restart marker. `None` if the data runs off the end.
+fn skip_entropy_coded_data(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let ff = pos + bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        match bytes.get(ff + 1)? {
+            0x00 | 0xD0..=0xD7 | 0xFF => pos = ff + 1,
+            _ => return Some(ff),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, ImageEncoder, Rgb};
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_pixels: 50_000_000,
+        max_file_bytes: 1 << 30,
+    };
+
+    fn photo(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            Rgb([
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                (((x / 9) + (y / 9)) % 2 * 180) as u8,
+            ])
+        })
+    }
+
+    fn jpeg(img: &RgbImage, progressive: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+        enc.set_progressive(progressive);
+        enc.encode(
+            img.as_raw(),
+            img.width() as u16,
+            img.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .unwrap();
+        out
+    }
+
+    fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y) as f64)
+            .sum::<f64>()
+            / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn baseline_and_progressive_jpegs_decode() {
+        let img = photo(120, 80);
+        for progressive in [false, true] {
+            let d = decode_bytes(&jpeg(&img, progressive), &LIMITS).unwrap();
+            assert_eq!(d.format, "jpg");
+            assert!(
+                mean_abs_diff(&d.image, &img) < 4.0,
+                "progressive={progressive}"
+            );
+        }
+    }
+
+    #[test]
+    fn grayscale_is_replicated_to_rgb() {
+        let grey = GrayImage::from_fn(64, 48, |x, _| image::Luma([(x * 4) as u8]));
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 95)
+            .encode(grey.as_raw(), 64, 48, jpeg_encoder::ColorType::Luma)
+            .unwrap();
+        let d = decode_bytes(&bytes, &LIMITS).unwrap();
+        assert!(d.image.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+        assert!(d.image.get_pixel(60, 10)[0] > 200);
+    }
+
+    #[test]
+    fn adobe_cmyk_jpeg_becomes_the_right_rgb() {
+        // Pure CMY inks with no black: R = 255 - C, and so on, after Adobe's inversion.
+        let img = photo(64, 64);
+        let cmyk: Vec<u8> = img
+            .pixels()
+            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+            .collect();
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 95)
+            .encode(&cmyk, 64, 64, jpeg_encoder::ColorType::Cmyk)
+            .unwrap();
+        let d = decode_bytes(&bytes, &LIMITS).unwrap();
+        assert!(mean_abs_diff(&d.image, &img) < 4.0);
+    }
+
+    #[test]
+    fn png_named_jpeg_is_decoded_as_png() {
+        let img = photo(40, 30);
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(img.as_raw(), 40, 30, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let d = decode_bytes(&bytes, &LIMITS).unwrap();
+        assert_eq!(d.format, "png");
+        assert_eq!(d.image, img);
+    }
+
+    #[test]
+    fn sixteen_bit_and_alpha_become_8_bit_rgb() {
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(8, 8, |x, _| {
+            image::Rgba([(x as u16) * 8000, 65535, 0, 1234])
+        });
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(
+                bytemuck_u16(img.as_raw()).as_slice(),
+                8,
+                8,
+                image::ExtendedColorType::Rgba16,
+            )
+            .unwrap();
+        let d = decode_bytes(&bytes, &LIMITS).unwrap();
+        assert_eq!(d.image.get_pixel(0, 0), &Rgb([0, 255, 0]));
+        assert_eq!(
+            d.image.get_pixel(4, 3)[0],
+            (32000.0f64 / 257.0).round() as u8
+        );
+    }
+
+    /// PNG stores 16-bit samples big-endian; the encoder takes native-endian bytes.
+    fn bytemuck_u16(v: &[u16]) -> Vec<u8> {
+        v.iter().flat_map(|s| s.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn truncated_jpeg_is_rejected_not_grey_filled() {
+        let bytes = jpeg(&photo(400, 300), false);
+        for keep in [bytes.len() / 3, bytes.len() / 2, bytes.len() - 2] {
+            let err = decode_bytes(&bytes[..keep], &LIMITS).unwrap_err();
+            assert_eq!(err.reason, RejectReason::Truncated, "kept {keep}: {err:?}");
+        }
+        let progressive = jpeg(&photo(400, 300), true);
+        let err = decode_bytes(&progressive[..progressive.len() / 2], &LIMITS).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Truncated);
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_image_are_fine() {
+        let mut bytes = jpeg(&photo(50, 50), false);
+        bytes.extend_from_slice(b"trailing junk \xFF\xD8 written by some camera");
+        decode_bytes(&bytes, &LIMITS).unwrap();
+    }
+
+    #[test]
+    fn exif_thumbnail_eoi_does_not_hide_truncation() {
+        let full = jpeg(&photo(200, 200), false);
+        let thumb = jpeg(&photo(16, 16), false);
+        // Insert an APP1 segment carrying a complete JPEG (with its own EOI) after SOI.
+        let mut app1 = vec![0xFF, 0xE1];
+        app1.extend_from_slice(&((thumb.len() + 2) as u16).to_be_bytes());
+        app1.extend_from_slice(&thumb);
+        let mut bytes = full[..2].to_vec();
+        bytes.extend_from_slice(&app1);
+        bytes.extend_from_slice(&full[2..]);
+        decode_bytes(&bytes, &LIMITS).unwrap();
+        let cut = bytes.len() - full.len() / 2;
+        let err = decode_bytes(&bytes[..cut], &LIMITS).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Truncated);
+    }
+
+    #[test]
+    fn empty_garbage_and_text_are_rejected_with_reasons() {
+        assert_eq!(
+            decode_bytes(b"", &LIMITS).unwrap_err().reason,
+            RejectReason::Empty
+        );
+        let err = decode_bytes(b"hello, this is not an image", &LIMITS).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Unsupported);
+        assert!(err.detail.contains("68 65 6c"), "{}", err.detail);
+        // A JPEG header followed by noise.
+        let mut bytes = jpeg(&photo(64, 64), false);
+        let n = bytes.len();
+        for (i, b) in bytes[200..n - 2].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(151).wrapping_add(7) | 1;
+        }
+        // Whatever the decoder makes of it, it must not panic or crash the process.
+        let _ = decode_bytes(&bytes, &LIMITS);
+    }
+
+    #[test]
+    fn oversized_dimensions_are_refused_before_decoding() {
+        // A PNG header claiming 100000 × 100000 pixels, with no data behind it.
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(&[0u8; 3], 1, 1, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let err = decode_bytes(&bytes, &LIMITS).unwrap_err();
+        assert!(
+            matches!(
+                err.reason,
+                RejectReason::BadDimensions | RejectReason::Corrupt
+            ),
+            "{err:?}"
+        );
+        // A JPEG whose SOF claims 60000 × 60000.
+        let mut jpg = jpeg(&photo(16, 16), false);
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+        jpg[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+        let err = decode_bytes(&jpg, &LIMITS).unwrap_err();
+        assert!(
+            matches!(
+                err.reason,
+                RejectReason::BadDimensions | RejectReason::Corrupt
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn files_over_the_size_cap_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.JPEG");
+        std::fs::write(&path, jpeg(&photo(64, 64), false)).unwrap();
+        let limits = DecodeLimits {
+            max_file_bytes: 100,
+            ..LIMITS
+        };
+        let err = decode_file(&path, &limits).unwrap_err();
+        assert_eq!(err.reason, RejectReason::FileTooLarge);
+        let err = decode_file(&dir.path().join("missing.JPEG"), &LIMITS).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Unreadable);
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers for tests that run the real `alexnet` binary on generated data.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_alexnet"))
+}
+
+/// Runs the binary and returns its output, whatever the exit status.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("running alexnet")
+}
+
+/// Runs the binary and fails the test, printing both streams, unless it succeeds.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "alexnet {} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the binary, expects failure, and returns stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "alexnet {} should have failed\n--- stdout\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A small sample dataset (with every edge case) generated into `dir/src`.
+pub fn small_sample(dir: &Path, extra: &[&str]) -> PathBuf {
+    let src = dir.join("src");
+    let mut args = vec![
+        "sample",
+        "--out",
+        s(&src),
+        "--classes",
+        "4",
+        "--train-per-class",
+        "10",
+        "--val-per-class",
+        "3",
+        "--max-side",
+        "400",
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+    src
+}
+
+/// Every file under `root`, by relative path, with its bytes.
+pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two directory trees hold the same files with the same bytes, naming the first
+/// difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    let names_a: Vec<_> = ta.keys().collect();
+    let names_b: Vec<_> = tb.keys().collect();
+    assert_eq!(names_a, names_b, "file lists differ");
+    for (name, bytes) in &ta {
+        assert!(
+            bytes == &tb[name],
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
