@@ -23,10 +23,10 @@ SIZE = 256
 DATASETS = {
     # The default sample: shorter sides 64-800 px, with every edge case.
     "sample": [],
-    # Large photos: shorter sides 2000-4000 px (longer sides up to 3x that, capped by the
-    # generator), no edge cases.
+    # Large photos: shorter sides 2000-3000 px, longer sides mostly up to ~6000 (the generator
+    # pins one 3:1 image), no edge cases.
     "large": ["--classes", "4", "--train-per-class", "6", "--val-per-class", "2",
-              "--min-side", "2000", "--max-side", "4000", "--no-edge-cases"],
+              "--min-side", "2000", "--max-side", "3000", "--no-edge-cases"],
 }
 
 
