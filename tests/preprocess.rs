@@ -92,10 +92,23 @@ fn sample_data_is_preprocessed_with_rejects_reported() {
         }
     }
 
-    // The mean image has the stored size and plausible values.
+    // The mean image is the mean of the stored training records (and of nothing else).
     let (shape, mean) = read_npy_f32(&out.join("mean.npy")).unwrap();
     assert_eq!(shape, [128, 128, 3]);
-    assert!(mean.iter().all(|v| (0.0..=255.0).contains(v)));
+    let mut sums = vec![0u64; 128 * 128 * 3];
+    for i in 0..reader.len() {
+        for (sum, &v) in sums.iter_mut().zip(reader.record(i)) {
+            *sum += v as u64;
+        }
+    }
+    let expected: Vec<f32> = sums
+        .iter()
+        .map(|&s| (s as f64 / reader.len() as f64) as f32)
+        .collect();
+    assert!(
+        mean == expected,
+        "mean.npy is not the mean of the training records"
+    );
     let avg: f64 = mean.iter().map(|&v| v as f64).sum::<f64>() / mean.len() as f64;
     let channel_avg: f64 = manifest.mean.channel_mean.iter().sum::<f64>() / 3.0;
     assert!((avg - channel_avg).abs() < 1e-3, "{avg} vs {channel_avg}");

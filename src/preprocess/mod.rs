@@ -333,6 +333,92 @@ struct OpenShard {
     rejects: Vec<Reject>,
 }
 
+/// Receives one split's prepared images in input order and turns them into shards.
+struct SplitWriter<'a> {
+    config: &'a PreprocessConfig,
+    output: &'a Path,
+    source: &'a SourceDataset,
+    split: Split,
+    /// Training images feed the mean image; validation images don't.
+    mean: Option<&'a mut MeanAccumulator>,
+    open: Option<OpenShard>,
+    receipts: Vec<Option<ShardReceipt>>,
+    seen: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    bytes_written: u64,
+}
+
+impl SplitWriter<'_> {
+    /// Stores (or records the rejection of) input `i`, which belongs to the shard of `plan`.
+    fn accept(
+        &mut self,
+        plan: ShardPlan,
+        i: usize,
+        result: Result<Prepared, Rejection>,
+    ) -> Result<(), PreprocessError> {
+        let input = &self.source.split(self.split)[i];
+        let shard = match &mut self.open {
+            Some(shard) => shard,
+            None => self.open.insert(self.start_shard(plan)?),
+        };
+        match result {
+            Ok(prepared) => {
+                if let Some(mean) = self.mean.as_deref_mut() {
+                    mean.add(&prepared.pixels);
+                }
+                shard.writer.push(&prepared.pixels)?;
+                shard.rows.push(IndexRow {
+                    label: input.label,
+                    wnid: self.source.classes[input.label as usize].wnid.clone(),
+                    source_path: input.rel.clone(),
+                    orig_width: prepared.orig_width,
+                    orig_height: prepared.orig_height,
+                    source_format: prepared.format.to_string(),
+                    checksum: shards::record_checksum(&prepared.pixels),
+                });
+            }
+            Err(rejection) => {
+                *self.rejected.entry(rejection.reason.name()).or_default() += 1;
+                shard.rejects.push(Reject {
+                    source_path: input.rel.clone(),
+                    reason: rejection.reason.name().to_string(),
+                    detail: rejection.detail,
+                });
+            }
+        }
+        self.seen += 1;
+        check_reject_rate(
+            self.split,
+            self.seen,
+            &self.rejected,
+            self.config.max_reject_fraction,
+        )?;
+        if i + 1 == plan.first_input + plan.inputs {
+            self.finish_shard()?;
+        }
+        Ok(())
+    }
+
+    fn start_shard(&self, plan: ShardPlan) -> Result<OpenShard, PreprocessError> {
+        let path = ShardPaths::new(self.output, self.split, plan.shard as usize).records;
+        Ok(OpenShard {
+            plan,
+            writer: ShardWriter::create(&path, plan.shard, self.config.image_size)?,
+            rows: Vec::with_capacity(plan.inputs),
+            rejects: Vec::new(),
+        })
+    }
+
+    fn finish_shard(&mut self) -> Result<(), PreprocessError> {
+        let shard = self.open.take().expect("a shard is open");
+        let number = shard.plan.shard;
+        let receipt = close_shard(self.output, self.split, shard)?;
+        self.bytes_written += shard_bytes(self.output, self.split, number)?;
+        self.receipts[number as usize] = Some(receipt);
+        Ok(())
+    }
+}
+
 fn process_split(
     config: &PreprocessConfig,
     opts: &PreprocessOptions,
@@ -343,27 +429,20 @@ fn process_split(
     let started = Instant::now();
     let inputs = source.split(split);
     let plans = plan_shards(inputs.len(), config.shard_images);
-    let mut summary = SplitSummary {
-        split: Some(split),
-        inputs: inputs.len() as u64,
-        shards: plans.len() as u64,
-        ..SplitSummary::default()
-    };
+    let mut mean = (split == Split::Train).then_some(mean);
 
     // Shards finished by an earlier run are verified and reused; the rest are (re)done.
-    let mut receipts: Vec<Option<ShardReceipt>> = Vec::with_capacity(plans.len());
+    let mut receipts = Vec::with_capacity(plans.len());
     let mut todo = Vec::new();
     for plan in &plans {
         let paths = ShardPaths::new(&opts.output, split, plan.shard as usize);
-        match reuse_shard(&paths, split, plan, config.image_size, mean)? {
-            Some(receipt) => receipts.push(Some(receipt)),
-            None => {
-                receipts.push(None);
-                todo.push(*plan);
-            }
+        let reused = reuse_shard(&paths, split, plan, config.image_size, mean.as_deref_mut())?;
+        if reused.is_none() {
+            todo.push(*plan);
         }
+        receipts.push(reused);
     }
-    summary.reused_shards = (plans.len() - todo.len()) as u64;
+    let reused_shards = (plans.len() - todo.len()) as u64;
 
     let work: Vec<(ShardPlan, usize)> = todo
         .iter()
@@ -381,79 +460,53 @@ fn process_split(
         max_pixels: config.max_pixels,
         max_file_bytes: config.max_file_bytes,
     };
-    let window = 4 * opts.jobs.max(1) + 16;
-    let mut open: Option<OpenShard> = None;
-    let mut seen = 0u64;
-    let mut rejected_here: BTreeMap<&'static str, u64> = BTreeMap::new();
-
+    let mut writer = SplitWriter {
+        config,
+        output: &opts.output,
+        source,
+        split,
+        mean,
+        open: None,
+        receipts,
+        seen: 0,
+        rejected: BTreeMap::new(),
+        bytes_written: 0,
+    };
     ordered::ordered_map(
         work.len(),
         opts.jobs,
-        window,
+        4 * opts.jobs.max(1) + 16,
         || CenterCropResizer::new(config.image_size),
         |resizer, k| prepare(resizer, &inputs[work[k].1], &limits),
-        |k, result| -> Result<(), PreprocessError> {
-            let (plan, i) = work[k];
-            let input = &inputs[i];
-            if open.is_none() {
-                let path = ShardPaths::new(&opts.output, split, plan.shard as usize).records;
-                open = Some(OpenShard {
-                    plan,
-                    writer: ShardWriter::create(&path, plan.shard, config.image_size)?,
-                    rows: Vec::with_capacity(plan.inputs),
-                    rejects: Vec::new(),
-                });
-            }
-            let shard = open.as_mut().expect("opened above");
-            match result {
-                Ok(prepared) => {
-                    mean.add(&prepared.pixels);
-                    shard.writer.push(&prepared.pixels)?;
-                    shard.rows.push(IndexRow {
-                        label: input.label,
-                        wnid: source.classes[input.label as usize].wnid.clone(),
-                        source_path: input.rel.clone(),
-                        orig_width: prepared.orig_width,
-                        orig_height: prepared.orig_height,
-                        source_format: prepared.format.to_string(),
-                        checksum: shards::record_checksum(&prepared.pixels),
-                    });
-                }
-                Err(rejection) => {
-                    *rejected_here.entry(rejection.reason.name()).or_default() += 1;
-                    shard.rejects.push(Reject {
-                        source_path: input.rel.clone(),
-                        reason: rejection.reason.name().to_string(),
-                        detail: rejection.detail,
-                    });
-                }
-            }
-            seen += 1;
+        |k, result| {
             progress.inc(1);
-            check_reject_rate(split, seen, &rejected_here, config.max_reject_fraction)?;
-            if i + 1 == plan.first_input + plan.inputs {
-                let done = open.take().expect("open shard");
-                let receipt = close_shard(&opts.output, split, done)?;
-                summary.bytes_written += shard_bytes(&opts.output, split, plan.shard)?;
-                receipts[plan.shard as usize] = Some(receipt);
-            }
-            Ok(())
+            let (plan, i) = work[k];
+            writer.accept(plan, i, result)
         },
     )?;
     progress.finish_and_clear();
 
-    let receipts: Vec<ShardReceipt> = receipts
+    let receipts: Vec<ShardReceipt> = writer
+        .receipts
         .into_iter()
         .map(|r| r.expect("every shard is reused or written"))
         .collect();
+    let mut summary = SplitSummary {
+        split: Some(split),
+        inputs: inputs.len() as u64,
+        shards: plans.len() as u64,
+        reused_shards,
+        processed: writer.seen,
+        bytes_written: writer.bytes_written,
+        elapsed: started.elapsed(),
+        ..SplitSummary::default()
+    };
     for receipt in &receipts {
         summary.stored += receipt.records;
         for reject in &receipt.rejects {
             *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
         }
     }
-    summary.processed = seen;
-    summary.elapsed = started.elapsed();
     Ok((summary, receipts))
 }
 
@@ -521,14 +574,14 @@ fn shard_bytes(output: &Path, split: Split, shard: u32) -> Result<u64, Preproces
 }
 
 /// A shard from an earlier run is reused only if its receipt matches the plan and its files
-/// pass every check, records against their checksums included. Its pixels are added to the
-/// mean, so the result equals an uninterrupted run.
+/// pass every check, records against their checksums included. Its pixels are added to `mean`
+/// (training shards), so the result equals an uninterrupted run.
 fn reuse_shard(
     paths: &ShardPaths,
     split: Split,
     plan: &ShardPlan,
     image_size: u32,
-    mean: &mut MeanAccumulator,
+    mean: Option<&mut MeanAccumulator>,
 ) -> Result<Option<ShardReceipt>, PreprocessError> {
     let Ok(receipt) = ShardReceipt::read(&paths.done) else {
         return Ok(None);
@@ -561,7 +614,7 @@ fn reuse_shard(
     {
         return Ok(None);
     }
-    if split == Split::Train {
+    if let Some(mean) = mean {
         for i in 0..shard.len() {
             mean.add(shard.record(i));
         }
