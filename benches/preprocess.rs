@@ -1,15 +1,20 @@
 //! Per-image cost of the preprocessing steps: decode, resize + centre crop, and the two
-//! together, for a typical ImageNet photo (500×375) and a large camera photo (4000×3000).
+//! together (with and without shrink-on-load), for a typical ImageNet photo (500×375) and a large camera photo (4000×3000).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use image::{Rgb, RgbImage};
 
-use alexnet::preprocess::decode::{decode_bytes, DecodeLimits};
+use alexnet::preprocess::decode::{decode_bytes, DecodeOptions, SHRINK_MARGIN};
 use alexnet::preprocess::resize::CenterCropResizer;
 
-const LIMITS: DecodeLimits = DecodeLimits {
+const FULL: DecodeOptions = DecodeOptions {
     max_pixels: 178_956_970,
     max_file_bytes: 1 << 30,
+    shrink_floor: None,
+};
+const SHRINK: DecodeOptions = DecodeOptions {
+    shrink_floor: Some(SHRINK_MARGIN * 256),
+    ..FULL
 };
 
 /// A photo-like image: smooth gradients, edges and fine noise, so JPEG sizes are realistic.
@@ -53,7 +58,7 @@ fn bench(c: &mut Criterion) {
             group.sample_size(10);
         }
         group.bench_with_input(BenchmarkId::new("decode", &label), &bytes, |b, bytes| {
-            b.iter(|| decode_bytes(bytes, &LIMITS).unwrap())
+            b.iter(|| decode_bytes(bytes, &FULL).unwrap())
         });
         let mut resizer = CenterCropResizer::new(256);
         let mut out = vec![0u8; 256 * 256 * 3];
@@ -62,16 +67,20 @@ fn bench(c: &mut Criterion) {
             &img,
             |b, img| b.iter(|| resizer.resize_into(img, &mut out)),
         );
-        group.bench_with_input(
-            BenchmarkId::new("decode_resize_crop_256", &label),
-            &bytes,
-            |b, bytes| {
+        // The whole per-image path, with and without shrink-on-load (which only applies to
+        // images whose shorter side is at least 8 × 256).
+        for (name, options) in [
+            ("decode_resize_crop_256", FULL),
+            ("shrink_decode_resize_crop_256", SHRINK),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, &label), &bytes, |b, bytes| {
                 b.iter(|| {
-                    let decoded = decode_bytes(bytes, &LIMITS).unwrap();
-                    resizer.resize_into(&decoded.image, &mut out);
+                    let d = decode_bytes(bytes, &options).unwrap();
+                    let source = (d.source_width, d.source_height);
+                    resizer.resize_shrunk_into(&d.image, source, d.shrink, &mut out);
                 })
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

@@ -26,7 +26,7 @@ use crate::shards::{
     ShardReceipt, ShardWriter, Split, SplitManifest, CHANNELS, FORMAT_VERSION, MANIFEST_FILE,
     MEAN_FILE, PLAN_FILE, REJECTS_FILE,
 };
-use decode::{DecodeLimits, Rejection};
+use decode::{DecodeOptions, Rejection, SHRINK_MARGIN};
 use ingest::{IngestError, SourceDataset, SourceImage};
 use resize::CenterCropResizer;
 
@@ -118,6 +118,7 @@ struct Plan {
     shard_images: u32,
     max_pixels: u64,
     max_file_bytes: u64,
+    jpeg_shrink_on_load: bool,
     classes: u64,
     splits: BTreeMap<Split, PlanSplit>,
 }
@@ -151,6 +152,7 @@ impl Plan {
             shard_images: config.shard_images,
             max_pixels: config.max_pixels,
             max_file_bytes: config.max_file_bytes,
+            jpeg_shrink_on_load: config.jpeg_shrink_on_load,
             classes: source.classes.len() as u64,
             splits,
         }
@@ -310,17 +312,17 @@ struct Prepared {
 fn prepare(
     resizer: &mut CenterCropResizer,
     input: &SourceImage,
-    limits: &DecodeLimits,
+    options: &DecodeOptions,
 ) -> Result<Prepared, Rejection> {
-    let decoded = decode::decode_file(&input.path, limits)?;
-    let (orig_width, orig_height) = decoded.image.dimensions();
+    let decoded = decode::decode_file(&input.path, options)?;
+    let source = (decoded.source_width, decoded.source_height);
     let size = resizer.size() as usize;
     let mut pixels = vec![0u8; size * size * CHANNELS as usize];
-    resizer.resize_into(&decoded.image, &mut pixels);
+    resizer.resize_shrunk_into(&decoded.image, source, decoded.shrink, &mut pixels);
     Ok(Prepared {
         pixels,
-        orig_width,
-        orig_height,
+        orig_width: source.0,
+        orig_height: source.1,
         format: decoded.format,
     })
 }
@@ -456,9 +458,12 @@ fn process_split(
         inputs.len(),
         inputs.len() - work.len(),
     );
-    let limits = DecodeLimits {
+    let decode_options = DecodeOptions {
         max_pixels: config.max_pixels,
         max_file_bytes: config.max_file_bytes,
+        shrink_floor: config
+            .jpeg_shrink_on_load
+            .then_some(SHRINK_MARGIN * config.image_size),
     };
     let mut writer = SplitWriter {
         config,
@@ -477,7 +482,7 @@ fn process_split(
         opts.jobs,
         4 * opts.jobs.max(1) + 16,
         || CenterCropResizer::new(config.image_size),
-        |resizer, k| prepare(resizer, &inputs[work[k].1], &limits),
+        |resizer, k| prepare(resizer, &inputs[work[k].1], &decode_options),
         |k, result| {
             progress.inc(1);
             let (plan, i) = work[k];
@@ -910,6 +915,65 @@ mod tests {
             .sum::<f64>()
             / 4.0;
         assert!((std[1] - expected_var.sqrt()).abs() < 1e-9);
+    }
+
+    /// Shrink-on-load must stay within a fraction of a level of a full decode, for every
+    /// shrink factor and for odd sizes whose last DCT block is partial.
+    #[test]
+    fn shrink_on_load_stays_close_to_a_full_decode() {
+        let size = 64;
+        for (w, h) in [(1100, 530), (1203, 2111), (4101, 2230)] {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let disc = (x as i64 - w as i64 / 2).pow(2) + (y as i64 - h as i64 / 2).pow(2)
+                    < (h.min(w) as i64 / 3).pow(2);
+                let noise = ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 28) as u8;
+                let base = if disc { [210, 70, 40] } else { [30, 100, 170] };
+                image::Rgb([
+                    base[0] + noise,
+                    base[1] + (x * 40 / w) as u8,
+                    base[2] + (y * 40 / h) as u8,
+                ])
+            });
+            let mut bytes = Vec::new();
+            jpeg_encoder::Encoder::new(&mut bytes, 90)
+                .encode(
+                    img.as_raw(),
+                    w as u16,
+                    h as u16,
+                    jpeg_encoder::ColorType::Rgb,
+                )
+                .unwrap();
+            let stored = |shrink_floor| {
+                let options = DecodeOptions {
+                    max_pixels: u64::MAX,
+                    max_file_bytes: u64::MAX,
+                    shrink_floor,
+                };
+                let d = decode::decode_bytes(&bytes, &options).unwrap();
+                let mut out = vec![0u8; size * size * 3];
+                CenterCropResizer::new(size as u32).resize_shrunk_into(
+                    &d.image,
+                    (d.source_width, d.source_height),
+                    d.shrink,
+                    &mut out,
+                );
+                (d.shrink, out)
+            };
+            let (full_shrink, full) = stored(None);
+            let (shrink, shrunk) = stored(Some(SHRINK_MARGIN * size as u32));
+            assert_eq!(full_shrink, 1);
+            assert!(shrink > 1, "{w}x{h} should be shrunk");
+            let mad = full
+                .iter()
+                .zip(&shrunk)
+                .map(|(a, b)| a.abs_diff(*b) as f64)
+                .sum::<f64>()
+                / full.len() as f64;
+            assert!(
+                mad < 0.5,
+                "{w}x{h} shrunk by {shrink}: mean abs diff {mad:.3}"
+            );
+        }
     }
 
     #[test]

@@ -72,32 +72,47 @@ impl CenterCropResizer {
 
     /// Writes the stored version of `image` into `out` (`size × size × 3` bytes, HWC RGB).
     pub fn resize_into(&mut self, image: &RgbImage, out: &mut [u8]) {
+        let (width, height) = image.dimensions();
+        self.resize_shrunk_into(image, (width, height), 1, out);
+    }
+
+    /// Like `resize_into`, for an image decoded at `1/shrink` of its `source` size: the
+    /// geometry is the source's, the crop box is mapped onto the smaller image.
+    pub fn resize_shrunk_into(
+        &mut self,
+        image: &RgbImage,
+        source: (u32, u32),
+        shrink: u32,
+        out: &mut [u8],
+    ) {
         let size = self.size;
         assert_eq!(out.len(), (size * size * 3) as usize, "output buffer size");
         let (width, height) = image.dimensions();
-        let g = torchvision_geometry(width, height, size);
-        if (g.resized_width, g.resized_height) == (width, height) {
+        let g = torchvision_geometry(source.0, source.1, size);
+        if shrink == 1 && (g.resized_width, g.resized_height) == (width, height) {
             // Pillow returns the image unchanged when asked for its own size.
             copy_crop(image, g.crop_left, g.crop_top, size, out);
             return;
         }
-        let scale_x = width as f64 / g.resized_width as f64;
-        let scale_y = height as f64 / g.resized_height as f64;
+        // Source pixels per resized pixel, then per pixel of the (possibly shrunk) image.
+        let scale_x = source.0 as f64 / g.resized_width as f64 / shrink as f64;
+        let scale_y = source.1 as f64 / g.resized_height as f64 / shrink as f64;
+        let left = g.crop_left as f64 * scale_x;
+        let top = g.crop_top as f64 * scale_y;
+        // A shrunk image's last pixel row/column may cover less than `shrink` source pixels;
+        // never let rounding push the box past the edge.
+        let crop_width = (size as f64 * scale_x).min(width as f64 - left);
+        let crop_height = (size as f64 * scale_y).min(height as f64 - top);
         let options = ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-            .crop(
-                g.crop_left as f64 * scale_x,
-                g.crop_top as f64 * scale_y,
-                size as f64 * scale_x,
-                size as f64 * scale_y,
-            );
+            .crop(left, top, crop_width, crop_height);
         let src = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
             .expect("an RgbImage buffer always matches its dimensions");
         let mut dst = Image::from_slice_u8(size, size, out, PixelType::U8x3)
             .expect("output buffer size checked above");
         self.resizer
             .resize(&src, &mut dst, &options)
-            .expect("source and destination are both U8x3 and non-empty");
+            .expect("source and destination are both U8x3 and the crop is inside the image");
     }
 }
 
