@@ -33,6 +33,41 @@ pub struct Pipeline {
     /// Short name, used in reports.
     pub name: String,
     pub preprocess: PreprocessConfig,
+    pub loader: LoaderConfig,
+}
+
+/// How stored images become training batches (see `loader`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Side of the square crops fed to the network (224 from 256 in the paper).
+    pub crop_size: u32,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Threads that assemble batches; 0 means one per core.
+    pub threads: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// Seed of the epoch permutations and of every random crop, flip and lighting draw.
+    pub seed: u64,
+    /// Randomly mirror training crops left-right (p = 0.5).
+    pub flip: bool,
+    /// What is subtracted from f32 batches: the mean image (the paper) or per-channel mean/std.
+    pub normalize: Normalize,
+    /// Standard deviation of the paper's PCA lighting noise (0.1); 0 turns it off.
+    pub lighting_std: f32,
+    /// Drop an epoch's last, incomplete training batch.
+    pub drop_last: bool,
+}
+
+/// Normalisation of f32 batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Subtract the training-set mean image (0..255 scale), as in the paper.
+    MeanImage,
+    /// Subtract the per-channel mean and divide by the per-channel std (torchvision style).
+    Channel,
 }
 
 /// How source images become stored records (see `preprocess`).
@@ -61,6 +96,7 @@ impl Default for Pipeline {
         Self {
             name: "alexnet".to_string(),
             preprocess: PreprocessConfig::default(),
+            loader: LoaderConfig::default(),
         }
     }
 }
@@ -77,6 +113,22 @@ impl Default for PreprocessConfig {
             max_file_bytes: 256 << 20,
             jpeg_shrink_on_load: true,
             max_reject_fraction: 0.5,
+        }
+    }
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            crop_size: 224,
+            batch_size: 128,
+            threads: 0,
+            prefetch: 4,
+            seed: 0,
+            flip: true,
+            normalize: Normalize::MeanImage,
+            lighting_std: 0.1,
+            drop_last: true,
         }
     }
 }
@@ -131,6 +183,22 @@ impl Pipeline {
                 p.max_reject_fraction
             ));
         }
+        let l = &self.loader;
+        if l.crop_size == 0 || l.crop_size > p.image_size {
+            return Err(format!(
+                "loader.crop_size = {} must be between 1 and preprocess.image_size = {}",
+                l.crop_size, p.image_size
+            ));
+        }
+        if l.batch_size == 0 || l.prefetch == 0 {
+            return Err("loader.batch_size and loader.prefetch must be at least 1".into());
+        }
+        if !(l.lighting_std >= 0.0 && l.lighting_std.is_finite()) {
+            return Err(format!(
+                "loader.lighting_std = {} must be a finite number >= 0",
+                l.lighting_std
+            ));
+        }
         Ok(())
     }
 }
@@ -164,12 +232,18 @@ mod tests {
         assert!(err.to_string().contains("preprocess.image_size"), "{err}");
         let err = parse("[preprocess]\nshard_images = 0\n").unwrap_err();
         assert!(err.to_string().contains("shard_images"), "{err}");
+        let err = parse("[loader]\ncrop_size = 300\n").unwrap_err();
+        assert!(err.to_string().contains("loader.crop_size"), "{err}");
+        let err = parse("[loader]\nnormalize = \"none\"\n").unwrap_err();
+        assert!(format!("{err:?}").contains("none"), "{err:?}");
     }
 
     #[test]
     fn resolved_config_round_trips() {
         let mut p = Pipeline::default();
         p.preprocess.image_size = 96;
+        p.loader.crop_size = 80;
+        p.loader.normalize = Normalize::Channel;
         let again = parse(&p.to_toml()).unwrap();
         assert_eq!(again, p);
     }
@@ -178,7 +252,7 @@ mod tests {
     fn shipped_pipelines_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
         let alexnet = Pipeline::load(&root.join("alexnet.toml")).unwrap();
-        assert_eq!(alexnet.preprocess, PreprocessConfig::default());
+        assert_eq!(alexnet, Pipeline::default());
         let sample = Pipeline::load(&root.join("sample.toml")).unwrap();
         assert!(sample.preprocess.image_size < 256);
     }

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod export;
+pub mod loader;
 pub mod preprocess;
 pub mod sample;
 pub mod shards;
+pub mod text;

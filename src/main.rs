@@ -7,7 +7,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
 use alexnet::config::Pipeline;
+use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
@@ -34,6 +39,10 @@ enum Command {
     Preprocess(PreprocessArgs),
     /// Write the stored images of one split back out as PNG files, with index.csv.
     Export(ExportArgs),
+    /// Run the training data loader alone and report its throughput (last line: JSON).
+    BenchLoader(BenchLoaderArgs),
+    /// Write a PNG grid of augmented training samples with their class names.
+    ContactSheet(ContactSheetArgs),
 }
 
 #[derive(clap::Args)]
@@ -102,12 +111,67 @@ struct ExportArgs {
     limit: Option<usize>,
 }
 
+#[derive(clap::Args)]
+struct BenchLoaderArgs {
+    /// Shard directory written by `alexnet preprocess`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Pipeline file (TOML) for crop size, batch size and augmentation; default: the paper's.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Loader threads [default: the pipeline's loader.threads, 0 = all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batches to time.
+    #[arg(long, default_value_t = 200)]
+    batches: usize,
+    /// Images per batch [default: the pipeline's loader.batch_size].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Seed of the sampler and augmentation [default: the pipeline's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Batch pixel type: raw crops (u8) or mean-subtracted (f32).
+    #[arg(long, default_value = "u8", value_parser = ["u8", "f32"])]
+    output: String,
+    /// Also time a bare loop that only copies random crops (the ceiling), in the same run.
+    #[arg(long)]
+    baseline: bool,
+    /// Check every record against its checksum before starting.
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(clap::Args)]
+struct ContactSheetArgs {
+    /// Shard directory written by `alexnet preprocess`.
+    #[arg(long)]
+    data: PathBuf,
+    /// PNG file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pipeline file (TOML); default: the paper's.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Number of samples in the grid.
+    #[arg(long, default_value_t = 36)]
+    count: usize,
+    /// Seed of the sampler and augmentation [default: the pipeline's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Epoch whose order and augmentations to show.
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => run_sample(args),
         Command::Preprocess(args) => run_preprocess(args),
         Command::Export(args) => run_export(args),
+        Command::BenchLoader(args) => run_bench_loader(args),
+        Command::ContactSheet(args) => run_contact_sheet(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -195,4 +259,112 @@ fn run_export(args: ExportArgs) -> Result<()> {
         args.out.join(split.name()).display()
     );
     Ok(())
+}
+
+fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
+    let pipeline = load_pipeline(args.pipeline.as_deref())?;
+    let mut config = pipeline.loader.clone();
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    if let Some(batch_size) = args.batch_size {
+        anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
+        config.batch_size = batch_size;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let output: Output = args.output.parse().map_err(anyhow::Error::msg)?;
+    let data = Arc::new(
+        LoaderData::open(&args.data, Split::Train)
+            .with_context(|| format!("opening {}", args.data.display()))?,
+    );
+    if args.verify {
+        data.verify_checksums()?;
+    }
+    let baseline = args.baseline.then(|| {
+        let elapsed = bench::bare_loop(
+            &data,
+            config.crop_size,
+            config.batch_size,
+            args.batches,
+            threads,
+            output,
+        );
+        (args.batches * config.batch_size) as f64 / elapsed.as_secs_f64()
+    });
+    let bar = progress_bar(args.batches as u64, "batches");
+    let options = LoaderOptions {
+        digests: true,
+        ..LoaderOptions::train(&config, output)
+    };
+    let result = bench::run_loader(data, options, args.batches, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} batches of {} ({}×{} {}), {} threads: {:.0} images/s{}",
+        result.batches,
+        config.batch_size,
+        config.crop_size,
+        config.crop_size,
+        args.output,
+        threads,
+        result.images_per_sec(),
+        baseline.map_or(String::new(), |b| format!(
+            " ({:.0}% of the bare copy loop's {b:.0})",
+            100.0 * result.images_per_sec() / b
+        )),
+    );
+    let mut report = serde_json::json!({
+        "images_per_sec": result.images_per_sec(),
+        "checksum": result.checksum,
+        "batches": result.batches,
+        "images": result.images,
+        "seconds": result.elapsed.as_secs_f64(),
+        "batch_size": config.batch_size,
+        "crop_size": config.crop_size,
+        "threads": threads,
+        "output": args.output,
+    });
+    if let Some(b) = baseline {
+        report["bare_loop_images_per_sec"] = serde_json::json!(b);
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
+    let pipeline = load_pipeline(args.pipeline.as_deref())?;
+    let mut config = pipeline.loader.clone();
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    let data = Arc::new(
+        LoaderData::open(&args.data, Split::Train)
+            .with_context(|| format!("opening {}", args.data.display()))?,
+    );
+    let mut options = LoaderOptions::train(&config, Output::U8);
+    options.start.epoch = args.epoch;
+    contact::write_contact_sheet(data, options, args.count, &args.out)?;
+    println!("wrote {} samples to {}", args.count, args.out.display());
+    Ok(())
+}
+
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "[{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
 }

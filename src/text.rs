@@ -33,6 +33,7 @@ const FALLBACK: Glyph = [
 /// the width includes the spacing column after the last character and the height includes the
 /// spacing row under the glyphs. The height is one line even for empty text (so label rows keep
 /// a constant height); the width of empty text is 0. Sizes saturate at `u32::MAX`.
+#[must_use]
 pub fn text_size(text: &str, scale: u32) -> (u32, u32) {
     let chars = u64::try_from(text.chars().count()).unwrap_or(u64::MAX);
     let width = chars
@@ -64,7 +65,7 @@ pub fn draw_text(
         // the return value and the position of later characters stay right.
         let visible = cursor < image_width && cursor.saturating_add(advance) > 0;
         if visible {
-            draw_glyph(image, cursor, y, &glyph_or_fallback(c), color, scale);
+            draw_glyph(image, cursor, y, glyph_or_fallback(c), color, scale);
         }
         cursor = cursor.saturating_add(advance);
     }
@@ -75,9 +76,10 @@ pub fn draw_text(
 /// image pixels at `scale`; returns the text unchanged when it fits.
 ///
 /// "Fits" means `text_size(result, scale).0 <= max_width`. Whitespace left dangling before the
-/// marker is dropped ("tench, ..") becomes "tench,.."). When not even one character plus the
+/// marker is dropped ("tench, .." becomes "tench,.."). When not even one character plus the
 /// marker fits, the result is the longest plain prefix of `text` that fits (possibly empty): a
 /// couple of real letters say more than a bare "..".
+#[must_use]
 pub fn fit_text(text: &str, max_width: u32, scale: u32) -> String {
     const MARKER: &str = "..";
     if text_size(text, scale).0 <= max_width {
@@ -138,7 +140,7 @@ fn chars_that_fit(max_width: u32, scale: u32) -> usize {
 }
 
 /// Paints the set pixels of one glyph whose cell's top-left corner is at (x, y).
-fn draw_glyph(image: &mut RgbImage, x: i64, y: i64, glyph: &Glyph, color: Rgb<u8>, scale: u32) {
+fn draw_glyph(image: &mut RgbImage, x: i64, y: i64, glyph: Glyph, color: Rgb<u8>, scale: u32) {
     let step = i64::from(scale);
     for (row, bits) in (0i64..).zip(glyph.iter()) {
         for col in 0..i64::from(INK_WIDTH) {
@@ -302,11 +304,14 @@ mod tests {
         " .,:;-_/()'#%+=!?",
     );
 
-    /// Bounding box (x0, y0, x1, y1), exclusive ends, of pixels that differ from `background`.
-    fn ink_bounds(image: &RgbImage, background: Rgb<u8>) -> Option<(u32, u32, u32, u32)> {
+    /// Bounding box (x0, y0, x1, y1), exclusive ends, of the pixels matching `select`.
+    fn bounds_where(
+        image: &RgbImage,
+        select: impl Fn(Rgb<u8>) -> bool,
+    ) -> Option<(u32, u32, u32, u32)> {
         let mut bounds: Option<(u32, u32, u32, u32)> = None;
         for (x, y, pixel) in image.enumerate_pixels() {
-            if *pixel != background {
+            if select(*pixel) {
                 let (x0, y0, x1, y1) = bounds.unwrap_or((x, y, x + 1, y + 1));
                 bounds = Some((x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)));
             }
@@ -314,7 +319,7 @@ mod tests {
         bounds
     }
 
-    /// Renders `text` at scale 1 on a black canvas of exactly its text_size.
+    /// Renders `text` at scale 1 on a black canvas of exactly its `text_size`.
     fn render(text: &str) -> RgbImage {
         let (w, h) = text_size(text, 1);
         let mut image = RgbImage::from_pixel(w, h, BLACK);
@@ -325,9 +330,9 @@ mod tests {
     /// The glyph's bitmap as it ends up on screen, for comparing rendering against the tables.
     fn bitmap_of(image: &RgbImage, origin_x: u32) -> Glyph {
         let mut rows = [0u8; INK_HEIGHT as usize];
-        for (row, bits) in rows.iter_mut().enumerate() {
+        for (row, bits) in (0u32..).zip(rows.iter_mut()) {
             for col in 0..INK_WIDTH {
-                if *image.get_pixel(origin_x + col, row as u32) == WHITE {
+                if *image.get_pixel(origin_x + col, row) == WHITE {
                     *bits |= 1 << (INK_WIDTH - 1 - col);
                 }
             }
@@ -351,7 +356,8 @@ mod tests {
                 let mut image = RgbImage::from_pixel(w + 20, h + 20, BLACK);
                 let end = draw_text(&mut image, x, y, text, WHITE, scale);
                 assert_eq!(end, x + i64::from(w), "{text:?} at scale {scale}");
-                let (x0, y0, x1, y1) = ink_bounds(&image, BLACK).expect("text left no pixels");
+                let (x0, y0, x1, y1) =
+                    bounds_where(&image, |p| p != BLACK).expect("text left no pixels");
                 assert!(
                     i64::from(x0) >= x && i64::from(y0) >= y,
                     "{text:?} starts early"
@@ -531,23 +537,22 @@ mod tests {
     #[test]
     fn draw_label_pads_the_glyphs_by_one_font_pixel() {
         let scale = 2;
-        let text = "Hi";
+        // 'H' has ink in all four outermost columns and rows of its cell, so with an H at each
+        // end the glyph ink must sit exactly one font pixel inside the box on every side.
+        let text = "HiH";
         let (w, h) = text_size(text, scale);
-        let mut image = RgbImage::from_pixel(40, 40, BLACK);
+        let mut image = RgbImage::from_pixel(60, 40, BLACK);
         let (bw, bh) = draw_label(&mut image, 3, 4, text, WHITE, GREY, scale);
         assert_eq!((bw, bh), (w + scale, h + scale));
-        // The box covers exactly its returned size at (3, 4).
-        assert_eq!(ink_bounds(&image, BLACK), Some((3, 4, 3 + bw, 4 + bh)));
-        // 'H' has ink in its first and last column and top and bottom row, and 'i' ends with a
-        // full-width bottom bar, so the glyph ink sits exactly one font pixel inside the box.
-        assert_eq!(ink_bounds(&image, GREY).map(|b| b.0), Some(3 + scale));
-        assert_eq!(ink_bounds(&image, GREY).map(|b| b.1), Some(4 + scale));
-        let white = |x: u32, y: u32| *image.get_pixel(x, y) == WHITE;
-        assert!(white(3 + scale, 4 + scale), "H top-left ink");
-        assert!(
-            white(3 + bw - scale - 1 - 2 * scale, 4 + bh - scale - 1),
-            "i bottom bar"
+        // The box covers exactly its returned size at (3, 4)...
+        assert_eq!(
+            bounds_where(&image, |p| p != BLACK),
+            Some((3, 4, 3 + bw, 4 + bh))
         );
+        // ...and the text is inset by one font pixel (`scale` image pixels) on every side.
+        let text_bounds = bounds_where(&image, |p| p == WHITE);
+        let inset = (3 + scale, 4 + scale, 3 + bw - scale, 4 + bh - scale);
+        assert_eq!(text_bounds, Some(inset));
         assert_eq!(draw_label(&mut image, 0, 0, "", WHITE, GREY, 1), (2, 9));
     }
 

@@ -42,7 +42,7 @@ pub fn torchvision_geometry(width: u32, height: u32, size: u32) -> Geometry {
 }
 
 /// `round(excess / 2)` with ties to even, as Python's `round` does.
-fn half_even_midpoint(excess: u32) -> u32 {
+pub(crate) fn half_even_midpoint(excess: u32) -> u32 {
     let half = excess / 2;
     if excess % 2 == 1 && half % 2 == 1 {
         half + 1

@@ -1,0 +1,934 @@
+//! The trainer's data source: shuffled, augmented batches from the memory-mapped shards.
+//!
+//! A background thread assembles batches with a rayon pool into recycled buffers and queues up
+//! to `prefetch` of them. Every random draw comes from (seed, epoch, image index), so the
+//! stream is identical for any number of threads and resumes exactly from (epoch, position).
+//! Batches are channels-last, `(B, H·W, 3)`: `u8` crops (mean subtraction then happens on the
+//! device) or mean-subtracted `f32`.
+
+pub mod augment;
+pub mod bench;
+pub mod contact;
+pub mod sampler;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use crate::config::{LoaderConfig, Normalize};
+use crate::shards::{self, ClassInfo, Manifest, ShardError, Split, SplitReader};
+use augment::{Augmentation, Crop, Normalizer};
+use sampler::Sampler;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{path}: the mean image has shape {found:?}, the dataset stores {size}×{size}×3; re-run `alexnet preprocess`")]
+    MeanShape {
+        path: std::path::PathBuf,
+        found: Vec<usize>,
+        size: u32,
+    },
+    #[error("the {split} split of {path} holds no images")]
+    Empty {
+        split: Split,
+        path: std::path::PathBuf,
+    },
+    #[error("invalid loader settings: {0}")]
+    Settings(String),
+}
+
+/// Everything the loader reads from a dataset directory, shared by the loader threads.
+pub struct LoaderData {
+    pub reader: SplitReader,
+    pub labels: Vec<u32>,
+    pub classes: Vec<ClassInfo>,
+    pub image_size: u32,
+    /// Training-set mean image, `size × size × 3`, 0..255 scale.
+    pub mean_image: Vec<f32>,
+    pub channel_mean: [f32; 3],
+    pub channel_std: [f32; 3],
+}
+
+impl LoaderData {
+    /// Opens and validates one split of a dataset written by `alexnet preprocess`.
+    pub fn open(dataset: &Path, split: Split) -> Result<Self, LoaderError> {
+        let manifest = Manifest::read(dataset)?;
+        let reader = SplitReader::open_with(dataset, &manifest, split)?;
+        if reader.is_empty() {
+            return Err(LoaderError::Empty {
+                split,
+                path: dataset.to_path_buf(),
+            });
+        }
+        let labels = reader.read_index()?.into_iter().map(|r| r.label).collect();
+        let mean_path = dataset.join(&manifest.mean.mean_image);
+        let (shape, mean_image) = shards::read_npy_f32(&mean_path)?;
+        let size = manifest.image_size as usize;
+        if shape != [size, size, 3] {
+            return Err(LoaderError::MeanShape {
+                path: mean_path,
+                found: shape,
+                size: manifest.image_size,
+            });
+        }
+        Ok(Self {
+            reader,
+            labels,
+            classes: manifest.classes,
+            image_size: manifest.image_size,
+            mean_image,
+            channel_mean: manifest.mean.channel_mean.map(|v| v as f32),
+            channel_std: manifest.mean.channel_std.map(|v| v as f32),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.reader.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reader.is_empty()
+    }
+
+    /// Checks every record against the checksum in its index (reads the whole split).
+    pub fn verify_checksums(&self) -> Result<(), ShardError> {
+        let rows = self.reader.read_index()?;
+        let mut i = 0;
+        for shard in self.reader.shards() {
+            for local in 0..shard.len() {
+                shard.verify(local, rows[i].checksum)?;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn normalizer(&self, normalize: Normalize) -> Normalizer<'_> {
+        match normalize {
+            Normalize::MeanImage => Normalizer::MeanImage(&self.mean_image),
+            Normalize::Channel => Normalizer::Channel {
+                mean: self.channel_mean,
+                inv_std: self.channel_std.map(|s| 1.0 / s.max(1e-6)),
+            },
+        }
+    }
+}
+
+/// Pixel type of the batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Raw crops; mean subtraction and lighting (see `Batch::lighting`) happen on the device.
+    U8,
+    /// Normalised crops with lighting applied.
+    F32,
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "u8" => Ok(Output::U8),
+            "f32" => Ok(Output::F32),
+            other => Err(format!("unknown output `{other}` (expected u8 or f32)")),
+        }
+    }
+}
+
+/// Which views of each image a batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Shuffled, random crop + flip + lighting, one view per image.
+    Train,
+    /// In order, the centre crop only.
+    Center,
+    /// In order, the ten crops (four corners and centre, then mirrored), image-major.
+    TenCrop,
+}
+
+impl Mode {
+    pub fn views(self) -> usize {
+        match self {
+            Mode::Train | Mode::Center => 1,
+            Mode::TenCrop => 10,
+        }
+    }
+}
+
+/// Where a stream starts (and where a resumed one continues).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub epoch: u64,
+    /// Samples of this rank's epoch order already consumed.
+    pub sample: usize,
+}
+
+/// Everything that defines a stream of batches.
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub config: LoaderConfig,
+    pub output: Output,
+    pub mode: Mode,
+    pub rank: usize,
+    pub world_size: usize,
+    pub start: Position,
+    /// Stop after this many epochs (counted from `start.epoch`); `None` runs forever.
+    pub epochs: Option<u64>,
+    /// Compute `Batch::digests` (a digest of each image's pixels, taken while they are still
+    /// in the worker's cache), for comparing streams cheaply.
+    pub digests: bool,
+}
+
+impl LoaderOptions {
+    pub fn train(config: &LoaderConfig, output: Output) -> Self {
+        Self {
+            config: config.clone(),
+            output,
+            mode: Mode::Train,
+            rank: 0,
+            world_size: 1,
+            start: Position::default(),
+            epochs: None,
+            digests: false,
+        }
+    }
+
+    /// One pass over a split in order, every image once (last batch may be short).
+    pub fn eval(config: &LoaderConfig, output: Output, mode: Mode) -> Self {
+        Self {
+            mode,
+            epochs: Some(1),
+            ..Self::train(config, output)
+        }
+    }
+}
+
+/// Pixels of a batch: `images × views × crop × crop × 3`, channels last.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Pixels {
+    /// The raw bytes (little-endian for f32), e.g. for checksums.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Pixels::U8(v) => v,
+            Pixels::F32(v) => bytemuck_f32(v),
+        }
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns, and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// One batch, and where it sits in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub epoch: u64,
+    /// Position of the batch's first image in this rank's epoch order.
+    pub position: usize,
+    /// Dataset index of each image.
+    pub indices: Vec<u32>,
+    pub labels: Vec<u32>,
+    /// Per image, the RGB lighting offset (0..255 scale) a u8 consumer adds on the device;
+    /// already applied in f32 batches.
+    pub lighting: Vec<[f32; 3]>,
+    pub crop_size: u32,
+    pub views: usize,
+    pub pixels: Pixels,
+    /// Per image, `pixel_digest` of its pixels' bytes (all views) when
+    /// `LoaderOptions::digests` is set; empty otherwise.
+    pub digests: Vec<u64>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// Where the stream continues after this batch (for checkpoints).
+    pub fn next_position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            sample: self.position + self.len(),
+        }
+    }
+
+    fn empty(output: Output) -> Self {
+        Self {
+            epoch: 0,
+            position: 0,
+            indices: Vec::new(),
+            labels: Vec::new(),
+            lighting: Vec::new(),
+            crop_size: 0,
+            views: 0,
+            digests: Vec::new(),
+            pixels: match output {
+                Output::U8 => Pixels::U8(Vec::new()),
+                Output::F32 => Pixels::F32(Vec::new()),
+            },
+        }
+    }
+}
+
+/// A running stream of batches. Dropping it stops the background thread and waits for it.
+pub struct Loader {
+    batches: Option<Receiver<Batch>>,
+    recycle: Sender<Batch>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn start(data: Arc<LoaderData>, options: LoaderOptions) -> Result<Self, LoaderError> {
+        let config = &options.config;
+        if config.crop_size == 0 || config.crop_size > data.image_size {
+            return Err(LoaderError::Settings(format!(
+                "crop size {} does not fit the stored {}×{} images",
+                config.crop_size, data.image_size, data.image_size
+            )));
+        }
+        let sampler = Sampler::new(data.len(), config.seed)
+            .partition(options.rank, options.world_size)
+            .map_err(LoaderError::Settings)?;
+        if options.mode == Mode::Train
+            && config.drop_last
+            && sampler.epoch_len() < config.batch_size
+        {
+            return Err(LoaderError::Settings(format!(
+                "an epoch holds {} images per rank, fewer than one batch of {}, and incomplete \
+                 batches are dropped (loader.drop_last): lower the batch size",
+                sampler.epoch_len(),
+                config.batch_size
+            )));
+        }
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("loader-{i}"))
+            .build()
+            .map_err(|e| LoaderError::Settings(e.to_string()))?;
+        let (batch_tx, batch_rx) = mpsc::sync_channel(config.prefetch);
+        let (recycle_tx, recycle_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = Producer {
+            data,
+            options,
+            sampler,
+            pool,
+            batches: batch_tx,
+            recycled: recycle_rx,
+            stop: stop.clone(),
+        };
+        let worker = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || producer.run())
+            .map_err(|e| LoaderError::Settings(format!("cannot start the loader thread: {e}")))?;
+        Ok(Self {
+            batches: Some(batch_rx),
+            recycle: recycle_tx,
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Hands a consumed batch's buffers back for reuse (optional, saves allocations).
+    pub fn recycle(&self, batch: Batch) {
+        let _ = self.recycle.send(batch);
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        self.batches.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the queue wakes a producer blocked on a full queue.
+        drop(self.batches.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The background side of a `Loader`.
+struct Producer {
+    data: Arc<LoaderData>,
+    options: LoaderOptions,
+    sampler: Sampler,
+    pool: rayon::ThreadPool,
+    batches: SyncSender<Batch>,
+    recycled: Receiver<Batch>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Producer {
+    fn run(self) {
+        let opts = &self.options;
+        let batch_size = opts.config.batch_size;
+        let mut position = opts.start;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some(epochs) = opts.epochs {
+                if position.epoch >= opts.start.epoch + epochs {
+                    return;
+                }
+            }
+            let order = self.epoch_order(position.epoch);
+            while position.sample < order.len() {
+                let n = batch_size.min(order.len() - position.sample);
+                if n < batch_size && opts.mode == Mode::Train && opts.config.drop_last {
+                    break;
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut batch = self
+                    .recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Batch::empty(opts.output));
+                let indices = &order[position.sample..position.sample + n];
+                self.fill(&mut batch, position, indices);
+                if self.batches.send(batch).is_err() {
+                    return; // the consumer is gone
+                }
+                position.sample += n;
+            }
+            position = Position {
+                epoch: position.epoch + 1,
+                sample: 0,
+            };
+        }
+    }
+
+    fn epoch_order(&self, epoch: u64) -> Vec<u32> {
+        match self.options.mode {
+            Mode::Train => self.sampler.epoch(epoch),
+            // Evaluation reads in dataset order, each rank a contiguous-free strided share.
+            Mode::Center | Mode::TenCrop => (self.options.rank..self.data.len())
+                .step_by(self.options.world_size)
+                .map(|i| i as u32)
+                .collect(),
+        }
+    }
+
+    /// Assembles `indices` into `batch`, in parallel, reusing its buffers.
+    fn fill(&self, batch: &mut Batch, position: Position, indices: &[u32]) {
+        let opts = &self.options;
+        let config = &opts.config;
+        let (stored, crop) = (self.data.image_size, config.crop_size);
+        let views = opts.mode.views();
+        let view_len = (crop * crop * 3) as usize;
+        let image_len = view_len * views;
+
+        batch.epoch = position.epoch;
+        batch.position = position.sample;
+        batch.crop_size = crop;
+        batch.views = views;
+        batch.indices.clear();
+        batch.indices.extend_from_slice(indices);
+        batch.labels.clear();
+        batch
+            .labels
+            .extend(indices.iter().map(|&i| self.data.labels[i as usize]));
+        let augment = |i: u32| match opts.mode {
+            Mode::Train => {
+                let mut rng = sampler::sample_rng(config.seed, position.epoch, i);
+                Augmentation::draw(&mut rng, stored, crop, config.flip, config.lighting_std)
+            }
+            Mode::Center | Mode::TenCrop => Augmentation {
+                crop: augment::center_crop(stored, crop),
+                lighting: [0.0; 3],
+            },
+        };
+        let draws: Vec<Augmentation> = indices.iter().map(|&i| augment(i)).collect();
+        batch.lighting.clear();
+        batch.lighting.extend(draws.iter().map(|a| a.lighting));
+
+        let view_crops = |a: &Augmentation| -> Vec<Crop> {
+            match opts.mode {
+                Mode::TenCrop => augment::ten_crops(stored, crop).to_vec(),
+                _ => vec![a.crop],
+            }
+        };
+        let data = &self.data;
+        let work: Vec<_> = indices.iter().zip(&draws).collect();
+        let want_digests = opts.digests;
+        batch
+            .digests
+            .resize(if want_digests { indices.len() } else { 0 }, 0);
+        let mut digests = vec![0u64; indices.len()];
+        match &mut batch.pixels {
+            Pixels::U8(buf) => {
+                buf.resize(indices.len() * image_len, 0);
+                self.pool.install(|| {
+                    buf.par_chunks_mut(image_len)
+                        .zip(&mut digests)
+                        .zip(&work)
+                        .for_each(|((out, digest), &(&i, a))| {
+                            let record = data.reader.record(i as usize);
+                            for (view, at) in out.chunks_exact_mut(view_len).zip(view_crops(a)) {
+                                augment::crop_u8(record, stored, crop, at, view);
+                            }
+                            if want_digests {
+                                *digest = pixel_digest(out);
+                            }
+                        })
+                });
+            }
+            Pixels::F32(buf) => {
+                buf.resize(indices.len() * image_len, 0.0);
+                let norm = data.normalizer(config.normalize);
+                self.pool.install(|| {
+                    buf.par_chunks_mut(image_len)
+                        .zip(&mut digests)
+                        .zip(&work)
+                        .for_each(|((out, digest), &(&i, a))| {
+                            let record = data.reader.record(i as usize);
+                            for (view, at) in out.chunks_exact_mut(view_len).zip(view_crops(a)) {
+                                augment::crop_f32(
+                                    record, stored, crop, at, a.lighting, &norm, view,
+                                );
+                            }
+                            if want_digests {
+                                *digest = pixel_digest(bytemuck_f32(out));
+                            }
+                        })
+                });
+            }
+        }
+        if want_digests {
+            batch.digests.copy_from_slice(&digests);
+        }
+    }
+}
+
+/// A cheap digest of one image's pixel bytes: eight independent Fletcher-style lanes of u64
+/// words (plain additions, which vectorise), folded with xxh3. Sensitive to every byte and to
+/// the order of 64-byte blocks.
+pub fn pixel_digest(bytes: &[u8]) -> u64 {
+    let mut sums = [0u64; 8];
+    let mut sums_of_sums = [0u64; 8];
+    let (blocks, tail) = bytes.as_chunks::<64>();
+    for block in blocks {
+        let (words, _) = block.as_chunks::<8>();
+        for lane in 0..8 {
+            sums[lane] = sums[lane].wrapping_add(u64::from_le_bytes(words[lane]));
+            sums_of_sums[lane] = sums_of_sums[lane].wrapping_add(sums[lane]);
+        }
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for v in sums.iter().chain(&sums_of_sums) {
+        h.update(&v.to_le_bytes());
+    }
+    h.update(tail);
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.digest()
+}
+
+/// A digest of a batch stream — every image's pixels (via `Batch::digests`, or computed here
+/// when the loader didn't) and every label, in order — for checking that two runs produced
+/// the same batches.
+#[derive(Default)]
+pub struct StreamChecksum(xxhash_rust::xxh3::Xxh3);
+
+impl StreamChecksum {
+    pub fn add(&mut self, batch: &Batch) {
+        let computed;
+        let digests = if batch.digests.len() == batch.len() {
+            &batch.digests
+        } else {
+            let bytes = batch.pixels.as_bytes();
+            let per_image = bytes.len() / batch.len().max(1);
+            computed = bytes
+                .chunks_exact(per_image.max(1))
+                .map(pixel_digest)
+                .collect::<Vec<_>>();
+            &computed
+        };
+        for (digest, label) in digests.iter().zip(&batch.labels) {
+            self.0.update(&digest.to_le_bytes());
+            self.0.update(&label.to_le_bytes());
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::{
+        write_index, write_json, write_npy_f32, IndexRow, MeanStats, ShardPaths, ShardWriter,
+        SplitManifest, FORMAT_VERSION,
+    };
+
+    /// A dataset of `n` 8×8 training images over three shards; image `i` is filled with
+    /// values derived from `i`, so every crop says which image it came from.
+    fn tiny_dataset(dir: &Path, n: usize) -> Arc<LoaderData> {
+        const SIZE: u32 = 8;
+        std::fs::create_dir_all(dir.join("train")).unwrap();
+        let per_shard = n.div_ceil(3);
+        let mut shard_records = Vec::new();
+        for (s, chunk) in (0..n).collect::<Vec<_>>().chunks(per_shard).enumerate() {
+            let paths = ShardPaths::new(dir, Split::Train, s);
+            let mut writer = ShardWriter::create(&paths.records, s as u32, SIZE).unwrap();
+            let mut rows = Vec::new();
+            for &i in chunk {
+                let record: Vec<u8> = (0..SIZE * SIZE * 3)
+                    .map(|p| (i * 7 + p as usize) as u8)
+                    .collect();
+                writer.push(&record).unwrap();
+                rows.push(IndexRow {
+                    label: (i % 4) as u32,
+                    wnid: format!("n{:08}", i % 4),
+                    source_path: format!("train/{i}.JPEG"),
+                    orig_width: SIZE,
+                    orig_height: SIZE,
+                    source_format: "jpg".into(),
+                    checksum: shards::record_checksum(&record),
+                });
+            }
+            writer.finish().unwrap();
+            write_index(&paths.index, &rows).unwrap();
+            shard_records.push(chunk.len() as u64);
+        }
+        let mean: Vec<f32> = (0..SIZE * SIZE * 3).map(|p| (p % 50) as f32).collect();
+        write_npy_f32(&dir.join("mean.npy"), &[8, 8, 3], &mean).unwrap();
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            image_size: SIZE,
+            channels: 3,
+            layout: "u8 HWC RGB".into(),
+            classes: (0..4)
+                .map(|c| ClassInfo {
+                    wnid: format!("n{c:08}"),
+                    name: format!("class {c}"),
+                })
+                .collect(),
+            splits: [(
+                Split::Train,
+                SplitManifest {
+                    images: n as u64,
+                    shards: shard_records.len() as u64,
+                    classes: 4,
+                    inputs: n as u64,
+                    rejected: 0,
+                    shard_records,
+                },
+            )]
+            .into(),
+            rejected: 0,
+            mean: MeanStats {
+                mean_image: "mean.npy".into(),
+                channel_mean: [100.0, 110.0, 120.0],
+                channel_std: [50.0, 60.0, 70.0],
+            },
+        };
+        write_json(&dir.join(shards::MANIFEST_FILE), &manifest).unwrap();
+        Arc::new(LoaderData::open(dir, Split::Train).unwrap())
+    }
+
+    fn config(batch_size: usize, threads: usize) -> LoaderConfig {
+        LoaderConfig {
+            crop_size: 5,
+            batch_size,
+            threads,
+            prefetch: 2,
+            seed: 11,
+            flip: true,
+            normalize: Normalize::MeanImage,
+            lighting_std: 0.1,
+            drop_last: false,
+        }
+    }
+
+    fn collect(data: &Arc<LoaderData>, options: LoaderOptions, batches: usize) -> Vec<Batch> {
+        Loader::start(data.clone(), options)
+            .unwrap()
+            .take(batches)
+            .collect()
+    }
+
+    #[test]
+    fn same_stream_for_one_and_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        for output in [Output::U8, Output::F32] {
+            let one = collect(&data, LoaderOptions::train(&config(8, 1), output), 20);
+            let many = collect(&data, LoaderOptions::train(&config(8, 3), output), 20);
+            assert_eq!(one, many);
+        }
+    }
+
+    #[test]
+    fn every_image_once_per_epoch_in_a_new_order_each_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        let batches = collect(&data, LoaderOptions::train(&config(8, 2), Output::U8), 14);
+        // 50 images in batches of 8: 7 batches per epoch, the last one of 2 images.
+        let epoch0: Vec<u32> = batches[..7]
+            .iter()
+            .flat_map(|b| b.indices.clone())
+            .collect();
+        let epoch1: Vec<u32> = batches[7..]
+            .iter()
+            .flat_map(|b| b.indices.clone())
+            .collect();
+        assert_eq!(batches[6].len(), 2);
+        assert!(batches[..7].iter().all(|b| b.epoch == 0));
+        assert!(batches[7..].iter().all(|b| b.epoch == 1));
+        for order in [&epoch0, &epoch1] {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..50).collect::<Vec<u32>>());
+        }
+        assert_ne!(epoch0, epoch1);
+        // Labels travel with their images.
+        for b in &batches {
+            for (i, l) in b.indices.iter().zip(&b.labels) {
+                assert_eq!(*l, i % 4);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_epoch_is_refused_instead_of_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 10);
+        let mut cfg = config(16, 1);
+        cfg.drop_last = true;
+        let err = Loader::start(data.clone(), LoaderOptions::train(&cfg, Output::U8))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("fewer than one batch of 16"),
+            "{err}"
+        );
+        // Without drop_last the short batch is the epoch.
+        cfg.drop_last = false;
+        let batches = collect(&data, LoaderOptions::train(&cfg, Output::U8), 2);
+        assert_eq!(batches[0].len(), 10);
+        assert_eq!(batches[1].epoch, 1);
+    }
+
+    #[test]
+    fn drop_last_skips_the_short_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        let mut cfg = config(8, 2);
+        cfg.drop_last = true;
+        let batches = collect(&data, LoaderOptions::train(&cfg, Output::U8), 12);
+        assert!(batches.iter().all(|b| b.len() == 8));
+        assert_eq!(batches[6].epoch, 1);
+    }
+
+    #[test]
+    fn resuming_mid_epoch_continues_the_identical_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        let options = LoaderOptions::train(&config(8, 2), Output::F32);
+        let full = collect(&data, options.clone(), 12);
+        for cut in [1, 4, 7, 9] {
+            let resumed = LoaderOptions {
+                start: full[cut - 1].next_position(),
+                ..options.clone()
+            };
+            // A checkpoint at the end of an epoch resumes at its (empty) tail, then moves on.
+            let rest = collect(&data, resumed, 12 - cut);
+            assert_eq!(rest, full[cut..], "resumed after batch {cut}");
+        }
+    }
+
+    #[test]
+    fn u8_batches_hold_the_crops_and_f32_batches_their_normalised_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 20);
+        let cfg = config(4, 2);
+        let u8_batch = collect(&data, LoaderOptions::train(&cfg, Output::U8), 1).remove(0);
+        let f32_batch = collect(&data, LoaderOptions::train(&cfg, Output::F32), 1).remove(0);
+        assert_eq!(u8_batch.indices, f32_batch.indices);
+        assert_eq!(u8_batch.lighting, f32_batch.lighting);
+        let (Pixels::U8(raw), Pixels::F32(norm)) = (&u8_batch.pixels, &f32_batch.pixels) else {
+            panic!("pixel types")
+        };
+        assert_eq!(raw.len(), 4 * 5 * 5 * 3);
+        // Each u8 crop is a crop of its image: redo the draw and compare.
+        for (k, &i) in u8_batch.indices.iter().enumerate() {
+            let mut rng = sampler::sample_rng(cfg.seed, 0, i);
+            let a = Augmentation::draw(&mut rng, 8, 5, true, cfg.lighting_std);
+            let mut expected = vec![0u8; 75];
+            augment::crop_u8(data.reader.record(i as usize), 8, 5, a.crop, &mut expected);
+            assert_eq!(&raw[k * 75..(k + 1) * 75], &expected[..]);
+            let mut expected_f32 = vec![0f32; 75];
+            augment::crop_f32(
+                data.reader.record(i as usize),
+                8,
+                5,
+                a.crop,
+                a.lighting,
+                &Normalizer::MeanImage(&data.mean_image),
+                &mut expected_f32,
+            );
+            assert_eq!(&norm[k * 75..(k + 1) * 75], &expected_f32[..]);
+            assert_eq!(u8_batch.lighting[k], a.lighting);
+        }
+    }
+
+    #[test]
+    fn evaluation_reads_in_order_with_one_or_ten_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 10);
+        let cfg = config(4, 2);
+        let center = collect(
+            &data,
+            LoaderOptions::eval(&cfg, Output::U8, Mode::Center),
+            10,
+        );
+        assert_eq!(
+            center.len(),
+            3,
+            "10 images in batches of 4, the last one short"
+        );
+        let order: Vec<u32> = center.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(order, (0..10).collect::<Vec<u32>>());
+        assert!(center
+            .iter()
+            .all(|b| b.lighting.iter().all(|l| *l == [0.0; 3])));
+
+        let ten = collect(
+            &data,
+            LoaderOptions::eval(&cfg, Output::U8, Mode::TenCrop),
+            10,
+        );
+        let Pixels::U8(px) = &ten[0].pixels else {
+            panic!()
+        };
+        assert_eq!(ten[0].views, 10);
+        assert_eq!(px.len(), 4 * 10 * 75);
+        // Image 1, view 7 (bottom-left, mirrored) equals that crop of record 1.
+        let at = augment::ten_crops(8, 5)[7];
+        let mut expected = vec![0u8; 75];
+        augment::crop_u8(data.reader.record(1), 8, 5, at, &mut expected);
+        let start = (10 + 7) * 75;
+        assert_eq!(&px[start..start + 75], &expected[..]);
+        // Centre batches match view 4 of the ten crops.
+        let Pixels::U8(cpx) = &center[0].pixels else {
+            panic!()
+        };
+        assert_eq!(&cpx[75..150], &px[(10 + 4) * 75..(10 + 5) * 75]);
+    }
+
+    #[test]
+    fn dropping_a_loader_mid_stream_returns_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            let mut loader = Loader::start(
+                data.clone(),
+                LoaderOptions::train(&config(8, 2), Output::U8),
+            )
+            .unwrap();
+            let _ = loader.next();
+            drop(loader); // the producer is blocked on a full queue here
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn ranks_split_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 50);
+        let mut seen = Vec::new();
+        for rank in 0..2 {
+            let options = LoaderOptions {
+                rank,
+                world_size: 2,
+                epochs: Some(1),
+                ..LoaderOptions::train(&config(5, 1), Output::U8)
+            };
+            let batches = collect(&data, options, 100);
+            assert_eq!(batches.iter().map(Batch::len).sum::<usize>(), 25);
+            seen.extend(batches.iter().flat_map(|b| b.indices.clone()));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn stream_checksum_sees_every_byte_label_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 20);
+        let batches = collect(&data, LoaderOptions::train(&config(4, 1), Output::U8), 3);
+        let digest = |bs: &[Batch]| {
+            let mut c = StreamChecksum::default();
+            bs.iter().for_each(|b| c.add(b));
+            c.hex()
+        };
+        let base = digest(&batches);
+        assert_eq!(base, digest(&batches));
+        // Digests taken by the loader's workers give the same checksum.
+        let options = LoaderOptions {
+            digests: true,
+            ..LoaderOptions::train(&config(4, 2), Output::U8)
+        };
+        let with_digests = collect(&data, options, 3);
+        assert!(with_digests.iter().all(|b| b.digests.len() == b.len()));
+        assert_eq!(base, digest(&with_digests));
+        let mut changed = batches.clone();
+        if let Pixels::U8(px) = &mut changed[1].pixels {
+            px[123] ^= 1;
+        }
+        assert_ne!(base, digest(&changed));
+        let mut relabelled = batches.clone();
+        relabelled[2].labels[0] += 1;
+        assert_ne!(base, digest(&relabelled));
+        let mut swapped = batches.clone();
+        swapped.swap(0, 1);
+        assert_ne!(base, digest(&swapped));
+    }
+
+    #[test]
+    fn checksums_verify_and_catch_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 9);
+        data.verify_checksums().unwrap();
+        drop(data);
+        let path = ShardPaths::new(dir.path(), Split::Train, 1).records;
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+        let data = LoaderData::open(dir.path(), Split::Train).unwrap();
+        let err = data.verify_checksums().unwrap_err();
+        assert!(err.to_string().contains("shard-00001.bin"), "{err}");
+    }
+}
