@@ -13,12 +13,13 @@ BIN   := target/release/alexnet
 PIPELINE_FILE := pipelines/$(PIPELINE).toml
 INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
-.PHONY: help build demo sample preprocess export test bench bench-pillow clean-data fmt
+.PHONY: help build demo sample preprocess export contact-sheet test bench bench-pillow bench-loader clean-data fmt
 
 help:
 	@echo "make demo                 generate sample data, preprocess it, export a few images"
 	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n]"
 	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
+	@echo "make contact-sheet        PNG grid of augmented training samples, OUT/contact-sheet.png"
 	@echo "make test                 the whole test suite (CPU only)"
 	@echo "make bench                criterion benchmarks + preprocessing vs Pillow"
 
@@ -41,7 +42,8 @@ export: build
 
 demo: preprocess
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export --limit 16
-	@echo "Look at $(OUT)/export/val/*.png: the images as they were stored."
+	$(BIN) contact-sheet --data $(OUT) --pipeline $(PIPELINE_FILE) --out $(OUT)/contact-sheet.png
+	@echo "Look at $(OUT)/export/val/*.png (the images as stored) and $(OUT)/contact-sheet.png (training crops)."
 
 test:
 	$(CARGO) test --locked
@@ -49,6 +51,15 @@ test:
 bench: build
 	$(CARGO) bench --locked
 	$(MAKE) bench-pillow
+	$(MAKE) bench-loader
+
+# The training loader alone against the bare copy loop, on the 256×256 shards bench-pillow made.
+bench-loader: build
+	$(BIN) bench-loader --data bench-data/out-sample --output u8 --baseline
+	$(BIN) bench-loader --data bench-data/out-sample --output f32 --baseline
+
+contact-sheet: build
+	$(BIN) contact-sheet --data $(OUT) --pipeline $(PIPELINE_FILE) --out $(OUT)/contact-sheet.png
 
 # Preprocessing throughput against a Pillow pipeline with torchvision's semantics.
 bench-pillow: build
