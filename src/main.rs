@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use alexnet::config::Pipeline;
+use alexnet::config::{LoaderConfig, Pipeline};
 use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions};
 use alexnet::sample::{self, SampleOptions, ValLayout};
@@ -261,9 +261,23 @@ fn run_export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The pipeline's loader settings with a command-line seed applied.
+fn loader_config(pipeline: Option<&Path>, seed: Option<u64>) -> Result<LoaderConfig> {
+    let mut config = load_pipeline(pipeline)?.loader;
+    if let Some(seed) = seed {
+        config.seed = seed;
+    }
+    Ok(config)
+}
+
+fn open_training_data(data: &Path) -> Result<Arc<LoaderData>> {
+    let opened = LoaderData::open(data, Split::Train)
+        .with_context(|| format!("opening {}", data.display()))?;
+    Ok(Arc::new(opened))
+}
+
 fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
-    let pipeline = load_pipeline(args.pipeline.as_deref())?;
-    let mut config = pipeline.loader.clone();
+    let mut config = loader_config(args.pipeline.as_deref(), args.seed)?;
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
@@ -271,18 +285,12 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
         anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         config.batch_size = batch_size;
     }
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let output: Output = args.output.parse().map_err(anyhow::Error::msg)?;
-    let data = Arc::new(
-        LoaderData::open(&args.data, Split::Train)
-            .with_context(|| format!("opening {}", args.data.display()))?,
-    );
+    let data = open_training_data(&args.data)?;
     if args.verify {
         data.verify_checksums()?;
     }
@@ -339,15 +347,8 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
 }
 
 fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
-    let pipeline = load_pipeline(args.pipeline.as_deref())?;
-    let mut config = pipeline.loader.clone();
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
-    let data = Arc::new(
-        LoaderData::open(&args.data, Split::Train)
-            .with_context(|| format!("opening {}", args.data.display()))?,
-    );
+    let config = loader_config(args.pipeline.as_deref(), args.seed)?;
+    let data = open_training_data(&args.data)?;
     let mut options = LoaderOptions::train(&config, Output::U8);
     options.start.epoch = args.epoch;
     contact::write_contact_sheet(data, options, args.count, &args.out)?;

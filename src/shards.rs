@@ -90,6 +90,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
     }
 }
 
+/// A missing file means an unfinished dataset (and says how to finish it); anything else is
+/// an I/O error on that file.
+fn missing_or_io(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
+    move |source| match source.kind() {
+        io::ErrorKind::NotFound => ShardError::Incomplete {
+            path: path.to_path_buf(),
+        },
+        _ => ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
 /// The two splits a dataset holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -346,15 +360,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Self, ShardError> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => ShardError::Incomplete {
-                path: path.to_path_buf(),
-            },
-            _ => ShardError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let file = File::open(path).map_err(missing_or_io(path))?;
         let actual = file.metadata().map_err(io_err(path))?.len();
         if actual < HEADER_BYTES as u64 {
             return Err(ShardError::Size {
@@ -561,15 +567,7 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, ShardError> {
         path: path.to_path_buf(),
         message,
     };
-    let file = File::open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ShardError::Incomplete {
-            path: path.to_path_buf(),
-        },
-        _ => ShardError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let file = File::open(path).map_err(missing_or_io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| index_err(format!("unreadable Parquet ({e})")))?;
@@ -687,15 +685,7 @@ impl ShardReceipt {
 
 /// Reads a JSON file of one of the dataset's formats.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ShardError> {
-    let bytes = fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ShardError::Incomplete {
-            path: path.to_path_buf(),
-        },
-        _ => ShardError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let bytes = fs::read(path).map_err(missing_or_io(path))?;
     serde_json::from_slice(&bytes).map_err(|source| ShardError::Json {
         path: path.to_path_buf(),
         source,

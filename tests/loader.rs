@@ -9,17 +9,7 @@ use common::*;
 fn sample_shards(dir: &Path) -> PathBuf {
     let src = small_sample(dir, &[]);
     let out = dir.join("shards");
-    run_ok(&[
-        "preprocess",
-        "--input",
-        s(&src),
-        "--output",
-        s(&out),
-        "--pipeline",
-        s(&repo_file("pipelines/sample.toml")),
-        "--jobs",
-        "2",
-    ]);
+    preprocess_sample(&src, &out, "2");
     out
 }
 

@@ -12,17 +12,7 @@ use alexnet::shards::{
 use common::*;
 
 fn preprocess(src: &Path, out: &Path, jobs: &str) -> String {
-    run_ok(&[
-        "preprocess",
-        "--input",
-        s(src),
-        "--output",
-        s(out),
-        "--pipeline",
-        s(&repo_file("pipelines/sample.toml")),
-        "--jobs",
-        jobs,
-    ])
+    preprocess_sample(src, out, jobs)
 }
 
 #[test]
@@ -297,17 +287,7 @@ fn killed_run_resumes_to_identical_output() {
     for (attempt, extra_delay_ms) in [0u64, 150, 400, 900].into_iter().enumerate() {
         let out = dir.path().join(format!("killed-{attempt}"));
         let mut child = bin()
-            .args([
-                "preprocess",
-                "--input",
-                s(&src),
-                "--output",
-                s(&out),
-                "--pipeline",
-                s(&repo_file("pipelines/sample.toml")),
-                "--jobs",
-                "1",
-            ])
+            .args(preprocess_args(&src, &out, "1"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

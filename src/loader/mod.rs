@@ -220,14 +220,9 @@ impl Pixels {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Pixels::U8(v) => v,
-            Pixels::F32(v) => bytemuck_f32(v),
+            Pixels::F32(v) => as_bytes(v),
         }
     }
-}
-
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding or invalid bit patterns, and u8 has alignment 1.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// One batch, and where it sits in the stream.
@@ -443,8 +438,6 @@ impl Producer {
         let config = &opts.config;
         let (stored, crop) = (self.data.image_size, config.crop_size);
         let views = opts.mode.views();
-        let view_len = (crop * crop * 3) as usize;
-        let image_len = view_len * views;
 
         batch.epoch = position.epoch;
         batch.position = position.sample;
@@ -470,62 +463,75 @@ impl Producer {
         batch.lighting.clear();
         batch.lighting.extend(draws.iter().map(|a| a.lighting));
 
-        let view_crops = |a: &Augmentation| -> Vec<Crop> {
+        let views_of = |a: &Augmentation| -> Vec<Crop> {
             match opts.mode {
                 Mode::TenCrop => augment::ten_crops(stored, crop).to_vec(),
                 _ => vec![a.crop],
             }
         };
-        let data = &self.data;
-        let work: Vec<_> = indices.iter().zip(&draws).collect();
-        let want_digests = opts.digests;
-        batch
-            .digests
-            .resize(if want_digests { indices.len() } else { 0 }, 0);
-        let mut digests = vec![0u64; indices.len()];
-        match &mut batch.pixels {
+        let images: Vec<(&[u8], Vec<Crop>, [f32; 3])> = indices
+            .iter()
+            .zip(&draws)
+            .map(|(&i, a)| (self.data.reader.record(i as usize), views_of(a), a.lighting))
+            .collect();
+        let digests = match &mut batch.pixels {
             Pixels::U8(buf) => {
-                buf.resize(indices.len() * image_len, 0);
-                self.pool.install(|| {
-                    buf.par_chunks_mut(image_len)
-                        .zip(&mut digests)
-                        .zip(&work)
-                        .for_each(|((out, digest), &(&i, a))| {
-                            let record = data.reader.record(i as usize);
-                            for (view, at) in out.chunks_exact_mut(view_len).zip(view_crops(a)) {
-                                augment::crop_u8(record, stored, crop, at, view);
-                            }
-                            if want_digests {
-                                *digest = pixel_digest(out);
-                            }
-                        })
-                });
+                self.write_views(buf, &images, opts.digests, |record, at, _, out| {
+                    augment::crop_u8(record, stored, crop, at, out)
+                })
             }
             Pixels::F32(buf) => {
-                buf.resize(indices.len() * image_len, 0.0);
-                let norm = data.normalizer(config.normalize);
-                self.pool.install(|| {
-                    buf.par_chunks_mut(image_len)
-                        .zip(&mut digests)
-                        .zip(&work)
-                        .for_each(|((out, digest), &(&i, a))| {
-                            let record = data.reader.record(i as usize);
-                            for (view, at) in out.chunks_exact_mut(view_len).zip(view_crops(a)) {
-                                augment::crop_f32(
-                                    record, stored, crop, at, a.lighting, &norm, view,
-                                );
-                            }
-                            if want_digests {
-                                *digest = pixel_digest(bytemuck_f32(out));
-                            }
-                        })
-                });
+                let norm = self.data.normalizer(config.normalize);
+                self.write_views(buf, &images, opts.digests, |record, at, lighting, out| {
+                    augment::crop_f32(record, stored, crop, at, lighting, &norm, out)
+                })
             }
-        }
-        if want_digests {
-            batch.digests.copy_from_slice(&digests);
+        };
+        batch.digests = digests;
+    }
+
+    /// Writes every view of every image into `buf` (resized to fit) on the pool, one image per
+    /// task, and returns the per-image pixel digests when `digests` is set (else nothing).
+    fn write_views<T: Copy + Default + Send + Sync>(
+        &self,
+        buf: &mut Vec<T>,
+        images: &[(&[u8], Vec<Crop>, [f32; 3])],
+        digests: bool,
+        write: impl Fn(&[u8], Crop, [f32; 3], &mut [T]) + Sync,
+    ) -> Vec<u64> {
+        let crop = self.options.config.crop_size as usize;
+        let view_len = crop * crop * 3;
+        let image_len = view_len * self.options.mode.views();
+        buf.resize(images.len() * image_len, T::default());
+        let per_image: Vec<u64> = self.pool.install(|| {
+            buf.par_chunks_mut(image_len)
+                .zip(images)
+                .map(|(out, (record, views, lighting))| {
+                    for (view, &at) in out.chunks_exact_mut(view_len).zip(views) {
+                        write(record, at, *lighting, view);
+                    }
+                    // Digest while the pixels are still in this core's cache.
+                    if digests {
+                        pixel_digest(as_bytes(out))
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        });
+        if digests {
+            per_image
+        } else {
+            Vec::new()
         }
     }
+}
+
+/// The bytes of a slice of plain numbers (u8 or f32), for digests.
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: only instantiated with u8 and f32, which have no padding or invalid bit
+    // patterns; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// A cheap digest of one image's pixel bytes: eight independent Fletcher-style lanes of u64

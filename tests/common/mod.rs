@@ -70,6 +70,30 @@ pub fn small_sample(dir: &Path, extra: &[&str]) -> PathBuf {
     src
 }
 
+/// Arguments of `alexnet preprocess` with the sample pipeline.
+pub fn preprocess_args(src: &Path, out: &Path, jobs: &str) -> Vec<String> {
+    let pipeline = repo_file("pipelines/sample.toml");
+    [
+        "preprocess",
+        "--input",
+        s(src),
+        "--output",
+        s(out),
+        "--pipeline",
+        s(&pipeline),
+        "--jobs",
+        jobs,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `alexnet preprocess` with the sample pipeline; returns stdout.
+pub fn preprocess_sample(src: &Path, out: &Path, jobs: &str) -> String {
+    let args = preprocess_args(src, out, jobs);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Every file under `root`, by relative path, with its bytes.
 pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
