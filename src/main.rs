@@ -351,8 +351,8 @@ fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
     let data = open_training_data(&args.data)?;
     let mut options = LoaderOptions::train(&config, Output::U8);
     options.start.epoch = args.epoch;
-    contact::write_contact_sheet(data, options, args.count, &args.out)?;
-    println!("wrote {} samples to {}", args.count, args.out.display());
+    let drawn = contact::write_contact_sheet(data, options, args.count, &args.out)?;
+    println!("wrote {drawn} samples to {}", args.out.display());
     Ok(())
 }
 

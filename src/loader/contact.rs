@@ -23,12 +23,13 @@ fn label_scale(crop: u32) -> u32 {
 
 /// Renders the first `count` samples of the training stream (as the trainer would see them,
 /// lighting noise included, before mean subtraction) into a grid and writes it as PNG.
+/// Returns how many samples it drew (fewer than `count` when an epoch is shorter).
 pub fn write_contact_sheet(
     data: Arc<LoaderData>,
     options: LoaderOptions,
     count: usize,
     path: &Path,
-) -> Result<(), LoaderError> {
+) -> Result<usize, LoaderError> {
     let classes = data.classes.clone();
     let options = LoaderOptions {
         output: Output::U8,
@@ -82,5 +83,6 @@ pub fn write_contact_sheet(
     }
     sheet
         .save(path)
-        .map_err(|e| LoaderError::Settings(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| LoaderError::Settings(format!("cannot write {}: {e}", path.display())))?;
+    Ok(batch.len())
 }

@@ -424,7 +424,7 @@ impl Producer {
     fn epoch_order(&self, epoch: u64) -> Vec<u32> {
         match self.options.mode {
             Mode::Train => self.sampler.epoch(epoch),
-            // Evaluation reads in dataset order, each rank a contiguous-free strided share.
+            // Evaluation reads in dataset order; rank r takes every world_size-th image from r.
             Mode::Center | Mode::TenCrop => (self.options.rank..self.data.len())
                 .step_by(self.options.world_size)
                 .map(|i| i as u32)
