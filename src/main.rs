@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use alexnet::config::{LoaderConfig, Pipeline};
 use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
-use alexnet::preprocess::{self, PreprocessOptions};
+use alexnet::preprocess::{self, PreprocessOptions, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
 
@@ -230,7 +230,11 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
         output: args.output,
         jobs,
         val_labels: args.val_labels,
-        progress: std::io::stderr().is_terminal(),
+        progress: if std::io::stderr().is_terminal() {
+            Progress::Bar
+        } else {
+            Progress::Lines
+        },
     };
     let size = pipeline.preprocess.image_size;
     eprintln!(

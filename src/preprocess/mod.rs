@@ -67,8 +67,19 @@ pub struct PreprocessOptions {
     pub jobs: usize,
     /// Where `LOC_val_solution.csv` is, when it is not beside the input.
     pub val_labels: Option<PathBuf>,
-    /// Draw progress bars (off in tests and when stderr is not a terminal).
-    pub progress: bool,
+    /// How to show progress on stderr.
+    pub progress: Progress,
+}
+
+/// How a long run shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A live progress bar (stderr is a terminal).
+    Bar,
+    /// A plain line every minute (stderr is a log file or a pipe).
+    Lines,
+    /// Nothing.
+    Off,
 }
 
 /// What a run did, for the end-of-run summary.
@@ -452,7 +463,7 @@ fn process_split(
             (plan.first_input..plan.first_input + plan.inputs).map(move |i| (*plan, i))
         })
         .collect();
-    let progress = progress_bar(
+    let mut progress = SplitProgress::new(
         opts.progress,
         split,
         inputs.len(),
@@ -484,12 +495,12 @@ fn process_split(
         || CenterCropResizer::new(config.image_size),
         |resizer, k| prepare(resizer, &inputs[work[k].1], &decode_options),
         |k, result| {
-            progress.inc(1);
+            progress.inc();
             let (plan, i) = work[k];
             writer.accept(plan, i, result)
         },
     )?;
-    progress.finish_and_clear();
+    progress.finish();
 
     let receipts: Vec<ShardReceipt> = writer
         .receipts
@@ -627,21 +638,71 @@ fn reuse_shard(
     Ok(Some(receipt))
 }
 
-fn progress_bar(enabled: bool, split: Split, total: usize, done: usize) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
+/// Progress of one split: a bar on a terminal, or a line a minute in a log.
+struct SplitProgress {
+    bar: ProgressBar,
+    lines: bool,
+    split: Split,
+    total: usize,
+    position: usize,
+    done_before: usize,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl SplitProgress {
+    const LINE_EVERY: Duration = Duration::from_secs(60);
+
+    fn new(mode: Progress, split: Split, total: usize, done: usize) -> Self {
+        let bar = if mode == Progress::Bar {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>5} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(split.name());
+            bar.set_position(done as u64);
+            bar.reset_eta();
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Self {
+            bar,
+            lines: mode == Progress::Lines,
+            split,
+            total,
+            position: done,
+            done_before: done,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
     }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>5} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix(split.name());
-    bar.set_position(done as u64);
-    bar.reset_eta();
-    bar
+
+    fn inc(&mut self) {
+        self.position += 1;
+        self.bar.inc(1);
+        if self.lines && self.last_line.elapsed() >= Self::LINE_EVERY {
+            self.last_line = Instant::now();
+            let rate = (self.position - self.done_before) as f64
+                / self.started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (self.total - self.position) as f64 / rate.max(1e-9);
+            eprintln!(
+                "{}: {}/{} ({:.1}%), {rate:.0} images/s, about {:.0} min left",
+                self.split,
+                self.position,
+                self.total,
+                100.0 * self.position as f64 / self.total.max(1) as f64,
+                eta / 60.0
+            );
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Exact per-pixel sums over the training records, so the mean does not depend on the order
