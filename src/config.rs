@@ -133,6 +133,16 @@ impl Default for LoaderConfig {
     }
 }
 
+impl LoaderConfig {
+    /// The number of loader threads: `threads`, or one per core when it is 0.
+    pub fn resolved_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -289,10 +289,7 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
         anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         config.batch_size = batch_size;
     }
-    let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = config.resolved_threads();
     let output: Output = args.output.parse().map_err(anyhow::Error::msg)?;
     let data = open_training_data(&args.data)?;
     if args.verify {

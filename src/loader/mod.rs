@@ -311,10 +311,7 @@ impl Loader {
                 config.batch_size
             )));
         }
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = config.resolved_threads();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("loader-{i}"))

@@ -356,6 +356,24 @@ mod tests {
         out
     }
 
+    /// `img` as an Adobe CMYK JPEG with pure CMY inks and no black (R = 255 − C, and so on).
+    fn cmyk_jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
+        let cmyk: Vec<u8> = img
+            .pixels()
+            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+            .collect();
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, quality)
+            .encode(
+                &cmyk,
+                img.width() as u16,
+                img.height() as u16,
+                jpeg_encoder::ColorType::Cmyk,
+            )
+            .unwrap();
+        bytes
+    }
+
     fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
         assert_eq!(a.dimensions(), b.dimensions());
         a.as_raw()
@@ -395,15 +413,7 @@ mod tests {
     fn adobe_cmyk_jpeg_becomes_the_right_rgb() {
         // Pure CMY inks with no black: R = 255 - C, and so on, after Adobe's inversion.
         let img = photo(64, 64);
-        let cmyk: Vec<u8> = img
-            .pixels()
-            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
-            .collect();
-        let mut bytes = Vec::new();
-        jpeg_encoder::Encoder::new(&mut bytes, 95)
-            .encode(&cmyk, 64, 64, jpeg_encoder::ColorType::Cmyk)
-            .unwrap();
-        let d = decode_bytes(&bytes, &LIMITS).unwrap();
+        let d = decode_bytes(&cmyk_jpeg(&img, 95), &LIMITS).unwrap();
         assert!(mean_abs_diff(&d.image, &img) < 4.0);
     }
 
@@ -578,15 +588,7 @@ mod tests {
         assert_eq!((d.shrink, d.image.dimensions()), (2, (300, 265)));
         assert!(d.image.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
 
-        let cmyk: Vec<u8> = img
-            .pixels()
-            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
-            .collect();
-        let mut bytes = Vec::new();
-        jpeg_encoder::Encoder::new(&mut bytes, 90)
-            .encode(&cmyk, 1100, 520, jpeg_encoder::ColorType::Cmyk)
-            .unwrap();
-        let d = decode_bytes(&bytes, &options).unwrap();
+        let d = decode_bytes(&cmyk_jpeg(&img, 90), &options).unwrap();
         assert_eq!((d.shrink, d.image.dimensions()), (1, (1100, 520)));
         assert!(mean_abs_diff(&d.image, &img) < 4.0);
     }
