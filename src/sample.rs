@@ -12,7 +12,10 @@
 //!
 //! Each class is a shape or a texture drawn at a random position, scale and
 //! rotation with random colours over a random gradient, so neither colour nor
-//! position gives the label away, while a small CNN can still learn it.
+//! position gives the label away, while a small CNN can still learn it. The
+//! position is random only within the image's central square, away from its
+//! edges (see [`object_region`]), so that the centre crop of preprocessing and
+//! the 7/8 crops of training and evaluation always show the object.
 //!
 //! Every image draws its randomness from its own ChaCha8 stream seeded from
 //! `(seed, split, class, index)`, so output is byte-identical for the same
@@ -931,10 +934,11 @@ impl ClassSpec {
         }
     }
 
-    /// Range of an object's diameter as a fraction of the short side.
+    /// Range of an object's diameter as a fraction of the short side, at
+    /// most [`MAX_DIAMETER_FRACTION`].
     fn diameter_band(self) -> (f32, f32) {
         match (self.pattern.is_texture(), self.variant) {
-            (true, 2) => (0.55, 0.8),
+            (true, 2) => (0.5, MAX_DIAMETER_FRACTION),
             (true, _) => (0.4, 0.7),
             (false, 0) => (0.25, 0.7),
             (false, 1) => (0.25, 0.42),
@@ -987,6 +991,39 @@ struct Rendered {
     boxes: Vec<BBox>,
 }
 
+/// Largest object diameter as a fraction of the short side. With the margin of
+/// [`object_region`] a 7/8 crop at any offset still shows most of the object.
+const MAX_DIAMETER_FRACTION: f32 = 0.7;
+
+/// Objects keep `1/OBJECT_MARGIN_DIVISOR` of the central square's side clear
+/// on every side: training crops 7/8 of the square at a random offset and
+/// evaluation its centre 7/8, so objects stay in the central 7/8.
+const OBJECT_MARGIN_DIVISOR: u32 = 16;
+
+/// How far beyond an object's radius [`paint`] may touch pixels: its window
+/// reaches one pixel further, plus a pixel against rounding of the centre.
+const PAINT_SLACK: f32 = 2.0;
+
+/// Inclusive pixel bounds that every class object lies inside: the central
+/// square of the image (side = shorter side, centred like a centre crop) less a
+/// margin of 1/16 of its side all round.
+///
+/// Preprocessing resizes the shorter side to S and centre-crops S×S, cutting
+/// off the ends of elongated images; training then takes random 7/8 crops of
+/// that square. An object placed anywhere in the image would often end up
+/// outside the crop, leaving a plain-background sample.
+fn object_region(width: u32, height: u32) -> BBox {
+    let short = width.min(height);
+    let margin = short.div_ceil(OBJECT_MARGIN_DIVISOR);
+    let (left, top) = ((width - short) / 2, (height - short) / 2);
+    BBox {
+        x0: left + margin,
+        y0: top + margin,
+        x1: left + short - 1 - margin,
+        y1: top + short - 1 - margin,
+    }
+}
+
 /// Luma difference between an object and what it is drawn on. Luma rather
 /// than RGB distance keeps the class visible in the grayscale edge case.
 const MIN_LUMA_CONTRAST: f32 = 60.0;
@@ -1005,11 +1042,14 @@ fn render_class_image(rng: &mut ChaCha8Rng, class: usize, width: u32, height: u3
     let mut canvas = gradient_canvas(width, height, background, background_end, angle);
     draw_distractors(&mut canvas, rng, short);
 
+    let region = object_region(width, height);
+    // Only tiny images need the cap; it keeps the object inside the region.
+    let max_radius = (region.x1 + 1 - region.x0) as f32 / 2.0 - PAINT_SLACK;
     let (lo, hi) = spec.diameter_band();
     let radii: Vec<f32> = (0..spec.copies())
-        .map(|_| 0.5 * short * rng.random_range(lo..=hi))
+        .map(|_| (0.5 * short * rng.random_range(lo..=hi)).min(max_radius))
         .collect();
-    let centres = place_without_overlap(rng, width, height, &radii);
+    let centres = place_without_overlap(rng, region, &radii);
     let mut boxes = Vec::new();
     for (&radius, &(cx, cy)) in radii.iter().zip(&centres) {
         let drawn = if spec.pattern.is_texture() {
@@ -1117,21 +1157,17 @@ fn draw_distractors(canvas: &mut Canvas, rng: &mut ChaCha8Rng, short: f32) {
     }
 }
 
-/// Centres for circles of the given radii, fully inside the image and, when
-/// there is room, not overlapping each other.
-fn place_without_overlap(
-    rng: &mut ChaCha8Rng,
-    width: u32,
-    height: u32,
-    radii: &[f32],
-) -> Vec<(f32, f32)> {
+/// Centres for circles of the given radii such that everything [`paint`]
+/// touches for them lies inside `region` (see [`object_region`]) and, when
+/// there is room, the circles do not overlap each other.
+fn place_without_overlap(rng: &mut ChaCha8Rng, region: BBox, radii: &[f32]) -> Vec<(f32, f32)> {
     let mut centres: Vec<(f32, f32)> = Vec::with_capacity(radii.len());
     for (i, &r) in radii.iter().enumerate() {
         let mut candidate = (0.0, 0.0);
         for _ in 0..50 {
             candidate = (
-                random_coordinate(rng, r, width as f32),
-                random_coordinate(rng, r, height as f32),
+                random_coordinate(rng, r, region.x0, region.x1),
+                random_coordinate(rng, r, region.y0, region.y1),
             );
             let clear = centres.iter().zip(&radii[..i]).all(|(&(x, y), &other)| {
                 let gap = r + other + 2.0;
@@ -1146,12 +1182,16 @@ fn place_without_overlap(
     centres
 }
 
-fn random_coordinate(rng: &mut ChaCha8Rng, radius: f32, extent: f32) -> f32 {
-    let hi = extent - radius;
-    if hi <= radius {
-        extent / 2.0
+/// A centre coordinate, uniform over the positions where the pixels painted
+/// around it (`radius + PAINT_SLACK` either side) stay within pixels
+/// `first..=last`; their midpoint if there is no room to move.
+fn random_coordinate(rng: &mut ChaCha8Rng, radius: f32, first: u32, last: u32) -> f32 {
+    let reach = radius + PAINT_SLACK;
+    let (lo, hi) = (first as f32 + reach, (last + 1) as f32 - reach);
+    if hi <= lo {
+        (first + last + 1) as f32 / 2.0
     } else {
-        rng.random_range(radius..=hi)
+        rng.random_range(lo..=hi)
     }
 }
 
@@ -1853,6 +1893,71 @@ mod tests {
             .all(|e| e.path.starts_with("train/")));
         let csv = String::from_utf8(files["LOC_val_solution.csv"].clone()).unwrap();
         assert_eq!(csv, "ImageId,PredictionString\n");
+    }
+
+    #[test]
+    fn objects_stay_inside_the_central_square_away_from_its_edges() {
+        // 1:3, 3:1, square and in-between, from the smallest allowed side up.
+        let sizes = [
+            (16, 48),
+            (48, 16),
+            (16, 16),
+            (64, 192),
+            (192, 64),
+            (64, 64),
+            (101, 303),
+            (303, 101),
+            (100, 150),
+            (150, 100),
+            (160, 480),
+            (480, 160),
+        ];
+        for (k, &(width, height)) in sizes.iter().enumerate() {
+            let short = width.min(height) as f32;
+            // The central square in pixel-edge coordinates, and its inner 7/8.
+            let (left, top) = ((width as f32 - short) / 2.0, (height as f32 - short) / 2.0);
+            let margin = short / 16.0;
+            let (mut lo_centre, mut hi_centre) = ([f32::MAX; 2], [f32::MIN; 2]);
+            let mut worst_visible = 1.0f32;
+            for class in 0..MAX_CLASSES {
+                for draw in 0..4 {
+                    let mut rng = stream_rng(draw, 1000, class as u64, k as u64);
+                    let image = render_class_image(&mut rng, class, width, height);
+                    assert_eq!(image.boxes.len(), class_spec(class).copies());
+                    for b in &image.boxes {
+                        let at = format!("class {class} draw {draw} {width}x{height}: {b:?}");
+                        let span = [(b.x0, b.x1, left), (b.y0, b.y1, top)];
+                        for (axis, (first, last, start)) in span.into_iter().enumerate() {
+                            // Pixels first..=last cover [first, last + 1).
+                            let (from, to) = (first as f32, (last + 1) as f32);
+                            assert!(from >= start + margin - 0.5, "{at}");
+                            assert!(to <= start + short - margin, "{at}");
+                            // paint's window: a pixel beyond the radius, plus rounding.
+                            assert!(to - from <= MAX_DIAMETER_FRACTION * short + 4.0, "{at}");
+                            // Share of the object inside 7/8 crops at both extremes.
+                            for offset in [0.0, short / 8.0] {
+                                let crop = (start + offset, start + offset + short * 7.0 / 8.0);
+                                let seen = (to.min(crop.1) - from.max(crop.0)).max(0.0);
+                                worst_visible = worst_visible.min(seen / (to - from));
+                            }
+                            let centre = (from + to) / 2.0;
+                            lo_centre[axis] = lo_centre[axis].min(centre);
+                            hi_centre[axis] = hi_centre[axis].max(centre);
+                        }
+                    }
+                }
+            }
+            assert!(worst_visible >= 0.6, "{width}x{height}: {worst_visible}");
+            // Positions still vary over much of the square (less in tiny
+            // images, where the paint slack takes a larger share).
+            for axis in 0..2 {
+                let spread = hi_centre[axis] - lo_centre[axis];
+                assert!(
+                    spread >= 0.5 * short - 4.0,
+                    "{width}x{height} axis {axis}: centres spread {spread}"
+                );
+            }
+        }
     }
 
     #[test]
