@@ -34,6 +34,92 @@ pub struct Pipeline {
     pub name: String,
     pub preprocess: PreprocessConfig,
     pub loader: LoaderConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+/// The network's widths and the paper's layer settings (see `model`). The layer structure is
+/// fixed; the number of classes comes from the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Output channels of conv1..conv5 (96, 256, 384, 384, 256 in the paper).
+    pub conv_channels: [usize; 5],
+    /// Units of FC6 and FC7 (4096).
+    pub fc_units: usize,
+    /// Dropout probability before FC6 and FC7 (0.5); 0 turns it off.
+    pub dropout: f32,
+    /// Local response normalisation after conv1 and conv2, the paper's formula
+    /// b = a / (k + α Σ a²)^β over `lrn_size` neighbouring channels.
+    pub lrn: bool,
+    pub lrn_size: usize,
+    pub lrn_k: f32,
+    pub lrn_alpha: f32,
+    pub lrn_beta: f32,
+    /// Weights are drawn from N(0, init_std²) (0.01).
+    pub init_std: f32,
+    /// Initial bias of conv2, conv4, conv5, FC6 and FC7 (1 in the paper; Caffe's
+    /// reproduction used 0.1); the other biases start at 0.
+    pub init_bias: f32,
+}
+
+/// The optimiser and its schedule (see `train`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Passes over the training set (90 in the paper).
+    pub epochs: u64,
+    /// Initial learning rate of SGD (0.01).
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// The learning rate is multiplied by `lr_decay` after `lr_patience` epochs without a new
+    /// best validation top-1 error ("divided by 10 when the validation error stops improving").
+    pub lr_decay: f64,
+    pub lr_patience: u64,
+    /// The learning rate is never lowered below this.
+    pub min_learning_rate: f64,
+    /// Seed of the weight initialisation and of the dropout masks.
+    pub seed: u64,
+    /// Also save a checkpoint every this many steps within an epoch (0: only at epoch ends).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept in `RUN/checkpoints/` (the newest ones).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            conv_channels: [96, 256, 384, 384, 256],
+            fc_units: 4096,
+            dropout: 0.5,
+            lrn: true,
+            lrn_size: 5,
+            lrn_k: 2.0,
+            lrn_alpha: 1e-4,
+            lrn_beta: 0.75,
+            init_std: 0.01,
+            init_bias: 1.0,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 90,
+            learning_rate: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            lr_decay: 0.1,
+            lr_patience: 3,
+            min_learning_rate: 1e-5,
+            seed: 0,
+            // ~25 minutes of a fast GPU; an ImageNet epoch is 10,009 steps of 128.
+            checkpoint_every: 2000,
+            keep_checkpoints: 3,
+        }
+    }
 }
 
 /// How stored images become training batches (see `loader`).
@@ -97,6 +183,8 @@ impl Default for Pipeline {
             name: "alexnet".to_string(),
             preprocess: PreprocessConfig::default(),
             loader: LoaderConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
         }
     }
 }
@@ -208,6 +296,41 @@ impl Pipeline {
                 "loader.lighting_std = {} must be a finite number >= 0",
                 l.lighting_std
             ));
+        }
+        let m = &self.model;
+        if m.conv_channels.contains(&0) || m.fc_units == 0 {
+            return Err("model.conv_channels and model.fc_units must be positive".into());
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(format!("model.dropout = {} is outside 0..1", m.dropout));
+        }
+        if m.lrn && (m.lrn_size == 0 || m.lrn_size % 2 == 0) {
+            return Err(format!(
+                "model.lrn_size = {} must be odd (a window centred on each channel)",
+                m.lrn_size
+            ));
+        }
+        if !(m.init_std > 0.0 && m.init_std.is_finite()) {
+            return Err(format!("model.init_std = {} must be positive", m.init_std));
+        }
+        let t = &self.train;
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return Err(format!(
+                "train.learning_rate = {} must be positive",
+                t.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&t.momentum) || !(0.0..1.0).contains(&t.lr_decay) {
+            return Err("train.momentum and train.lr_decay must be in 0..1".into());
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(format!(
+                "train.weight_decay = {} must be >= 0",
+                t.weight_decay
+            ));
+        }
+        if t.keep_checkpoints == 0 {
+            return Err("train.keep_checkpoints must be at least 1".into());
         }
         Ok(())
     }

@@ -5,7 +5,9 @@
 pub mod config;
 pub mod export;
 pub mod loader;
+pub mod model;
 pub mod preprocess;
 pub mod sample;
 pub mod shards;
 pub mod text;
+pub mod train;

@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use dfdx::prelude::Cpu;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -16,6 +19,7 @@ use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
+use alexnet::train::{self, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +47,59 @@ enum Command {
     BenchLoader(BenchLoaderArgs),
     /// Write a PNG grid of augmented training samples with their class names.
     ContactSheet(ContactSheetArgs),
+    /// Train AlexNet on preprocessed shards, validating every epoch and saving checkpoints.
+    Train(TrainArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceKind {
+    /// CUDA when the binary was built with it, else the CPU.
+    fn default_for_build() -> Self {
+        if cfg!(feature = "cuda") {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Cpu
+        }
+    }
+}
+
+#[derive(clap::Args)]
+#[command(
+    long_about = "Train AlexNet on preprocessed shards with the paper's recipe: SGD with momentum \
+        and weight decay, dropout, random crops, flips and lighting, the learning rate divided by \
+        10 when the validation error stops improving.\n\n\
+        RUN receives pipeline.toml (the resolved settings), metrics.csv (one row per epoch), \
+        steps.csv (one row per step) and checkpoints/ (safetensors with PyTorch's names). \
+        Ctrl-C saves a checkpoint and exits with status 130; --resume continues exactly where \
+        the latest checkpoint left off."
+)]
+struct TrainArgs {
+    /// Shard directory written by `alexnet preprocess` (needs train and val splits).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory for checkpoints and logs (created if absent).
+    #[arg(long)]
+    run: PathBuf,
+    /// Pipeline file (TOML) [default: the paper's; with --resume, the run's pipeline.toml].
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Number of epochs [default: the pipeline's train.epochs].
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Continue the run from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Where to train [default: cuda in a CUDA build, else cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceKind>,
+    /// Save a checkpoint and stop after this many steps in total, as Ctrl-C does.
+    #[arg(long)]
+    stop_after_steps: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -172,6 +229,7 @@ fn main() {
         Command::Export(args) => run_export(args),
         Command::BenchLoader(args) => run_bench_loader(args),
         Command::ContactSheet(args) => run_contact_sheet(args),
+        Command::Train(args) => run_train(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -230,11 +288,7 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
         output: args.output,
         jobs,
         val_labels: args.val_labels,
-        progress: if std::io::stderr().is_terminal() {
-            Progress::Bar
-        } else {
-            Progress::Lines
-        },
+        progress: progress_mode(),
     };
     let size = pipeline.preprocess.image_size;
     eprintln!(
@@ -355,6 +409,115 @@ fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
     let drawn = contact::write_contact_sheet(data, options, args.count, &args.out)?;
     println!("wrote {drawn} samples to {}", args.out.display());
     Ok(())
+}
+
+fn progress_mode() -> Progress {
+    if std::io::stderr().is_terminal() {
+        Progress::Bar
+    } else {
+        Progress::Lines
+    }
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let saved = args.run.join("pipeline.toml");
+    let mut pipeline = match (&args.pipeline, args.resume) {
+        (Some(path), _) => Pipeline::load(path)?,
+        (None, true) if saved.exists() => Pipeline::load(&saved)?,
+        (None, _) => Pipeline::default(),
+    };
+    if let Some(epochs) = args.epochs {
+        pipeline.train.epochs = epochs;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
+    let options = TrainOptions {
+        data: args.data.clone(),
+        run: args.run.clone(),
+        pipeline,
+        resume: args.resume,
+        progress: progress_mode(),
+        stop,
+        stop_after_steps: args.stop_after_steps,
+        device_name: String::new(),
+    };
+    let outcome = match device {
+        DeviceKind::Cpu => {
+            // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
+            dfdx::flush_denormals_to_zero();
+            let threads = rayon::current_num_threads();
+            let options = TrainOptions {
+                device_name: format!("the CPU ({threads} threads)"),
+                ..options
+            };
+            train::run(Cpu::default(), options)
+        }
+        DeviceKind::Cuda => run_on_cuda(options)?,
+    }
+    .with_context(|| format!("training run {}", args.run.display()))?;
+
+    let resume_hint = format!(
+        "alexnet train --data {} --run {} --resume",
+        args.data.display(),
+        args.run.display()
+    );
+    if outcome.interrupted {
+        let saved = outcome.checkpoint.as_deref().map(Path::display);
+        eprintln!(
+            "stopped at step {} (epoch {} of {}); saved {}\ncontinue with: {resume_hint}",
+            outcome.steps,
+            outcome.epochs_done + 1,
+            outcome.epochs,
+            saved.map(|p| p.to_string()).unwrap_or_default(),
+        );
+        std::process::exit(130);
+    }
+    if let Some(last) = &outcome.last_epoch {
+        eprintln!(
+            "done: {} epochs, {} steps, {:.1} min of training; final validation (centre crop): \
+             top-1 error {:.2}%, top-5 error {:.2}%",
+            outcome.epochs_done,
+            outcome.steps,
+            outcome.seconds / 60.0,
+            100.0 * last.val.top1_error(),
+            100.0 * last.val.top5_error(),
+        );
+    }
+    if let Some(path) = &outcome.checkpoint {
+        eprintln!("checkpoint: {}", path.display());
+    }
+    eprintln!("metrics: {}", args.run.join("metrics.csv").display());
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_on_cuda(options: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
+    use dfdx::prelude::Cache;
+    let dev = dfdx::tensor::Cuda::try_build(0, options.pipeline.train.seed)
+        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+    // Reuse device allocations between steps instead of allocating each one anew.
+    dev.enable_cache();
+    let options = TrainOptions {
+        device_name: "CUDA device 0".into(),
+        ..options
+    };
+    Ok(train::run(dev, options))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda(_: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
+    anyhow::bail!(
+        "this binary was built without CUDA; build it with `cargo build --release --features cuda` \
+         (or use `make train CUDA=1`), or train with --device cpu"
+    )
 }
 
 fn progress_bar(len: u64, unit: &str) -> ProgressBar {

@@ -74,7 +74,7 @@ pub fn lighting_offset(alpha: [f32; 3]) -> [f32; 3] {
 }
 
 /// Box–Muller; two uniforms per normal keeps the stream simple and reproducible.
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+pub fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
     let u2: f64 = rng.random();
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32

@@ -237,6 +237,9 @@ pub struct Batch {
     /// Per image, the RGB lighting offset (0..255 scale) a u8 consumer adds on the device;
     /// already applied in f32 batches.
     pub lighting: Vec<[f32; 3]>,
+    /// Where each view was cut (image-major, `views` per image): a u8 consumer subtracts the
+    /// mean image at these positions.
+    pub crops: Vec<Crop>,
     pub crop_size: u32,
     pub views: usize,
     pub pixels: Pixels,
@@ -269,6 +272,7 @@ impl Batch {
             indices: Vec::new(),
             labels: Vec::new(),
             lighting: Vec::new(),
+            crops: Vec::new(),
             crop_size: 0,
             views: 0,
             digests: Vec::new(),
@@ -471,6 +475,10 @@ impl Producer {
             .zip(&draws)
             .map(|(&i, a)| (self.data.reader.record(i as usize), views_of(a), a.lighting))
             .collect();
+        batch.crops.clear();
+        batch
+            .crops
+            .extend(images.iter().flat_map(|(_, views, _)| views.iter().copied()));
         let digests = match &mut batch.pixels {
             Pixels::U8(buf) => {
                 self.write_views(buf, &images, opts.digests, |record, at, _, out| {

@@ -1,0 +1,332 @@
+//! Weights in safetensors files with PyTorch's names and layouts.
+//!
+//! A checkpoint holds `features.{0,4,8,10,12}.{weight,bias}` and
+//! `classifier.{1,4,6}.{weight,bias}` exactly as `torch.nn.Sequential` AlexNet's
+//! `state_dict()` has them (conv `[out, in, kh, kw]`, linear `[out, in]`, with
+//! `classifier.1` over PyTorch's channel-major flattening), so
+//! `safetensors.torch.load_file` + `load_state_dict` just works. Training checkpoints add the
+//! SGD momentum under `momentum.<name>` (same layouts) and their state as JSON metadata; see
+//! `schemas/checkpoint.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use dfdx::prelude::*;
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+
+use super::{Affine, Spec, TorchLayout, TORCH_NAMES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write checkpoint {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: crate::shards::ShardError,
+    },
+    #[error("{path} is not a safetensors file ({message})")]
+    Format { path: PathBuf, message: String },
+    #[error(
+        "checkpoint {path} has no tensor `{name}` (it holds: {found}); \
+         is it an AlexNet saved as torch.nn.Sequential features/classifier?"
+    )]
+    Missing {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+    #[error(
+        "checkpoint {path}: tensor `{name}` has shape {found:?}, but this pipeline's model needs \
+         {expected:?}; evaluate it with the pipeline it was trained with (--pipeline)"
+    )]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("checkpoint {path}: tensor `{name}` is {found}, expected F32")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+}
+
+/// Named f32 tensors and string metadata: the contents of one safetensors file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TensorFile {
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Serialises to safetensors bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let views: Vec<(String, TensorView)> = self
+            .tensors
+            .iter()
+            .map(|(name, (shape, data))| {
+                let view = TensorView::new(StDtype::F32, shape.clone(), f32_bytes(data))
+                    .expect("shape matches data");
+                (name.clone(), view)
+            })
+            .collect();
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
+        safetensors::serialize(views, metadata).expect("f32 tensors always serialise")
+    }
+
+    /// Writes atomically: a crash leaves the old file or the new one, never half of one.
+    pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        crate::shards::write_atomic(path, &self.to_bytes()).map_err(|source| {
+            CheckpointError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses safetensors bytes; `path` only names the file in errors. Non-f32 tensors are
+    /// skipped here and reported when asked for.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
+        let format = |e: safetensors::SafeTensorError| CheckpointError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(format)?;
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
+        let mut out = TensorFile {
+            metadata: header.metadata().clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        for (name, view) in file.tensors() {
+            let data = match view.dtype() {
+                StDtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                other => {
+                    out.metadata
+                        .insert(format!("__dtype__{name}"), format!("{other:?}"));
+                    continue;
+                }
+            };
+            out.tensors.insert(name, (view.shape().to_vec(), data));
+        }
+        Ok(out)
+    }
+
+    /// The tensor `name` with the given shape, or an error naming what is wrong.
+    pub fn get(&self, path: &Path, name: &str, shape: &[usize]) -> Result<&[f32], CheckpointError> {
+        if let Some(dtype) = self.metadata.get(&format!("__dtype__{name}")) {
+            return Err(CheckpointError::Dtype {
+                path: path.to_path_buf(),
+                name: name.into(),
+                found: dtype.clone(),
+            });
+        }
+        let (found, data) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: path.to_path_buf(),
+                name: name.into(),
+                found: self.tensors.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+        if found != shape {
+            return Err(CheckpointError::Shape {
+                path: path.to_path_buf(),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: found.clone(),
+            });
+        }
+        Ok(data)
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns; the result borrows `v`. Stored
+    // little-endian, as safetensors requires, on every platform this builds for.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// PyTorch's shape of a layer's weight.
+pub fn torch_shape(layout: TorchLayout, inputs: usize, outputs: usize) -> Vec<usize> {
+    match layout {
+        TorchLayout::Conv {
+            kernel,
+            in_channels,
+        } => vec![outputs, in_channels, kernel, kernel],
+        TorchLayout::Linear | TorchLayout::LinearAfterFlatten { .. } => vec![outputs, inputs],
+    }
+}
+
+/// Where row `input` of our `(inputs, outputs)` weight sits among PyTorch's input columns.
+fn torch_column(layout: TorchLayout, input: usize) -> usize {
+    match layout {
+        // ours: (ky, kx, c); PyTorch: (c, ky, kx)
+        TorchLayout::Conv {
+            kernel,
+            in_channels,
+        } => {
+            let (offset, c) = (input / in_channels, input % in_channels);
+            c * kernel * kernel + offset
+        }
+        TorchLayout::Linear => input,
+        // ours: (pixel, c); PyTorch: (c, pixel)
+        TorchLayout::LinearAfterFlatten { pixels, channels } => {
+            let (pixel, c) = (input / channels, input % channels);
+            c * pixels + pixel
+        }
+    }
+}
+
+/// Our `(inputs, outputs)` weight, row-major → PyTorch's layout, row-major.
+pub fn to_torch(layout: TorchLayout, ours: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    let mut torch = vec![0.0; ours.len()];
+    for i in 0..inputs {
+        let column = torch_column(layout, i);
+        for o in 0..outputs {
+            torch[o * inputs + column] = ours[i * outputs + o];
+        }
+    }
+    torch
+}
+
+/// PyTorch's layout → our `(inputs, outputs)` weight.
+pub fn from_torch(layout: TorchLayout, torch: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    let mut ours = vec![0.0; torch.len()];
+    for i in 0..inputs {
+        let column = torch_column(layout, i);
+        for o in 0..outputs {
+            ours[i * outputs + o] = torch[o * inputs + column];
+        }
+    }
+    ours
+}
+
+/// Adds eight layers (model weights, or their momentum) under `prefix` + PyTorch's names.
+pub fn export_layers<D: Device<f32>>(
+    file: &mut TensorFile,
+    prefix: &str,
+    layers: [&Affine<f32, D>; 8],
+    layouts: [TorchLayout; 8],
+) {
+    for ((name, layer), layout) in TORCH_NAMES.iter().zip(layers).zip(layouts) {
+        let (inputs, outputs) = *layer.weight.shape();
+        let weight = to_torch(layout, &layer.weight.as_vec(), inputs, outputs);
+        file.tensors.insert(
+            format!("{prefix}{name}.weight"),
+            (torch_shape(layout, inputs, outputs), weight),
+        );
+        file.tensors
+            .insert(format!("{prefix}{name}.bias"), (vec![outputs], layer.bias.as_vec()));
+    }
+}
+
+/// Reads eight layers under `prefix`, checking every name and shape against `spec`.
+pub fn import_layers<D: Device<f32>>(
+    file: &TensorFile,
+    path: &Path,
+    prefix: &str,
+    spec: &Spec,
+    dev: &D,
+) -> Result<[Affine<f32, D>; 8], CheckpointError> {
+    let shapes = super::AlexNet::<f32, D>::affine_shapes(spec);
+    let layouts = super::torch_layouts(spec);
+    let mut layers = Vec::with_capacity(8);
+    for ((name, (inputs, outputs)), layout) in TORCH_NAMES.iter().zip(shapes).zip(layouts) {
+        let weight_name = format!("{prefix}{name}.weight");
+        let torch = file.get(path, &weight_name, &torch_shape(layout, inputs, outputs))?;
+        let weight = from_torch(layout, torch, inputs, outputs);
+        let bias = file.get(path, &format!("{prefix}{name}.bias"), &[outputs])?;
+        layers.push(Affine {
+            weight: dev.tensor_from_vec(weight, (inputs, outputs)),
+            bias: dev.tensor_from_vec(bias.to_vec(), (outputs,)),
+        });
+    }
+    Ok(layers.try_into().unwrap_or_else(|_| unreachable!("eight layers")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_layout_matches_pytorch_indexing() {
+        // 2 outputs, 3 input channels, 2×2 kernel; ours row = (ky·2 + kx)·3 + c.
+        let (k, cin, cout) = (2, 3, 2);
+        let inputs = k * k * cin;
+        let ours: Vec<f32> = (0..inputs * cout).map(|v| v as f32).collect();
+        let layout = TorchLayout::Conv {
+            kernel: k,
+            in_channels: cin,
+        };
+        let torch = to_torch(layout, &ours, inputs, cout);
+        for o in 0..cout {
+            for c in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let t = torch[((o * cin + c) * k + ky) * k + kx];
+                        let row = (ky * k + kx) * cin + c;
+                        assert_eq!(t, ours[row * cout + o]);
+                    }
+                }
+            }
+        }
+        assert_eq!(from_torch(layout, &torch, inputs, cout), ours);
+    }
+
+    #[test]
+    fn flattened_linear_uses_channel_major_columns() {
+        // 4 pixels × 3 channels → 2 outputs. PyTorch column c·4 + p is our row p·3 + c.
+        let layout = TorchLayout::LinearAfterFlatten {
+            pixels: 4,
+            channels: 3,
+        };
+        let ours: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let torch = to_torch(layout, &ours, 12, 2);
+        for o in 0..2 {
+            for c in 0..3 {
+                for p in 0..4 {
+                    assert_eq!(torch[o * 12 + c * 4 + p], ours[(p * 3 + c) * 2 + o]);
+                }
+            }
+        }
+        assert_eq!(from_torch(layout, &torch, 12, 2), ours);
+    }
+
+    #[test]
+    fn tensor_file_round_trips_and_reports_problems() {
+        let mut file = TensorFile::default();
+        file.tensors
+            .insert("a.weight".into(), (vec![2, 3], (0..6).map(|v| v as f32).collect()));
+        file.metadata.insert("state".into(), "{}".into());
+        let path = Path::new("x.safetensors");
+        let back = TensorFile::from_bytes(&file.to_bytes(), path).unwrap();
+        assert_eq!(back, file);
+        assert_eq!(back.get(path, "a.weight", &[2, 3]).unwrap()[5], 5.0);
+        let err = back.get(path, "a.weight", &[3, 2]).unwrap_err().to_string();
+        assert!(err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
+        let err = back.get(path, "b.bias", &[2]).unwrap_err().to_string();
+        assert!(err.contains("b.bias") && err.contains("a.weight"), "{err}");
+        let err = TensorFile::from_bytes(b"not a checkpoint", path).unwrap_err();
+        assert!(err.to_string().contains("x.safetensors"), "{err}");
+    }
+}

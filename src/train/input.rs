@@ -1,0 +1,142 @@
+//! Batches onto the device: u8 crops go up as bytes (4× less than f32) and are normalised
+//! there, exactly as the loader's f32 path does on the host:
+//! `x = (pixel + lighting − mean) × scale`, with the mean image taken at each crop's position.
+//!
+//! The mean image is cut per crop with one `gather` from a table of every mean-image row
+//! segment a crop can start with (row y, left edge, mirrored or not): `stored × (stored −
+//! crop + 1) × 2` rows of `crop × 3` floats (45 MB for 224 crops of 256 images). A batch then
+//! uploads one index per crop row, not a mean image per crop.
+
+use dfdx::prelude::*;
+
+use crate::config::{LoaderConfig, Normalize};
+use crate::loader::augment::Crop;
+use crate::loader::{Batch, LoaderData, Pixels};
+use crate::model::{Act, Mat};
+
+/// A device the trainer can run on: dfdx's devices plus the u8 upload (dfdx's dtype
+/// conversion bound is crate-private, so it is implemented per concrete device).
+pub trait TrainDevice: Device<f32> {
+    /// A device buffer of bytes.
+    type Bytes;
+    /// Copies `bytes` to the device (into `buffer` when its size matches) and converts them to
+    /// f32 of shape `shape`.
+    fn upload_u8(
+        &self,
+        buffer: &mut Option<Self::Bytes>,
+        bytes: &[u8],
+        shape: (usize, usize, usize),
+    ) -> Act<f32, Self>;
+}
+
+macro_rules! train_device {
+    ($device:ty) => {
+        impl TrainDevice for $device {
+            type Bytes = Tensor<(usize,), u8, $device>;
+            fn upload_u8(
+                &self,
+                buffer: &mut Option<Self::Bytes>,
+                bytes: &[u8],
+                shape: (usize, usize, usize),
+            ) -> Act<f32, Self> {
+                let mut pixels = match buffer.take() {
+                    Some(t) if t.shape().0 == bytes.len() => t,
+                    _ => self.zeros_like(&(bytes.len(),)),
+                };
+                pixels.copy_from(bytes);
+                let x = pixels.clone().reshape_like(&shape).to_dtype::<f32>();
+                *buffer = Some(pixels);
+                x
+            }
+        }
+    };
+}
+
+train_device!(Cpu);
+#[cfg(feature = "cuda")]
+train_device!(Cuda);
+
+pub struct InputStage<D: TrainDevice> {
+    stored: usize,
+    crop: usize,
+    mean_rows: Mat<f32, D>,
+    /// Per-channel 1/std for `Normalize::Channel`.
+    scale: Option<Tensor<(usize,), f32, D>>,
+    /// The upload buffer, reused while the batch size stays the same.
+    pixels: Option<D::Bytes>,
+}
+
+impl<D: TrainDevice> InputStage<D> {
+    pub fn new(dev: &D, data: &LoaderData, config: &LoaderConfig) -> Self {
+        let stored = data.image_size as usize;
+        let crop = config.crop_size as usize;
+        let mean_at = |y: usize, x: usize, c: usize| match config.normalize {
+            Normalize::MeanImage => data.mean_image[(y * stored + x) * 3 + c],
+            Normalize::Channel => data.channel_mean[c],
+        };
+        let lefts = stored - crop + 1;
+        let mut table = Vec::with_capacity(stored * lefts * 2 * crop * 3);
+        for y in 0..stored {
+            for left in 0..lefts {
+                for flip in [false, true] {
+                    for x in 0..crop {
+                        let src = if flip { left + crop - 1 - x } else { left + x };
+                        table.extend((0..3).map(|c| mean_at(y, src, c)));
+                    }
+                }
+            }
+        }
+        let scale = (config.normalize == Normalize::Channel).then(|| {
+            let inv_std = data.channel_std.map(|s| 1.0 / s.max(1e-6)).to_vec();
+            dev.tensor_from_vec(inv_std, (3,))
+        });
+        Self {
+            stored,
+            crop,
+            mean_rows: dev.tensor_from_vec(table, (stored * lefts * 2, crop * 3)),
+            scale,
+            pixels: None,
+        }
+    }
+
+    /// Row of the mean-row table holding crop row `y` of a crop cut at `at`.
+    fn table_row(&self, at: Crop, y: usize) -> usize {
+        let lefts = self.stored - self.crop + 1;
+        ((at.top as usize + y) * lefts + at.left as usize) * 2 + at.flip as usize
+    }
+
+    /// The normalised crops of a u8 batch, `(images × views, crop², 3)`.
+    pub fn prepare(&mut self, dev: &D, batch: &Batch) -> Act<f32, D> {
+        let Pixels::U8(bytes) = &batch.pixels else {
+            panic!("the trainer asks the loader for u8 batches");
+        };
+        let crop = self.crop;
+        let n = batch.crops.len();
+        debug_assert_eq!(bytes.len(), n * crop * crop * 3);
+        let x = dev.upload_u8(&mut self.pixels, bytes, (n, crop * crop, 3));
+
+        let rows: Vec<usize> = batch
+            .crops
+            .iter()
+            .flat_map(|&at| (0..crop).map(move |y| (at, y)))
+            .map(|(at, y)| self.table_row(at, y))
+            .collect();
+        let rows = dev.tensor_from_vec(rows, (n * crop,));
+        let mean: Mat<f32, D> = self.mean_rows.clone().gather(rows);
+        let mean = mean.reshape_like(&(n, crop * crop, 3));
+
+        let views = batch.views.max(1);
+        let lighting: Vec<f32> = batch
+            .lighting
+            .iter()
+            .flat_map(|l| std::iter::repeat_n(*l, views))
+            .flatten()
+            .collect();
+        let lighting: Mat<f32, D> = dev.tensor_from_vec(lighting, (n, 3));
+        let x = x - mean + lighting.broadcast_like::<_, Axis<1>>(&(n, crop * crop, 3));
+        match &self.scale {
+            Some(scale) => x * scale.clone().broadcast_like::<_, Axes2<0, 1>>(&(n, crop * crop, 3)),
+            None => x,
+        }
+    }
+}

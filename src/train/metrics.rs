@@ -1,0 +1,163 @@
+//! Accuracy counting and the run's CSV logs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Whether `label` is the top-1 and among the top-5 scores of one row of logits (or
+/// probabilities). Ties count against the label, so a constant output never scores.
+pub fn top1_top5(scores: &[f32], label: usize) -> (bool, bool) {
+    let target = scores[label];
+    let above = scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| i != label && s >= target)
+        .count();
+    (above == 0, above < 5)
+}
+
+/// Mean cross-entropy of rows of logits, computed on the host in f64.
+pub fn cross_entropy(logits: &[f32], classes: usize, labels: &[u32]) -> f64 {
+    let rows = logits.chunks_exact(classes);
+    let total: f64 = rows
+        .zip(labels)
+        .map(|(row, &label)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            max + sum.ln() - row[label as usize] as f64
+        })
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+/// Running top-1/top-5 counts and summed loss over a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    pub images: u64,
+    pub top1: u64,
+    pub top5: u64,
+    pub loss_sum: f64,
+}
+
+impl Tally {
+    /// Adds a batch: its logits, labels and mean loss.
+    pub fn add(&mut self, logits: &[f32], classes: usize, labels: &[u32], mean_loss: f64) {
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            let (top1, top5) = top1_top5(row, label as usize);
+            self.top1 += top1 as u64;
+            self.top5 += top5 as u64;
+        }
+        self.images += labels.len() as u64;
+        self.loss_sum += mean_loss * labels.len() as f64;
+    }
+
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+
+    pub fn top1_error(&self) -> f64 {
+        1.0 - self.top1 as f64 / self.images.max(1) as f64
+    }
+
+    pub fn top5_error(&self) -> f64 {
+        1.0 - self.top5 as f64 / self.images.max(1) as f64
+    }
+}
+
+/// A CSV file with a fixed header whose rows are keyed by a step number in the second (or
+/// first) column, so that a resumed run can drop rows written after its checkpoint.
+pub struct CsvLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl CsvLog {
+    /// Opens `path` for appending, writing `header` if the file is new, and dropping rows whose
+    /// `step_column` value is greater than `keep_through_step`.
+    pub fn open(
+        path: &Path,
+        header: &str,
+        step_column: usize,
+        keep_through_step: u64,
+    ) -> std::io::Result<Self> {
+        let kept = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mut lines = text.lines();
+                let mut kept = String::new();
+                if lines.next().is_some() {
+                    kept.push_str(header);
+                    kept.push('\n');
+                }
+                for line in lines {
+                    let step = line.split(',').nth(step_column).and_then(|s| s.parse::<u64>().ok());
+                    if step.is_some_and(|s| s <= keep_through_step) {
+                        kept.push_str(line);
+                        kept.push('\n');
+                    }
+                }
+                kept
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let contents = if kept.is_empty() {
+            format!("{header}\n")
+        } else {
+            kept
+        };
+        std::fs::write(path, contents)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn append(&mut self, row: &str) -> std::io::Result<()> {
+        writeln!(self.file, "{row}")?;
+        self.file.flush()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_counts_ties_against_the_label() {
+        let scores = [0.1, 0.5, 0.2, 0.9, 0.0, 0.3, 0.4];
+        assert_eq!(top1_top5(&scores, 3), (true, true));
+        assert_eq!(top1_top5(&scores, 1), (false, true));
+        assert_eq!(top1_top5(&scores, 0), (false, false)); // five scores above 0.1
+        assert_eq!(top1_top5(&[1.0; 4], 2), (false, true));
+        assert_eq!(top1_top5(&[1.0; 8], 2), (false, false));
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_values() {
+        // Uniform logits over 4 classes: ln 4.
+        let ce = cross_entropy(&[3.0; 8], 4, &[0, 3]);
+        assert!((ce - 4f64.ln()).abs() < 1e-12);
+        // log-sum-exp stays finite for large logits.
+        let ce = cross_entropy(&[1000.0, 0.0], 2, &[0]);
+        assert!(ce.abs() < 1e-12, "{ce}");
+    }
+
+    #[test]
+    fn csv_log_drops_rows_after_the_resumed_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.csv");
+        let mut log = CsvLog::open(&path, "epoch,step,x", 1, 0).unwrap();
+        for step in 1..=4 {
+            log.append(&format!("0,{step},{}", step * 10)).unwrap();
+        }
+        drop(log);
+        let mut log = CsvLog::open(&path, "epoch,step,x", 1, 2).unwrap();
+        log.append("0,3,33").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "epoch,step,x\n0,1,10\n0,2,20\n0,3,33\n");
+    }
+}

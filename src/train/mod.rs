@@ -1,0 +1,666 @@
+//! The training loop: the paper's recipe (SGD with momentum, weight decay, dropout, random
+//! crops, flips and lighting; the learning rate divided by 10 when validation error stalls),
+//! with validation every epoch, checkpoints that resume exactly, and logs.
+
+pub mod input;
+pub mod metrics;
+pub mod schedule;
+pub mod sgd;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfdx::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Pipeline;
+use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
+use crate::model::checkpoint::CheckpointError;
+use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
+use crate::preprocess::Progress;
+use crate::shards::Split;
+pub use input::{InputStage, TrainDevice};
+use metrics::{CsvLog, Tally};
+use sgd::Sgd;
+use state::{RunDir, TrainState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{run} already holds a training run; pass --resume to continue it, or choose another --run"
+    )]
+    RunExists { run: PathBuf },
+    #[error("nothing to resume: {run} has no checkpoints (start it without --resume)")]
+    NothingToResume { run: PathBuf },
+    #[error("cannot resume from {path}: {reason}")]
+    NotResumable { path: PathBuf, reason: String },
+    #[error(
+        "the pipeline's [{section}] settings differ from those run {run} was trained with; \
+         resume with the run's own pipeline (omit --pipeline, or pass {run}/pipeline.toml)"
+    )]
+    PipelineChanged { run: PathBuf, section: String },
+    #[error("the training and validation shards disagree: {0}; preprocess them together")]
+    DataMismatch(String),
+    #[error(
+        "the loss became {loss} at step {step} (epoch {epoch}); stopped without saving. {hint}"
+    )]
+    NonFinite {
+        step: u64,
+        epoch: u64,
+        loss: f32,
+        hint: String,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What to train, where, and how to report.
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub run: PathBuf,
+    /// The resolved pipeline (with any `--epochs` override applied).
+    pub pipeline: Pipeline,
+    pub resume: bool,
+    pub progress: Progress,
+    /// Set (e.g. by Ctrl-C) to save a checkpoint and stop after the current step.
+    pub stop: Arc<AtomicBool>,
+    /// Stop as if interrupted after this many steps in total (for tests and quick looks).
+    pub stop_after_steps: Option<u64>,
+    /// Names the device in the header line.
+    pub device_name: String,
+}
+
+/// One epoch's results, as written to `metrics.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub step: u64,
+    pub learning_rate: f64,
+    pub train: Tally,
+    pub val: Tally,
+    pub seconds: f64,
+}
+
+impl EpochRecord {
+    pub const CSV_HEADER: &'static str = "epoch,step,learning_rate,train_loss,train_top1_error,\
+        val_loss,val_top1_error,val_top5_error,epoch_seconds,train_images_per_sec";
+
+    fn csv_row(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{},{:.3},{:.1}",
+            self.epoch,
+            self.step,
+            self.learning_rate,
+            self.train.loss(),
+            self.train.top1_error(),
+            self.val.loss(),
+            self.val.top1_error(),
+            self.val.top5_error(),
+            self.seconds,
+            self.train.images as f64 / self.seconds.max(1e-9),
+        )
+    }
+}
+
+/// How a call to `run` ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub steps: u64,
+    pub epochs_done: u64,
+    pub epochs: u64,
+    pub last_epoch: Option<EpochRecord>,
+    pub interrupted: bool,
+    pub checkpoint: Option<PathBuf>,
+    pub seconds: f64,
+}
+
+/// One SGD step: forward with dropout, cross-entropy, backward, update. Returns the loss and
+/// the logits (on the host, for accuracy). With a non-finite loss the weights are left as
+/// they were.
+pub fn train_step<D: Device<f32>>(
+    model: &mut AlexNet<f32, D>,
+    sgd: &mut Sgd<D>,
+    x: crate::model::Act<f32, D>,
+    labels: &[u32],
+    masks: Option<&DropoutMasks<f32, D>>,
+    lr: f64,
+) -> (f32, Vec<f32>) {
+    let dev = x.device().clone();
+    let logits = model.forward(x.traced(Gradients::leaky()), masks);
+    let host_logits = logits.as_vec();
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    let labels = dev.tensor_from_vec(labels, (host_logits.len() / model.spec.classes,));
+    let loss = logits
+        .log_softmax::<Axis<1>>()
+        .select(labels)
+        .mean()
+        .negate();
+    let value = loss.as_vec()[0];
+    if value.is_finite() {
+        let grads = loss.backward();
+        sgd.step(model, &grads, lr);
+    }
+    (value, host_logits)
+}
+
+/// Trains (or resumes) a run. All device work stays on the calling thread.
+pub fn run<D>(dev: D, options: TrainOptions) -> Result<Outcome, TrainError>
+where
+    D: TrainDevice,
+{
+    let (train_data, val_data) = open_data(&options.data)?;
+    let pipeline = &options.pipeline;
+    let spec = Spec::new(
+        &pipeline.model,
+        pipeline.loader.crop_size as usize,
+        train_data.classes.len(),
+    )?;
+    let mut trainer = Trainer::start(dev, spec, &train_data, val_data, &options)?;
+    let epochs = pipeline.train.epochs;
+    if trainer.state.epoch >= epochs {
+        eprintln!(
+            "{} already finished {} epochs; raise --epochs to train further",
+            options.run.display(),
+            trainer.state.epoch
+        );
+        return Ok(trainer.outcome(false, None));
+    }
+    trainer.print_header(&options, train_data.len());
+
+    let mut loader_options = LoaderOptions::train(&pipeline.loader, Output::U8);
+    loader_options.start = trainer.state.position();
+    loader_options.epochs = Some(epochs - trainer.state.epoch);
+    let mut loader = Loader::start(train_data.clone(), loader_options)?;
+    let mut bar = EpochBar::new(
+        options.progress,
+        trainer.steps_per_epoch,
+        pipeline.loader.batch_size,
+    );
+    bar.start_epoch(&trainer.state, epochs);
+    while let Some(batch) = loader.next() {
+        let loss = trainer.step(&batch)?;
+        loader.recycle(batch);
+        bar.step(&trainer.state, loss);
+
+        if trainer.epoch_finished() {
+            bar.finish_epoch();
+            let record = trainer.finish_epoch()?;
+            bar.println(&record.summary_line(epochs));
+            if trainer.state.epoch < epochs {
+                bar.start_epoch(&trainer.state, epochs);
+            }
+        } else if trainer.checkpoint_due() {
+            trainer.save_checkpoint()?;
+        }
+
+        let stop_now = options.stop.load(Ordering::Relaxed)
+            || options.stop_after_steps.is_some_and(|n| trainer.state.step >= n);
+        if stop_now && trainer.state.epoch < epochs {
+            bar.finish_epoch();
+            let path = trainer.save_checkpoint()?;
+            return Ok(trainer.outcome(true, Some(path)));
+        }
+    }
+    let last = trainer.latest_checkpoint.clone();
+    Ok(trainer.outcome(false, last))
+}
+
+fn open_data(dataset: &Path) -> Result<(Arc<LoaderData>, Arc<LoaderData>), TrainError> {
+    let train = LoaderData::open(dataset, Split::Train)?;
+    let val = LoaderData::open(dataset, Split::Val)?;
+    if train.classes != val.classes {
+        return Err(TrainError::DataMismatch(format!(
+            "{} training classes vs {} validation classes",
+            train.classes.len(),
+            val.classes.len()
+        )));
+    }
+    if train.image_size != val.image_size {
+        return Err(TrainError::DataMismatch(format!(
+            "{}×{} training images vs {}×{} validation images",
+            train.image_size, train.image_size, val.image_size, val.image_size
+        )));
+    }
+    Ok((Arc::new(train), Arc::new(val)))
+}
+
+/// The model, optimiser, state and logs of a run in progress.
+struct Trainer<D: TrainDevice> {
+    dev: D,
+    model: AlexNet<f32, D>,
+    sgd: Sgd<D>,
+    state: TrainState,
+    pipeline: Pipeline,
+    classes: Vec<String>,
+    input: InputStage<D>,
+    val_data: Arc<LoaderData>,
+    run: RunDir,
+    metrics: CsvLog,
+    steps_log: CsvLog,
+    train_images: usize,
+    steps_per_epoch: u64,
+    latest_checkpoint: Option<PathBuf>,
+    /// When the current stretch of training (since the last save or epoch end) began.
+    clock: Instant,
+    last_epoch: Option<EpochRecord>,
+}
+
+impl<D: TrainDevice> Trainer<D> {
+    /// A fresh run, or the run's latest checkpoint when resuming.
+    fn start(
+        dev: D,
+        spec: Spec,
+        train_data: &Arc<LoaderData>,
+        val_data: Arc<LoaderData>,
+        options: &TrainOptions,
+    ) -> Result<Self, TrainError> {
+        let pipeline = options.pipeline.clone();
+        let run = RunDir::new(&options.run);
+        let classes: Vec<String> = train_data.classes.iter().map(|c| c.wnid.clone()).collect();
+        let existing = run.latest_checkpoint().map_err(io_error(&run.checkpoints()))?;
+        let (model, sgd, state, latest) = match (options.resume, existing) {
+            (false, Some(_)) => return Err(TrainError::RunExists { run: run.root }),
+            (true, None) => return Err(TrainError::NothingToResume { run: run.root }),
+            (false, None) => {
+                let model = AlexNet::new(&dev, spec, pipeline.train.seed);
+                let t = &pipeline.train;
+                let sgd = Sgd::new(&dev, &model, t.momentum, t.weight_decay);
+                (model, sgd, TrainState::new(&pipeline), None)
+            }
+            (true, Some(path)) => {
+                let restored = state::load(&path, &spec, &classes, &dev)?;
+                check_resumable(&restored.pipeline, &pipeline, &run)?;
+                let t = &pipeline.train;
+                let sgd = Sgd {
+                    momentum: t.momentum,
+                    weight_decay: t.weight_decay,
+                    velocity: restored.velocity,
+                };
+                (restored.model, sgd, restored.state, Some(path))
+            }
+        };
+        std::fs::create_dir_all(run.checkpoints()).map_err(io_error(&run.checkpoints()))?;
+        let pipeline_path = run.pipeline();
+        crate::shards::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(
+            |e| TrainError::Io {
+                path: pipeline_path.clone(),
+                source: std::io::Error::other(e),
+            },
+        )?;
+        let metrics = CsvLog::open(&run.metrics(), EpochRecord::CSV_HEADER, 1, state.step)
+            .map_err(io_error(&run.metrics()))?;
+        let steps_log = CsvLog::open(&run.steps(), "step,epoch,loss,learning_rate", 0, state.step)
+            .map_err(io_error(&run.steps()))?;
+        let loader = &pipeline.loader;
+        let n = train_data.len() as u64;
+        let batch = loader.batch_size as u64;
+        let steps_per_epoch = if loader.drop_last { n / batch } else { n.div_ceil(batch) };
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Loader(LoaderError::Settings(format!(
+                "batch size {batch} is larger than the {n} training images"
+            ))));
+        }
+        Ok(Self {
+            input: InputStage::new(&dev, train_data, loader),
+            dev,
+            model,
+            sgd,
+            state,
+            pipeline,
+            classes,
+            val_data,
+            run,
+            metrics,
+            steps_log,
+            train_images: train_data.len(),
+            steps_per_epoch,
+            latest_checkpoint: latest,
+            clock: Instant::now(),
+            last_epoch: None,
+        })
+    }
+
+    fn print_header(&self, options: &TrainOptions, images: usize) {
+        let spec = &self.model.spec;
+        eprintln!(
+            "AlexNet: {} classes, {}×{} input, {} parameters",
+            spec.classes,
+            spec.input,
+            spec.input,
+            thousands(spec.parameter_count() as u64)
+        );
+        for layer in spec.table() {
+            let shape = if layer.side > 1 {
+                format!("{}×{}×{}", layer.side, layer.side, layer.channels)
+            } else {
+                layer.channels.to_string()
+            };
+            eprintln!("  {:<6} {:<42} {shape}", layer.name, layer.operation);
+        }
+        let verb = if self.state.step > 0 {
+            format!("resuming at step {} (epoch {})", self.state.step, self.state.epoch + 1)
+        } else {
+            "training".to_string()
+        };
+        eprintln!(
+            "{verb} on {}: {} images, {} steps of {} per epoch, {} epochs; {} validation images",
+            options.device_name,
+            thousands(images as u64),
+            self.steps_per_epoch,
+            self.pipeline.loader.batch_size,
+            self.pipeline.train.epochs,
+            thousands(self.val_data.len() as u64),
+        );
+    }
+
+    /// One SGD step on `batch`; returns its loss.
+    fn step(&mut self, batch: &Batch) -> Result<f32, TrainError> {
+        let n = batch.len();
+        let x = self.input.prepare(&self.dev, batch);
+        let masks = DropoutMasks::draw(
+            &self.dev,
+            &self.model.spec,
+            self.pipeline.train.seed,
+            self.state.step,
+            n,
+        );
+        let lr = self.state.schedule.learning_rate;
+        let labels = &batch.labels;
+        let (model, sgd) = (&mut self.model, &mut self.sgd);
+        let (value, host_logits) = train_step(model, sgd, x, labels, masks.as_ref(), lr);
+        if !value.is_finite() {
+            let hint = match &self.latest_checkpoint {
+                Some(path) => format!(
+                    "The last good checkpoint is {}; lower train.learning_rate in the pipeline, \
+                     or check the data, then continue with --resume.",
+                    path.display()
+                ),
+                None => "No checkpoint was written yet; lower train.learning_rate.".into(),
+            };
+            return Err(TrainError::NonFinite {
+                step: self.state.step + 1,
+                epoch: self.state.epoch + 1,
+                loss: value,
+                hint,
+            });
+        }
+        let classes = self.model.spec.classes;
+        self.state
+            .epoch_tally
+            .add(&host_logits, classes, &batch.labels, value as f64);
+        self.state.step += 1;
+        let next = batch.next_position();
+        (self.state.epoch, self.state.sample) = (next.epoch, next.sample);
+        self.steps_log
+            .append(&format!("{},{},{},{}", self.state.step, self.state.epoch + 1, value, lr))
+            .map_err(io_error(&self.run.steps()))?;
+        Ok(value)
+    }
+
+    fn epoch_finished(&self) -> bool {
+        let batch = self.pipeline.loader.batch_size;
+        let left = self.train_images - self.state.sample;
+        left == 0 || (self.pipeline.loader.drop_last && left < batch)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let every = self.pipeline.train.checkpoint_every;
+        every > 0 && self.state.step % every == 0
+    }
+
+    /// Validation, the learning-rate rule, the metrics row and a checkpoint.
+    fn finish_epoch(&mut self) -> Result<EpochRecord, TrainError> {
+        self.account_time();
+        let val = self.validate()?;
+        let record = EpochRecord {
+            epoch: self.state.epoch + 1,
+            step: self.state.step,
+            learning_rate: self.state.schedule.learning_rate,
+            train: self.state.epoch_tally,
+            val,
+            seconds: self.state.epoch_seconds,
+        };
+        self.state
+            .schedule
+            .observe(val.top1_error(), &self.pipeline.train);
+        self.state.epoch += 1;
+        self.state.sample = 0;
+        self.state.epoch_tally = Tally::default();
+        self.state.epoch_seconds = 0.0;
+        self.metrics
+            .append(&record.csv_row())
+            .map_err(io_error(&self.run.metrics()))?;
+        self.save_checkpoint()?;
+        self.last_epoch = Some(record.clone());
+        Ok(record)
+    }
+
+    /// Centre-crop top-1/top-5 error and loss on the validation split.
+    fn validate(&mut self) -> Result<Tally, TrainError> {
+        let options = LoaderOptions::eval(&self.pipeline.loader, Output::U8, Mode::Center);
+        let loader = Loader::start(self.val_data.clone(), options)?;
+        let classes = self.model.spec.classes;
+        let mut tally = Tally::default();
+        for batch in loader {
+            let x = self.input.prepare(&self.dev, &batch);
+            let logits = self.model.forward(x, None).as_vec();
+            let loss = metrics::cross_entropy(&logits, classes, &batch.labels);
+            tally.add(&logits, classes, &batch.labels, loss);
+        }
+        Ok(tally)
+    }
+
+    /// Adds the time since the last call to the epoch's and the run's training time.
+    fn account_time(&mut self) {
+        let seconds = self.clock.elapsed().as_secs_f64();
+        self.state.epoch_seconds += seconds;
+        self.state.elapsed_seconds += seconds;
+        self.clock = Instant::now();
+    }
+
+    fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        self.account_time();
+        let path = self.run.checkpoint(self.state.step);
+        state::save(
+            &path,
+            &self.model,
+            &self.sgd,
+            &self.state,
+            &self.pipeline,
+            &self.classes,
+        )?;
+        self.run
+            .prune(self.pipeline.train.keep_checkpoints)
+            .map_err(io_error(&self.run.checkpoints()))?;
+        self.latest_checkpoint = Some(path.clone());
+        // Saving is not training time.
+        self.clock = Instant::now();
+        Ok(path)
+    }
+
+    fn outcome(&self, interrupted: bool, checkpoint: Option<PathBuf>) -> Outcome {
+        Outcome {
+            steps: self.state.step,
+            epochs_done: self.state.epoch,
+            epochs: self.pipeline.train.epochs,
+            last_epoch: self.last_epoch.clone(),
+            interrupted,
+            checkpoint,
+            seconds: self.state.elapsed_seconds,
+        }
+    }
+}
+
+impl EpochRecord {
+    fn summary_line(&self, epochs: u64) -> String {
+        format!(
+            "epoch {}/{epochs}: train loss {:.4}, top-1 error {:.1}% | val loss {:.4}, \
+             top-1 error {:.1}%, top-5 error {:.1}% | lr {} | {:.0} images/s, {:.1} s",
+            self.epoch,
+            self.train.loss(),
+            100.0 * self.train.top1_error(),
+            self.val.loss(),
+            100.0 * self.val.top1_error(),
+            100.0 * self.val.top5_error(),
+            self.learning_rate,
+            self.train.images as f64 / self.seconds.max(1e-9),
+            self.seconds,
+        )
+    }
+}
+
+/// A run's settings may change on resume except those that define what is being trained.
+fn check_resumable(saved: &Pipeline, now: &Pipeline, run: &RunDir) -> Result<(), TrainError> {
+    let changed = |section: &str| {
+        Err(TrainError::PipelineChanged {
+            run: run.root.clone(),
+            section: section.into(),
+        })
+    };
+    if saved.model != now.model {
+        return changed("model");
+    }
+    // Threads and prefetch change speed, not the stream.
+    let mut loader = now.loader.clone();
+    loader.threads = saved.loader.threads;
+    loader.prefetch = saved.loader.prefetch;
+    if saved.loader != loader {
+        return changed("loader");
+    }
+    let mut train = now.train.clone();
+    train.epochs = saved.train.epochs;
+    train.checkpoint_every = saved.train.checkpoint_every;
+    train.keep_checkpoints = saved.train.keep_checkpoints;
+    if saved.train != train {
+        return changed("train");
+    }
+    Ok(())
+}
+
+/// Per-epoch progress: a bar on a terminal, a line a minute in logs.
+struct EpochBar {
+    bar: ProgressBar,
+    mode: Progress,
+    steps_per_epoch: u64,
+    batch_size: u64,
+    epoch_start_step: u64,
+    /// Step at which this epoch's bar started (for images/s).
+    session_start_step: u64,
+    started: Instant,
+    last_line: Instant,
+    smoothed_loss: Option<f32>,
+}
+
+impl EpochBar {
+    fn new(mode: Progress, steps_per_epoch: u64, batch_size: usize) -> Self {
+        let bar = match mode {
+            Progress::Bar => {
+                let bar = ProgressBar::new(steps_per_epoch);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}, ETA {eta}",
+                    )
+                    .expect("valid template"),
+                );
+                bar
+            }
+            Progress::Lines | Progress::Off => ProgressBar::hidden(),
+        };
+        Self {
+            bar,
+            mode,
+            steps_per_epoch,
+            batch_size: batch_size as u64,
+            epoch_start_step: 0,
+            session_start_step: 0,
+            started: Instant::now(),
+            last_line: Instant::now(),
+            smoothed_loss: None,
+        }
+    }
+
+    fn start_epoch(&mut self, state: &TrainState, epochs: u64) {
+        let done_in_epoch = state.sample as u64 / self.batch_size;
+        self.epoch_start_step = state.step - done_in_epoch.min(state.step);
+        self.session_start_step = state.step;
+        self.bar.reset();
+        self.bar.set_length(self.steps_per_epoch);
+        self.bar.set_position(done_in_epoch);
+        self.bar.set_prefix(format!("epoch {}/{epochs}", state.epoch + 1));
+        self.started = Instant::now();
+        self.last_line = Instant::now();
+    }
+
+    fn step(&mut self, state: &TrainState, loss: f32) {
+        let smoothed = match self.smoothed_loss {
+            Some(s) => 0.95 * s + 0.05 * loss,
+            None => loss,
+        };
+        self.smoothed_loss = Some(smoothed);
+        let in_epoch = state.step.saturating_sub(self.epoch_start_step);
+        let images = (state.step - self.session_start_step) * self.batch_size;
+        let images_per_sec = images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let message = format!(
+            "loss {smoothed:.4}, lr {}, {images_per_sec:.0} images/s",
+            state.schedule.learning_rate
+        );
+        match self.mode {
+            Progress::Bar => {
+                self.bar.set_position(in_epoch);
+                self.bar.set_message(message);
+            }
+            Progress::Lines if self.last_line.elapsed() >= Duration::from_secs(60) => {
+                eprintln!(
+                    "epoch {} step {in_epoch}/{}: {message}",
+                    state.epoch + 1,
+                    self.steps_per_epoch
+                );
+                self.last_line = Instant::now();
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_epoch(&mut self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn println(&self, line: &str) {
+        if self.mode != Progress::Off {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

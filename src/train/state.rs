@@ -1,0 +1,231 @@
+//! A run directory and its checkpoints.
+//!
+//! ```text
+//! RUN/pipeline.toml                      the resolved pipeline the run trains with
+//! RUN/metrics.csv                        one row per epoch (train and validation)
+//! RUN/steps.csv                          one row per step (loss, learning rate)
+//! RUN/checkpoints/step-000001234.safetensors
+//! ```
+//! A checkpoint holds the weights (PyTorch names and layouts), the momentum and, as JSON
+//! metadata, everything else a resumed run needs. All randomness is keyed by counters that
+//! are part of that state — the loader's by (seed, epoch, image), dropout's by (seed, step) —
+//! so there is no generator state to save.
+
+use std::path::{Path, PathBuf};
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Tally;
+use super::schedule::Plateau;
+use super::sgd::Sgd;
+use super::TrainError;
+use crate::config::Pipeline;
+use crate::loader::Position;
+use crate::model::checkpoint::{export_layers, import_layers, TensorFile};
+use crate::model::{AlexNet, Spec};
+
+/// Marks our training checkpoints (PyTorch-only files lack it).
+pub const FORMAT: &str = "alexnet-train-checkpoint";
+pub const FORMAT_VERSION: &str = "1";
+const MOMENTUM_PREFIX: &str = "momentum.";
+
+/// Everything besides tensors that a resumed run continues from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Where the training stream continues.
+    pub epoch: u64,
+    pub sample: usize,
+    pub schedule: Plateau,
+    /// The current epoch's running training loss and accuracy.
+    pub epoch_tally: Tally,
+    pub epoch_seconds: f64,
+    /// Seconds spent training so far, over all sessions of the run.
+    pub elapsed_seconds: f64,
+}
+
+impl TrainState {
+    pub fn new(pipeline: &Pipeline) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            sample: 0,
+            schedule: Plateau::new(&pipeline.train),
+            epoch_tally: Tally::default(),
+            epoch_seconds: 0.0,
+            elapsed_seconds: 0.0,
+        }
+    }
+
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            sample: self.sample,
+        }
+    }
+}
+
+/// The run directory's paths.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn pipeline(&self) -> PathBuf {
+        self.root.join("pipeline.toml")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+
+    pub fn steps(&self) -> PathBuf {
+        self.root.join("steps.csv")
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    pub fn checkpoint(&self, step: u64) -> PathBuf {
+        self.checkpoints().join(format!("step-{step:09}.safetensors"))
+    }
+
+    /// Checkpoints, oldest first.
+    pub fn list_checkpoints(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut found: Vec<(u64, PathBuf)> = match std::fs::read_dir(self.checkpoints()) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let step = name
+                        .strip_prefix("step-")?
+                        .strip_suffix(".safetensors")?
+                        .parse()
+                        .ok()?;
+                    Some((step, e.path()))
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        found.sort();
+        Ok(found.into_iter().map(|(_, p)| p).collect())
+    }
+
+    pub fn latest_checkpoint(&self) -> std::io::Result<Option<PathBuf>> {
+        Ok(self.list_checkpoints()?.pop())
+    }
+
+    /// Deletes all but the newest `keep` checkpoints.
+    pub fn prune(&self, keep: usize) -> std::io::Result<()> {
+        let all = self.list_checkpoints()?;
+        let excess = all.len().saturating_sub(keep);
+        for old in &all[..excess] {
+            std::fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a training checkpoint atomically.
+pub fn save<D: Device<f32>>(
+    path: &Path,
+    model: &AlexNet<f32, D>,
+    sgd: &Sgd<D>,
+    state: &TrainState,
+    pipeline: &Pipeline,
+    classes: &[String],
+) -> Result<(), TrainError> {
+    let mut file = TensorFile::default();
+    let layers = model.layers();
+    let layouts = model.torch_layouts();
+    export_layers(&mut file, "", layers.map(|l| l.1), layouts);
+    export_layers(
+        &mut file,
+        MOMENTUM_PREFIX,
+        std::array::from_fn(|i| &sgd.velocity[i]),
+        layouts,
+    );
+    let meta = &mut file.metadata;
+    meta.insert("format".into(), FORMAT.into());
+    meta.insert("format_version".into(), FORMAT_VERSION.into());
+    meta.insert(
+        "state".into(),
+        serde_json::to_string(state).expect("state serialises"),
+    );
+    meta.insert("pipeline".into(), pipeline.to_toml());
+    meta.insert(
+        "classes".into(),
+        serde_json::to_string(classes).expect("strings serialise"),
+    );
+    meta.insert("input_size".into(), model.spec.input.to_string());
+    file.write(path)?;
+    Ok(())
+}
+
+/// A training checkpoint read back.
+pub struct Restored<D: Device<f32>> {
+    pub model: AlexNet<f32, D>,
+    pub velocity: [crate::model::Affine<f32, D>; 8],
+    pub state: TrainState,
+    pub pipeline: Pipeline,
+}
+
+/// Reads a training checkpoint written by `save`, checking it against `spec` and `classes`.
+pub fn load<D: Device<f32>>(
+    path: &Path,
+    spec: &Spec,
+    classes: &[String],
+    dev: &D,
+) -> Result<Restored<D>, TrainError> {
+    let file = TensorFile::read(path)?;
+    let meta = |key: &str| {
+        file.metadata.get(key).ok_or_else(|| TrainError::NotResumable {
+            path: path.to_path_buf(),
+            reason: format!("it has no `{key}` metadata (not written by `alexnet train`)"),
+        })
+    };
+    if meta("format")? != FORMAT || meta("format_version")? != FORMAT_VERSION {
+        return Err(TrainError::NotResumable {
+            path: path.to_path_buf(),
+            reason: "unknown checkpoint format or version".into(),
+        });
+    }
+    let bad = |reason: String| TrainError::NotResumable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let state: TrainState =
+        serde_json::from_str(meta("state")?).map_err(|e| bad(format!("bad state: {e}")))?;
+    let pipeline = Pipeline::parse(meta("pipeline")?, path)
+        .map_err(|e| bad(format!("bad pipeline: {e}")))?;
+    let saved_classes: Vec<String> =
+        serde_json::from_str(meta("classes")?).map_err(|e| bad(format!("bad classes: {e}")))?;
+    if saved_classes != classes {
+        return Err(bad(format!(
+            "it was trained on {} classes ({}…), the data has {} ({}…) — a different dataset",
+            saved_classes.len(),
+            saved_classes.first().map_or("", |s| s.as_str()),
+            classes.len(),
+            classes.first().map_or("", |s| s.as_str()),
+        )));
+    }
+    let layers = import_layers(&file, path, "", spec, dev)?;
+    let velocity = import_layers(&file, path, MOMENTUM_PREFIX, spec, dev)?;
+    Ok(Restored {
+        model: AlexNet::from_layers(dev, spec.clone(), layers),
+        velocity,
+        state,
+        pipeline,
+    })
+}
