@@ -49,6 +49,34 @@ enum Command {
     ContactSheet(ContactSheetArgs),
     /// Train AlexNet on preprocessed shards, validating every epoch and saving checkpoints.
     Train(TrainArgs),
+    /// Measure training throughput with the loader feeding the device, and profile a step
+    /// (last line: JSON).
+    BenchTrain(BenchTrainArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchTrainArgs {
+    /// Shard directory written by `alexnet preprocess`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Pipeline file (TOML) [default: the paper's].
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Images per step [default: the pipeline's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first (allocation, caches).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Steps profiled afterwards, synchronising the device after every stage.
+    #[arg(long, default_value_t = 3)]
+    profile_steps: usize,
+    /// Where to run [default: cuda in a CUDA build, else cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceKind>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -230,6 +258,7 @@ fn main() {
         Command::BenchLoader(args) => run_bench_loader(args),
         Command::ContactSheet(args) => run_contact_sheet(args),
         Command::Train(args) => run_train(args),
+        Command::BenchTrain(args) => run_bench_train(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -498,6 +527,72 @@ fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
+    let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
+    if let Some(batch_size) = args.batch_size {
+        anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
+        pipeline.loader.batch_size = batch_size;
+    }
+    let data = open_training_data(&args.data)?;
+    let (steps, warmup, profile) = (args.steps.max(1), args.warmup, args.profile_steps);
+    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
+    eprintln!(
+        "benchmarking {} training steps of {} (+{warmup} warm-up, {profile} profiled) on {}",
+        steps,
+        pipeline.loader.batch_size,
+        if device == DeviceKind::Cpu { "the CPU" } else { "CUDA device 0" },
+    );
+    let report = match device {
+        DeviceKind::Cpu => {
+            dfdx::flush_denormals_to_zero();
+            train::bench::run(&Cpu::default(), &pipeline, data, steps, warmup, profile)?
+        }
+        DeviceKind::Cuda => bench_on_cuda(&pipeline, data, steps, warmup, profile)?,
+    };
+    eprintln!("{:<28} {:>9}", "stage (profiled, median)", "ms");
+    for (name, ms) in report.phases_ms.iter().map(|(k, v)| (k.to_string(), *v)) {
+        eprintln!("{name:<28} {ms:>9.2}");
+    }
+    for (name, ms) in &report.forward_stages_ms {
+        eprintln!("  forward: {name:<17} {ms:>9.2}");
+    }
+    eprintln!(
+        "{:.1} images/s, median step {:.1} ms (unsynchronised steps, loader feeding)",
+        report.images_per_sec, report.step_ms_median
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn bench_on_cuda(
+    pipeline: &Pipeline,
+    data: Arc<LoaderData>,
+    steps: usize,
+    warmup: usize,
+    profile: usize,
+) -> Result<train::bench::BenchReport> {
+    use dfdx::prelude::Cache;
+    let dev = dfdx::tensor::Cuda::try_build(0, pipeline.train.seed)
+        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+    dev.enable_cache();
+    Ok(train::bench::run(&dev, pipeline, data, steps, warmup, profile)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_on_cuda(
+    _: &Pipeline,
+    _: Arc<LoaderData>,
+    _: usize,
+    _: usize,
+    _: usize,
+) -> Result<train::bench::BenchReport> {
+    anyhow::bail!(NO_CUDA)
+}
+
+const NO_CUDA: &str = "this binary was built without CUDA; build it with \
+    `cargo build --release --features cuda` (or use `make train CUDA=1`), or use --device cpu";
+
 #[cfg(feature = "cuda")]
 fn run_on_cuda(options: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
     use dfdx::prelude::Cache;
@@ -514,10 +609,7 @@ fn run_on_cuda(options: TrainOptions) -> Result<Result<train::Outcome, train::Tr
 
 #[cfg(not(feature = "cuda"))]
 fn run_on_cuda(_: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
-    anyhow::bail!(
-        "this binary was built without CUDA; build it with `cargo build --release --features cuda` \
-         (or use `make train CUDA=1`), or train with --device cpu"
-    )
+    anyhow::bail!(NO_CUDA)
 }
 
 fn progress_bar(len: u64, unit: &str) -> ProgressBar {

@@ -16,7 +16,7 @@ use crate::model::{Act, Mat};
 
 /// A device the trainer can run on: dfdx's devices plus the u8 upload (dfdx's dtype
 /// conversion bound is crate-private, so it is implemented per concrete device).
-pub trait TrainDevice: Device<f32> {
+pub trait TrainDevice: Device<f32> + Synchronize {
     /// A device buffer of bytes.
     type Bytes;
     /// Copies `bytes` to the device (into `buffer` when its size matches) and converts them to

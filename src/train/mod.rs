@@ -2,6 +2,7 @@
 //! crops, flips and lighting; the learning rate divided by 10 when validation error stalls),
 //! with validation every epoch, checkpoints that resume exactly, and logs.
 
+pub mod bench;
 pub mod input;
 pub mod metrics;
 pub mod schedule;
@@ -288,8 +289,8 @@ impl<D: TrainDevice> Trainer<D> {
                 (model, sgd, TrainState::new(&pipeline), None)
             }
             (true, Some(path)) => {
-                let restored = state::load(&path, &spec, &classes, &dev)?;
-                check_resumable(&restored.pipeline, &pipeline, &run)?;
+                let check = |saved: &Pipeline| check_resumable(saved, &pipeline, &run);
+                let restored = state::load(&path, &spec, &classes, &dev, check)?;
                 let t = &pipeline.train;
                 let sgd = Sgd {
                     momentum: t.momentum,

@@ -181,12 +181,14 @@ pub struct Restored<D: Device<f32>> {
     pub pipeline: Pipeline,
 }
 
-/// Reads a training checkpoint written by `save`, checking it against `spec` and `classes`.
+/// Reads a training checkpoint written by `save`, checking it against `classes`, its saved
+/// pipeline with `check_pipeline`, and then its tensors against `spec`.
 pub fn load<D: Device<f32>>(
     path: &Path,
     spec: &Spec,
     classes: &[String],
     dev: &D,
+    check_pipeline: impl FnOnce(&Pipeline) -> Result<(), TrainError>,
 ) -> Result<Restored<D>, TrainError> {
     let file = TensorFile::read(path)?;
     let meta = |key: &str| {
@@ -220,6 +222,7 @@ pub fn load<D: Device<f32>>(
             classes.first().map_or("", |s| s.as_str()),
         )));
     }
+    check_pipeline(&pipeline)?;
     let layers = import_layers(&file, path, "", spec, dev)?;
     let velocity = import_layers(&file, path, MOMENTUM_PREFIX, spec, dev)?;
     Ok(Restored {

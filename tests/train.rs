@@ -1,0 +1,245 @@
+//! `alexnet train` end to end on a tiny generated dataset and a tiny network.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use alexnet::model::checkpoint::TensorFile;
+use common::*;
+
+/// A network just big enough for AlexNet's layer structure (64 px crops), on 72 px images.
+const TINY_PIPELINE: &str = r#"
+name = "tiny"
+[preprocess]
+image_size = 72
+shard_images = 16
+[loader]
+crop_size = 64
+batch_size = 8
+threads = 2
+[model]
+conv_channels = [4, 8, 8, 8, 8]
+fc_units = 16
+init_std = 0.05
+init_bias = 0.1
+[train]
+epochs = 3
+checkpoint_every = 0
+keep_checkpoints = 2
+"#;
+
+/// Shards of a small sample dataset, and the tiny pipeline (with `extra` TOML lines replacing
+/// keys of the `[train]` section) written next to them.
+fn tiny_setup(dir: &Path, train_overrides: &str) -> (PathBuf, PathBuf) {
+    let pipeline = dir.join("tiny.toml");
+    let mut text = TINY_PIPELINE.to_string();
+    for line in train_overrides.lines().filter(|l| !l.trim().is_empty()) {
+        let key = line.split('=').next().unwrap().trim();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split('=').next().unwrap().trim() != key)
+            .collect();
+        text = kept.join("\n") + "\n" + line + "\n";
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let src = small_sample(dir, &[]);
+    let data = dir.join("shards");
+    run_ok(&[
+        "preprocess",
+        "--input",
+        s(&src),
+        "--output",
+        s(&data),
+        "--pipeline",
+        s(&pipeline),
+    ]);
+    (data, pipeline)
+}
+
+fn train_args<'a>(data: &'a Path, run: &'a Path, pipeline: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        s(data),
+        "--run",
+        s(run),
+        "--pipeline",
+        s(pipeline),
+        "--device",
+        "cpu",
+    ]
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// metrics.csv without the timing columns (the last two), which differ between runs.
+fn metrics_without_timing(run: &Path) -> Vec<String> {
+    read(&run.join("metrics.csv"))
+        .lines()
+        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
+        .collect()
+}
+
+fn latest_checkpoint(run: &Path) -> PathBuf {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    all.sort();
+    all.pop().expect("a checkpoint")
+}
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_run_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+
+    let whole = dir.path().join("whole");
+    let out = run_ok(&train_args(&data, &whole, &pipeline));
+    assert!(out.is_empty(), "train reports on stderr: {out}");
+
+    // Interrupted mid-epoch (6 steps: epoch 2 of 4-step epochs), then resumed with the run's
+    // own saved pipeline.
+    let split = dir.path().join("split");
+    let mut args = train_args(&data, &split, &pipeline);
+    args.extend(["--stop-after-steps", "6"]);
+    let first = run(&args);
+    assert_eq!(first.status.code(), Some(130), "{first:?}");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(split.join("checkpoints/step-000000006.safetensors").exists());
+    run_ok(&["train", "--data", s(&data), "--run", s(&split), "--resume"]);
+
+    assert_eq!(read(&whole.join("steps.csv")), read(&split.join("steps.csv")));
+    assert_eq!(metrics_without_timing(&whole), metrics_without_timing(&split));
+    let steps = read(&whole.join("steps.csv")).lines().count() - 1;
+    assert!(steps >= 9, "three epochs of the tiny data: {steps} steps");
+    assert_eq!(read(&whole.join("metrics.csv")).lines().count(), 1 + 3);
+
+    // The final weights and momentum agree bit for bit.
+    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
+    assert_eq!(a.tensors, b.tensors);
+    assert_eq!(a.metadata.get("classes"), b.metadata.get("classes"));
+    // keep_checkpoints = 2
+    assert_eq!(std::fs::read_dir(whole.join("checkpoints")).unwrap().count(), 2);
+    // The resolved pipeline is saved with the run.
+    assert!(read(&whole.join("pipeline.toml")).contains("conv_channels = ["));
+}
+
+#[test]
+fn checkpoints_use_pytorch_names_and_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1");
+    let run_dir = dir.path().join("run");
+    run_ok(&train_args(&data, &run_dir, &pipeline));
+    let file = TensorFile::read(&latest_checkpoint(&run_dir)).unwrap();
+    let shape = |name: &str| file.tensors[name].0.clone();
+    // 4 classes; tiny widths [4, 8, 8, 8, 8]; 64 px input → 15 → 7 → 7 → 3 → 3 → 1.
+    assert_eq!(shape("features.0.weight"), [4, 3, 11, 11]);
+    assert_eq!(shape("features.0.bias"), [4]);
+    assert_eq!(shape("features.4.weight"), [8, 4, 5, 5]);
+    assert_eq!(shape("features.8.weight"), [8, 8, 3, 3]);
+    assert_eq!(shape("features.10.weight"), [8, 8, 3, 3]);
+    assert_eq!(shape("features.12.weight"), [8, 8, 3, 3]);
+    assert_eq!(shape("classifier.1.weight"), [16, 8]);
+    assert_eq!(shape("classifier.4.weight"), [16, 16]);
+    assert_eq!(shape("classifier.6.weight"), [4, 16]);
+    assert_eq!(shape("momentum.classifier.6.weight"), [4, 16]);
+    assert_eq!(file.tensors.len(), 2 * 16);
+    let state: serde_json::Value = serde_json::from_str(&file.metadata["state"]).unwrap();
+    assert_eq!(state["epoch"], 1);
+    assert_eq!(state["sample"], 0);
+}
+
+#[test]
+fn runs_are_not_overwritten_and_resume_checks_what_it_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let mut args = train_args(&data, &run_dir, &pipeline);
+    args.extend(["--stop-after-steps", "1"]);
+    assert_eq!(run(&args).status.code(), Some(130));
+
+    // Starting again in the same directory would destroy the run.
+    let err = run_err(&train_args(&data, &run_dir, &pipeline));
+    assert!(err.contains("already holds a training run"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+
+    // Nothing to resume in a fresh directory.
+    let fresh = dir.path().join("fresh");
+    let mut args = train_args(&data, &fresh, &pipeline);
+    args.push("--resume");
+    let err = run_err(&args);
+    assert!(err.contains("nothing to resume"), "{err}");
+
+    // A different network cannot continue this run.
+    let wider = dir.path().join("wider.toml");
+    std::fs::write(
+        &wider,
+        read(&pipeline).replace("fc_units = 16", "fc_units = 32"),
+    )
+    .unwrap();
+    let mut args = train_args(&data, &run_dir, &wider);
+    args.push("--resume");
+    let err = run_err(&args);
+    assert!(err.contains("[model]"), "{err}");
+
+    // Missing shards name the directory.
+    let missing = dir.path().join("no-such-shards");
+    let err = run_err(&train_args(&missing, &dir.path().join("r2"), &pipeline));
+    assert!(err.contains("no-such-shards"), "{err}");
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_names_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "learning_rate = 1e30\ncheckpoint_every = 1");
+    let run_dir = dir.path().join("run");
+    let err = run_err(&train_args(&data, &run_dir, &pipeline));
+    assert!(err.contains("the loss became"), "{err}");
+    assert!(err.contains("last good checkpoint"), "{err}");
+    // Every checkpoint kept is from before the loss went bad, and loads.
+    let last = latest_checkpoint(&run_dir);
+    let file = TensorFile::read(&last).unwrap();
+    assert!(file.tensors.values().all(|(_, v)| v.iter().all(|x| x.is_finite())));
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_with_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1000");
+    let run_dir = dir.path().join("run");
+    let child = bin()
+        .args(train_args(&data, &run_dir, &pipeline))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way.
+    let started = Instant::now();
+    let steps = run_dir.join("steps.csv");
+    while std::fs::read_to_string(&steps).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("saved"), "{stderr}");
+    let last = latest_checkpoint(&run_dir);
+    let state: serde_json::Value =
+        serde_json::from_str(&TensorFile::read(&last).unwrap().metadata["state"]).unwrap();
+    let saved_step = state["step"].as_u64().unwrap();
+    assert!(saved_step >= 2, "{state}");
+    assert!(last.ends_with(format!("step-{saved_step:09}.safetensors")));
+}
