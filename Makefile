@@ -4,33 +4,43 @@
 
 PIPELINE ?= sample
 SAMPLE   ?= data/sample
+# 120 training images per class: enough for the demo network to learn visibly in minutes.
+SAMPLE_ARGS ?= --train-per-class 120 --val-per-class 20
 SRC      ?=
 OUT      ?= data/shards-$(PIPELINE)
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+# Training: DATA defaults to the preprocessed sample data; CUDA=1 builds and trains on the GPU.
+DATA     ?=
+RUN      ?= runs/$(PIPELINE)
+EPOCHS   ?=
+CUDA     ?=
+RESUME   ?=
 
 CARGO ?= cargo
 BIN   := target/release/alexnet
+FEATURES := $(if $(CUDA),--features cuda,)
 PIPELINE_FILE := pipelines/$(PIPELINE).toml
 INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
-.PHONY: help build demo sample preprocess export contact-sheet test bench bench-pillow bench-loader clean-data fmt
+.PHONY: help build demo sample preprocess export contact-sheet train test bench bench-pillow bench-loader clean-data fmt
 
 help:
 	@echo "make demo                 generate sample data, preprocess it, export a few images"
 	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n]"
 	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
 	@echo "make contact-sheet        PNG grid of augmented training samples, OUT/contact-sheet.png"
+	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1] [RESUME=1]"
 	@echo "make test                 the whole test suite (CPU only)"
 	@echo "make bench                criterion benchmarks + preprocessing vs Pillow"
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked $(FEATURES)
 
 $(BIN): build
 
 # The sample dataset is generated once; delete data/ to regenerate it.
 $(SAMPLE)/LOC_synset_mapping.txt: | build
-	$(BIN) sample --out $(SAMPLE)
+	$(BIN) sample --out $(SAMPLE) $(SAMPLE_ARGS)
 
 sample: $(SAMPLE)/LOC_synset_mapping.txt
 
@@ -44,6 +54,11 @@ demo: preprocess
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export --limit 16
 	$(BIN) contact-sheet --data $(OUT) --pipeline $(PIPELINE_FILE) --out $(OUT)/contact-sheet.png
 	@echo "Look at $(OUT)/export/val/*.png (the images as stored) and $(OUT)/contact-sheet.png (training crops)."
+
+# Without DATA: the sample data, generated and preprocessed first (a no-op when up to date).
+train: build $(if $(DATA),,preprocess)
+	$(BIN) train --data $(if $(DATA),$(DATA),$(OUT)) --run $(RUN) --pipeline $(PIPELINE_FILE) \
+		--device $(if $(CUDA),cuda,cpu) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
 
 test:
 	$(CARGO) test --locked

@@ -590,6 +590,7 @@ fn bench_on_cuda(
     anyhow::bail!(NO_CUDA)
 }
 
+#[cfg(not(feature = "cuda"))]
 const NO_CUDA: &str = "this binary was built without CUDA; build it with \
     `cargo build --release --features cuda` (or use `make train CUDA=1`), or use --device cpu";
 

@@ -243,3 +243,53 @@ fn ctrl_c_saves_a_checkpoint_and_exits_with_130() {
     assert!(saved_step >= 2, "{state}");
     assert!(last.ends_with(format!("step-{saved_step:09}.safetensors")));
 }
+
+/// The trainer uploads u8 crops and normalises them on the device; that must equal the
+/// loader's own f32 normalisation (mean image at the crop position, lighting, flips), for
+/// training crops and for the ten evaluation crops, with either normalisation.
+#[test]
+fn device_normalisation_equals_the_loaders_f32_batches() {
+    use alexnet::config::{Normalize, Pipeline};
+    use alexnet::loader::{Loader, LoaderData, LoaderOptions, Mode, Output, Pixels};
+    use alexnet::shards::Split;
+    use alexnet::train::InputStage;
+    use dfdx::prelude::*;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let pipeline = Pipeline::load(&pipeline).unwrap();
+    let loader_data = Arc::new(LoaderData::open(&data, Split::Train).unwrap());
+    let dev = Cpu::default();
+    for normalize in [Normalize::MeanImage, Normalize::Channel] {
+        for mode in [Mode::Train, Mode::TenCrop] {
+            let mut config = pipeline.loader.clone();
+            config.normalize = normalize;
+            let options = |output| {
+                let mut o = LoaderOptions::train(&config, output);
+                o.mode = mode;
+                o.epochs = Some(1);
+                o
+            };
+            let u8_batches = Loader::start(loader_data.clone(), options(Output::U8)).unwrap();
+            let f32_batches = Loader::start(loader_data.clone(), options(Output::F32)).unwrap();
+            let mut input = InputStage::new(&dev, &loader_data, &config);
+            let mut compared = 0;
+            for (a, b) in u8_batches.zip(f32_batches) {
+                let Pixels::F32(expected) = &b.pixels else { unreachable!() };
+                let got = input.prepare(&dev, &a).as_vec();
+                assert_eq!(got.len(), expected.len());
+                let worst = got
+                    .iter()
+                    .zip(expected)
+                    .map(|(g, e)| (g - e).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-3, "{normalize:?} {mode:?}: max difference {worst}");
+                compared += a.len();
+            }
+            let n = loader_data.len();
+            let expected = if mode == Mode::Train { n / 8 * 8 } else { n };
+            assert_eq!(compared, expected, "{mode:?}: every image once");
+        }
+    }
+}

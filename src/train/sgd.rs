@@ -55,3 +55,52 @@ fn update<S: Shape, D: Device<f32>>(
     velocity.axpy(momentum, &grad, 1.0); // μv + g
     param.axpy(1.0, velocity, -lr); // w − lr·v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::model::Spec;
+
+    /// Two steps by hand: v₁ = g₁ + λw₀, w₁ = w₀ − lr·v₁; v₂ = μv₁ + g₂ + λw₁, w₂ = w₁ − lr·v₂
+    /// (PyTorch's `torch.optim.SGD` with momentum and weight decay).
+    #[test]
+    fn two_steps_follow_pytorchs_formula() {
+        let dev = Cpu::default();
+        let config = ModelConfig {
+            conv_channels: [2; 5],
+            fc_units: 4,
+            ..ModelConfig::default()
+        };
+        let spec = Spec::new(&config, 63, 2).unwrap();
+        let mut model = AlexNet::<f32, Cpu>::new(&dev, spec, 1);
+        let (lr, mu, wd) = (0.1, 0.9, 0.01);
+        let mut sgd = Sgd::new(&dev, &model, mu, wd);
+        let x: crate::model::Act<f32, Cpu> = dev.sample_normal_like(&(2, 63 * 63, 3));
+        let mut expected_v = vec![0f32; 0];
+        for _ in 0..2 {
+            let w0 = model.fc8.weight.as_vec();
+            let logits = model.forward(x.clone().traced(Gradients::leaky()), None);
+            let grads = logits.square().sum().backward();
+            let g = grads.get(&model.fc8.weight).as_vec();
+            let v: Vec<f32> = (0..w0.len())
+                .map(|i| {
+                    let previous = expected_v.get(i).copied().unwrap_or(0.0);
+                    mu as f32 * previous + (g[i] + wd as f32 * w0[i])
+                })
+                .collect();
+            sgd.step(&mut model, &grads, lr);
+            let w1 = model.fc8.weight.as_vec();
+            for i in 0..w0.len() {
+                let want = w0[i] - lr as f32 * v[i];
+                let close = (w1[i] - want).abs() <= 1e-6 * (1.0 + want.abs());
+                assert!(close, "{i}: {} vs {want}", w1[i]);
+            }
+            let velocity = sgd.velocity[7].weight.as_vec();
+            for (got, want) in velocity.iter().zip(&v) {
+                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "{got} vs {want}");
+            }
+            expected_v = v;
+        }
+    }
+}
