@@ -15,6 +15,7 @@ RUN      ?= runs/$(PIPELINE)
 EPOCHS   ?=
 CUDA     ?=
 RESUME   ?=
+CHECKPOINT ?=
 
 CARGO ?= cargo
 BIN   := target/release/alexnet
@@ -22,7 +23,7 @@ FEATURES := $(if $(CUDA),--features cuda,)
 PIPELINE_FILE := pipelines/$(PIPELINE).toml
 INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
-.PHONY: help build demo sample preprocess export contact-sheet train test bench bench-pillow bench-loader clean-data fmt
+.PHONY: help build demo sample preprocess export contact-sheet train evaluate test bench bench-pillow bench-loader clean-data fmt
 
 help:
 	@echo "make demo                 generate sample data, preprocess it, export a few images"
@@ -30,6 +31,7 @@ help:
 	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
 	@echo "make contact-sheet        PNG grid of augmented training samples, OUT/contact-sheet.png"
 	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1] [RESUME=1]"
+	@echo "make evaluate [PIPELINE=..] [DATA=..] [RUN=..] [CHECKPOINT=file] [CUDA=1]"
 	@echo "make test                 the whole test suite (CPU only)"
 	@echo "make bench                criterion benchmarks + preprocessing vs Pillow"
 
@@ -59,6 +61,11 @@ demo: preprocess
 train: build $(if $(DATA),,preprocess)
 	$(BIN) train --data $(if $(DATA),$(DATA),$(OUT)) --run $(RUN) --pipeline $(PIPELINE_FILE) \
 		--device $(if $(CUDA),cuda,cpu) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
+
+# Top-1/top-5 error (centre and 10 crops) of RUN's latest checkpoint, report and plots in RUN/eval.
+evaluate: build
+	$(BIN) evaluate --data $(if $(DATA),$(DATA),$(OUT)) --run $(RUN) --pipeline $(PIPELINE_FILE) \
+		--device $(if $(CUDA),cuda,cpu) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 test:
 	$(CARGO) test --locked

@@ -37,7 +37,14 @@ fn bench_step(c: &mut Criterion, name: &str, pipeline: &Pipeline, classes: usize
         b.iter(|| {
             let masks = DropoutMasks::draw(&dev, &model.spec, 0, step, batch);
             step += 1;
-            let (loss, _) = train_step(&mut model, &mut sgd, x.clone(), &labels, masks.as_ref(), 1e-4);
+            let (loss, _) = train_step(
+                &mut model,
+                &mut sgd,
+                x.clone(),
+                &labels,
+                masks.as_ref(),
+                1e-4,
+            );
             assert!(loss.is_finite());
         })
     });

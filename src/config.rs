@@ -304,7 +304,7 @@ impl Pipeline {
         if !(0.0..1.0).contains(&m.dropout) {
             return Err(format!("model.dropout = {} is outside 0..1", m.dropout));
         }
-        if m.lrn && (m.lrn_size == 0 || m.lrn_size % 2 == 0) {
+        if m.lrn && (m.lrn_size == 0 || m.lrn_size.is_multiple_of(2)) {
             return Err(format!(
                 "model.lrn_size = {} must be odd (a window centred on each channel)",
                 m.lrn_size

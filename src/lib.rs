@@ -3,6 +3,7 @@
 //! One module per pipeline stage; `main.rs` only parses arguments and dispatches.
 
 pub mod config;
+pub mod eval;
 pub mod export;
 pub mod loader;
 pub mod model;

@@ -15,6 +15,7 @@ use dfdx::prelude::Cpu;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use alexnet::config::{LoaderConfig, Pipeline};
+use alexnet::eval::{self, EvalOptions};
 use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
@@ -52,6 +53,40 @@ enum Command {
     /// Measure training throughput with the loader feeding the device, and profile a step
     /// (last line: JSON).
     BenchTrain(BenchTrainArgs),
+    /// Top-1/top-5 error of a checkpoint on the validation split (centre crop and 10 crops),
+    /// with a report, per-image predictions and plots in RUN/eval/.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    long_about = "Evaluate a checkpoint the paper's way: top-1 and top-5 error of the centre \
+        crop, and of ten crops (four corners and the centre, and their mirror images) with the \
+        softmax outputs averaged; accuracy per class.\n\n\
+        Writes RUN/eval/report.json, RUN/eval/predictions.parquet (one row per validation image), \
+        RUN/eval/per_class.png and, when RUN has training logs, loss.png, error.png and \
+        learning_rate.png. Checkpoints written by PyTorch with the same names and layouts \
+        (safetensors) work as well: pass the pipeline they were trained with."
+)]
+struct EvaluateArgs {
+    /// Shard directory written by `alexnet preprocess` (its val split is evaluated).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory: where the checkpoints are and RUN/eval/ is written.
+    #[arg(long)]
+    run: PathBuf,
+    /// Pipeline the model was trained with [default: RUN/pipeline.toml, else the paper's].
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Checkpoint to evaluate (safetensors) [default: the run's latest].
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Images per batch; each is evaluated as ten crops [default: the pipeline's batch / 10].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Where to run [default: cuda in a CUDA build, else cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceKind>,
 }
 
 #[derive(clap::Args)]
@@ -259,6 +294,7 @@ fn main() {
         Command::ContactSheet(args) => run_contact_sheet(args),
         Command::Train(args) => run_train(args),
         Command::BenchTrain(args) => run_bench_train(args),
+        Command::Evaluate(args) => run_evaluate(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -527,6 +563,75 @@ fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_evaluate(args: EvaluateArgs) -> Result<()> {
+    let saved = args.run.join("pipeline.toml");
+    let pipeline = match &args.pipeline {
+        Some(path) => Pipeline::load(path)?,
+        None if saved.exists() => Pipeline::load(&saved)?,
+        None => Pipeline::default(),
+    };
+    let batch_images = args
+        .batch_size
+        .unwrap_or_else(|| (pipeline.loader.batch_size / 10).max(1));
+    anyhow::ensure!(batch_images > 0, "--batch-size must be at least 1");
+    let options = EvalOptions {
+        data: args.data.clone(),
+        run: args.run.clone(),
+        pipeline,
+        checkpoint: args.checkpoint.clone(),
+        batch_images,
+        progress: progress_mode(),
+        device_name: String::new(),
+    };
+    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
+    let report = match device {
+        DeviceKind::Cpu => {
+            dfdx::flush_denormals_to_zero();
+            let options = EvalOptions {
+                device_name: format!("the CPU ({} threads)", rayon::current_num_threads()),
+                ..options
+            };
+            eval::run(Cpu::default(), options)
+        }
+        DeviceKind::Cuda => evaluate_on_cuda(options)?,
+    }
+    .with_context(|| format!("evaluating run {}", args.run.display()))?;
+    eprintln!(
+        "evaluated {} on {} validation images ({} views each) in {:.1} s, {:.0} images/s on {}",
+        report.checkpoint.display(),
+        report.images,
+        report.views_per_image,
+        report.seconds,
+        report.images_per_sec,
+        report.device,
+    );
+    print!("{}", eval::table(&report));
+    let dir = args.run.join("eval");
+    eprintln!(
+        "wrote {}/report.json, predictions.parquet and plots (*.png)",
+        dir.display()
+    );
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn evaluate_on_cuda(options: EvalOptions) -> Result<Result<eval::Report, eval::EvalError>> {
+    use dfdx::prelude::Cache;
+    let dev = dfdx::tensor::Cuda::try_build(0, 0)
+        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+    dev.enable_cache();
+    let options = EvalOptions {
+        device_name: "CUDA device 0".into(),
+        ..options
+    };
+    Ok(eval::run(dev, options))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn evaluate_on_cuda(_: EvalOptions) -> Result<Result<eval::Report, eval::EvalError>> {
+    anyhow::bail!(NO_CUDA)
+}
+
 fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     if let Some(batch_size) = args.batch_size {
@@ -540,7 +645,11 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
         "benchmarking {} training steps of {} (+{warmup} warm-up, {profile} profiled) on {}",
         steps,
         pipeline.loader.batch_size,
-        if device == DeviceKind::Cpu { "the CPU" } else { "CUDA device 0" },
+        if device == DeviceKind::Cpu {
+            "the CPU"
+        } else {
+            "CUDA device 0"
+        },
     );
     let report = match device {
         DeviceKind::Cpu => {
@@ -576,7 +685,9 @@ fn bench_on_cuda(
     let dev = dfdx::tensor::Cuda::try_build(0, pipeline.train.seed)
         .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
     dev.enable_cache();
-    Ok(train::bench::run(&dev, pipeline, data, steps, warmup, profile)?)
+    Ok(train::bench::run(
+        &dev, pipeline, data, steps, warmup, profile,
+    )?)
 }
 
 #[cfg(not(feature = "cuda"))]

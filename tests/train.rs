@@ -2,79 +2,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use alexnet::model::checkpoint::TensorFile;
 use common::*;
-
-/// A network just big enough for AlexNet's layer structure (64 px crops), on 72 px images.
-const TINY_PIPELINE: &str = r#"
-name = "tiny"
-[preprocess]
-image_size = 72
-shard_images = 16
-[loader]
-crop_size = 64
-batch_size = 8
-threads = 2
-[model]
-conv_channels = [4, 8, 8, 8, 8]
-fc_units = 16
-init_std = 0.05
-init_bias = 0.1
-[train]
-epochs = 3
-checkpoint_every = 0
-keep_checkpoints = 2
-"#;
-
-/// Shards of a small sample dataset, and the tiny pipeline (with `extra` TOML lines replacing
-/// keys of the `[train]` section) written next to them.
-fn tiny_setup(dir: &Path, train_overrides: &str) -> (PathBuf, PathBuf) {
-    let pipeline = dir.join("tiny.toml");
-    let mut text = TINY_PIPELINE.to_string();
-    for line in train_overrides.lines().filter(|l| !l.trim().is_empty()) {
-        let key = line.split('=').next().unwrap().trim();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| l.split('=').next().unwrap().trim() != key)
-            .collect();
-        text = kept.join("\n") + "\n" + line + "\n";
-    }
-    std::fs::write(&pipeline, text).unwrap();
-    let src = small_sample(dir, &[]);
-    let data = dir.join("shards");
-    run_ok(&[
-        "preprocess",
-        "--input",
-        s(&src),
-        "--output",
-        s(&data),
-        "--pipeline",
-        s(&pipeline),
-    ]);
-    (data, pipeline)
-}
-
-fn train_args<'a>(data: &'a Path, run: &'a Path, pipeline: &'a Path) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        s(data),
-        "--run",
-        s(run),
-        "--pipeline",
-        s(pipeline),
-        "--device",
-        "cpu",
-    ]
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 /// metrics.csv without the timing columns (the last two), which differ between runs.
 fn metrics_without_timing(run: &Path) -> Vec<String> {
@@ -82,15 +15,6 @@ fn metrics_without_timing(run: &Path) -> Vec<String> {
         .lines()
         .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
         .collect()
-}
-
-fn latest_checkpoint(run: &Path) -> PathBuf {
-    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    all.sort();
-    all.pop().expect("a checkpoint")
 }
 
 #[test]
@@ -111,11 +35,19 @@ fn a_resumed_run_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(first.status.code(), Some(130), "{first:?}");
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(stderr.contains("--resume"), "{stderr}");
-    assert!(split.join("checkpoints/step-000000006.safetensors").exists());
+    assert!(split
+        .join("checkpoints/step-000000006.safetensors")
+        .exists());
     run_ok(&["train", "--data", s(&data), "--run", s(&split), "--resume"]);
 
-    assert_eq!(read(&whole.join("steps.csv")), read(&split.join("steps.csv")));
-    assert_eq!(metrics_without_timing(&whole), metrics_without_timing(&split));
+    assert_eq!(
+        read(&whole.join("steps.csv")),
+        read(&split.join("steps.csv"))
+    );
+    assert_eq!(
+        metrics_without_timing(&whole),
+        metrics_without_timing(&split)
+    );
     let steps = read(&whole.join("steps.csv")).lines().count() - 1;
     assert!(steps >= 9, "three epochs of the tiny data: {steps} steps");
     assert_eq!(read(&whole.join("metrics.csv")).lines().count(), 1 + 3);
@@ -126,7 +58,12 @@ fn a_resumed_run_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(a.tensors, b.tensors);
     assert_eq!(a.metadata.get("classes"), b.metadata.get("classes"));
     // keep_checkpoints = 2
-    assert_eq!(std::fs::read_dir(whole.join("checkpoints")).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read_dir(whole.join("checkpoints"))
+            .unwrap()
+            .count(),
+        2
+    );
     // The resolved pipeline is saved with the run.
     assert!(read(&whole.join("pipeline.toml")).contains("conv_channels = ["));
 }
@@ -206,7 +143,10 @@ fn a_diverging_loss_stops_the_run_and_names_the_last_good_checkpoint() {
     // Every checkpoint kept is from before the loss went bad, and loads.
     let last = latest_checkpoint(&run_dir);
     let file = TensorFile::read(&last).unwrap();
-    assert!(file.tensors.values().all(|(_, v)| v.iter().all(|x| x.is_finite())));
+    assert!(file
+        .tensors
+        .values()
+        .all(|(_, v)| v.iter().all(|x| x.is_finite())));
 }
 
 #[test]
@@ -224,7 +164,10 @@ fn ctrl_c_saves_a_checkpoint_and_exits_with_130() {
     let started = Instant::now();
     let steps = run_dir.join("steps.csv");
     while std::fs::read_to_string(&steps).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(120), "training never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let killed = std::process::Command::new("kill")
@@ -276,7 +219,9 @@ fn device_normalisation_equals_the_loaders_f32_batches() {
             let mut input = InputStage::new(&dev, &loader_data, &config);
             let mut compared = 0;
             for (a, b) in u8_batches.zip(f32_batches) {
-                let Pixels::F32(expected) = &b.pixels else { unreachable!() };
+                let Pixels::F32(expected) = &b.pixels else {
+                    unreachable!()
+                };
                 let got = input.prepare(&dev, &a).as_vec();
                 assert_eq!(got.len(), expected.len());
                 let worst = got
@@ -284,7 +229,10 @@ fn device_normalisation_equals_the_loaders_f32_batches() {
                     .zip(expected)
                     .map(|(g, e)| (g - e).abs())
                     .fold(0f32, f32::max);
-                assert!(worst < 1e-3, "{normalize:?} {mode:?}: max difference {worst}");
+                assert!(
+                    worst < 1e-3,
+                    "{normalize:?} {mode:?}: max difference {worst}"
+                );
                 compared += a.len();
             }
             let n = loader_data.len();

@@ -476,9 +476,11 @@ impl Producer {
             .map(|(&i, a)| (self.data.reader.record(i as usize), views_of(a), a.lighting))
             .collect();
         batch.crops.clear();
-        batch
-            .crops
-            .extend(images.iter().flat_map(|(_, views, _)| views.iter().copied()));
+        batch.crops.extend(
+            images
+                .iter()
+                .flat_map(|(_, views, _)| views.iter().copied()),
+        );
         let digests = match &mut batch.pixels {
             Pixels::U8(buf) => {
                 self.write_views(buf, &images, opts.digests, |record, at, _, out| {

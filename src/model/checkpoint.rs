@@ -235,8 +235,10 @@ pub fn export_layers<D: Device<f32>>(
             format!("{prefix}{name}.weight"),
             (torch_shape(layout, inputs, outputs), weight),
         );
-        file.tensors
-            .insert(format!("{prefix}{name}.bias"), (vec![outputs], layer.bias.as_vec()));
+        file.tensors.insert(
+            format!("{prefix}{name}.bias"),
+            (vec![outputs], layer.bias.as_vec()),
+        );
     }
 }
 
@@ -261,7 +263,9 @@ pub fn import_layers<D: Device<f32>>(
             bias: dev.tensor_from_vec(bias.to_vec(), (outputs,)),
         });
     }
-    Ok(layers.try_into().unwrap_or_else(|_| unreachable!("eight layers")))
+    Ok(layers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("eight layers")))
 }
 
 #[cfg(test)]
@@ -315,8 +319,10 @@ mod tests {
     #[test]
     fn tensor_file_round_trips_and_reports_problems() {
         let mut file = TensorFile::default();
-        file.tensors
-            .insert("a.weight".into(), (vec![2, 3], (0..6).map(|v| v as f32).collect()));
+        file.tensors.insert(
+            "a.weight".into(),
+            (vec![2, 3], (0..6).map(|v| v as f32).collect()),
+        );
         file.metadata.insert("state".into(), "{}".into());
         let path = Path::new("x.safetensors");
         let back = TensorFile::from_bytes(&file.to_bytes(), path).unwrap();

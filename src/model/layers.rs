@@ -62,8 +62,11 @@ impl Window {
 /// last batch of an evaluation pass.
 pub struct GatherIndex<D: Storage<usize>> {
     rows: Vec<usize>,
-    cached: Vec<(usize, Tensor<(usize, usize), usize, D>)>,
+    cached: Vec<(usize, Index<D>)>,
 }
+
+/// Gather indices, one row per image.
+type Index<D> = Tensor<(usize, usize), usize, D>;
 
 impl<D: Storage<usize> + TensorFromVec<usize>> GatherIndex<D> {
     pub fn new(window: Window) -> Self {
@@ -73,7 +76,7 @@ impl<D: Storage<usize> + TensorFromVec<usize>> GatherIndex<D> {
         }
     }
 
-    pub fn for_batch(&mut self, batch: usize, dev: &D) -> Tensor<(usize, usize), usize, D> {
+    pub fn for_batch(&mut self, batch: usize, dev: &D) -> Index<D> {
         if let Some((_, index)) = self.cached.iter().find(|(b, _)| *b == batch) {
             return index.clone();
         }
@@ -96,8 +99,8 @@ pub trait LayerTape<E: Dtype, D: Device<E>>:
     Tape<E, D> + Merge<NoneTape> + Merge<Self> + Default
 {
 }
-impl<E: Dtype, D: Device<E>, T: Tape<E, D> + Merge<NoneTape> + Merge<T> + Default>
-    LayerTape<E, D> for T
+impl<E: Dtype, D: Device<E>, T: Tape<E, D> + Merge<NoneTape> + Merge<T> + Default> LayerTape<E, D>
+    for T
 {
 }
 
@@ -146,7 +149,9 @@ impl<E: Dtype, D: Device<E>> Conv<E, D> {
     }
 
     pub fn out_size(&self) -> usize {
-        self.window.out_size().expect("checked when the model was built")
+        self.window
+            .out_size()
+            .expect("checked when the model was built")
     }
 
     /// `(B, size², C)` → `(B, out², O)`.
@@ -197,7 +202,9 @@ impl<D: Storage<usize> + TensorFromVec<usize>> MaxPool<D> {
     }
 
     pub fn out_size(&self) -> usize {
-        self.window.out_size().expect("checked when the model was built")
+        self.window
+            .out_size()
+            .expect("checked when the model was built")
     }
 
     /// `(B, size², C)` → `(B, out², C)`: the maximum of each window, per channel.

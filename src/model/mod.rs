@@ -269,23 +269,32 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
     pub fn new(dev: &D, spec: Spec, seed: u64) -> Self {
         let cfg = &spec.config;
         let shapes = Self::affine_shapes(&spec);
-        let layers: Vec<Affine<E, D>> = shapes.iter().enumerate().map(|(i, &(inputs, outputs))| {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, i as u64]));
-            let weight: Vec<E> = (0..inputs * outputs)
-                .map(|_| E::from_f32(standard_normal(&mut rng) * cfg.init_std).unwrap())
-                .collect();
-            // conv2, conv4, conv5, fc6, fc7
-            let bias_value = if [1, 3, 4, 5, 6].contains(&i) {
-                cfg.init_bias
-            } else {
-                0.0
-            };
-            Affine {
-                weight: dev.tensor_from_vec(weight, (inputs, outputs)),
-                bias: dev.tensor_from_vec(vec![E::from_f32(bias_value).unwrap(); outputs], (outputs,)),
-            }
-        }).collect();
-        let layers = layers.try_into().unwrap_or_else(|_| unreachable!("eight layers"));
+        let layers: Vec<Affine<E, D>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(inputs, outputs))| {
+                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, i as u64]));
+                let weight: Vec<E> = (0..inputs * outputs)
+                    .map(|_| E::from_f32(standard_normal(&mut rng) * cfg.init_std).unwrap())
+                    .collect();
+                // conv2, conv4, conv5, fc6, fc7
+                let bias_value = if [1, 3, 4, 5, 6].contains(&i) {
+                    cfg.init_bias
+                } else {
+                    0.0
+                };
+                Affine {
+                    weight: dev.tensor_from_vec(weight, (inputs, outputs)),
+                    bias: dev.tensor_from_vec(
+                        vec![E::from_f32(bias_value).unwrap(); outputs],
+                        (outputs,),
+                    ),
+                }
+            })
+            .collect();
+        let layers = layers
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("eight layers"));
         Self::from_layers(dev, spec, layers)
     }
 

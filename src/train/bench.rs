@@ -86,7 +86,10 @@ pub fn run<D: TrainDevice>(
         };
         let x = input.prepare(dev, &batch);
         let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
-        phases.entry("1 upload+normalise").or_default().push(lap(dev));
+        phases
+            .entry("1 upload+normalise")
+            .or_default()
+            .push(lap(dev));
         let mut stage_index = 0;
         let mut observe = |layer: &'static str, stage: &'static str| {
             let ms = lap(dev);
@@ -101,11 +104,8 @@ pub fn run<D: TrainDevice>(
             stages[stage_index].1.push(ms);
             stage_index += 1;
         };
-        let logits = model.forward_observed(
-            x.traced(Gradients::leaky()),
-            masks.as_ref(),
-            &mut observe,
-        );
+        let logits =
+            model.forward_observed(x.traced(Gradients::leaky()), masks.as_ref(), &mut observe);
         let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
         let labels = dev.tensor_from_vec(labels, (batch.len(),));
         let loss = logits
@@ -114,7 +114,11 @@ pub fn run<D: TrainDevice>(
             .mean()
             .negate();
         phases.entry("2 forward+loss").or_default().push(
-            stages[..stage_index].iter().map(|s| *s.1.last().unwrap()).sum::<f64>() + lap(dev),
+            stages[..stage_index]
+                .iter()
+                .map(|s| *s.1.last().unwrap())
+                .sum::<f64>()
+                + lap(dev),
         );
         let grads = loss.backward();
         phases.entry("3 backward").or_default().push(lap(dev));

@@ -135,7 +135,11 @@ impl<D: TrainDevice> InputStage<D> {
         let lighting: Mat<f32, D> = dev.tensor_from_vec(lighting, (n, 3));
         let x = x - mean + lighting.broadcast_like::<_, Axis<1>>(&(n, crop * crop, 3));
         match &self.scale {
-            Some(scale) => x * scale.clone().broadcast_like::<_, Axes2<0, 1>>(&(n, crop * crop, 3)),
+            Some(scale) => {
+                x * scale
+                    .clone()
+                    .broadcast_like::<_, Axes2<0, 1>>(&(n, crop * crop, 3))
+            }
             None => x,
         }
     }

@@ -88,7 +88,10 @@ impl CsvLog {
                     kept.push('\n');
                 }
                 for line in lines {
-                    let step = line.split(',').nth(step_column).and_then(|s| s.parse::<u64>().ok());
+                    let step = line
+                        .split(',')
+                        .nth(step_column)
+                        .and_then(|s| s.parse::<u64>().ok());
                     if step.is_some_and(|s| s <= keep_through_step) {
                         kept.push_str(line);
                         kept.push('\n');

@@ -108,7 +108,7 @@ impl EpochRecord {
 
     fn csv_row(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{:.3},{:.1}",
+            "{},{},{},{},{:.6},{},{:.6},{:.6},{:.3},{:.1}",
             self.epoch,
             self.step,
             self.learning_rate,
@@ -215,7 +215,9 @@ where
         }
 
         let stop_now = options.stop.load(Ordering::Relaxed)
-            || options.stop_after_steps.is_some_and(|n| trainer.state.step >= n);
+            || options
+                .stop_after_steps
+                .is_some_and(|n| trainer.state.step >= n);
         if stop_now && trainer.state.epoch < epochs {
             bar.finish_epoch();
             let path = trainer.save_checkpoint()?;
@@ -278,7 +280,9 @@ impl<D: TrainDevice> Trainer<D> {
         let pipeline = options.pipeline.clone();
         let run = RunDir::new(&options.run);
         let classes: Vec<String> = train_data.classes.iter().map(|c| c.wnid.clone()).collect();
-        let existing = run.latest_checkpoint().map_err(io_error(&run.checkpoints()))?;
+        let existing = run
+            .latest_checkpoint()
+            .map_err(io_error(&run.checkpoints()))?;
         let (model, sgd, state, latest) = match (options.resume, existing) {
             (false, Some(_)) => return Err(TrainError::RunExists { run: run.root }),
             (true, None) => return Err(TrainError::NothingToResume { run: run.root }),
@@ -315,7 +319,11 @@ impl<D: TrainDevice> Trainer<D> {
         let loader = &pipeline.loader;
         let n = train_data.len() as u64;
         let batch = loader.batch_size as u64;
-        let steps_per_epoch = if loader.drop_last { n / batch } else { n.div_ceil(batch) };
+        let steps_per_epoch = if loader.drop_last {
+            n / batch
+        } else {
+            n.div_ceil(batch)
+        };
         if steps_per_epoch == 0 {
             return Err(TrainError::Loader(LoaderError::Settings(format!(
                 "batch size {batch} is larger than the {n} training images"
@@ -359,7 +367,11 @@ impl<D: TrainDevice> Trainer<D> {
             eprintln!("  {:<6} {:<42} {shape}", layer.name, layer.operation);
         }
         let verb = if self.state.step > 0 {
-            format!("resuming at step {} (epoch {})", self.state.step, self.state.epoch + 1)
+            format!(
+                "resuming at step {} (epoch {})",
+                self.state.step,
+                self.state.epoch + 1
+            )
         } else {
             "training".to_string()
         };
@@ -413,7 +425,13 @@ impl<D: TrainDevice> Trainer<D> {
         let next = batch.next_position();
         (self.state.epoch, self.state.sample) = (next.epoch, next.sample);
         self.steps_log
-            .append(&format!("{},{},{},{}", self.state.step, self.state.epoch + 1, value, lr))
+            .append(&format!(
+                "{},{},{},{}",
+                self.state.step,
+                self.state.epoch + 1,
+                value,
+                lr
+            ))
             .map_err(io_error(&self.run.steps()))?;
         Ok(value)
     }
@@ -426,7 +444,7 @@ impl<D: TrainDevice> Trainer<D> {
 
     fn checkpoint_due(&self) -> bool {
         let every = self.pipeline.train.checkpoint_every;
-        every > 0 && self.state.step % every == 0
+        every > 0 && self.state.step.is_multiple_of(every)
     }
 
     /// Validation, the learning-rate rule, the metrics row and a checkpoint.
@@ -607,7 +625,8 @@ impl EpochBar {
         self.bar.reset();
         self.bar.set_length(self.steps_per_epoch);
         self.bar.set_position(done_in_epoch);
-        self.bar.set_prefix(format!("epoch {}/{epochs}", state.epoch + 1));
+        self.bar
+            .set_prefix(format!("epoch {}/{epochs}", state.epoch + 1));
         self.started = Instant::now();
         self.last_line = Instant::now();
     }
@@ -658,7 +677,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -36,9 +36,23 @@ impl<D: Device<f32>> Sgd<D> {
         let (momentum, decay) = (self.momentum, self.weight_decay);
         for (layer, velocity) in model.layers_mut().into_iter().zip(&mut self.velocity) {
             let grad = grads.get(&layer.weight);
-            update(&mut layer.weight, &mut velocity.weight, grad, lr, momentum, decay);
+            update(
+                &mut layer.weight,
+                &mut velocity.weight,
+                grad,
+                lr,
+                momentum,
+                decay,
+            );
             let grad = grads.get(&layer.bias);
-            update(&mut layer.bias, &mut velocity.bias, grad, lr, momentum, decay);
+            update(
+                &mut layer.bias,
+                &mut velocity.bias,
+                grad,
+                lr,
+                momentum,
+                decay,
+            );
         }
     }
 }
@@ -98,7 +112,10 @@ mod tests {
             }
             let velocity = sgd.velocity[7].weight.as_vec();
             for (got, want) in velocity.iter().zip(&v) {
-                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "{got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
             }
             expected_v = v;
         }

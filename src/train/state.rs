@@ -97,7 +97,8 @@ impl RunDir {
     }
 
     pub fn checkpoint(&self, step: u64) -> PathBuf {
-        self.checkpoints().join(format!("step-{step:09}.safetensors"))
+        self.checkpoints()
+            .join(format!("step-{step:09}.safetensors"))
     }
 
     /// Checkpoints, oldest first.
@@ -192,10 +193,12 @@ pub fn load<D: Device<f32>>(
 ) -> Result<Restored<D>, TrainError> {
     let file = TensorFile::read(path)?;
     let meta = |key: &str| {
-        file.metadata.get(key).ok_or_else(|| TrainError::NotResumable {
-            path: path.to_path_buf(),
-            reason: format!("it has no `{key}` metadata (not written by `alexnet train`)"),
-        })
+        file.metadata
+            .get(key)
+            .ok_or_else(|| TrainError::NotResumable {
+                path: path.to_path_buf(),
+                reason: format!("it has no `{key}` metadata (not written by `alexnet train`)"),
+            })
     };
     if meta("format")? != FORMAT || meta("format_version")? != FORMAT_VERSION {
         return Err(TrainError::NotResumable {
@@ -209,8 +212,8 @@ pub fn load<D: Device<f32>>(
     };
     let state: TrainState =
         serde_json::from_str(meta("state")?).map_err(|e| bad(format!("bad state: {e}")))?;
-    let pipeline = Pipeline::parse(meta("pipeline")?, path)
-        .map_err(|e| bad(format!("bad pipeline: {e}")))?;
+    let pipeline =
+        Pipeline::parse(meta("pipeline")?, path).map_err(|e| bad(format!("bad pipeline: {e}")))?;
     let saved_classes: Vec<String> =
         serde_json::from_str(meta("classes")?).map_err(|e| bad(format!("bad classes: {e}")))?;
     if saved_classes != classes {

@@ -132,3 +132,80 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         );
     }
 }
+
+/// A network just big enough for AlexNet's layer structure (64 px crops), on 72 px images.
+pub const TINY_PIPELINE: &str = r#"
+name = "tiny"
+[preprocess]
+image_size = 72
+shard_images = 16
+[loader]
+crop_size = 64
+batch_size = 8
+threads = 2
+[model]
+conv_channels = [4, 8, 8, 8, 8]
+fc_units = 16
+init_std = 0.05
+init_bias = 0.1
+[train]
+epochs = 3
+checkpoint_every = 0
+keep_checkpoints = 2
+"#;
+
+/// Shards of a small sample dataset, and the tiny pipeline (with `extra` TOML lines replacing
+/// keys of the `[train]` section) written next to them.
+pub fn tiny_setup(dir: &Path, train_overrides: &str) -> (PathBuf, PathBuf) {
+    let pipeline = dir.join("tiny.toml");
+    let mut text = TINY_PIPELINE.to_string();
+    for line in train_overrides.lines().filter(|l| !l.trim().is_empty()) {
+        let key = line.split('=').next().unwrap().trim();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split('=').next().unwrap().trim() != key)
+            .collect();
+        text = kept.join("\n") + "\n" + line + "\n";
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let src = small_sample(dir, &[]);
+    let data = dir.join("shards");
+    run_ok(&[
+        "preprocess",
+        "--input",
+        s(&src),
+        "--output",
+        s(&data),
+        "--pipeline",
+        s(&pipeline),
+    ]);
+    (data, pipeline)
+}
+
+pub fn train_args<'a>(data: &'a Path, run: &'a Path, pipeline: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        s(data),
+        "--run",
+        s(run),
+        "--pipeline",
+        s(pipeline),
+        "--device",
+        "cpu",
+    ]
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The newest checkpoint of a run.
+pub fn latest_checkpoint(run: &Path) -> PathBuf {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    all.sort();
+    all.pop().expect("a checkpoint")
+}

@@ -1,0 +1,495 @@
+//! Evaluation the paper's way: top-1/top-5 error of the centre crop, and of ten crops (four
+//! corners and the centre, and their mirror images) with the softmax outputs averaged.
+//!
+//! One pass over the validation split gives both: the loader's ten-crop batches hold the
+//! centre crop as view 4.
+
+pub mod plot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::builder::{Float32Builder, ListBuilder, UInt32Builder};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::Pipeline;
+use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
+use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
+use crate::model::{AlexNet, ModelError, Spec};
+use crate::preprocess::Progress;
+use crate::shards::{ShardError, Split};
+use crate::train::state::RunDir;
+use crate::train::{InputStage, TrainDevice};
+
+/// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
+pub const PAPER_TOP1_ERROR: f64 = 0.407;
+pub const PAPER_TOP5_ERROR: f64 = 0.182;
+/// Index of the unmirrored centre crop among the loader's ten crops.
+const CENTER_VIEW: usize = 4;
+const VIEWS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Shards(#[from] ShardError),
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+    #[error("{run} has no checkpoints; train first, or name a file with --checkpoint")]
+    NoCheckpoint { run: PathBuf },
+    #[error(
+        "checkpoint {path} was trained on {trained} classes ({first}…), but the data has \
+         {found}; evaluate it on the shards it was trained on"
+    )]
+    Classes {
+        path: PathBuf,
+        trained: usize,
+        first: String,
+        found: usize,
+    },
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct EvalOptions {
+    pub data: PathBuf,
+    pub run: PathBuf,
+    /// The pipeline the model was trained with (it fixes the widths and the crop size).
+    pub pipeline: Pipeline,
+    /// The weights to evaluate; `None` takes the run's latest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// Images per batch (each is ten views).
+    pub batch_images: usize,
+    pub progress: Progress,
+    pub device_name: String,
+}
+
+/// Top-1/top-5 error and mean cross-entropy of one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Errors {
+    pub top1_error: f64,
+    pub top5_error: f64,
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassResult {
+    pub label: u32,
+    pub wnid: String,
+    pub name: String,
+    pub images: u64,
+    pub center_top1_accuracy: f64,
+    pub ten_crop_top1_accuracy: f64,
+    pub ten_crop_top5_accuracy: f64,
+}
+
+/// `RUN/eval/report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub checkpoint: PathBuf,
+    /// Training steps and epochs behind the checkpoint (absent for foreign checkpoints).
+    pub step: Option<u64>,
+    pub epoch: Option<u64>,
+    pub pipeline: String,
+    pub data: PathBuf,
+    pub images: u64,
+    pub classes: usize,
+    pub views_per_image: usize,
+    pub center: Errors,
+    pub ten_crop: Errors,
+    /// The paper's one-CNN ten-crop errors on ILSVRC-2012, for comparison.
+    pub paper: Errors,
+    pub per_class: Vec<ClassResult>,
+    pub device: String,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+}
+
+/// Running counts of one protocol.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    top1: u64,
+    top5: u64,
+    loss_sum: f64,
+}
+
+impl Counts {
+    /// Adds one image's class probabilities.
+    fn add(&mut self, probs: &[f64], label: usize) -> (bool, bool) {
+        let target = probs[label];
+        let above = probs
+            .iter()
+            .enumerate()
+            .filter(|&(i, &p)| i != label && p >= target)
+            .count();
+        let (top1, top5) = (above == 0, above < 5);
+        self.top1 += top1 as u64;
+        self.top5 += top5 as u64;
+        self.loss_sum -= target.max(1e-300).ln();
+        (top1, top5)
+    }
+
+    fn errors(&self, images: u64) -> Errors {
+        let n = images.max(1) as f64;
+        Errors {
+            top1_error: 1.0 - self.top1 as f64 / n,
+            top5_error: 1.0 - self.top5 as f64 / n,
+            loss: self.loss_sum / n,
+        }
+    }
+}
+
+/// Softmax of one row of logits, in f64.
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The five most probable classes, most probable first (ties: lower class first).
+fn top5(probs: &[f64]) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(5)
+        .map(|i| (i as u32, probs[i] as f32))
+        .collect()
+}
+
+/// One prediction row.
+struct Prediction {
+    index: u32,
+    label: u32,
+    center_top1: u32,
+    top5: Vec<(u32, f32)>,
+}
+
+/// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
+pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
+    let run = RunDir::new(&options.run);
+    let checkpoint = match &options.checkpoint {
+        Some(path) => path.clone(),
+        None => run
+            .latest_checkpoint()
+            .map_err(|source| EvalError::Io {
+                path: run.checkpoints(),
+                source,
+            })?
+            .ok_or_else(|| EvalError::NoCheckpoint {
+                run: run.root.clone(),
+            })?,
+    };
+    let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
+    let pipeline = &options.pipeline;
+    let spec = Spec::new(
+        &pipeline.model,
+        pipeline.loader.crop_size as usize,
+        data.classes.len(),
+    )?;
+    let file = TensorFile::read(&checkpoint)?;
+    check_classes(&file, &checkpoint, &data)?;
+    let layers = import_layers(&file, &checkpoint, "", &spec, &dev)?;
+    let mut model = AlexNet::from_layers(&dev, spec, layers);
+    let (step, epoch) = training_position(&file);
+
+    let mut loader_config = pipeline.loader.clone();
+    loader_config.batch_size = options.batch_images.max(1);
+    let mut input = InputStage::new(&dev, &data, &loader_config);
+    let loader = Loader::start(
+        data.clone(),
+        LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),
+    )?;
+    let classes = data.classes.len();
+    let bar = progress_bar(options.progress, data.len() as u64);
+    let started = Instant::now();
+    let (mut center, mut ten) = (Counts::default(), Counts::default());
+    let mut per_class = vec![[0u64; 4]; classes]; // images, centre top-1, 10-crop top-1, top-5
+    let mut predictions = Vec::with_capacity(data.len());
+    for batch in loader {
+        let x = input.prepare(&dev, &batch);
+        let logits = model.forward(x, None).as_vec();
+        let views = logits.chunks_exact(classes).collect::<Vec<_>>();
+        for (i, image_views) in views.chunks_exact(VIEWS).enumerate() {
+            let label = batch.labels[i] as usize;
+            let probs: Vec<Vec<f64>> = image_views.iter().map(|v| softmax(v)).collect();
+            let mean: Vec<f64> = (0..classes)
+                .map(|c| probs.iter().map(|p| p[c]).sum::<f64>() / VIEWS as f64)
+                .collect();
+            let (center_top1, _) = center.add(&probs[CENTER_VIEW], label);
+            let (ten_top1, ten_top5) = ten.add(&mean, label);
+            let row = &mut per_class[label];
+            row[0] += 1;
+            row[1] += center_top1 as u64;
+            row[2] += ten_top1 as u64;
+            row[3] += ten_top5 as u64;
+            predictions.push(Prediction {
+                index: batch.indices[i],
+                label: label as u32,
+                center_top1: top5(&probs[CENTER_VIEW])[0].0,
+                top5: top5(&mean),
+            });
+        }
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let images = predictions.len() as u64;
+
+    let report = Report {
+        checkpoint: checkpoint.clone(),
+        step,
+        epoch,
+        pipeline: pipeline.name.clone(),
+        data: options.data.clone(),
+        images,
+        classes,
+        views_per_image: VIEWS,
+        center: center.errors(images),
+        ten_crop: ten.errors(images),
+        paper: Errors {
+            top1_error: PAPER_TOP1_ERROR,
+            top5_error: PAPER_TOP5_ERROR,
+            loss: f64::NAN,
+        },
+        per_class: per_class
+            .iter()
+            .enumerate()
+            .map(|(label, c)| {
+                let n = c[0].max(1) as f64;
+                let info = &data.classes[label];
+                ClassResult {
+                    label: label as u32,
+                    wnid: info.wnid.clone(),
+                    name: info.name.clone(),
+                    images: c[0],
+                    center_top1_accuracy: c[1] as f64 / n,
+                    ten_crop_top1_accuracy: c[2] as f64 / n,
+                    ten_crop_top5_accuracy: c[3] as f64 / n,
+                }
+            })
+            .collect(),
+        device: options.device_name.clone(),
+        seconds,
+        images_per_sec: images as f64 / seconds.max(1e-9),
+    };
+    write_outputs(&run, &report, &predictions, &data)?;
+    Ok(report)
+}
+
+/// A checkpoint of ours names its classes; they must be the data's.
+fn check_classes(file: &TensorFile, path: &Path, data: &LoaderData) -> Result<(), EvalError> {
+    let Some(saved) = file.metadata.get("classes") else {
+        return Ok(()); // a foreign checkpoint: only the shapes can be checked
+    };
+    let saved: Vec<String> = serde_json::from_str(saved).unwrap_or_default();
+    let found: Vec<&str> = data.classes.iter().map(|c| c.wnid.as_str()).collect();
+    if saved.iter().map(String::as_str).ne(found.iter().copied()) {
+        return Err(EvalError::Classes {
+            path: path.to_path_buf(),
+            trained: saved.len(),
+            first: saved.first().cloned().unwrap_or_default(),
+            found: found.len(),
+        });
+    }
+    Ok(())
+}
+
+fn training_position(file: &TensorFile) -> (Option<u64>, Option<u64>) {
+    let state: Option<serde_json::Value> = file
+        .metadata
+        .get("state")
+        .and_then(|s| serde_json::from_str(s).ok());
+    let field = |name| state.as_ref().and_then(|s| s[name].as_u64());
+    (field("step"), field("epoch"))
+}
+
+fn progress_bar(progress: Progress, images: u64) -> ProgressBar {
+    if progress != Progress::Bar {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(images);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "evaluating [{elapsed_precise}] {wide_bar} {pos}/{len} images {per_sec} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// `RUN/eval/{report.json, predictions.parquet, per_class.png}` and the training curves.
+fn write_outputs(
+    run: &RunDir,
+    report: &Report,
+    predictions: &[Prediction],
+    data: &LoaderData,
+) -> Result<(), EvalError> {
+    let dir = run.root.join("eval");
+    std::fs::create_dir_all(&dir).map_err(|source| EvalError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let json = serde_json::to_vec_pretty(report).expect("report serialises");
+    crate::shards::write_atomic(&dir.join("report.json"), &json)?;
+    write_predictions(&dir.join("predictions.parquet"), predictions, data)?;
+
+    let mut bars: Vec<(String, f64)> = report
+        .per_class
+        .iter()
+        .map(|c| (c.name.clone(), c.ten_crop_top1_accuracy))
+        .collect();
+    bars.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let shown = bars.len().min(60);
+    let title = if shown < bars.len() {
+        format!(
+            "Top-1 accuracy (10 crops), the {shown} weakest of {} classes",
+            bars.len()
+        )
+    } else {
+        "Top-1 accuracy per class (10 crops)".to_string()
+    };
+    bars.truncate(shown);
+    let chart = plot::BarChart {
+        title: &title,
+        y_label: "accuracy",
+        bars,
+        sorted: true,
+    };
+    // The height grows with the number of bars; 120 px is only a floor.
+    plot::save_png(&chart.render(900, 120), &dir.join("per_class.png"))?;
+    if run.metrics().exists() {
+        plot::plot_training(&run.metrics(), &run.steps(), &dir)?;
+    }
+    Ok(())
+}
+
+/// One row per validation image: where it came from, its label, and the ten-crop top five.
+fn write_predictions(
+    path: &Path,
+    predictions: &[Prediction],
+    data: &LoaderData,
+) -> Result<(), EvalError> {
+    let index = data.reader.read_index()?;
+    let mut top5_labels = ListBuilder::new(UInt32Builder::new());
+    let mut top5_probs = ListBuilder::new(Float32Builder::new());
+    for p in predictions {
+        for &(class, prob) in &p.top5 {
+            top5_labels.values().append_value(class);
+            top5_probs.values().append_value(prob);
+        }
+        top5_labels.append(true);
+        top5_probs.append(true);
+    }
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "source_path",
+            Arc::new(StringArray::from_iter_values(
+                predictions
+                    .iter()
+                    .map(|p| index[p.index as usize].source_path.as_str()),
+            )),
+        ),
+        (
+            "label",
+            Arc::new(UInt32Array::from_iter_values(
+                predictions.iter().map(|p| p.label),
+            )),
+        ),
+        ("top5_labels", Arc::new(top5_labels.finish())),
+        ("top5_probs", Arc::new(top5_probs.finish())),
+        (
+            "center_top1",
+            Arc::new(UInt32Array::from_iter_values(
+                predictions.iter().map(|p| p.center_top1),
+            )),
+        ),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).expect("prediction columns line up");
+    crate::shards::write_parquet(path, &batch)?;
+    Ok(())
+}
+
+/// The paper's Table 2 (one CNN) with this evaluation's rows.
+pub fn table(report: &Report) -> String {
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<40} {:>12} {:>12}\n",
+        "Model", "Top-1 (val)", "Top-5 (val)"
+    ));
+    out.push_str(&format!(
+        "{:<40} {:>12} {:>12}\n",
+        "1 CNN (Krizhevsky et al., 2012)",
+        pct(PAPER_TOP1_ERROR),
+        pct(PAPER_TOP5_ERROR)
+    ));
+    for (name, e) in [
+        ("this model, 10 crops", report.ten_crop),
+        ("this model, centre crop", report.center),
+    ] {
+        out.push_str(&format!(
+            "{:<40} {:>12} {:>12}\n",
+            name,
+            pct(e.top1_error),
+            pct(e.top5_error)
+        ));
+    }
+    if report.classes != 1000 {
+        out.push_str(&format!(
+            "(the paper's row is ILSVRC-2012's 1000 classes; these {} images are from {} \
+             classes, so the numbers are not comparable)\n",
+            report.images, report.classes
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::augment::{center_crop, ten_crops};
+
+    #[test]
+    fn view_four_of_the_ten_crops_is_the_centre_crop() {
+        for (stored, crop) in [(256, 224), (128, 112), (72, 64)] {
+            let views = ten_crops(stored, crop);
+            assert_eq!(views.len(), VIEWS);
+            assert_eq!(views[CENTER_VIEW], center_crop(stored, crop));
+            assert_eq!(views.iter().filter(|v| v.flip).count(), 5);
+        }
+    }
+
+    #[test]
+    fn softmax_and_top5_rank_by_probability() {
+        let p = softmax(&[1.0, 3.0, 2.0, 3.0, -1.0, 0.0, 5.0]);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let top: Vec<u32> = top5(&p).iter().map(|t| t.0).collect();
+        assert_eq!(top, [6, 1, 3, 2, 0]); // ties keep the lower class first
+        let huge = softmax(&[1000.0, 0.0]);
+        assert!((huge[0] - 1.0).abs() < 1e-12 && huge[1] >= 0.0);
+    }
+
+    #[test]
+    fn counts_score_ties_against_the_label() {
+        let mut c = Counts::default();
+        assert_eq!(c.add(&[0.25; 4], 2), (false, true));
+        assert_eq!(c.add(&[0.1, 0.6, 0.3], 1), (true, true));
+        let e = c.errors(2);
+        assert_eq!((e.top1_error, e.top5_error), (0.5, 0.0));
+        assert!((e.loss - (-(0.25f64.ln()) - 0.6f64.ln()) / 2.0).abs() < 1e-12);
+    }
+}
