@@ -3,7 +3,8 @@
 #   1. full AlexNet (paper widths, LRN), batch 128, 224 crops of 256 shards, loader feeding it:
 #      images/s and a per-stage profile (`alexnet bench-train`);
 #   2. the same network and step in PyTorch, fp32 (TF32 off) and with TF32 (default), same run;
-#   3. `alexnet train --device cuda` for two epochs of the sample pipeline.
+#   3. a PyTorch-written checkpoint through `alexnet evaluate --device cuda`;
+#   4. `alexnet train --device cuda` for two epochs of the sample pipeline.
 # Build first, on a machine with the CUDA toolkit (`cargo build --release --features cuda`) and
 # strip the binary: release builds keep line tables (105 MB; 17 MB stripped).
 # Usage: bash benches/gpu_check.sh [DIR]   (DIR holds the CUDA build of `alexnet`, default
@@ -33,6 +34,11 @@ echo "== PyTorch reference (10 classes, as the data)"
 python3 benches/pytorch_alexnet.py --batch-size 128 --steps 30 --classes 10 | tee "$work/torch.jsonl"
 python3 benches/pytorch_alexnet.py --batch-size 128 --steps 30 --classes 10 --modes fp32 --no-lrn \
     | tee -a "$work/torch.jsonl"
+
+echo "== a checkpoint written by PyTorch evaluates (paper widths, 10 classes)"
+python3 benches/pytorch_alexnet.py --classes 10 --save-checkpoint "$work/torch.safetensors"
+alexnet evaluate --data "$work/shards-256" --run "$work/torch-eval" --pipeline pipelines/alexnet.toml \
+    --checkpoint "$work/torch.safetensors" --device cuda 2>&1 | tail -6
 
 echo "== alexnet train --device cuda (sample pipeline, 2 epochs)"
 alexnet train --data "$work/shards-sample" --run "$work/run" --pipeline pipelines/sample.toml \

@@ -55,6 +55,24 @@ def alexnet(classes: int, lrn: bool) -> nn.Sequential:
     )
 
 
+def save_safetensors(state: dict, path: str) -> None:
+    """Writes a state_dict as safetensors (F32, little-endian) without the safetensors package:
+    an 8-byte header length, a JSON header of dtypes, shapes and offsets, then the raw data."""
+    header, blobs, offset = {}, [], 0
+    for name, tensor in state.items():
+        data = tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+
+
 def bench(mode: str, args) -> dict:
     tf32 = mode == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -106,7 +124,14 @@ def main():
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--no-lrn", action="store_true", help="leave out the two LRN layers")
     p.add_argument("--modes", default="fp32,tf32")
+    p.add_argument("--save-checkpoint", metavar="PATH",
+                   help="only write a freshly initialised model's state_dict as safetensors and exit "
+                        "(to check that `alexnet evaluate --checkpoint PATH` reads PyTorch's files)")
     args = p.parse_args()
+    if args.save_checkpoint:
+        torch.manual_seed(0)
+        save_safetensors(alexnet(args.classes, not args.no_lrn).state_dict(), args.save_checkpoint)
+        return
     for mode in args.modes.split(","):
         print(json.dumps(bench(mode, args)), flush=True)
 

@@ -616,10 +616,7 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 fn evaluate_on_cuda(options: EvalOptions) -> Result<Result<eval::Report, eval::EvalError>> {
-    use dfdx::prelude::Cache;
-    let dev = dfdx::tensor::Cuda::try_build(0, 0)
-        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-    dev.enable_cache();
+    let dev = open_cuda(0)?;
     let options = EvalOptions {
         device_name: "CUDA device 0".into(),
         ..options
@@ -681,10 +678,7 @@ fn bench_on_cuda(
     warmup: usize,
     profile: usize,
 ) -> Result<train::bench::BenchReport> {
-    use dfdx::prelude::Cache;
-    let dev = dfdx::tensor::Cuda::try_build(0, pipeline.train.seed)
-        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-    dev.enable_cache();
+    let dev = open_cuda(pipeline.train.seed)?;
     Ok(train::bench::run(
         &dev, pipeline, data, steps, warmup, profile,
     )?)
@@ -705,13 +699,19 @@ fn bench_on_cuda(
 const NO_CUDA: &str = "this binary was built without CUDA; build it with \
     `cargo build --release --features cuda` (or use `make train CUDA=1`), or use --device cpu";
 
+/// CUDA device 0, reusing its allocations between steps instead of allocating each anew.
+#[cfg(feature = "cuda")]
+fn open_cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
+    use dfdx::prelude::Cache;
+    let dev = dfdx::tensor::Cuda::try_build(0, seed)
+        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+    dev.enable_cache();
+    Ok(dev)
+}
+
 #[cfg(feature = "cuda")]
 fn run_on_cuda(options: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
-    use dfdx::prelude::Cache;
-    let dev = dfdx::tensor::Cuda::try_build(0, options.pipeline.train.seed)
-        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-    // Reuse device allocations between steps instead of allocating each one anew.
-    dev.enable_cache();
+    let dev = open_cuda(options.pipeline.train.seed)?;
     let options = TrainOptions {
         device_name: "CUDA device 0".into(),
         ..options

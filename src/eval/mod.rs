@@ -128,16 +128,10 @@ struct Counts {
 impl Counts {
     /// Adds one image's class probabilities.
     fn add(&mut self, probs: &[f64], label: usize) -> (bool, bool) {
-        let target = probs[label];
-        let above = probs
-            .iter()
-            .enumerate()
-            .filter(|&(i, &p)| i != label && p >= target)
-            .count();
-        let (top1, top5) = (above == 0, above < 5);
+        let (top1, top5) = crate::train::metrics::top1_top5(probs, label);
         self.top1 += top1 as u64;
         self.top5 += top5 as u64;
-        self.loss_sum -= target.max(1e-300).ln();
+        self.loss_sum -= probs[label].max(1e-300).ln();
         (top1, top5)
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Whether `label` is the top-1 and among the top-5 scores of one row of logits (or
 /// probabilities). Ties count against the label, so a constant output never scores.
-pub fn top1_top5(scores: &[f32], label: usize) -> (bool, bool) {
+pub fn top1_top5<T: PartialOrd + Copy>(scores: &[T], label: usize) -> (bool, bool) {
     let target = scores[label];
     let above = scores
         .iter()
