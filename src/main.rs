@@ -49,25 +49,34 @@ enum Command {
     /// Write a PNG grid of augmented training samples with their class names.
     ContactSheet(ContactSheetArgs),
     /// Train AlexNet on preprocessed shards, validating every epoch and saving checkpoints.
+    #[command(
+        long_about = "Train AlexNet on preprocessed shards with the paper's recipe: SGD with momentum \
+            and weight decay, dropout, random crops, flips and lighting, the learning rate divided by \
+            10 when the validation error stops improving.\n\n\
+            RUN receives pipeline.toml (the resolved settings), metrics.csv (one row per epoch), \
+            steps.csv (one row per step) and checkpoints/ (safetensors with PyTorch's names). \
+            Ctrl-C saves a checkpoint and exits with status 130; --resume continues exactly where \
+            the latest checkpoint left off."
+    )]
     Train(TrainArgs),
     /// Measure training throughput with the loader feeding the device, and profile a step
     /// (last line: JSON).
     BenchTrain(BenchTrainArgs),
     /// Top-1/top-5 error of a checkpoint on the validation split (centre crop and 10 crops),
     /// with a report, per-image predictions and plots in RUN/eval/.
+    #[command(
+        long_about = "Evaluate a checkpoint the paper's way: top-1 and top-5 error of the centre \
+            crop, and of ten crops (four corners and the centre, and their mirror images) with the \
+            softmax outputs averaged; accuracy per class.\n\n\
+            Writes RUN/eval/report.json, RUN/eval/predictions.parquet (one row per validation image), \
+            RUN/eval/per_class.png and, when RUN has training logs, loss.png, error.png and \
+            learning_rate.png. Checkpoints written by PyTorch with the same names and layouts \
+            (safetensors) work as well: pass the pipeline they were trained with."
+    )]
     Evaluate(EvaluateArgs),
 }
 
 #[derive(clap::Args)]
-#[command(
-    long_about = "Evaluate a checkpoint the paper's way: top-1 and top-5 error of the centre \
-        crop, and of ten crops (four corners and the centre, and their mirror images) with the \
-        softmax outputs averaged; accuracy per class.\n\n\
-        Writes RUN/eval/report.json, RUN/eval/predictions.parquet (one row per validation image), \
-        RUN/eval/per_class.png and, when RUN has training logs, loss.png, error.png and \
-        learning_rate.png. Checkpoints written by PyTorch with the same names and layouts \
-        (safetensors) work as well: pass the pipeline they were trained with."
-)]
 struct EvaluateArgs {
     /// Shard directory written by `alexnet preprocess` (its val split is evaluated).
     #[arg(long)]
@@ -132,15 +141,6 @@ impl DeviceKind {
 }
 
 #[derive(clap::Args)]
-#[command(
-    long_about = "Train AlexNet on preprocessed shards with the paper's recipe: SGD with momentum \
-        and weight decay, dropout, random crops, flips and lighting, the learning rate divided by \
-        10 when the validation error stops improving.\n\n\
-        RUN receives pipeline.toml (the resolved settings), metrics.csv (one row per epoch), \
-        steps.csv (one row per step) and checkpoints/ (safetensors with PyTorch's names). \
-        Ctrl-C saves a checkpoint and exits with status 130; --resume continues exactly where \
-        the latest checkpoint left off."
-)]
 struct TrainArgs {
     /// Shard directory written by `alexnet preprocess` (needs train and val splits).
     #[arg(long)]
