@@ -20,7 +20,7 @@ use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
-use alexnet::train::{self, TrainOptions};
+use alexnet::train::{self, TrainDevice, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -484,13 +484,18 @@ fn progress_mode() -> Progress {
     }
 }
 
+/// `--pipeline` if given; else, when `use_saved`, the run's own `pipeline.toml` if it has one;
+/// else the paper's.
+fn run_pipeline(explicit: Option<&Path>, run: &Path, use_saved: bool) -> Result<Pipeline> {
+    let saved = run.join("pipeline.toml");
+    match explicit {
+        None if use_saved && saved.exists() => Ok(Pipeline::load(&saved)?),
+        other => load_pipeline(other),
+    }
+}
+
 fn run_train(args: TrainArgs) -> Result<()> {
-    let saved = args.run.join("pipeline.toml");
-    let mut pipeline = match (&args.pipeline, args.resume) {
-        (Some(path), _) => Pipeline::load(path)?,
-        (None, true) if saved.exists() => Pipeline::load(&saved)?,
-        (None, _) => Pipeline::default(),
-    };
+    let mut pipeline = run_pipeline(args.pipeline.as_deref(), &args.run, args.resume)?;
     if let Some(epochs) = args.epochs {
         pipeline.train.epochs = epochs;
     }
@@ -503,7 +508,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit now)");
     })
     .context("installing the Ctrl-C handler")?;
-    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
+    let seed = pipeline.train.seed;
     let options = TrainOptions {
         data: args.data.clone(),
         run: args.run.clone(),
@@ -514,20 +519,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
         stop_after_steps: args.stop_after_steps,
         device_name: String::new(),
     };
-    let outcome = match device {
-        DeviceKind::Cpu => {
-            // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
-            dfdx::flush_denormals_to_zero();
-            let threads = rayon::current_num_threads();
-            let options = TrainOptions {
-                device_name: format!("the CPU ({threads} threads)"),
-                ..options
-            };
-            train::run(Cpu::default(), options)
-        }
-        DeviceKind::Cuda => run_on_cuda(options)?,
-    }
-    .with_context(|| format!("training run {}", args.run.display()))?;
+    let outcome = on_device(args.device, seed, options)?
+        .with_context(|| format!("training run {}", args.run.display()))?;
 
     let resume_hint = format!(
         "alexnet train --data {} --run {} --resume",
@@ -564,12 +557,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_evaluate(args: EvaluateArgs) -> Result<()> {
-    let saved = args.run.join("pipeline.toml");
-    let pipeline = match &args.pipeline {
-        Some(path) => Pipeline::load(path)?,
-        None if saved.exists() => Pipeline::load(&saved)?,
-        None => Pipeline::default(),
-    };
+    let pipeline = run_pipeline(args.pipeline.as_deref(), &args.run, true)?;
     let batch_images = args
         .batch_size
         .unwrap_or_else(|| (pipeline.loader.batch_size / 10).max(1));
@@ -583,19 +571,8 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         progress: progress_mode(),
         device_name: String::new(),
     };
-    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
-    let report = match device {
-        DeviceKind::Cpu => {
-            dfdx::flush_denormals_to_zero();
-            let options = EvalOptions {
-                device_name: format!("the CPU ({} threads)", rayon::current_num_threads()),
-                ..options
-            };
-            eval::run(Cpu::default(), options)
-        }
-        DeviceKind::Cuda => evaluate_on_cuda(options)?,
-    }
-    .with_context(|| format!("evaluating run {}", args.run.display()))?;
+    let report = on_device(args.device, 0, options)?
+        .with_context(|| format!("evaluating run {}", args.run.display()))?;
     eprintln!(
         "evaluated {} on {} validation images ({} views each) in {:.1} s, {:.0} images/s on {}",
         report.checkpoint.display(),
@@ -614,21 +591,6 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn evaluate_on_cuda(options: EvalOptions) -> Result<Result<eval::Report, eval::EvalError>> {
-    let dev = open_cuda(0)?;
-    let options = EvalOptions {
-        device_name: "CUDA device 0".into(),
-        ..options
-    };
-    Ok(eval::run(dev, options))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn evaluate_on_cuda(_: EvalOptions) -> Result<Result<eval::Report, eval::EvalError>> {
-    anyhow::bail!(NO_CUDA)
-}
-
 fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     if let Some(batch_size) = args.batch_size {
@@ -636,25 +598,14 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
         pipeline.loader.batch_size = batch_size;
     }
     let data = open_training_data(&args.data)?;
-    let (steps, warmup, profile) = (args.steps.max(1), args.warmup, args.profile_steps);
-    let device = args.device.unwrap_or_else(DeviceKind::default_for_build);
-    eprintln!(
-        "benchmarking {} training steps of {} (+{warmup} warm-up, {profile} profiled) on {}",
-        steps,
-        pipeline.loader.batch_size,
-        if device == DeviceKind::Cpu {
-            "the CPU"
-        } else {
-            "CUDA device 0"
-        },
-    );
-    let report = match device {
-        DeviceKind::Cpu => {
-            dfdx::flush_denormals_to_zero();
-            train::bench::run(&Cpu::default(), &pipeline, data, steps, warmup, profile)?
-        }
-        DeviceKind::Cuda => bench_on_cuda(&pipeline, data, steps, warmup, profile)?,
+    let job = BenchJob {
+        pipeline,
+        data,
+        steps: args.steps.max(1),
+        warmup: args.warmup,
+        profile_steps: args.profile_steps,
     };
+    let report = on_device(args.device, job.pipeline.train.seed, job)??;
     eprintln!("{:<28} {:>9}", "stage (profiled, median)", "ms");
     for (name, ms) in report.phases_ms.iter().map(|(k, v)| (k.to_string(), *v)) {
         eprintln!("{name:<28} {ms:>9.2}");
@@ -670,57 +621,87 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn bench_on_cuda(
-    pipeline: &Pipeline,
-    data: Arc<LoaderData>,
-    steps: usize,
-    warmup: usize,
-    profile: usize,
-) -> Result<train::bench::BenchReport> {
-    let dev = open_cuda(pipeline.train.seed)?;
-    Ok(train::bench::run(
-        &dev, pipeline, data, steps, warmup, profile,
-    )?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn bench_on_cuda(
-    _: &Pipeline,
-    _: Arc<LoaderData>,
-    _: usize,
-    _: usize,
-    _: usize,
-) -> Result<train::bench::BenchReport> {
-    anyhow::bail!(NO_CUDA)
-}
-
 #[cfg(not(feature = "cuda"))]
 const NO_CUDA: &str = "this binary was built without CUDA; build it with \
     `cargo build --release --features cuda` (or use `make train CUDA=1`), or use --device cpu";
 
+/// Work that runs on whichever device `--device` picks: all device-generic code lives behind this.
+trait DeviceJob {
+    type Output;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output;
+}
+
+impl DeviceJob for TrainOptions {
+    type Output = Result<train::Outcome, train::TrainError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        train::run(
+            dev,
+            TrainOptions {
+                device_name,
+                ..self
+            },
+        )
+    }
+}
+
+impl DeviceJob for EvalOptions {
+    type Output = Result<eval::Report, eval::EvalError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        eval::run(
+            dev,
+            EvalOptions {
+                device_name,
+                ..self
+            },
+        )
+    }
+}
+
+struct BenchJob {
+    pipeline: Pipeline,
+    data: Arc<LoaderData>,
+    steps: usize,
+    warmup: usize,
+    profile_steps: usize,
+}
+
+impl DeviceJob for BenchJob {
+    type Output = Result<train::bench::BenchReport, alexnet::loader::LoaderError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        eprintln!(
+            "benchmarking {} training steps of {} (+{} warm-up, {} profiled) on {device_name}",
+            self.steps, self.pipeline.loader.batch_size, self.warmup, self.profile_steps,
+        );
+        let (steps, warmup, profile) = (self.steps, self.warmup, self.profile_steps);
+        train::bench::run(&dev, &self.pipeline, self.data, steps, warmup, profile)
+    }
+}
+
+/// Opens the chosen device (default: CUDA in a CUDA build, else the CPU) and runs `job` on it.
+fn on_device<J: DeviceJob>(kind: Option<DeviceKind>, seed: u64, job: J) -> Result<J::Output> {
+    match kind.unwrap_or_else(DeviceKind::default_for_build) {
+        DeviceKind::Cpu => {
+            // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
+            dfdx::flush_denormals_to_zero();
+            let name = format!("the CPU ({} threads)", rayon::current_num_threads());
+            Ok(job.run(Cpu::default(), name))
+        }
+        DeviceKind::Cuda => on_cuda(seed, job),
+    }
+}
+
 /// CUDA device 0, reusing its allocations between steps instead of allocating each anew.
 #[cfg(feature = "cuda")]
-fn open_cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
+fn on_cuda<J: DeviceJob>(seed: u64, job: J) -> Result<J::Output> {
     use dfdx::prelude::Cache;
     let dev = dfdx::tensor::Cuda::try_build(0, seed)
         .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
     dev.enable_cache();
-    Ok(dev)
-}
-
-#[cfg(feature = "cuda")]
-fn run_on_cuda(options: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
-    let dev = open_cuda(options.pipeline.train.seed)?;
-    let options = TrainOptions {
-        device_name: "CUDA device 0".into(),
-        ..options
-    };
-    Ok(train::run(dev, options))
+    Ok(job.run(dev, "CUDA device 0".into()))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_on_cuda(_: TrainOptions) -> Result<Result<train::Outcome, train::TrainError>> {
+fn on_cuda<J: DeviceJob>(_: u64, _: J) -> Result<J::Output> {
     anyhow::bail!(NO_CUDA)
 }
 

@@ -21,7 +21,7 @@ use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, ModelError, Spec};
 use crate::preprocess::Progress;
 use crate::shards::{ShardError, Split};
-use crate::train::state::RunDir;
+use crate::train::state::{saved_state, RunDir};
 use crate::train::{InputStage, TrainDevice};
 
 /// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
@@ -198,7 +198,7 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
     check_classes(&file, &checkpoint, &data)?;
     let layers = import_layers(&file, &checkpoint, "", &spec, &dev)?;
     let mut model = AlexNet::from_layers(&dev, spec, layers);
-    let (step, epoch) = training_position(&file);
+    let trained = saved_state(&file);
 
     let mut loader_config = pipeline.loader.clone();
     loader_config.batch_size = options.batch_images.max(1);
@@ -245,8 +245,8 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
 
     let report = Report {
         checkpoint: checkpoint.clone(),
-        step,
-        epoch,
+        step: trained.as_ref().map(|s| s.step),
+        epoch: trained.as_ref().map(|s| s.epoch),
         pipeline: pipeline.name.clone(),
         data: options.data.clone(),
         images,
@@ -300,15 +300,6 @@ fn check_classes(file: &TensorFile, path: &Path, data: &LoaderData) -> Result<()
         });
     }
     Ok(())
-}
-
-fn training_position(file: &TensorFile) -> (Option<u64>, Option<u64>) {
-    let state: Option<serde_json::Value> = file
-        .metadata
-        .get("state")
-        .and_then(|s| serde_json::from_str(s).ok());
-    let field = |name| state.as_ref().and_then(|s| s[name].as_u64());
-    (field("step"), field("epoch"))
 }
 
 fn progress_bar(progress: Progress, images: u64) -> ProgressBar {

@@ -174,6 +174,11 @@ pub fn save<D: Device<f32>>(
     Ok(())
 }
 
+/// The training state a checkpoint of ours carries (`None` for a weights-only file).
+pub fn saved_state(file: &TensorFile) -> Option<TrainState> {
+    serde_json::from_str(file.metadata.get("state")?).ok()
+}
+
 /// A training checkpoint read back.
 pub struct Restored<D: Device<f32>> {
     pub model: AlexNet<f32, D>,
