@@ -26,6 +26,10 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// More worker threads than this is a mistake, not a setting (each costs a stack and a
+/// share of memory bandwidth, and creating many can exhaust the process's thread limit).
+pub const MAX_THREADS: usize = 1024;
+
 /// A whole pipeline. Stages read their own section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +48,7 @@ pub struct Pipeline {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Output channels of conv1..conv5 (96, 256, 384, 384, 256 in the paper).
+    #[serde(deserialize_with = "five_widths")]
     pub conv_channels: [usize; 5],
     /// Units of FC6 and FC7 (4096).
     pub fc_units: usize,
@@ -85,6 +90,21 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept in `RUN/checkpoints/` (the newest ones).
     pub keep_checkpoints: usize,
+    /// Training stops as diverged when its mean loss over the last 256 images exceeds this
+    /// (or when the loss is not a number); 0 means ten times ln(classes), the loss of a
+    /// uniform guess.
+    pub max_loss: f64,
+}
+
+/// Exactly five widths: a fixed-size array would silently drop a sixth.
+fn five_widths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[usize; 5], D::Error> {
+    let widths = Vec::<usize>::deserialize(d)?;
+    widths.try_into().map_err(|w: Vec<usize>| {
+        serde::de::Error::custom(format!(
+            "needs 5 widths (conv1 to conv5), got {}: {w:?}",
+            w.len()
+        ))
+    })
 }
 
 impl Default for ModelConfig {
@@ -118,6 +138,7 @@ impl Default for TrainConfig {
             // ~25 minutes of a fast GPU; an ImageNet epoch is 10,009 steps of 128.
             checkpoint_every: 2000,
             keep_checkpoints: 3,
+            max_loss: 0.0,
         }
     }
 }
@@ -291,6 +312,12 @@ impl Pipeline {
         if l.batch_size == 0 || l.prefetch == 0 {
             return Err("loader.batch_size and loader.prefetch must be at least 1".into());
         }
+        if l.threads > MAX_THREADS {
+            return Err(format!(
+                "loader.threads = {} is more than {MAX_THREADS}; 0 means one per core",
+                l.threads
+            ));
+        }
         if !(l.lighting_std >= 0.0 && l.lighting_std.is_finite()) {
             return Err(format!(
                 "loader.lighting_std = {} must be a finite number >= 0",
@@ -332,6 +359,12 @@ impl Pipeline {
         if t.keep_checkpoints == 0 {
             return Err("train.keep_checkpoints must be at least 1".into());
         }
+        if t.epochs == 0 {
+            return Err("train.epochs must be at least 1".into());
+        }
+        if !(t.max_loss >= 0.0 && t.max_loss.is_finite()) {
+            return Err(format!("train.max_loss = {} must be >= 0", t.max_loss));
+        }
         Ok(())
     }
 }
@@ -369,6 +402,27 @@ mod tests {
         assert!(err.to_string().contains("loader.crop_size"), "{err}");
         let err = parse("[loader]\nnormalize = \"none\"\n").unwrap_err();
         assert!(format!("{err:?}").contains("none"), "{err:?}");
+    }
+
+    #[test]
+    fn six_conv_widths_are_an_error_not_cut_to_five() {
+        let err = parse("[model]\nconv_channels = [1, 2, 3, 4, 5, 6]\n").unwrap_err();
+        let chain = format!("{err:?}");
+        assert!(
+            chain.contains("needs 5 widths") && chain.contains("got 6"),
+            "{chain}"
+        );
+        assert!(parse("[model]\nconv_channels = [1, 2, 3, 4]\n").is_err());
+        let p = parse("[model]\nconv_channels = [1, 2, 3, 4, 5]\n").unwrap();
+        assert_eq!(p.model.conv_channels, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn zero_epochs_and_absurd_thread_counts_are_refused() {
+        let err = parse("[train]\nepochs = 0\n").unwrap_err();
+        assert!(err.to_string().contains("train.epochs"), "{err}");
+        let err = parse("[loader]\nthreads = 100000\n").unwrap_err();
+        assert!(err.to_string().contains("loader.threads"), "{err}");
     }
 
     #[test]

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use image::{ImageEncoder, RgbImage};
 use rayon::prelude::*;
 
-use crate::shards::{Manifest, ShardError, Split, SplitReader};
+use crate::loader::{LoaderData, LoaderError};
+use crate::shards::{ShardError, Split};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
     Shard(#[from] ShardError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -24,26 +27,26 @@ pub enum ExportError {
 }
 
 /// Writes `out/<split>/<index>.png` for every record of `split`, and `out/<split>/index.csv`
-/// (`index,source_path,label`). `limit` exports only the first records. Returns the count.
+/// (`index,source_path,label`). `limit` exports only the first records. Every record is
+/// checked against its checksum before it is written. Returns the count.
 pub fn export(
     data: &Path,
     split: Split,
     out: &Path,
     limit: Option<usize>,
 ) -> Result<usize, ExportError> {
-    let manifest = Manifest::read(data)?;
-    let reader = SplitReader::open_with(data, &manifest, split)?;
-    let rows = reader.read_index()?;
-    let n = limit.map_or(reader.len(), |l| l.min(reader.len()));
+    let data = LoaderData::open(data, split)?;
+    let rows = data.reader.read_index()?;
+    let n = limit.map_or(data.len(), |l| l.min(data.len()));
     let dir = out.join(split.name());
     fs::create_dir_all(&dir).map_err(|source| ExportError::Write {
         path: dir.clone(),
         source,
     })?;
-    let size = manifest.image_size;
+    let size = data.image_size;
     (0..n).into_par_iter().try_for_each(|i| {
         let path = dir.join(format!("{i}.png"));
-        let image = RgbImage::from_raw(size, size, reader.record(i).to_vec())
+        let image = RgbImage::from_raw(size, size, data.checked_record(i)?.to_vec())
             .expect("record size matches the manifest's image size");
         write_png(&path, &image)
     })?;

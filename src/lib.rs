@@ -6,6 +6,7 @@ pub mod config;
 pub mod eval;
 pub mod export;
 pub mod loader;
+pub mod lock;
 pub mod model;
 pub mod preprocess;
 pub mod sample;

@@ -152,7 +152,7 @@ struct TrainArgs {
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// Number of epochs [default: the pipeline's train.epochs].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: Option<u64>,
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
@@ -161,7 +161,7 @@ struct TrainArgs {
     #[arg(long, value_enum)]
     device: Option<DeviceKind>,
     /// Save a checkpoint and stop after this many steps in total, as Ctrl-C does.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stop_after_steps: Option<u64>,
 }
 
@@ -208,11 +208,29 @@ struct PreprocessArgs {
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// Worker threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     jobs: Option<usize>,
     /// LOC_val_solution.csv, when it is not in the input directory or up to three levels above.
     #[arg(long)]
     val_labels: Option<PathBuf>,
+    /// Also check every stored record of a finished or interrupted output against its
+    /// checksum (reads all shards), and rebuild the shards that fail.
+    #[arg(long)]
+    verify: bool,
+}
+
+/// A worker-thread count: 1 to `config::MAX_THREADS`.
+fn thread_count(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if (1..=alexnet::config::MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between 1 and {} (this machine has {} cores)",
+            alexnet::config::MAX_THREADS,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ))
+    }
 }
 
 #[derive(clap::Args)]
@@ -240,7 +258,7 @@ struct BenchLoaderArgs {
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// Loader threads [default: the pipeline's loader.threads, 0 = all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
     /// Batches to time.
     #[arg(long, default_value_t = 200)]
@@ -257,9 +275,13 @@ struct BenchLoaderArgs {
     /// Also time a bare loop that only copies random crops (the ceiling), in the same run.
     #[arg(long)]
     baseline: bool,
-    /// Check every record against its checksum before starting.
+    /// Check every record against its checksum before starting (otherwise each is checked
+    /// the first time it is read, as in training).
     #[arg(long)]
     verify: bool,
+    /// Skip the first-read record checks, only to measure what they cost.
+    #[arg(long, conflicts_with = "verify")]
+    trust_checksums: bool,
 }
 
 #[derive(clap::Args)]
@@ -274,7 +296,7 @@ struct ContactSheetArgs {
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// Number of samples in the grid.
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = 36, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     count: usize,
     /// Seed of the sampler and augmentation [default: the pipeline's].
     #[arg(long)]
@@ -347,13 +369,13 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
     let options = PreprocessOptions {
         input: args.input,
         output: args.output,
         jobs,
         val_labels: args.val_labels,
         progress: progress_mode(),
+        verify: args.verify,
     };
     let size = pipeline.preprocess.image_size;
     eprintln!(
@@ -413,6 +435,9 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
     let data = open_training_data(&args.data)?;
     if args.verify {
         data.verify_checksums()?;
+    }
+    if args.trust_checksums {
+        data.trust_checksums();
     }
     let baseline = args.baseline.then(|| {
         let elapsed = bench::bare_loop(

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every shard file.
 pub const MAGIC: [u8; 8] = *b"ALXSHARD";
 /// Version of the shard, index and manifest formats; bump on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the checksums of indexes, inputs and the mean image.
+pub const FORMAT_VERSION: u32 = 2;
 /// The header fills one page so that records start page-aligned in a memory map.
 pub const HEADER_BYTES: usize = 4096;
 /// Stored images are RGB.
@@ -43,11 +44,17 @@ pub const PLAN_FILE: &str = "plan.json";
 pub const MEAN_FILE: &str = "mean.npy";
 pub const REJECTS_FILE: &str = "rejects.parquet";
 
-const FIX: &str = "re-run `alexnet preprocess` with the same arguments to rebuild it";
+/// The fix for damage a plain re-run finds: missing, truncated or unreadable files.
+pub const FIX: &str = "re-run `alexnet preprocess` with the same arguments to rebuild it";
+/// The fix for damaged pixels, which only a full re-read finds.
+pub const FIX_VERIFY: &str =
+    "re-run `alexnet preprocess` with the same arguments and --verify to rebuild it";
+const FIX_VERSION: &str = "preprocess the images again into a new --output (or delete this one)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("{path}: {source}")]
+    // The cause is printed after this by whoever prints the error chain.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -55,7 +62,9 @@ pub enum ShardError {
     },
     #[error("{path} is not a shard file (bad magic number); {FIX}")]
     BadMagic { path: PathBuf },
-    #[error("{path} has format version {found}, this build reads version {expected}; {FIX}")]
+    #[error(
+        "{path} has format version {found}, this build reads version {expected}; {FIX_VERSION}"
+    )]
     Version {
         path: PathBuf,
         found: u32,
@@ -69,17 +78,23 @@ pub enum ShardError {
         expected: u64,
         actual: u64,
     },
-    #[error("{path}: record {record} does not match its checksum; the file is damaged; {FIX}")]
+    #[error(
+        "{path}: record {record} does not match its checksum; the file is damaged; {FIX_VERIFY}"
+    )]
     Checksum { path: PathBuf, record: usize },
     #[error("{path}: {message}; {FIX}")]
     Index { path: PathBuf, message: String },
+    #[error(
+        "{path} does not match the checksum the manifest holds for it: the file is damaged; {FIX}"
+    )]
+    FileChecksum { path: PathBuf },
     #[error("{path}: invalid JSON; {FIX}")]
     Json {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path} is missing: the dataset is incomplete; run `alexnet preprocess` to finish it")]
+    #[error("{path} is missing: the dataset is incomplete (or was never made); re-run `alexnet preprocess` with the same arguments to finish it")]
     Incomplete { path: PathBuf },
 }
 
@@ -255,6 +270,36 @@ impl ShardHeader {
 /// Checksum of one stored record, as kept in the shard index.
 pub fn record_checksum(record: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(record)
+}
+
+/// Checksum of a whole small file (an index, the mean image), as kept in receipts and the
+/// manifest: xxh3-64 as 16 hex digits (JSON numbers can't hold 64 bits everywhere).
+pub fn file_checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Reads a file that must match `checksum` (from a receipt or the manifest).
+pub fn read_checked(path: &Path, checksum: &str) -> Result<Vec<u8>, ShardError> {
+    let bytes = fs::read(path).map_err(missing_or_io(path))?;
+    if file_checksum(&bytes) != checksum {
+        return Err(ShardError::FileChecksum {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// What identifies a split's content: xxh3-64 over every record's label, checksum and source
+/// path, in order. Equal fingerprints mean the same images with the same labels.
+pub fn split_fingerprint(rows: &[IndexRow]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for row in rows {
+        h.update(&row.label.to_le_bytes());
+        h.update(&row.checksum.to_le_bytes());
+        h.update(row.source_path.as_bytes());
+        h.update(&[0]);
+    }
+    format!("{:016x}", h.digest())
 }
 
 /// Writes one shard file under a temporary name; only `finish` gives it its real name, so a
@@ -457,8 +502,8 @@ pub fn index_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes a shard index atomically.
-pub fn write_index(path: &Path, rows: &[IndexRow]) -> Result<(), ShardError> {
+/// Writes a shard index atomically; returns its `file_checksum`.
+pub fn write_index(path: &Path, rows: &[IndexRow]) -> Result<String, ShardError> {
     let batch = RecordBatch::try_new(
         index_schema(),
         vec![
@@ -487,7 +532,17 @@ pub fn write_index(path: &Path, rows: &[IndexRow]) -> Result<(), ShardError> {
 
 /// Reads a shard index written by `write_index`.
 pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, ShardError> {
-    let batches = read_parquet(path)?;
+    let bytes = fs::read(path).map_err(missing_or_io(path))?;
+    index_from_bytes(bytes, path)
+}
+
+/// Reads a shard index that must match `checksum`.
+pub fn read_index_checked(path: &Path, checksum: &str) -> Result<Vec<IndexRow>, ShardError> {
+    index_from_bytes(read_checked(path, checksum)?, path)
+}
+
+fn index_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<IndexRow>, ShardError> {
+    let batches = parquet_from_bytes(bytes, path)?;
     let mut rows = Vec::new();
     for batch in &batches {
         let cols = IndexColumns::from_batch(batch, path)?;
@@ -545,30 +600,37 @@ pub fn column<'a, T: Array + 'static>(
         })
 }
 
-/// Writes one record batch as a Parquet file, atomically.
-pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), ShardError> {
-    let tmp = tmp_path(path);
+/// Writes one record batch as a Parquet file, atomically; returns its `file_checksum`.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<String, ShardError> {
+    let bytes = parquet_bytes(batch, path)?;
+    write_atomic(path, &bytes)?;
+    Ok(file_checksum(&bytes))
+}
+
+/// One record batch as the bytes of a Parquet file; `path` only names it in errors.
+fn parquet_bytes(batch: &RecordBatch, path: &Path) -> Result<Vec<u8>, ShardError> {
     let parquet_err = |e: parquet::errors::ParquetError| ShardError::Index {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).map_err(parquet_err)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), None).map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
-    let file = writer.into_inner().map_err(parquet_err)?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))
+    writer.into_inner().map_err(parquet_err)
 }
 
 /// Reads every record batch of a Parquet file.
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, ShardError> {
+    let bytes = fs::read(path).map_err(missing_or_io(path))?;
+    parquet_from_bytes(bytes, path)
+}
+
+/// Parses a Parquet file held in memory; `path` only names it in errors.
+fn parquet_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<RecordBatch>, ShardError> {
     let index_err = |message: String| ShardError::Index {
         path: path.to_path_buf(),
         message,
     };
-    let file = File::open(path).map_err(missing_or_io(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .and_then(|b| b.build())
         .map_err(|e| index_err(format!("unreadable Parquet ({e})")))?;
     reader
@@ -588,6 +650,11 @@ pub fn rejects_schema() -> SchemaRef {
 
 /// Writes `rejects.parquet` atomically, rows in the given order.
 pub fn write_rejects(path: &Path, rejects: &[(Split, Reject)]) -> Result<(), ShardError> {
+    write_atomic(path, &rejects_bytes(rejects)?)
+}
+
+/// The bytes `write_rejects` writes.
+pub fn rejects_bytes(rejects: &[(Split, Reject)]) -> Result<Vec<u8>, ShardError> {
     let batch = RecordBatch::try_new(
         rejects_schema(),
         vec![
@@ -606,7 +673,7 @@ pub fn write_rejects(path: &Path, rejects: &[(Split, Reject)]) -> Result<(), Sha
         ],
     )
     .expect("rejects columns match their schema");
-    write_parquet(path, &batch)
+    parquet_bytes(&batch, Path::new(REJECTS_FILE))
 }
 
 /// Reads `rejects.parquet` back.
@@ -661,7 +728,12 @@ pub struct ShardReceipt {
     pub first_input: u64,
     /// Inputs this shard covers; `records + rejects.len()`.
     pub inputs: u64,
+    /// xxh3-64 over the covered inputs' paths, sizes and modification times: a changed input
+    /// file makes the shard out of date.
+    pub inputs_fingerprint: String,
     pub records: u64,
+    /// `file_checksum` of the shard's index file.
+    pub index_checksum: String,
     /// Inputs of this shard that were not stored, in input order.
     pub rejects: Vec<Reject>,
 }
@@ -725,6 +797,10 @@ pub struct SplitManifest {
     /// Records in each shard, in shard order, so a global index maps to a shard without
     /// opening every file.
     pub shard_records: Vec<u64>,
+    /// `file_checksum` of each shard's index file, in shard order.
+    pub index_checksums: Vec<String>,
+    /// `split_fingerprint` of the split's records: what a training run was trained on.
+    pub fingerprint: String,
 }
 
 /// Training-set pixel statistics (0..255 scale, RGB order).
@@ -733,6 +809,8 @@ pub struct SplitManifest {
 pub struct MeanStats {
     /// The mean image, `[image_size, image_size, 3]` f32 in NumPy's `.npy` format.
     pub mean_image: String,
+    /// `file_checksum` of the mean image file.
+    pub checksum: String,
     pub channel_mean: [f64; 3],
     pub channel_std: [f64; 3],
 }
@@ -773,9 +851,66 @@ impl Manifest {
     }
 }
 
+/// What a split's finished shards hold, read back from their indexes: the parts of its
+/// `SplitManifest` that describe content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitContent {
+    pub shard_records: Vec<u64>,
+    pub index_checksums: Vec<String>,
+    pub fingerprint: String,
+    /// Stored records per class label.
+    pub per_class: std::collections::BTreeMap<u32, u64>,
+}
+
+impl SplitContent {
+    /// Reads the indexes of shards `0..shards` of `split`.
+    pub fn read(dataset: &Path, split: Split, shards: usize) -> Result<Self, ShardError> {
+        let mut content = SplitContent {
+            shard_records: Vec::with_capacity(shards),
+            index_checksums: Vec::with_capacity(shards),
+            fingerprint: String::new(),
+            per_class: Default::default(),
+        };
+        let mut all = Vec::new();
+        for i in 0..shards {
+            let path = ShardPaths::new(dataset, split, i).index;
+            let bytes = fs::read(&path).map_err(missing_or_io(&path))?;
+            content.index_checksums.push(file_checksum(&bytes));
+            let rows = index_from_bytes(bytes, &path)?;
+            content.shard_records.push(rows.len() as u64);
+            all.extend(rows);
+        }
+        for row in &all {
+            *content.per_class.entry(row.label).or_default() += 1;
+        }
+        content.fingerprint = split_fingerprint(&all);
+        Ok(content)
+    }
+
+    /// The split's manifest entry, given what the inputs were.
+    pub fn manifest(self, inputs: u64, rejected: u64) -> SplitManifest {
+        SplitManifest {
+            images: self.shard_records.iter().sum(),
+            shards: self.shard_records.len() as u64,
+            classes: self.per_class.len() as u64,
+            inputs,
+            rejected,
+            shard_records: self.shard_records,
+            index_checksums: self.index_checksums,
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+/// Reads the mean image, checked against the manifest's checksum: (shape, values).
+pub fn read_mean(path: &Path, stats: &MeanStats) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
+    npy_f32_from_bytes(&read_checked(path, &stats.checksum)?, path)
+}
+
 /// All shards of one split, addressed by a global record index.
 pub struct SplitReader {
     shards: Vec<Shard>,
+    index_checksums: Vec<String>,
     /// `starts[i]` is the global index of shard `i`'s first record.
     starts: Vec<usize>,
     len: usize,
@@ -800,6 +935,14 @@ impl SplitReader {
             path: manifest_path.clone(),
             message: format!("no `{split}` split"),
         })?;
+        if info.index_checksums.len() != info.shard_records.len() {
+            return Err(ShardError::Index {
+                path: manifest_path,
+                message: format!(
+                    "the `{split}` split lists a different number of indexes and shards"
+                ),
+            });
+        }
         let mut shards = Vec::with_capacity(info.shard_records.len());
         let mut starts = Vec::with_capacity(info.shard_records.len());
         let mut len = 0usize;
@@ -823,11 +966,17 @@ impl SplitReader {
         }
         Ok(Self {
             shards,
+            index_checksums: info.index_checksums.clone(),
             starts,
             len,
             dataset: dataset.to_path_buf(),
             split,
         })
+    }
+
+    /// The files of shard `i`.
+    pub fn shard_paths(&self, i: usize) -> ShardPaths {
+        ShardPaths::new(&self.dataset, self.split, i)
     }
 
     pub fn len(&self) -> usize {
@@ -859,12 +1008,13 @@ impl SplitReader {
         self.shards[shard].record(local)
     }
 
-    /// The index rows of every record, in global order (reads all Parquet indexes).
+    /// The index rows of every record, in global order (reads all Parquet indexes, each
+    /// checked against the manifest).
     pub fn read_index(&self) -> Result<Vec<IndexRow>, ShardError> {
         let mut rows = Vec::with_capacity(self.len);
         for (i, shard) in self.shards.iter().enumerate() {
-            let path = ShardPaths::new(&self.dataset, self.split, i).index;
-            let part = read_index(&path)?;
+            let path = self.shard_paths(i).index;
+            let part = read_index_checked(&path, &self.index_checksums[i])?;
             if part.len() != shard.len() {
                 return Err(ShardError::Index {
                     path,
@@ -877,8 +1027,9 @@ impl SplitReader {
     }
 }
 
-/// Writes an f32 array in NumPy's `.npy` format (version 1.0, little-endian, C order).
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), ShardError> {
+/// Writes an f32 array in NumPy's `.npy` format (version 1.0, little-endian, C order);
+/// returns its `file_checksum`.
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<String, ShardError> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let trailing = if shape.len() == 1 { "," } else { "" };
@@ -897,16 +1048,22 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), S
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    write_atomic(path, &bytes)
+    write_atomic(path, &bytes)?;
+    Ok(file_checksum(&bytes))
 }
 
 /// Reads an f32 `.npy` file written by `write_npy_f32`: (shape, data).
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
+    let bytes = fs::read(path).map_err(missing_or_io(path))?;
+    npy_f32_from_bytes(&bytes, path)
+}
+
+/// Parses `.npy` bytes; `path` only names the file in errors.
+fn npy_f32_from_bytes(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
     let bad = |what: &str| ShardError::BadHeader {
         path: path.to_path_buf(),
         what: what.to_string(),
     };
-    let bytes = fs::read(path).map_err(io_err(path))?;
     if bytes.len() < 10 || &bytes[..8] != b"\x93NUMPY\x01\x00" {
         return Err(bad("not a version 1.0 .npy file"));
     }
@@ -1162,28 +1319,32 @@ mod tests {
                 expected.push(rec);
             }
             w.finish().unwrap();
+            let rows: Vec<IndexRow> = (0..n)
+                .map(|r| IndexRow {
+                    label: 0,
+                    wnid: "n0".into(),
+                    source_path: format!("train/n0/{s}_{r}.JPEG"),
+                    orig_width: 4,
+                    orig_height: 4,
+                    source_format: "jpg".into(),
+                    checksum: record_checksum(&[(10 * s as u64 + r) as u8; 48]),
+                })
+                .collect();
+            write_index(&paths.index, &rows).unwrap();
         }
+        let content = SplitContent::read(dir.path(), Split::Train, 3).unwrap();
+        assert_eq!(content.shard_records, counts);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             image_size: 4,
             channels: 3,
             layout: "u8 HWC RGB".into(),
             classes: vec![],
-            splits: [(
-                Split::Train,
-                SplitManifest {
-                    images: 5,
-                    shards: 3,
-                    classes: 1,
-                    inputs: 5,
-                    rejected: 0,
-                    shard_records: counts.to_vec(),
-                },
-            )]
-            .into(),
+            splits: [(Split::Train, content.manifest(5, 0))].into(),
             rejected: 0,
             mean: MeanStats {
                 mean_image: MEAN_FILE.into(),
+                checksum: String::new(),
                 channel_mean: [0.0; 3],
                 channel_std: [0.0; 3],
             },
@@ -1194,5 +1355,59 @@ mod tests {
         for (i, rec) in expected.iter().enumerate() {
             assert_eq!(reader.record(i), &rec[..]);
         }
+        assert_eq!(reader.read_index().unwrap().len(), 5);
+
+        // An index that no longer matches the manifest's checksum is refused, naming it.
+        let index = ShardPaths::new(dir.path(), Split::Train, 2).index;
+        let mut bytes = std::fs::read(&index).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&index, bytes).unwrap();
+        let err = reader.read_index().unwrap_err();
+        assert!(matches!(err, ShardError::FileChecksum { .. }), "{err}");
+        assert!(err.to_string().contains("shard-00002.parquet"), "{err}");
+    }
+
+    #[test]
+    fn fingerprints_see_labels_pixels_and_paths() {
+        let row = |label, checksum, path: &str| IndexRow {
+            label,
+            wnid: "n".into(),
+            source_path: path.into(),
+            orig_width: 1,
+            orig_height: 1,
+            source_format: "jpg".into(),
+            checksum,
+        };
+        let base = split_fingerprint(&[row(0, 1, "a"), row(1, 2, "b")]);
+        assert_eq!(base, split_fingerprint(&[row(0, 1, "a"), row(1, 2, "b")]));
+        for changed in [
+            [row(0, 1, "a"), row(0, 2, "b")],
+            [row(0, 1, "a"), row(1, 3, "b")],
+            [row(0, 1, "a"), row(1, 2, "c")],
+            [row(1, 2, "b"), row(0, 1, "a")],
+        ] {
+            assert_ne!(base, split_fingerprint(&changed));
+        }
+    }
+
+    #[test]
+    fn a_damaged_mean_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MEAN_FILE);
+        let checksum = write_npy_f32(&path, &[2, 2, 3], &[1.0; 12]).unwrap();
+        let mut stats = MeanStats {
+            mean_image: MEAN_FILE.into(),
+            checksum,
+            channel_mean: [1.0; 3],
+            channel_std: [0.0; 3],
+        };
+        assert_eq!(read_mean(&path, &stats).unwrap().1, vec![1.0; 12]);
+        stats.checksum = "0000000000000000".into();
+        let err = read_mean(&path, &stats).unwrap_err().to_string();
+        assert!(
+            err.contains("mean.npy") && err.contains("alexnet preprocess"),
+            "{err}"
+        );
     }
 }

@@ -61,6 +61,17 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "checkpoint {path} gives non-finite outputs ({value}) on {source_path}: its weights have \
+         diverged, so there is nothing to evaluate; use an earlier checkpoint (--checkpoint)"
+    )]
+    NonFinite {
+        path: PathBuf,
+        source_path: String,
+        value: f32,
+    },
+    #[error("the loader delivered {got} of the {expected} validation images without saying why")]
+    ShortStream { got: u64, expected: u64 },
 }
 
 pub struct EvalOptions {
@@ -175,6 +186,14 @@ struct Prediction {
 /// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
 pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
     let run = RunDir::new(&options.run);
+    let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
+    let pipeline = &options.pipeline;
+    data.check_crop(pipeline.loader.crop_size)?;
+    let spec = Spec::new(
+        &pipeline.model,
+        pipeline.loader.crop_size as usize,
+        data.classes.len(),
+    )?;
     let checkpoint = match &options.checkpoint {
         Some(path) => path.clone(),
         None => run
@@ -187,13 +206,6 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
                 run: run.root.clone(),
             })?,
     };
-    let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
-    let pipeline = &options.pipeline;
-    let spec = Spec::new(
-        &pipeline.model,
-        pipeline.loader.crop_size as usize,
-        data.classes.len(),
-    )?;
     let file = TensorFile::read(&checkpoint)?;
     check_classes(&file, &checkpoint, &data)?;
     let layers = import_layers(&file, &checkpoint, "", &spec, &dev)?;
@@ -214,8 +226,17 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
     let mut per_class = vec![[0u64; 4]; classes]; // images, centre top-1, 10-crop top-1, top-5
     let mut predictions = Vec::with_capacity(data.len());
     for batch in loader {
+        let batch = batch?;
         let x = input.prepare(&dev, &batch);
         let logits = model.forward(x, None).as_vec();
+        if let Some(at) = logits.iter().position(|v| !v.is_finite()) {
+            let image = batch.indices[at / classes / VIEWS] as usize;
+            return Err(EvalError::NonFinite {
+                path: checkpoint,
+                source_path: data.reader.read_index()?[image].source_path.clone(),
+                value: logits[at],
+            });
+        }
         let views = logits.chunks_exact(classes).collect::<Vec<_>>();
         for (i, image_views) in views.chunks_exact(VIEWS).enumerate() {
             let label = batch.labels[i] as usize;
@@ -242,6 +263,12 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let images = predictions.len() as u64;
+    if images != data.len() as u64 {
+        return Err(EvalError::ShortStream {
+            got: images,
+            expected: data.len() as u64,
+        });
+    }
 
     let report = Report {
         checkpoint: checkpoint.clone(),

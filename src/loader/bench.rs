@@ -40,6 +40,7 @@ pub fn run_loader(
     let started = Instant::now();
     while done < batches {
         let Some(batch) = loader.next() else { break };
+        let batch = batch?;
         checksum.add(&batch);
         images += batch.len();
         done += 1;

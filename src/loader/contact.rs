@@ -44,7 +44,7 @@ pub fn write_contact_sheet(
     let scale = label_scale(crop);
     let batch = Loader::start(data, options)?
         .next()
-        .ok_or_else(|| LoaderError::Settings("the loader produced no batch".into()))?;
+        .ok_or_else(|| LoaderError::Settings("the loader produced no batch".into()))??;
     let Pixels::U8(pixels) = &batch.pixels else {
         unreachable!("contact sheets use u8 batches")
     };

@@ -11,8 +11,8 @@ pub mod bench;
 pub mod contact;
 pub mod sampler;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,12 +41,31 @@ pub enum LoaderError {
     },
     #[error("invalid loader settings: {0}")]
     Settings(String),
+    #[error(
+        "{shard}: record {record} (source image {source_path}) does not match its checksum: the \
+         shard is damaged; {}",
+        shards::FIX_VERIFY
+    )]
+    Damaged {
+        shard: PathBuf,
+        record: usize,
+        source_path: String,
+    },
+    #[error("the loader stopped unexpectedly: {0}")]
+    Worker(String),
 }
 
 /// Everything the loader reads from a dataset directory, shared by the loader threads.
 pub struct LoaderData {
     pub reader: SplitReader,
     pub labels: Vec<u32>,
+    /// Each record's checksum from its shard index: a record is checked against it the first
+    /// time this process reads it.
+    checksums: Vec<u64>,
+    /// One bit per record: already checked by this process.
+    verified: Vec<AtomicU64>,
+    /// The split's content fingerprint from the manifest (identifies the dataset).
+    pub fingerprint: String,
     pub classes: Vec<ClassInfo>,
     pub image_size: u32,
     /// Training-set mean image, `size × size × 3`, 0..255 scale.
@@ -66,9 +85,18 @@ impl LoaderData {
                 path: dataset.to_path_buf(),
             });
         }
-        let labels = reader.read_index()?.into_iter().map(|r| r.label).collect();
+        let rows = reader.read_index()?;
+        let labels = rows.iter().map(|r| r.label).collect();
+        let checksums = rows.iter().map(|r| r.checksum).collect();
+        let verified = (0..rows.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        let fingerprint = manifest
+            .split(split)
+            .map(|s| s.fingerprint.clone())
+            .unwrap_or_default();
         let mean_path = dataset.join(&manifest.mean.mean_image);
-        let (shape, mean_image) = shards::read_npy_f32(&mean_path)?;
+        let (shape, mean_image) = shards::read_mean(&mean_path, &manifest.mean)?;
         let size = manifest.image_size as usize;
         if shape != [size, size, 3] {
             return Err(LoaderError::MeanShape {
@@ -80,6 +108,9 @@ impl LoaderData {
         Ok(Self {
             reader,
             labels,
+            checksums,
+            verified,
+            fingerprint,
             classes: manifest.classes,
             image_size: manifest.image_size,
             mean_image,
@@ -96,15 +127,62 @@ impl LoaderData {
         self.reader.is_empty()
     }
 
-    /// Checks every record against the checksum in its index (reads the whole split).
-    pub fn verify_checksums(&self) -> Result<(), ShardError> {
-        let rows = self.reader.read_index()?;
-        let mut i = 0;
-        for shard in self.reader.shards() {
-            for local in 0..shard.len() {
-                shard.verify(local, rows[i].checksum)?;
-                i += 1;
-            }
+    /// Checks every record not yet checked by this process (reads the whole split).
+    pub fn verify_checksums(&self) -> Result<(), LoaderError> {
+        (0..self.len())
+            .into_par_iter()
+            .try_for_each(|i| self.verify_once(i))
+    }
+
+    /// The pixels of record `i`, checked against its checksum the first time this process
+    /// reads it. Callers are the loader's workers, so the check costs parallel time.
+    pub fn checked_record(&self, i: usize) -> Result<&[u8], LoaderError> {
+        self.verify_once(i)?;
+        Ok(self.reader.record(i))
+    }
+
+    fn verify_once(&self, i: usize) -> Result<(), LoaderError> {
+        let (word, bit) = (&self.verified[i / 64], 1u64 << (i % 64));
+        if word.load(Ordering::Relaxed) & bit != 0 {
+            return Ok(());
+        }
+        if shards::record_checksum(self.reader.record(i)) != self.checksums[i] {
+            return Err(self.damaged(i));
+        }
+        word.fetch_or(bit, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The error for a damaged record, naming its shard and source image.
+    fn damaged(&self, i: usize) -> LoaderError {
+        let (shard, record) = self.reader.locate(i);
+        let paths = self.reader.shard_paths(shard);
+        let source_path = shards::read_index(&paths.index)
+            .ok()
+            .and_then(|rows| rows.get(record).map(|r| r.source_path.clone()))
+            .unwrap_or_else(|| "unknown: its index is unreadable".into());
+        LoaderError::Damaged {
+            shard: paths.records,
+            record,
+            source_path,
+        }
+    }
+
+    /// Treats every record as checked (only for measuring what the checks cost).
+    pub fn trust_checksums(&self) {
+        for word in &self.verified {
+            word.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
+    /// Refuses crops that don't fit the stored images.
+    pub fn check_crop(&self, crop_size: u32) -> Result<(), LoaderError> {
+        if crop_size == 0 || crop_size > self.image_size {
+            return Err(LoaderError::Settings(format!(
+                "crop size {crop_size} does not fit the stored {0}×{0} images (pass the \
+                 pipeline the data was preprocessed with, --pipeline)",
+                self.image_size
+            )));
         }
         Ok(())
     }
@@ -285,8 +363,11 @@ impl Batch {
 }
 
 /// A running stream of batches. Dropping it stops the background thread and waits for it.
+///
+/// It yields `Err` once, and then ends, when a record fails its check or the background
+/// thread fails: a stream never just stops short.
 pub struct Loader {
-    batches: Option<Receiver<Batch>>,
+    batches: Option<Receiver<Result<Batch, LoaderError>>>,
     recycle: Sender<Batch>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
@@ -295,12 +376,7 @@ pub struct Loader {
 impl Loader {
     pub fn start(data: Arc<LoaderData>, options: LoaderOptions) -> Result<Self, LoaderError> {
         let config = &options.config;
-        if config.crop_size == 0 || config.crop_size > data.image_size {
-            return Err(LoaderError::Settings(format!(
-                "crop size {} does not fit the stored {}×{} images",
-                config.crop_size, data.image_size, data.image_size
-            )));
-        }
+        data.check_crop(config.crop_size)?;
         let sampler = Sampler::new(data.len(), config.seed)
             .partition(options.rank, options.world_size)
             .map_err(LoaderError::Settings)?;
@@ -352,11 +428,35 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = Batch;
+    type Item = Result<Batch, LoaderError>;
 
-    fn next(&mut self) -> Option<Batch> {
-        self.batches.as_ref()?.recv().ok()
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.batches.as_ref()?.recv() {
+            Ok(Ok(batch)) => Some(Ok(batch)),
+            Ok(Err(e)) => {
+                self.batches = None;
+                Some(Err(e))
+            }
+            // The producer is gone: either the stream is complete or the thread panicked.
+            Err(_) => {
+                self.batches = None;
+                let worker = self.worker.take()?;
+                match worker.join() {
+                    Ok(()) => None,
+                    Err(panic) => Some(Err(LoaderError::Worker(panic_message(&panic)))),
+                }
+            }
+        }
     }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a worker thread panicked".into())
 }
 
 impl Drop for Loader {
@@ -376,7 +476,7 @@ struct Producer {
     options: LoaderOptions,
     sampler: Sampler,
     pool: rayon::ThreadPool,
-    batches: SyncSender<Batch>,
+    batches: SyncSender<Result<Batch, LoaderError>>,
     recycled: Receiver<Batch>,
     stop: Arc<AtomicBool>,
 }
@@ -409,9 +509,10 @@ impl Producer {
                     .try_recv()
                     .unwrap_or_else(|_| Batch::empty(opts.output));
                 let indices = &order[position.sample..position.sample + n];
-                self.fill(&mut batch, position, indices);
-                if self.batches.send(batch).is_err() {
-                    return; // the consumer is gone
+                let filled = self.fill(&mut batch, position, indices).map(|()| batch);
+                let failed = filled.is_err();
+                if self.batches.send(filled).is_err() || failed {
+                    return; // the consumer is gone, or has been told why the stream ends
                 }
                 position.sample += n;
             }
@@ -434,7 +535,12 @@ impl Producer {
     }
 
     /// Assembles `indices` into `batch`, in parallel, reusing its buffers.
-    fn fill(&self, batch: &mut Batch, position: Position, indices: &[u32]) {
+    fn fill(
+        &self,
+        batch: &mut Batch,
+        position: Position,
+        indices: &[u32],
+    ) -> Result<(), LoaderError> {
         let opts = &self.options;
         let config = &opts.config;
         let (stored, crop) = (self.data.image_size, config.crop_size);
@@ -470,10 +576,10 @@ impl Producer {
                 _ => vec![a.crop],
             }
         };
-        let images: Vec<(&[u8], Vec<Crop>, [f32; 3])> = indices
+        let images: Vec<(usize, Vec<Crop>, [f32; 3])> = indices
             .iter()
             .zip(&draws)
-            .map(|(&i, a)| (self.data.reader.record(i as usize), views_of(a), a.lighting))
+            .map(|(&i, a)| (i as usize, views_of(a), a.lighting))
             .collect();
         batch.crops.clear();
         batch.crops.extend(
@@ -494,43 +600,43 @@ impl Producer {
                 })
             }
         };
-        batch.digests = digests;
+        batch.digests = digests?;
+        Ok(())
     }
 
     /// Writes every view of every image into `buf` (resized to fit) on the pool, one image per
-    /// task, and returns the per-image pixel digests when `digests` is set (else nothing).
+    /// task, checking each record the first time it is read, and returns the per-image pixel
+    /// digests when `digests` is set (else nothing).
     fn write_views<T: Copy + Default + Send + Sync>(
         &self,
         buf: &mut Vec<T>,
-        images: &[(&[u8], Vec<Crop>, [f32; 3])],
+        images: &[(usize, Vec<Crop>, [f32; 3])],
         digests: bool,
         write: impl Fn(&[u8], Crop, [f32; 3], &mut [T]) + Sync,
-    ) -> Vec<u64> {
+    ) -> Result<Vec<u64>, LoaderError> {
         let crop = self.options.config.crop_size as usize;
         let view_len = crop * crop * 3;
         let image_len = view_len * self.options.mode.views();
         buf.resize(images.len() * image_len, T::default());
+        let data = &self.data;
         let per_image: Vec<u64> = self.pool.install(|| {
             buf.par_chunks_mut(image_len)
                 .zip(images)
-                .map(|(out, (record, views, lighting))| {
+                .map(|(out, &(index, ref views, lighting))| {
+                    let record = data.checked_record(index)?;
                     for (view, &at) in out.chunks_exact_mut(view_len).zip(views) {
-                        write(record, at, *lighting, view);
+                        write(record, at, lighting, view);
                     }
                     // Digest while the pixels are still in this core's cache.
-                    if digests {
+                    Ok(if digests {
                         pixel_digest(as_bytes(out))
                     } else {
                         0
-                    }
+                    })
                 })
-                .collect()
-        });
-        if digests {
-            per_image
-        } else {
-            Vec::new()
-        }
+                .collect::<Result<_, LoaderError>>()
+        })?;
+        Ok(if digests { per_image } else { Vec::new() })
     }
 }
 
@@ -600,7 +706,7 @@ mod tests {
     use super::*;
     use crate::shards::{
         write_index, write_json, write_npy_f32, IndexRow, MeanStats, ShardPaths, ShardWriter,
-        SplitManifest, FORMAT_VERSION,
+        SplitContent, FORMAT_VERSION,
     };
 
     /// A dataset of `n` 8×8 training images over three shards; image `i` is filled with
@@ -609,7 +715,7 @@ mod tests {
         const SIZE: u32 = 8;
         std::fs::create_dir_all(dir.join("train")).unwrap();
         let per_shard = n.div_ceil(3);
-        let mut shard_records = Vec::new();
+        let mut shards = 0;
         for (s, chunk) in (0..n).collect::<Vec<_>>().chunks(per_shard).enumerate() {
             let paths = ShardPaths::new(dir, Split::Train, s);
             let mut writer = ShardWriter::create(&paths.records, s as u32, SIZE).unwrap();
@@ -631,10 +737,11 @@ mod tests {
             }
             writer.finish().unwrap();
             write_index(&paths.index, &rows).unwrap();
-            shard_records.push(chunk.len() as u64);
+            shards += 1;
         }
         let mean: Vec<f32> = (0..SIZE * SIZE * 3).map(|p| (p % 50) as f32).collect();
-        write_npy_f32(&dir.join("mean.npy"), &[8, 8, 3], &mean).unwrap();
+        let checksum = write_npy_f32(&dir.join("mean.npy"), &[8, 8, 3], &mean).unwrap();
+        let content = SplitContent::read(dir, Split::Train, shards).unwrap();
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             image_size: SIZE,
@@ -646,21 +753,11 @@ mod tests {
                     name: format!("class {c}"),
                 })
                 .collect(),
-            splits: [(
-                Split::Train,
-                SplitManifest {
-                    images: n as u64,
-                    shards: shard_records.len() as u64,
-                    classes: 4,
-                    inputs: n as u64,
-                    rejected: 0,
-                    shard_records,
-                },
-            )]
-            .into(),
+            splits: [(Split::Train, content.manifest(n as u64, 0))].into(),
             rejected: 0,
             mean: MeanStats {
                 mean_image: "mean.npy".into(),
+                checksum,
                 channel_mean: [100.0, 110.0, 120.0],
                 channel_std: [50.0, 60.0, 70.0],
             },
@@ -687,6 +784,7 @@ mod tests {
         Loader::start(data.clone(), options)
             .unwrap()
             .take(batches)
+            .map(Result::unwrap)
             .collect()
     }
 
@@ -935,13 +1033,87 @@ mod tests {
         let data = tiny_dataset(dir.path(), 9);
         data.verify_checksums().unwrap();
         drop(data);
-        let path = ShardPaths::new(dir.path(), Split::Train, 1).records;
-        let mut bytes = std::fs::read(&path).unwrap();
+        flip_last_byte(&ShardPaths::new(dir.path(), Split::Train, 1).records);
+        let data = LoaderData::open(dir.path(), Split::Train).unwrap();
+        let err = data.verify_checksums().unwrap_err().to_string();
+        assert!(err.contains("shard-00001.bin"), "{err}");
+        assert!(err.contains("record 2"), "{err}");
+        assert!(
+            err.contains("train/5.JPEG"),
+            "names the source image: {err}"
+        );
+        assert!(err.contains("--verify"), "says how to repair it: {err}");
+    }
+
+    fn flip_last_byte(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xFF;
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_stream_with_an_error_not_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_dataset(dir.path(), 9);
+        flip_last_byte(&ShardPaths::new(dir.path(), Split::Train, 2).records);
+        let data = Arc::new(LoaderData::open(dir.path(), Split::Train).unwrap());
+        // Evaluation order reads every record; the damaged one is the last.
+        let options = LoaderOptions::eval(&config(2, 2), Output::U8, Mode::Center);
+        let results: Vec<_> = Loader::start(data, options).unwrap().collect();
+        let (ok, failed): (Vec<_>, Vec<_>) = results.iter().partition(|r| r.is_ok());
+        assert_eq!(failed.len(), 1, "one error, then the stream ends");
+        assert!(
+            results.last().unwrap().is_err(),
+            "the error is the last item"
+        );
+        assert_eq!(ok.len(), 4, "the batches before the damaged record arrive");
+        let err = failed[0].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("shard-00002.bin") && err.contains("train/8.JPEG"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_are_checked_once_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_dataset(dir.path(), 9);
         let data = LoaderData::open(dir.path(), Split::Train).unwrap();
-        let err = data.verify_checksums().unwrap_err();
-        assert!(err.to_string().contains("shard-00001.bin"), "{err}");
+        data.verify_checksums().unwrap();
+        // Damage after the first check is not looked for again (the check is a first-read one).
+        flip_last_byte(&ShardPaths::new(dir.path(), Split::Train, 2).records);
+        data.checked_record(8).unwrap();
+        let fresh = LoaderData::open(dir.path(), Split::Train).unwrap();
+        assert!(fresh.checked_record(8).is_err());
+        assert!(fresh.checked_record(0).is_ok());
+    }
+
+    #[test]
+    fn a_panicking_producer_is_an_error_not_the_end_of_the_stream() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (recycle, _recycled) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let _keep = tx;
+            panic!("index out of range in the producer");
+        });
+        let mut loader = Loader {
+            batches: Some(rx),
+            recycle,
+            stop: Arc::new(AtomicBool::new(false)),
+            worker: Some(worker),
+        };
+        let err = loader.next().expect("an item").unwrap_err().to_string();
+        assert!(err.contains("index out of range in the producer"), "{err}");
+        assert!(loader.next().is_none());
+    }
+
+    #[test]
+    fn a_crop_larger_than_the_stored_images_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_dataset(dir.path(), 9);
+        let err = data.check_crop(9).unwrap_err().to_string();
+        assert!(err.contains("crop size 9") && err.contains("8×8"), "{err}");
+        data.check_crop(8).unwrap();
     }
 }

@@ -8,11 +8,11 @@
 //! SGD momentum under `momentum.<name>` (same layouts) and their state as JSON metadata; see
 //! `schemas/checkpoint.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dfdx::prelude::*;
-use safetensors::tensor::{Dtype as StDtype, TensorView};
+use safetensors::tensor::Dtype as StDtype;
 
 use super::{Affine, Spec, TorchLayout, TORCH_NAMES};
 
@@ -57,51 +57,99 @@ pub enum CheckpointError {
         name: String,
         found: String,
     },
+    #[error(
+        "checkpoint {path}: tensor `{name}` does not match the checksum stored with it: the file \
+         is damaged. Move it aside to use the run's previous checkpoint, or start over"
+    )]
+    Checksum { path: PathBuf, name: String },
+    #[error(
+        "checkpoint {path}: tensor `{name}` holds {value} at element {index}: these weights have \
+         diverged and can't be used; use an earlier checkpoint"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    #[error("checkpoint {path}: {message}: the file is damaged or was not written by this tool")]
+    Checksums { path: PathBuf, message: String },
 }
+
+/// Metadata key of the per-tensor checksums every file written here carries.
+pub const CHECKSUMS_KEY: &str = "checksums";
 
 /// Named f32 tensors and string metadata: the contents of one safetensors file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TensorFile {
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    pub metadata: HashMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl TensorFile {
-    /// Serialises to safetensors bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let views: Vec<(String, TensorView)> = self
-            .tensors
-            .iter()
-            .map(|(name, (shape, data))| {
-                let view = TensorView::new(StDtype::F32, shape.clone(), f32_bytes(data))
-                    .expect("shape matches data");
-                (name.clone(), view)
-            })
-            .collect();
-        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
-        safetensors::serialize(views, metadata).expect("f32 tensors always serialise")
+    /// Serialises to safetensors bytes, adding the per-tensor checksums, or says which tensor
+    /// holds a value that must not be saved (NaN or infinite).
+    ///
+    /// Written here rather than by the `safetensors` crate, whose header keeps the metadata
+    /// in a `HashMap`: its key order would differ between two runs that save equal states.
+    /// The layout is the format's own: an 8-byte little-endian header length, the JSON header
+    /// (keys sorted, padded with spaces to 8 bytes), then each tensor's bytes in name order.
+    pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>, CheckpointError> {
+        self.check_finite(path)?;
+        let mut metadata = self.metadata.clone();
+        metadata.insert(CHECKSUMS_KEY.into(), self.checksums_json());
+        let mut header = serde_json::Map::new();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(&metadata).unwrap(),
+        );
+        let mut offset = 0usize;
+        for (name, (shape, data)) in &self.tensors {
+            let bytes = data.len() * 4;
+            header.insert(
+                name.clone(),
+                serde_json::json!({
+                    "dtype": "F32",
+                    "shape": shape,
+                    "data_offsets": [offset, offset + bytes],
+                }),
+            );
+            offset += bytes;
+        }
+        let mut json = serde_json::to_vec(&header).expect("a JSON map serialises");
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut out = Vec::with_capacity(8 + json.len() + offset);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for (_, data) in self.tensors.values() {
+            out.extend_from_slice(f32_bytes(data));
+        }
+        Ok(out)
     }
 
     /// Writes atomically: a crash leaves the old file or the new one, never half of one.
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
-        crate::shards::write_atomic(path, &self.to_bytes()).map_err(|source| {
-            CheckpointError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
+        let bytes = self.to_bytes(path)?;
+        crate::shards::write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
+            path: path.to_path_buf(),
+            source,
         })
     }
 
+    /// Reads and checks a file: every tensor against its stored checksum (files written by
+    /// other tools have none) and every value for being finite.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(&bytes, path)
+        let file = Self::from_bytes(&bytes, path)?;
+        file.verify(path)?;
+        Ok(file)
     }
 
-    /// Parses safetensors bytes; `path` only names the file in errors. Non-f32 tensors are
-    /// skipped here and reported when asked for.
+    /// Parses safetensors bytes without checking values; `path` only names the file in
+    /// errors. Non-f32 tensors are skipped here and reported when asked for.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
         let format = |e: safetensors::SafeTensorError| CheckpointError::Format {
             path: path.to_path_buf(),
@@ -110,7 +158,12 @@ impl TensorFile {
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(format)?;
         let file = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
         let mut out = TensorFile {
-            metadata: header.metadata().clone().unwrap_or_default(),
+            metadata: header
+                .metadata()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         for (name, view) in file.tensors() {
@@ -129,6 +182,59 @@ impl TensorFile {
             out.tensors.insert(name, (view.shape().to_vec(), data));
         }
         Ok(out)
+    }
+
+    /// Checks the stored checksums (when the file has them) and that every value is finite.
+    pub fn verify(&self, path: &Path) -> Result<(), CheckpointError> {
+        if let Some(stored) = self.metadata.get(CHECKSUMS_KEY) {
+            let bad = |message: String| CheckpointError::Checksums {
+                path: path.to_path_buf(),
+                message,
+            };
+            let stored: BTreeMap<String, String> = serde_json::from_str(stored).map_err(|e| {
+                bad(format!(
+                    "its `{CHECKSUMS_KEY}` metadata is unreadable ({e})"
+                ))
+            })?;
+            for (name, (_, data)) in &self.tensors {
+                let expected = stored
+                    .get(name)
+                    .ok_or_else(|| bad(format!("tensor `{name}` has no checksum")))?;
+                if *expected != tensor_checksum(data) {
+                    return Err(CheckpointError::Checksum {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                    });
+                }
+            }
+            if let Some(name) = stored.keys().find(|n| !self.tensors.contains_key(*n)) {
+                return Err(bad(format!("tensor `{name}` is listed but missing")));
+            }
+        }
+        self.check_finite(path)
+    }
+
+    fn check_finite(&self, path: &Path) -> Result<(), CheckpointError> {
+        for (name, (_, data)) in &self.tensors {
+            if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    index,
+                    value,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn checksums_json(&self) -> String {
+        let sums: BTreeMap<&str, String> = self
+            .tensors
+            .iter()
+            .map(|(name, (_, data))| (name.as_str(), tensor_checksum(data)))
+            .collect();
+        serde_json::to_string(&sums).expect("strings serialise")
     }
 
     /// The tensor `name` with the given shape, or an error naming what is wrong.
@@ -158,6 +264,11 @@ impl TensorFile {
         }
         Ok(data)
     }
+}
+
+/// xxh3-64 of a tensor's little-endian bytes, as 16 hex digits.
+fn tensor_checksum(data: &[f32]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(f32_bytes(data)))
 }
 
 fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -325,8 +436,12 @@ mod tests {
         );
         file.metadata.insert("state".into(), "{}".into());
         let path = Path::new("x.safetensors");
-        let back = TensorFile::from_bytes(&file.to_bytes(), path).unwrap();
-        assert_eq!(back, file);
+        let back = TensorFile::from_bytes(&file.to_bytes(path).unwrap(), path).unwrap();
+        back.verify(path).unwrap();
+        assert!(back.metadata.contains_key(CHECKSUMS_KEY));
+        let mut without = back.clone();
+        without.metadata.remove(CHECKSUMS_KEY);
+        assert_eq!(without, file);
         assert_eq!(back.get(path, "a.weight", &[2, 3]).unwrap()[5], 5.0);
         let err = back.get(path, "a.weight", &[3, 2]).unwrap_err().to_string();
         assert!(err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
@@ -334,5 +449,73 @@ mod tests {
         assert!(err.contains("b.bias") && err.contains("a.weight"), "{err}");
         let err = TensorFile::from_bytes(b"not a checkpoint", path).unwrap_err();
         assert!(err.to_string().contains("x.safetensors"), "{err}");
+    }
+
+    fn two_tensor_file() -> TensorFile {
+        let mut file = TensorFile::default();
+        file.tensors.insert(
+            "features.0.weight".into(),
+            (vec![4], vec![0.5, -1.0, 2.0, 0.25]),
+        );
+        file.tensors
+            .insert("features.0.bias".into(), (vec![1], vec![0.0]));
+        file.metadata.insert("state".into(), "{\"step\":3}".into());
+        file.metadata
+            .insert("pipeline".into(), "name = \"x\"".into());
+        file
+    }
+
+    #[test]
+    fn equal_contents_give_identical_bytes_that_the_safetensors_crate_reads() {
+        let path = Path::new("x.safetensors");
+        let a = two_tensor_file().to_bytes(path).unwrap();
+        let mut reordered = TensorFile::default();
+        for (k, v) in two_tensor_file().metadata.into_iter().rev() {
+            reordered.metadata.insert(k, v);
+        }
+        reordered.tensors = two_tensor_file().tensors;
+        assert_eq!(a, reordered.to_bytes(path).unwrap());
+        let parsed = safetensors::SafeTensors::deserialize(&a).unwrap();
+        let view = parsed.tensor("features.0.weight").unwrap();
+        assert_eq!(view.shape(), [4]);
+        assert_eq!(&view.data()[4..8], &(-1.0f32).to_le_bytes());
+        let header_len = u64::from_le_bytes(a[..8].try_into().unwrap());
+        assert_eq!(header_len % 8, 0, "header padded to 8 bytes");
+    }
+
+    #[test]
+    fn a_flipped_exponent_byte_fails_the_checksum() {
+        let path = Path::new("ckpt.safetensors");
+        let mut bytes = two_tensor_file().to_bytes(path).unwrap();
+        // The last byte of the file is the high byte (sign and exponent) of the last value.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let file = TensorFile::from_bytes(&bytes, path).unwrap();
+        let err = file.verify(path).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Checksum { name, .. } if name == "features.0.weight"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ckpt.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_on_save_and_on_load() {
+        let path = Path::new("nan.safetensors");
+        let mut file = two_tensor_file();
+        file.tensors.get_mut("features.0.bias").unwrap().1[0] = f32::NAN;
+        let err = file.to_bytes(path).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::NonFinite { index: 0, .. }),
+            "{err}"
+        );
+        // A foreign file (no checksums) holding infinity is refused on load too.
+        let mut foreign = file.clone();
+        foreign.tensors.get_mut("features.0.bias").unwrap().1[0] = f32::INFINITY;
+        let err = foreign.verify(path).unwrap_err().to_string();
+        assert!(
+            err.contains("features.0.bias") && err.contains("inf"),
+            "{err}"
+        );
     }
 }

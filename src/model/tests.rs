@@ -650,7 +650,7 @@ fn checkpoint_round_trip_keeps_outputs() {
     assert_eq!(file.tensors["features.0.weight"].0, [4, 3, 11, 11]);
     assert_eq!(file.tensors["classifier.1.weight"].0, [8, 12]);
     let path = Path::new("round-trip.safetensors");
-    let back = TensorFile::from_bytes(&file.to_bytes(), path).unwrap();
+    let back = TensorFile::from_bytes(&file.to_bytes(path).unwrap(), path).unwrap();
     let layers = import_layers(&back, path, "", &spec, &dev).unwrap();
     for ((_, ours, _), theirs) in model.layers().iter().zip(&layers) {
         assert_eq!(ours.weight.as_vec(), theirs.weight.as_vec());

@@ -23,6 +23,8 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 pub enum RejectReason {
     /// The file could not be read (permissions, I/O error).
     Unreadable,
+    /// Not a regular file (a FIFO, a device, a socket), even after following symlinks.
+    NotAFile,
     /// Zero bytes.
     Empty,
     /// Bigger than the configured file-size cap.
@@ -41,6 +43,7 @@ impl RejectReason {
     pub fn name(self) -> &'static str {
         match self {
             RejectReason::Unreadable => "unreadable",
+            RejectReason::NotAFile => "not_a_file",
             RejectReason::Empty => "empty",
             RejectReason::FileTooLarge => "file_too_large",
             RejectReason::Unsupported => "unsupported_format",
@@ -97,16 +100,92 @@ pub struct Decoded {
 
 /// Reads and decodes one file.
 pub fn decode_file(path: &Path, limits: &DecodeOptions) -> Result<Decoded, Rejection> {
+    let bytes = read_capped(path, limits.max_file_bytes)?;
+    decode_bytes(&bytes, limits)
+}
+
+/// Opens `path` for reading only if it is a regular file (after following symlinks).
+///
+/// Opened non-blocking, so that a FIFO can't hang the process in `open`, and checked on the
+/// open descriptor, so that what is read is what was checked.
+fn open_regular(path: &Path) -> Result<std::fs::File, Rejection> {
     let unreadable = |e: std::io::Error| Rejection::new(RejectReason::Unreadable, e.to_string());
-    let len = std::fs::metadata(path).map_err(unreadable)?.len();
-    if len > limits.max_file_bytes {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
         return Err(Rejection::new(
-            RejectReason::FileTooLarge,
-            format!("{len} bytes, over the limit of {}", limits.max_file_bytes),
+            RejectReason::NotAFile,
+            format!("not a regular file ({})", describe_file_type(kind)),
         ));
     }
-    let bytes = std::fs::read(path).map_err(unreadable)?;
-    decode_bytes(&bytes, limits)
+    Ok(file)
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// The bytes of a regular file, refusing one over `max_bytes` whatever its metadata says
+/// (at most `max_bytes + 1` bytes are ever read).
+pub fn read_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Rejection> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| Rejection::new(RejectReason::Unreadable, e.to_string());
+    let too_large = |len: u64| {
+        Rejection::new(
+            RejectReason::FileTooLarge,
+            format!("{len} bytes, over the limit of {max_bytes}"),
+        )
+    };
+    let file = open_regular(path)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    if len > max_bytes {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// The image format of a file, judged by its first bytes; `None` for anything else
+/// (including files that can't be read or are not regular files).
+pub fn sniff_format(path: &Path) -> Option<ImageFormat> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64);
+    open_regular(path)
+        .ok()?
+        .take(64)
+        .read_to_end(&mut head)
+        .ok()?;
+    image::guess_format(&head).ok()
 }
 
 /// Decodes an image held in memory. Never panics: a decoder panic becomes a rejection.
@@ -270,6 +349,9 @@ pub fn check_jpeg_structure(bytes: &[u8]) -> Result<(), Rejection> {
     }
     let mut pos = 2;
     let mut seen_scan = false;
+    // The most entropy-coded bytes one scan of the frame can need; a scan longer than that
+    // belongs to another (larger) image than the header describes.
+    let mut scan_limit: Option<usize> = None;
     loop {
         // Markers may be preceded by any number of 0xFF fill bytes.
         while pos < bytes.len() && bytes[pos] == 0xFF && bytes.get(pos + 1) == Some(&0xFF) {
@@ -297,16 +379,60 @@ pub fn check_jpeg_structure(bytes: &[u8]) -> Result<(), Rejection> {
         if len < 2 {
             return Err(corrupt(&format!("bad segment length at byte {pos}")));
         }
+        let segment = pos + 2..pos + len;
         pos += len;
         if pos > bytes.len() {
             return Err(truncated("the file ends inside a marker segment"));
         }
+        if is_start_of_frame(marker) {
+            let limit = max_scan_bytes(&bytes[segment])
+                .ok_or_else(|| corrupt("malformed start-of-frame header"))?;
+            scan_limit = Some(scan_limit.map_or(limit, |l: usize| l.max(limit)));
+        }
         if marker == 0xDA {
             seen_scan = true;
+            let start = pos;
             pos = skip_entropy_coded_data(bytes, pos)
                 .ok_or_else(|| truncated("the file ends inside the image data"))?;
+            if scan_limit.is_some_and(|limit| pos - start > limit) {
+                return Err(corrupt(&format!(
+                    "a scan of {} bytes is far more than the header's image size can hold \
+                     (the header is forged or damaged)",
+                    pos - start
+                )));
+            }
         }
     }
+}
+
+/// SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+fn is_start_of_frame(marker: u8) -> bool {
+    matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+}
+
+/// An upper bound on the entropy-coded bytes of one scan of the frame whose SOF segment body
+/// is `sof` (precision, height, width, components with sampling factors). Every 8×8 block
+/// codes at most 64 coefficients of a 16-bit Huffman code plus at most 15 magnitude bits,
+/// under 256 bytes, doubled for byte stuffing; plus a restart marker per MCU and slack.
+/// `usize::MAX` when the height is left to a later DNL marker. `None` if malformed.
+fn max_scan_bytes(sof: &[u8]) -> Option<usize> {
+    let height = u16::from_be_bytes([*sof.get(1)?, *sof.get(2)?]) as usize;
+    let width = u16::from_be_bytes([*sof.get(3)?, *sof.get(4)?]) as usize;
+    let count = *sof.get(5)? as usize;
+    let factors: Vec<(usize, usize)> = (0..count)
+        .map(|c| {
+            sof.get(6 + 3 * c + 1)
+                .map(|&hv| ((hv >> 4) as usize, (hv & 15) as usize))
+        })
+        .collect::<Option<_>>()?;
+    if height == 0 {
+        return Some(usize::MAX);
+    }
+    let h_max = factors.iter().map(|f| f.0).max()?.max(1);
+    let v_max = factors.iter().map(|f| f.1).max()?.max(1);
+    let mcus = width.div_ceil(8 * h_max) * height.div_ceil(8 * v_max);
+    let blocks_per_mcu: usize = factors.iter().map(|(h, v)| h * v).sum();
+    Some(mcus * (blocks_per_mcu * 512 + 2) + 2048)
 }
 
 /// Position of the first marker after entropy-coded data starting at `pos`: a 0xFF followed
@@ -466,6 +592,61 @@ mod tests {
         let progressive = jpeg(&photo(400, 300), true);
         let err = decode_bytes(&progressive[..progressive.len() / 2], &LIMITS).unwrap_err();
         assert_eq!(err.reason, RejectReason::Truncated);
+    }
+
+    #[test]
+    fn a_forged_small_frame_header_on_a_large_scan_is_rejected() {
+        let noisy = RgbImage::from_fn(400, 300, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 24;
+            Rgb([v as u8, (v * 3) as u8, (x + y) as u8])
+        });
+        for progressive in [false, true] {
+            let mut bytes = jpeg(&noisy, progressive);
+            decode_bytes(&bytes, &LIMITS).unwrap();
+            let sof = bytes
+                .windows(2)
+                .position(|w| w == [0xFF, 0xC0] || w == [0xFF, 0xC2])
+                .unwrap();
+            bytes[sof + 5..sof + 9].copy_from_slice(&[0, 1, 0, 1]); // 1×1
+            let err = decode_bytes(&bytes, &LIMITS).unwrap_err();
+            assert_eq!(err.reason, RejectReason::Corrupt, "{err:?}");
+            assert!(err.detail.contains("forged"), "{}", err.detail);
+        }
+        // Small honest images pass the bound.
+        decode_bytes(&jpeg(&photo(1, 1), false), &LIMITS).unwrap();
+        decode_bytes(&jpeg(&photo(9, 7), true), &LIMITS).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_and_devices_are_rejected_without_blocking_or_reading_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.JPEG");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = decode_file(&fifo, &LIMITS).unwrap_err();
+        assert_eq!(err.reason, RejectReason::NotAFile, "{err:?}");
+        assert!(err.detail.contains("FIFO"), "{}", err.detail);
+        for device in ["/dev/zero", "/dev/urandom"] {
+            let link = dir.path().join(format!("{}.JPEG", &device[5..]));
+            std::os::unix::fs::symlink(device, &link).unwrap();
+            let err = decode_file(&link, &LIMITS).unwrap_err();
+            assert_eq!(err.reason, RejectReason::NotAFile, "{device}: {err:?}");
+        }
+        assert_eq!(sniff_format(&fifo), None);
+    }
+
+    #[test]
+    fn reads_stop_at_the_byte_cap_whatever_the_size_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.JPEG");
+        std::fs::write(&path, vec![7u8; 1000]).unwrap();
+        assert_eq!(read_capped(&path, 1000).unwrap().len(), 1000);
+        let err = read_capped(&path, 999).unwrap_err();
+        assert_eq!(err.reason, RejectReason::FileTooLarge);
     }
 
     #[test]

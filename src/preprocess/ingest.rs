@@ -6,8 +6,10 @@
 //! Training inputs are ordered by (class, file name), validation inputs by file name.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 
 use crate::shards::{ClassInfo, Split};
 
@@ -51,14 +53,59 @@ pub enum IngestError {
     MixedValLayout { path: PathBuf },
 }
 
+/// A file's size and modification time when it was scanned: when either changes, the file
+/// changed, and the shard holding it is out of date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileStamp {
+    pub len: u64,
+    /// Nanoseconds since the Unix epoch (0 when the file system can't say).
+    pub modified_ns: u64,
+}
+
+impl FileStamp {
+    /// The stamp of whatever `path` names (following symlinks); a file that can't be looked
+    /// at gets the empty stamp and is rejected as unreadable later.
+    pub fn of(path: &Path) -> Self {
+        let Ok(meta) = fs::metadata(path) else {
+            return Self::default();
+        };
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            len: meta.len(),
+            modified_ns,
+        }
+    }
+}
+
 /// One input image: where to read it and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceImage {
     /// Where to read it.
     pub path: PathBuf,
-    /// Path relative to the input directory, `/`-separated; what indexes and rejects record.
+    /// Path relative to the input directory, `/`-separated, with bytes that are not UTF-8
+    /// escaped (see `path_text`); what indexes and rejects record.
     pub rel: String,
     pub label: u32,
+    pub stamp: FileStamp,
+    /// A file in a flat `val/` that has no label and is not an image: rejected, not fatal
+    /// (as a stray file in a class folder is). Its `label` means nothing.
+    pub stray: bool,
+}
+
+impl SourceImage {
+    fn new(root: &Path, path: PathBuf, label: u32) -> Self {
+        Self {
+            rel: relative(root, &path),
+            stamp: FileStamp::of(&path),
+            path,
+            label,
+            stray: false,
+        }
+    }
 }
 
 /// Everything found in the input directory.
@@ -133,11 +180,11 @@ pub fn scan(root: &Path, val_labels: Option<&Path>) -> Result<SourceDataset, Ing
         if files.is_empty() {
             return Err(IngestError::EmptyClass { path: dir.clone() });
         }
-        train.extend(files.into_iter().map(|path| SourceImage {
-            rel: relative(root, &path),
-            path,
-            label: label as u32,
-        }));
+        train.extend(
+            files
+                .into_iter()
+                .map(|path| SourceImage::new(root, path, label as u32)),
+        );
     }
 
     let class_of: HashMap<&str, u32> = classes
@@ -191,11 +238,11 @@ fn scan_val(
             let wnid = file_name(dir);
             let label = label_of(&wnid, &|| format!("folder {}", dir.display()))?;
             let (_, files) = list_dir(dir)?;
-            val.extend(files.into_iter().map(|path| SourceImage {
-                rel: relative(root, &path),
-                path,
-                label,
-            }));
+            val.extend(
+                files
+                    .into_iter()
+                    .map(|path| SourceImage::new(root, path, label)),
+            );
         }
         ValLabels::Folders
     } else {
@@ -215,17 +262,23 @@ fn scan_val(
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let wnid = wnids.get(&stem).ok_or_else(|| IngestError::UnlabelledVal {
-                path: path.clone(),
-                labels: csv.clone(),
-            })?;
+            let Some(wnid) = wnids.get(&stem) else {
+                // An unlabelled image is a hole in the label file; anything else is a stray.
+                if super::decode::sniff_format(&path).is_some() {
+                    return Err(IngestError::UnlabelledVal {
+                        path,
+                        labels: csv.clone(),
+                    });
+                }
+                val.push(SourceImage {
+                    stray: true,
+                    ..SourceImage::new(root, path, 0)
+                });
+                continue;
+            };
             let label = label_of(wnid, &|| format!("{} for {stem}", csv.display()))?;
             used += 1;
-            val.push(SourceImage {
-                rel: relative(root, &path),
-                path,
-                label,
-            });
+            val.push(SourceImage::new(root, path, label));
         }
         if used < wnids.len() {
             warnings.push(format!(
@@ -294,17 +347,36 @@ fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), IngestError> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(path_text).unwrap_or_default()
 }
 
 fn relative(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
+        .map(|c| path_text(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// A file name as text that still names exactly one file: UTF-8 as it is, every byte that is
+/// not UTF-8 as `\xNN`, and a backslash as `\\` (so the escapes can't be confused with a
+/// name that contains them).
+pub fn path_text(name: &OsStr) -> String {
+    let bytes = name.as_encoded_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            if ch == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(ch);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn find_label_file(root: &Path, name: &str) -> Option<PathBuf> {
@@ -323,34 +395,52 @@ fn searched_dirs(root: &Path) -> String {
 }
 
 /// `LOC_val_solution.csv`: `ImageId,PredictionString`, the label is the first token of the
-/// prediction string (`n01751748 1 2 3 4 n01751748 ...`). Returns image id → wnid.
+/// prediction string (`n01751748 1 2 3 4 n01751748 ...`). Returns image id → wnid. The header
+/// row is optional; a byte-order mark and quoted fields are fine.
 fn read_val_labels(path: &Path) -> Result<BTreeMap<String, String>, IngestError> {
-    let text = fs::read_to_string(path).map_err(|source| IngestError::Io {
+    let file = fs::File::open(path).map_err(|source| IngestError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let bad = |line: usize, message: String| IngestError::BadLabelLine {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::io::BufReader::new(file));
+    let bad = |line: u64, message: String| IngestError::BadLabelLine {
         path: path.to_path_buf(),
-        line,
+        line: line as usize,
         message,
     };
     let mut labels = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || (i == 0 && line.starts_with("ImageId")) {
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            match e.into_kind() {
+                csv::ErrorKind::Io(source) => IngestError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                csv::ErrorKind::Utf8 { .. } => bad(line, "not UTF-8 text".into()),
+                other => bad(line, format!("unreadable CSV ({other:?})")),
+            }
+        })?;
+        let line = record.position().map_or(i as u64 + 1, |p| p.line());
+        let id = record.get(0).unwrap_or_default();
+        if record.iter().all(str::is_empty) || (i == 0 && id == "ImageId") {
             continue;
         }
-        let (id, prediction) = line
-            .split_once(',')
-            .ok_or_else(|| bad(i + 1, "expected `ImageId,PredictionString`".into()))?;
+        let prediction = record
+            .get(1)
+            .ok_or_else(|| bad(line, "expected `ImageId,PredictionString`".into()))?;
         let wnid = prediction
             .split_whitespace()
             .next()
-            .ok_or_else(|| bad(i + 1, format!("no label for {id}")))?;
-        if let Some(previous) = labels.insert(id.trim().to_string(), wnid.to_string()) {
+            .ok_or_else(|| bad(line, format!("no label for {id}")))?;
+        if let Some(previous) = labels.insert(id.to_string(), wnid.to_string()) {
             if previous != wnid {
                 return Err(bad(
-                    i + 1,
+                    line,
                     format!("{id} is labelled both {previous} and {wnid}"),
                 ));
             }
@@ -377,6 +467,7 @@ fn read_synset_names(path: &Path) -> Result<HashMap<String, String>, IngestError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageEncoder;
 
     fn touch(path: &Path) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -517,7 +608,12 @@ mod tests {
     fn unlabelled_val_image_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         layout(dir.path());
-        touch(&dir.path().join("val/ILSVRC2012_val_00000009.JPEG"));
+        // A JPEG by its first bytes (a stray non-image would be a reject instead).
+        fs::write(
+            dir.path().join("val/ILSVRC2012_val_00000009.JPEG"),
+            [0xFF, 0xD8, 0xFF, 0xE0, 0, 16],
+        )
+        .unwrap();
         let err = scan(dir.path(), None).unwrap_err();
         assert!(matches!(err, IngestError::UnlabelledVal { .. }), "{err}");
         assert!(err.to_string().contains("ILSVRC2012_val_00000009"));
@@ -537,6 +633,83 @@ mod tests {
             scan(empty.path(), None),
             Err(IngestError::MissingSplit { .. })
         ));
+    }
+
+    #[test]
+    fn a_bom_and_quoted_fields_in_the_label_file_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        fs::write(
+            dir.path().join(VAL_LABELS_FILE),
+            "\u{feff}ImageId,PredictionString\r\n\
+             \"ILSVRC2012_val_00000001\",\"n02000000 1 2 3 4\"\r\n\
+             ILSVRC2012_val_00000002,n01000000 1 2 3 4\r\n\
+             ILSVRC2012_val_00000003 , n03000000 1 2 3 4\r\n",
+        )
+        .unwrap();
+        let ds = scan(dir.path(), None).unwrap();
+        let labels: Vec<u32> = ds.val.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [1, 0, 2]);
+        assert!(
+            ds.warnings.is_empty(),
+            "no false row-count warning: {:?}",
+            ds.warnings
+        );
+    }
+
+    #[test]
+    fn a_stray_file_in_flat_val_is_a_reject_but_an_unlabelled_image_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        fs::write(dir.path().join("val/README.txt"), "about these images").unwrap();
+        let ds = scan(dir.path(), None).unwrap();
+        let stray: Vec<_> = ds
+            .val
+            .iter()
+            .filter(|s| s.stray)
+            .map(|s| s.rel.as_str())
+            .collect();
+        assert_eq!(stray, ["val/README.txt"]);
+        // A real image without a label is still an error.
+        let png = dir.path().join("val/ILSVRC2012_val_00000099.JPEG");
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(&[0u8; 3], 1, 1, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        fs::write(&png, bytes).unwrap();
+        let err = scan(dir.path(), None).unwrap_err();
+        assert!(matches!(err, IngestError::UnlabelledVal { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_file_names_stay_distinct() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("train/n01000000");
+        fs::create_dir_all(&class).unwrap();
+        for name in [
+            &b"c\xe9.JPEG"[..],
+            b"c\xe8.JPEG",
+            b"c\xff.JPEG",
+            "cé.JPEG".as_bytes(),
+        ] {
+            fs::write(class.join(OsStr::from_bytes(name)), b"x").unwrap();
+        }
+        touch(&dir.path().join("val/n01000000/v.JPEG"));
+        let ds = scan(dir.path(), None).unwrap();
+        let rels: Vec<_> = ds.train.iter().map(|s| s.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            [
+                // Byte order: 'é' is 0xc3 0xa9 in UTF-8.
+                "train/n01000000/cé.JPEG",
+                "train/n01000000/c\\xe8.JPEG",
+                "train/n01000000/c\\xe9.JPEG",
+                "train/n01000000/c\\xff.JPEG",
+            ]
+        );
+        assert_eq!(path_text(OsStr::new("a\\b")), "a\\\\b");
     }
 
     #[test]

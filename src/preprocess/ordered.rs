@@ -9,9 +9,25 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
+/// The worker threads could not be started.
+#[derive(Debug)]
+pub struct PoolError {
+    pub threads: usize,
+    pub message: String,
+}
+
+impl From<PoolError> for super::PreprocessError {
+    fn from(e: PoolError) -> Self {
+        super::PreprocessError::Threads {
+            threads: e.threads,
+            message: e.message,
+        }
+    }
+}
+
 /// Runs `work(state, i)` for every `i in 0..n` on `threads` workers (each with its own `state`
-/// from `init`) and calls `consume(i, result)` in increasing `i`. Stops early, without
-/// starting new work, when `consume` returns an error.
+/// from `init`; never more workers than items) and calls `consume(i, result)` in increasing
+/// `i`. Stops early, without starting new work, when `consume` returns an error.
 pub fn ordered_map<S, T, E>(
     n: usize,
     threads: usize,
@@ -22,14 +38,18 @@ pub fn ordered_map<S, T, E>(
 ) -> Result<(), E>
 where
     T: Send,
+    E: From<PoolError>,
 {
-    let threads = threads.max(1);
+    let threads = threads.clamp(1, n.max(1));
     let window = window.max(threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("preprocess-{i}"))
         .build()
-        .expect("creating worker threads");
+        .map_err(|e| PoolError {
+            threads,
+            message: e.to_string(),
+        })?;
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     // Lowest index not yet consumed; workers wait on it to stay within the window.
@@ -99,6 +119,19 @@ where
 mod tests {
     use super::*;
 
+    /// An error type for the tests: a failed item, or a pool that didn't start.
+    #[derive(Debug, PartialEq)]
+    enum TestError {
+        Item(usize),
+        Pool,
+    }
+
+    impl From<PoolError> for TestError {
+        fn from(_: PoolError) -> Self {
+            TestError::Pool
+        }
+    }
+
     #[test]
     fn results_arrive_in_order_whatever_the_thread_count() {
         for threads in [1, 2, 5] {
@@ -119,7 +152,7 @@ mod tests {
                 |i, v| {
                     assert_eq!(v, i * 3);
                     seen.push(i);
-                    Ok::<_, ()>(())
+                    Ok::<_, TestError>(())
                 },
             )
             .unwrap();
@@ -143,7 +176,7 @@ mod tests {
             },
             |i, _| {
                 consumed.store(i + 1, Ordering::SeqCst);
-                Ok::<_, ()>(())
+                Ok::<_, TestError>(())
             },
         )
         .unwrap();
@@ -162,15 +195,48 @@ mod tests {
                 started.fetch_add(1, Ordering::SeqCst);
                 i
             },
-            |i, _| if i == 10 { Err(i) } else { Ok(()) },
+            |i, _| {
+                if i == 10 {
+                    Err(TestError::Item(i))
+                } else {
+                    Ok(())
+                }
+            },
         )
         .unwrap_err();
-        assert_eq!(err, 10);
+        assert_eq!(err, TestError::Item(10));
         assert!(started.load(Ordering::SeqCst) < 100);
     }
 
     #[test]
+    fn a_huge_thread_count_starts_no_more_workers_than_items() {
+        let names = Mutex::new(std::collections::BTreeSet::new());
+        ordered_map(
+            3,
+            100_000,
+            4,
+            || (),
+            |_, i| {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                names.lock().unwrap().insert(name);
+                i
+            },
+            |_, _| Ok::<_, TestError>(()),
+        )
+        .unwrap();
+        assert!(names.lock().unwrap().len() <= 3);
+    }
+
+    #[test]
     fn zero_items_is_fine() {
-        ordered_map(0, 3, 4, || (), |_, i| i, |_, _| Err::<(), _>(())).unwrap();
+        ordered_map(
+            0,
+            3,
+            4,
+            || (),
+            |_, i| i,
+            |_, _| Err::<(), _>(TestError::Pool),
+        )
+        .unwrap();
     }
 }

@@ -46,6 +46,7 @@ pub fn run<D: TrainDevice>(
     let mut model = AlexNet::<f32, D>::new(dev, spec, pipeline.train.seed);
     let t = &pipeline.train;
     let mut sgd = Sgd::new(dev, &model, t.momentum, t.weight_decay);
+    data.check_crop(loader_cfg.crop_size)?;
     let mut input = InputStage::new(dev, &data, loader_cfg);
     let mut loader = Loader::start(data.clone(), LoaderOptions::train(loader_cfg, Output::U8))?;
     let lr = t.learning_rate;
@@ -59,7 +60,7 @@ pub fn run<D: TrainDevice>(
             timed_started = Instant::now();
         }
         let started = Instant::now();
-        let batch = loader.next().expect("the training stream is endless");
+        let batch = loader.next().expect("the training stream is endless")?;
         let x = input.prepare(dev, &batch);
         let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
         let (loss, _) = train_step(&mut model, &mut sgd, x, &batch.labels, masks.as_ref(), lr);
@@ -76,7 +77,7 @@ pub fn run<D: TrainDevice>(
     let mut phases: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
     for i in 0..profile_steps {
-        let batch = loader.next().expect("the training stream is endless");
+        let batch = loader.next().expect("the training stream is endless")?;
         let mut clock = Instant::now();
         let mut lap = |dev: &D| {
             dev.synchronize();

@@ -4,13 +4,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Whether `label` is the top-1 and among the top-5 scores of one row of logits (or
-/// probabilities). Ties count against the label, so a constant output never scores.
+/// probabilities). Ties count against the label, so a constant output never scores, and so
+/// does NaN: a score that is not below the label's (NaN compares false with everything)
+/// ranks above it, so a NaN label score ranks last and a NaN elsewhere ranks first.
 pub fn top1_top5<T: PartialOrd + Copy>(scores: &[T], label: usize) -> (bool, bool) {
     let target = scores[label];
+    if target.partial_cmp(&target).is_none() {
+        return (false, false); // NaN: not even a top-5 hit among few classes
+    }
     let above = scores
         .iter()
         .enumerate()
-        .filter(|&(i, &s)| i != label && s >= target)
+        .filter(|&(i, &s)| i != label && s.partial_cmp(&target) != Some(std::cmp::Ordering::Less))
         .count();
     (above == 0, above < 5)
 }
@@ -137,6 +142,17 @@ mod tests {
         assert_eq!(top1_top5(&scores, 0), (false, false)); // five scores above 0.1
         assert_eq!(top1_top5(&[1.0; 4], 2), (false, true));
         assert_eq!(top1_top5(&[1.0; 8], 2), (false, false));
+    }
+
+    #[test]
+    fn nan_never_ranks_as_a_hit() {
+        assert_eq!(top1_top5(&[f32::NAN; 10], 3), (false, false));
+        assert_eq!(top1_top5(&[0.1, f32::NAN, 0.2], 1), (false, false));
+        assert_eq!(top1_top5(&[0.1, f32::NAN, 0.2], 2), (false, true));
+        let mut tally = Tally::default();
+        tally.add(&[f32::NAN; 8], 4, &[0, 1], f64::NAN);
+        assert_eq!((tally.top1, tally.top5), (0, 0));
+        assert_eq!(tally.top1_error(), 1.0);
     }
 
     #[test]

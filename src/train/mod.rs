@@ -58,14 +58,24 @@ pub enum TrainError {
     #[error("the training and validation shards disagree: {0}; preprocess them together")]
     DataMismatch(String),
     #[error(
-        "the loss became {loss} at step {step} (epoch {epoch}); stopped without saving. {hint}"
+        "training diverged at step {step} (epoch {epoch}): {what}; stopped without saving. {hint}"
     )]
-    NonFinite {
+    Diverged {
         step: u64,
         epoch: u64,
-        loss: f32,
+        what: String,
         hint: String,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error("the {split} loader ended after {got} of {expected} images without saying why")]
+    ShortStream {
+        split: Split,
+        got: u64,
+        expected: u64,
+    },
+    #[error("{run} is already at step {step}; --stop-after-steps {limit} would train nothing")]
+    AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -171,6 +181,7 @@ where
 {
     let (train_data, val_data) = open_data(&options.data)?;
     let pipeline = &options.pipeline;
+    train_data.check_crop(pipeline.loader.crop_size)?;
     let spec = Spec::new(
         &pipeline.model,
         pipeline.loader.crop_size as usize,
@@ -186,6 +197,16 @@ where
         );
         return Ok(trainer.outcome(false, None));
     }
+    if let Some(limit) = options
+        .stop_after_steps
+        .filter(|&n| trainer.state.step >= n)
+    {
+        return Err(TrainError::AlreadyPastStop {
+            run: options.run.clone(),
+            step: trainer.state.step,
+            limit,
+        });
+    }
     trainer.print_header(&options, train_data.len());
 
     let mut loader_options = LoaderOptions::train(&pipeline.loader, Output::U8);
@@ -199,8 +220,8 @@ where
     );
     bar.start_epoch(&trainer.state, epochs);
     while let Some(batch) = loader.next() {
+        let batch = batch?;
         let loss = trainer.step(&batch)?;
-        loader.recycle(batch);
         bar.step(&trainer.state, loss);
 
         if trainer.epoch_finished() {
@@ -211,7 +232,7 @@ where
                 bar.start_epoch(&trainer.state, epochs);
             }
         } else if trainer.checkpoint_due() {
-            trainer.save_checkpoint()?;
+            trainer.save_checkpoint(Some(&batch))?;
         }
 
         let stop_now = options.stop.load(Ordering::Relaxed)
@@ -220,9 +241,17 @@ where
                 .is_some_and(|n| trainer.state.step >= n);
         if stop_now && trainer.state.epoch < epochs {
             bar.finish_epoch();
-            let path = trainer.save_checkpoint()?;
+            let path = trainer.save_checkpoint(Some(&batch))?;
             return Ok(trainer.outcome(true, Some(path)));
         }
+        loader.recycle(batch);
+    }
+    if trainer.state.epoch < epochs {
+        return Err(TrainError::ShortStream {
+            split: Split::Train,
+            got: trainer.state.sample as u64,
+            expected: train_data.len() as u64,
+        });
     }
     let last = trainer.latest_checkpoint.clone();
     Ok(trainer.outcome(false, last))
@@ -247,6 +276,54 @@ fn open_data(dataset: &Path) -> Result<(Arc<LoaderData>, Arc<LoaderData>), Train
     Ok((Arc::new(train), Arc::new(val)))
 }
 
+/// Training has diverged when the loss is not a number, or when its mean over the last few
+/// hundred images exceeds `limit` (by default ten times the loss of a uniform guess, which
+/// no run that is learning comes near, while a run whose weights blow up passes it at once).
+struct DivergenceGuard {
+    recent: std::collections::VecDeque<f32>,
+    window: usize,
+    limit: f64,
+}
+
+impl DivergenceGuard {
+    /// Images the mean loss is taken over.
+    const IMAGES: usize = 256;
+
+    fn new(config: &crate::config::TrainConfig, batch_size: usize, classes: usize) -> Self {
+        let limit = if config.max_loss > 0.0 {
+            config.max_loss
+        } else {
+            10.0 * (classes.max(2) as f64).ln()
+        };
+        let window = Self::IMAGES.div_ceil(batch_size.max(1));
+        Self {
+            recent: std::collections::VecDeque::with_capacity(window),
+            window,
+            limit,
+        }
+    }
+
+    /// What is wrong with the run after a step with this loss, if anything.
+    fn observe(&mut self, loss: f32) -> Option<String> {
+        if !loss.is_finite() {
+            return Some(format!("the training loss became {loss}"));
+        }
+        if self.recent.len() == self.window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(loss);
+        let mean = self.recent.iter().map(|&l| l as f64).sum::<f64>() / self.recent.len() as f64;
+        (mean > self.limit).then(|| {
+            format!(
+                "the mean training loss over the last {} step(s) is {mean:.4e}, above train.max_loss \
+                 = {:.2} (ten times the loss of guessing)",
+                self.recent.len(),
+                self.limit
+            )
+        })
+    }
+}
+
 /// The model, optimiser, state and logs of a run in progress.
 struct Trainer<D: TrainDevice> {
     dev: D,
@@ -266,6 +343,10 @@ struct Trainer<D: TrainDevice> {
     /// When the current stretch of training (since the last save or epoch end) began.
     clock: Instant,
     last_epoch: Option<EpochRecord>,
+    guard: DivergenceGuard,
+    dataset: state::DatasetId,
+    /// Held while the run directory is being written.
+    _lock: crate::lock::DirLock,
 }
 
 impl<D: TrainDevice> Trainer<D> {
@@ -279,7 +360,13 @@ impl<D: TrainDevice> Trainer<D> {
     ) -> Result<Self, TrainError> {
         let pipeline = options.pipeline.clone();
         let run = RunDir::new(&options.run);
+        std::fs::create_dir_all(&run.root).map_err(io_error(&run.root))?;
+        let lock = crate::lock::DirLock::acquire(&run.root, "`alexnet train`")?;
         let classes: Vec<String> = train_data.classes.iter().map(|c| c.wnid.clone()).collect();
+        let dataset = state::DatasetId {
+            train: train_data.fingerprint.clone(),
+            val: val_data.fingerprint.clone(),
+        };
         let existing = run
             .latest_checkpoint()
             .map_err(io_error(&run.checkpoints()))?;
@@ -294,7 +381,7 @@ impl<D: TrainDevice> Trainer<D> {
             }
             (true, Some(path)) => {
                 let check = |saved: &Pipeline| check_resumable(saved, &pipeline, &run);
-                let restored = state::load(&path, &spec, &classes, &dev, check)?;
+                let restored = state::load(&path, &spec, &classes, &dataset, &dev, check)?;
                 let t = &pipeline.train;
                 let sgd = Sgd {
                     momentum: t.momentum,
@@ -329,6 +416,7 @@ impl<D: TrainDevice> Trainer<D> {
                 "batch size {batch} is larger than the {n} training images"
             ))));
         }
+        let guard = DivergenceGuard::new(&pipeline.train, loader.batch_size, classes.len());
         Ok(Self {
             input: InputStage::new(&dev, train_data, loader),
             dev,
@@ -346,6 +434,9 @@ impl<D: TrainDevice> Trainer<D> {
             latest_checkpoint: latest,
             clock: Instant::now(),
             last_epoch: None,
+            guard,
+            dataset,
+            _lock: lock,
         })
     }
 
@@ -401,21 +492,8 @@ impl<D: TrainDevice> Trainer<D> {
         let labels = &batch.labels;
         let (model, sgd) = (&mut self.model, &mut self.sgd);
         let (value, host_logits) = train_step(model, sgd, x, labels, masks.as_ref(), lr);
-        if !value.is_finite() {
-            let hint = match &self.latest_checkpoint {
-                Some(path) => format!(
-                    "The last good checkpoint is {}; lower train.learning_rate in the pipeline, \
-                     or check the data, then continue with --resume.",
-                    path.display()
-                ),
-                None => "No checkpoint was written yet; lower train.learning_rate.".into(),
-            };
-            return Err(TrainError::NonFinite {
-                step: self.state.step + 1,
-                epoch: self.state.epoch + 1,
-                loss: value,
-                hint,
-            });
+        if let Some(what) = self.guard.observe(value) {
+            return Err(self.diverged(self.state.step + 1, what));
         }
         let classes = self.model.spec.classes;
         self.state
@@ -436,6 +514,24 @@ impl<D: TrainDevice> Trainer<D> {
         Ok(value)
     }
 
+    /// The error for a run that diverged at `step`, naming the checkpoint to go back to.
+    fn diverged(&self, step: u64, what: String) -> TrainError {
+        let hint = match &self.latest_checkpoint {
+            Some(path) => format!(
+                "The last good checkpoint is {}; lower train.learning_rate in the pipeline (or \
+                 raise loader.batch_size), or check the data, then continue with --resume.",
+                path.display()
+            ),
+            None => "No checkpoint was written yet; lower train.learning_rate.".into(),
+        };
+        TrainError::Diverged {
+            step,
+            epoch: self.state.epoch + 1,
+            what,
+            hint,
+        }
+    }
+
     fn epoch_finished(&self) -> bool {
         let batch = self.pipeline.loader.batch_size;
         let left = self.train_images - self.state.sample;
@@ -451,6 +547,10 @@ impl<D: TrainDevice> Trainer<D> {
     fn finish_epoch(&mut self) -> Result<EpochRecord, TrainError> {
         self.account_time();
         let val = self.validate()?;
+        if !val.loss().is_finite() {
+            let what = format!("the validation loss is {}", val.loss());
+            return Err(self.diverged(self.state.step, what));
+        }
         let record = EpochRecord {
             epoch: self.state.epoch + 1,
             step: self.state.step,
@@ -469,7 +569,7 @@ impl<D: TrainDevice> Trainer<D> {
         self.metrics
             .append(&record.csv_row())
             .map_err(io_error(&self.run.metrics()))?;
-        self.save_checkpoint()?;
+        self.save_checkpoint(None)?;
         self.last_epoch = Some(record.clone());
         Ok(record)
     }
@@ -481,10 +581,18 @@ impl<D: TrainDevice> Trainer<D> {
         let classes = self.model.spec.classes;
         let mut tally = Tally::default();
         for batch in loader {
+            let batch = batch?;
             let x = self.input.prepare(&self.dev, &batch);
             let logits = self.model.forward(x, None).as_vec();
             let loss = metrics::cross_entropy(&logits, classes, &batch.labels);
             tally.add(&logits, classes, &batch.labels, loss);
+        }
+        if tally.images != self.val_data.len() as u64 {
+            return Err(TrainError::ShortStream {
+                split: Split::Val,
+                got: tally.images,
+                expected: self.val_data.len() as u64,
+            });
         }
         Ok(tally)
     }
@@ -497,17 +605,41 @@ impl<D: TrainDevice> Trainer<D> {
         self.clock = Instant::now();
     }
 
-    fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+    /// Saves the current state. The weights must be good: finite, and (when `last_batch` is
+    /// given, i.e. between validations) giving a sane loss on the batch that produced them,
+    /// which no loss has judged yet.
+    fn save_checkpoint(&mut self, last_batch: Option<&Batch>) -> Result<PathBuf, TrainError> {
+        if let Some(batch) = last_batch {
+            let x = self.input.prepare(&self.dev, batch);
+            let logits = self.model.forward(x, None).as_vec();
+            let loss = metrics::cross_entropy(&logits, self.model.spec.classes, &batch.labels);
+            if loss.is_nan() || loss > self.guard.limit {
+                let what = format!(
+                    "the weights about to be saved give a loss of {loss:.4e} on the last batch"
+                );
+                return Err(self.diverged(self.state.step, what));
+            }
+        }
         self.account_time();
         let path = self.run.checkpoint(self.state.step);
-        state::save(
+        let saved = state::save(
             &path,
             &self.model,
             &self.sgd,
             &self.state,
             &self.pipeline,
             &self.classes,
-        )?;
+            &self.dataset,
+        );
+        // Weights that are no longer numbers must never become a "last good checkpoint".
+        if let Err(TrainError::Checkpoint(CheckpointError::NonFinite {
+            name, index, value, ..
+        })) = &saved
+        {
+            let what = format!("{name}[{index}] became {value}");
+            return Err(self.diverged(self.state.step, what));
+        }
+        saved?;
         self.run
             .prune(self.pipeline.train.keep_checkpoints)
             .map_err(io_error(&self.run.checkpoints()))?;
@@ -683,4 +815,54 @@ pub fn thousands(n: u64) -> String {
         out.push(ch);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(batch_size: usize, classes: usize) -> DivergenceGuard {
+        DivergenceGuard::new(&crate::config::TrainConfig::default(), batch_size, classes)
+    }
+
+    #[test]
+    fn the_guard_stops_a_batch_of_one_at_a_huge_but_finite_loss() {
+        // The limit is ten times a uniform guess: 10 · ln(1000) ≈ 69.
+        let mut g = guard(1, 1000);
+        assert!(g.observe(6.9).is_none());
+        let what = g.observe(4e31).expect("4e31 is divergence");
+        assert!(what.contains("mean training loss"), "{what}");
+    }
+
+    #[test]
+    fn one_bad_image_in_a_window_of_many_is_not_divergence() {
+        // Batches of one are averaged over 256 steps, so a single confidently wrong image
+        // (loss 100) among ordinary ones does not stop a run.
+        let mut g = guard(1, 1000);
+        for _ in 0..255 {
+            assert!(g.observe(5.0).is_none());
+        }
+        assert!(g.observe(100.0).is_none());
+        assert_eq!(g.window, 256);
+        // With batches of 128 the window is two steps.
+        assert_eq!(guard(128, 1000).window, 2);
+    }
+
+    #[test]
+    fn nan_and_infinity_are_divergence_at_once() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            assert!(guard(128, 10).observe(bad).is_some());
+        }
+    }
+
+    #[test]
+    fn max_loss_overrides_the_default_limit() {
+        let config = crate::config::TrainConfig {
+            max_loss: 3.0,
+            ..Default::default()
+        };
+        let mut g = DivergenceGuard::new(&config, 128, 1000);
+        assert!(g.observe(2.9).is_none());
+        assert!(g.observe(3.5).is_some());
+    }
 }

@@ -67,6 +67,13 @@ impl TrainState {
     }
 }
 
+/// Which data a run trains on: the manifest's fingerprints of its two splits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetId {
+    pub train: String,
+    pub val: String,
+}
+
 /// The run directory's paths.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -146,6 +153,7 @@ pub fn save<D: Device<f32>>(
     state: &TrainState,
     pipeline: &Pipeline,
     classes: &[String],
+    dataset: &DatasetId,
 ) -> Result<(), TrainError> {
     let mut file = TensorFile::default();
     let layers = model.layers();
@@ -170,6 +178,10 @@ pub fn save<D: Device<f32>>(
         serde_json::to_string(classes).expect("strings serialise"),
     );
     meta.insert("input_size".into(), model.spec.input.to_string());
+    meta.insert(
+        "dataset".into(),
+        serde_json::to_string(dataset).expect("strings serialise"),
+    );
     file.write(path)?;
     Ok(())
 }
@@ -187,12 +199,14 @@ pub struct Restored<D: Device<f32>> {
     pub pipeline: Pipeline,
 }
 
-/// Reads a training checkpoint written by `save`, checking it against `classes`, its saved
-/// pipeline with `check_pipeline`, and then its tensors against `spec`.
+/// Reads a training checkpoint written by `save`, checking it against `classes` and the
+/// `dataset` it continues on, its saved pipeline with `check_pipeline`, and then its tensors
+/// against `spec`.
 pub fn load<D: Device<f32>>(
     path: &Path,
     spec: &Spec,
     classes: &[String],
+    dataset: &DatasetId,
     dev: &D,
     check_pipeline: impl FnOnce(&Pipeline) -> Result<(), TrainError>,
 ) -> Result<Restored<D>, TrainError> {
@@ -228,6 +242,18 @@ pub fn load<D: Device<f32>>(
             saved_classes.first().map_or("", |s| s.as_str()),
             classes.len(),
             classes.first().map_or("", |s| s.as_str()),
+        )));
+    }
+    let trained_on: DatasetId =
+        serde_json::from_str(meta("dataset")?).map_err(|e| bad(format!("bad dataset: {e}")))?;
+    if &trained_on != dataset {
+        return Err(bad(format!(
+            "it was trained on other data (the same {} classes, but a different dataset: train \
+             fingerprint {}, these shards have {}); resume on the shards it was trained on, or \
+             start a new --run",
+            classes.len(),
+            trained_on.train,
+            dataset.train
         )));
     }
     check_pipeline(&pipeline)?;

@@ -209,3 +209,59 @@ pub fn latest_checkpoint(run: &Path) -> PathBuf {
     all.sort();
     all.pop().expect("a checkpoint")
 }
+
+/// Writes `file`'s tensors as a PyTorch user would (`safetensors` with no metadata at all:
+/// no checksums, no training state), with the `safetensors` crate rather than our writer.
+pub fn write_foreign_checkpoint(path: &Path, file: &alexnet::model::checkpoint::TensorFile) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = file
+        .tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), raw, shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(name, raw, shape)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::tensor::Dtype::F32,
+                shape.clone(),
+                raw,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Overwrites `len` bytes of `path` at `offset` in place (same inode, as a failing disk
+/// would), with `f` applied to each.
+pub fn damage(path: &Path, offset: usize, len: usize, f: impl Fn(u8) -> u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for b in &mut bytes[offset..offset + len] {
+        *b = f(*b);
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.write_all(&bytes).unwrap();
+}
+
+/// `cp -r`: a copy of a directory tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (rel, bytes) in tree(from) {
+        let path = to.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Asserts that the output of a failed command does not show a panic.
+pub fn assert_no_panic(stderr: &str) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "a panic instead of an error message:\n{stderr}"
+    );
+}
