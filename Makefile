@@ -16,6 +16,8 @@ EPOCHS   ?=
 CUDA     ?=
 RESUME   ?=
 CHECKPOINT ?=
+# VERIFY=1: preprocess also re-reads every stored record against its checksum.
+VERIFY   ?=
 
 CARGO ?= cargo
 BIN   := target/release/alexnet
@@ -27,7 +29,7 @@ INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
 help:
 	@echo "make demo                 generate sample data, preprocess it, export a few images"
-	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n]"
+	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n] [VERIFY=1]"
 	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
 	@echo "make contact-sheet        PNG grid of augmented training samples, OUT/contact-sheet.png"
 	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1] [RESUME=1]"
@@ -47,7 +49,7 @@ $(SAMPLE)/LOC_synset_mapping.txt: | build
 sample: $(SAMPLE)/LOC_synset_mapping.txt
 
 preprocess: build $(if $(SRC),,sample)
-	$(BIN) preprocess --input $(INPUT) --output $(OUT) --pipeline $(PIPELINE_FILE) --jobs $(JOBS)
+	$(BIN) preprocess --input $(INPUT) --output $(OUT) --pipeline $(PIPELINE_FILE) --jobs $(JOBS) $(if $(VERIFY),--verify)
 
 export: build
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export

@@ -201,7 +201,8 @@ struct PreprocessArgs {
     /// ImageNet-style input: train/<wnid>/*.JPEG and val/ (flat with LOC_val_solution.csv, or val/<wnid>/).
     #[arg(long)]
     input: PathBuf,
-    /// Output directory for shards; an interrupted run resumes when given the same one.
+    /// Output directory for shards; given again, an interrupted run resumes and a finished
+    /// one is checked against its inputs and repaired.
     #[arg(long)]
     output: PathBuf,
     /// Pipeline file (TOML); without it, the paper's settings (256×256).
