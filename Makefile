@@ -25,7 +25,7 @@ FEATURES := $(if $(CUDA),--features cuda,)
 PIPELINE_FILE := pipelines/$(PIPELINE).toml
 INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
-.PHONY: help build demo sample preprocess export contact-sheet train evaluate test bench bench-pillow bench-loader clean-data fmt
+.PHONY: help tools build demo sample preprocess export contact-sheet train evaluate test bench bench-pillow bench-photos bench-loader clean-data fmt
 
 help:
 	@echo "make demo                 generate sample data, preprocess it, export a few images"
@@ -35,9 +35,17 @@ help:
 	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1] [RESUME=1]"
 	@echo "make evaluate [PIPELINE=..] [DATA=..] [RUN=..] [CHECKPOINT=file] [CUDA=1]"
 	@echo "make test                 the whole test suite (CPU only)"
-	@echo "make bench                criterion benchmarks + preprocessing vs Pillow"
+	@echo "make bench                criterion benchmarks + preprocessing vs Pillow (generated and real photos)"
 
-build:
+# libjpeg-turbo is built from source into the binary: that needs cmake, nasm and a C compiler.
+tools:
+	@missing=""; for t in cmake nasm cc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "building needs:$$missing (for libjpeg-turbo); on Debian/Ubuntu: sudo apt-get install cmake nasm gcc" >&2; \
+		exit 1; \
+	fi
+
+build: tools
 	$(CARGO) build --release --locked $(FEATURES)
 
 $(BIN): build
@@ -69,12 +77,13 @@ evaluate: build
 	$(BIN) evaluate --data $(if $(DATA),$(DATA),$(OUT)) --run $(RUN) --pipeline $(PIPELINE_FILE) \
 		--device $(if $(CUDA),cuda,cpu) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
-test:
+test: tools
 	$(CARGO) test --locked
 
 bench: build
 	$(CARGO) bench --locked
 	$(MAKE) bench-pillow
+	$(MAKE) bench-photos
 	$(MAKE) bench-loader
 
 # The training loader alone against the bare copy loop, on the 256×256 shards bench-pillow made.
@@ -89,6 +98,12 @@ contact-sheet: build
 bench-pillow: build
 	python3 -m pip install --quiet --disable-pip-version-check 'Pillow>=10'
 	python3 benches/preprocess_vs_pillow.py
+
+# Real photographs (Debian's wallpaper packages, fetched here, plus Pillow re-encodings) against
+# the Pillow pipeline: speed, CPU time, memory, a profile and parity.
+bench-photos: build
+	python3 -m pip install --quiet --disable-pip-version-check 'Pillow>=10'
+	python3 benches/real_photos.py
 
 clean-data:
 	rm -rf data

@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     let d = decode_bytes(bytes, &options).unwrap();
                     let source = (d.source_width, d.source_height);
-                    resizer.resize_shrunk_into(&d.image, source, d.shrink, &mut out);
+                    resizer.resize_shrunk_into(&d.image, source, d.eighths, &mut out);
                 })
             });
         }

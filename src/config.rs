@@ -189,9 +189,9 @@ pub struct PreprocessConfig {
     pub max_pixels: u64,
     /// Files larger than this many bytes are rejected without being read.
     pub max_file_bytes: u64,
-    /// Decode JPEGs whose shorter side is at least 8× `image_size` at 1/2 or 1/4 scale in the
-    /// DCT domain (keeping at least 4× `image_size`): faster on large photos, within a fraction
-    /// of a level of a full decode. ImageNet-sized photos are never shrunk.
+    /// Decode baseline JPEGs whose shorter side is at least 4× `image_size` at 1/2 or 1/4
+    /// scale in the DCT domain (keeping at least 2× `image_size`): faster on large photos,
+    /// within a fraction of a level of a full decode. ImageNet-sized photos are never shrunk.
     pub jpeg_shrink_on_load: bool,
     /// Stop with an error when more than this fraction of a split's inputs are rejected
     /// (after at least 100 inputs): that points at a systemic problem, not at bad files.

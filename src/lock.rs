@@ -1,16 +1,35 @@
-//! Exclusive locks on output directories, so that two processes never write one directory.
+//! Locks on output directories, so that two processes never write the same files.
 //!
-//! The lock is an OS file lock (`flock`) on `DIR/.alexnet.lock`, which also names the holder
-//! (program, pid, host, start time) for the error the loser prints. The OS releases the lock
-//! when the holder dies, however it dies, so a `kill -9` never leaves a stale lock behind.
-//! The file is removed on a clean exit; a process that opened it just before the removal sees
-//! that the path no longer names the file it locked and tries again.
+//! A lock is an OS file lock (`flock`) on a file in the directory (`DIR/.alexnet.lock` for the
+//! whole directory), which also names the holder (pid, host, command) for the error the loser
+//! prints. The OS releases the lock when the holder dies, however it dies, so a `kill -9`
+//! never leaves a stale lock behind.
+//!
+//! Parts of one preprocessing job share the directory lock and each hold their own part's
+//! lock exclusively; a whole-directory run or a merge holds the directory lock exclusively.
+//! An exclusive holder removes its lock file on a clean exit (a process that opened it just
+//! before sees that the path no longer names the file it locked, and tries again); shared
+//! holders leave it, since others may still hold it.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = ".alexnet.lock";
+
+/// Whether a file name is one of this module's lock files.
+pub fn is_lock_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with(LOCK_FILE))
+}
+
+/// How a lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nobody else may hold it.
+    Exclusive,
+    /// Others may hold it shared too, but nobody exclusively.
+    Shared,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -35,14 +54,26 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct DirLock {
     path: PathBuf,
+    mode: Mode,
     _file: File,
 }
 
 impl DirLock {
-    /// Locks `dir` (which must exist) for `what` (e.g. "`alexnet preprocess`"), or says who
-    /// holds it.
+    /// Locks `dir` (which must exist) exclusively for `what` (e.g. "`alexnet preprocess`"),
+    /// or says who holds it.
     pub fn acquire(dir: &Path, what: &str) -> Result<Self, LockError> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_named(dir, LOCK_FILE, Mode::Exclusive, what)
+    }
+
+    /// Locks the lock file `name` in `dir` (a name starting with `LOCK_FILE`) in `mode`.
+    pub fn acquire_named(
+        dir: &Path,
+        name: &str,
+        mode: Mode,
+        what: &str,
+    ) -> Result<Self, LockError> {
+        debug_assert!(name.starts_with(LOCK_FILE));
+        let path = dir.join(name);
         let io = |source| LockError::Io {
             path: path.clone(),
             source,
@@ -55,7 +86,11 @@ impl DirLock {
                 .truncate(false)
                 .open(&path)
                 .map_err(io)?;
-            match file.try_lock() {
+            let locked = match mode {
+                Mode::Exclusive => file.try_lock(),
+                Mode::Shared => file.try_lock_shared(),
+            };
+            match locked {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     let mut holder = String::new();
@@ -80,7 +115,11 @@ impl DirLock {
             }
             file.set_len(0).map_err(io)?;
             writeln!(file, "{}", holder_description()).map_err(io)?;
-            return Ok(Self { path, _file: file });
+            return Ok(Self {
+                path,
+                mode,
+                _file: file,
+            });
         }
     }
 }
@@ -88,7 +127,9 @@ impl DirLock {
 impl Drop for DirLock {
     fn drop(&mut self) {
         // Removed while still locked, so nobody can lock the old file and think it current.
-        let _ = fs::remove_file(&self.path);
+        if self.mode == Mode::Exclusive {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -142,6 +183,30 @@ mod tests {
         assert!(!dir.path().join(LOCK_FILE).exists(), "removed on release");
         let again = DirLock::acquire(dir.path(), "x").unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn shared_holders_exclude_an_exclusive_one_but_not_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirLock::acquire_named(dir.path(), LOCK_FILE, Mode::Shared, "part 0").unwrap();
+        let b = DirLock::acquire_named(dir.path(), LOCK_FILE, Mode::Shared, "part 1").unwrap();
+        assert!(DirLock::acquire(dir.path(), "merge").is_err());
+        drop(a);
+        assert!(
+            DirLock::acquire(dir.path(), "merge").is_err(),
+            "b still holds it"
+        );
+        drop(b);
+        assert!(
+            dir.path().join(LOCK_FILE).exists(),
+            "shared holders leave the file"
+        );
+        let merge = DirLock::acquire(dir.path(), "merge").unwrap();
+        assert!(DirLock::acquire_named(dir.path(), LOCK_FILE, Mode::Shared, "late").is_err());
+        drop(merge);
+        assert!(is_lock_file(std::ffi::OsStr::new(
+            ".alexnet.lock.part-0-of-3"
+        )));
     }
 
     #[test]

@@ -218,6 +218,18 @@ struct PreprocessArgs {
     /// checksum (reads all shards), and rebuild the shards that fail.
     #[arg(long)]
     verify: bool,
+    /// Print where the time went (reading, decoding by kind of file, resizing, writing).
+    #[arg(long)]
+    profile: bool,
+    /// Build only part I of N (0 <= I < N): the shards whose number is I modulo N, so that N
+    /// machines (or processes) share the work, into one shared --output or one each. The last
+    /// part to finish in a directory merges the parts into the complete dataset.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    part: Option<alexnet::preprocess::Part>,
+    /// Combine finished parts (e.g. copied together from per-machine directories) into the
+    /// complete dataset: byte-identical to a single-machine run.
+    #[arg(long)]
+    merge: bool,
 }
 
 /// A worker-thread count: 1 to `config::MAX_THREADS`.
@@ -377,10 +389,18 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
         val_labels: args.val_labels,
         progress: progress_mode(),
         verify: args.verify,
+        profile: args.profile,
+        part: args.part,
+        merge: args.merge,
     };
     let size = pipeline.preprocess.image_size;
+    let what = match (options.part, options.merge) {
+        (Some(part), _) => format!("part {part} of preprocessing"),
+        (None, true) => "merging the parts of".to_string(),
+        (None, false) => "preprocessing".to_string(),
+    };
     eprintln!(
-        "preprocessing {} → {} ({} pipeline, {size}×{size}, {jobs} jobs)",
+        "{what} {} → {} ({} pipeline, {size}×{size}, {jobs} jobs)",
         options.input.display(),
         options.output.display(),
         pipeline.name,

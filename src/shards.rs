@@ -43,6 +43,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PLAN_FILE: &str = "plan.json";
 pub const MEAN_FILE: &str = "mean.npy";
 pub const REJECTS_FILE: &str = "rejects.parquet";
+/// Where the parts of a job split over machines leave their receipts until they are merged.
+pub const PARTS_DIR: &str = "parts";
 
 /// The fix for damage a plain re-run finds: missing, truncated or unreadable files.
 pub const FIX: &str = "re-run `alexnet preprocess` with the same arguments to rebuild it";
@@ -379,9 +381,13 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename.
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename. The temporary name
+/// holds the process id, so that processes writing the same file at once (parts of one job
+/// writing `plan.json`) each rename a whole file of their own.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let tmp = tmp_path(path);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(name);
     let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
     file.write_all(bytes).map_err(io_err(&tmp))?;
     file.sync_all().map_err(io_err(&tmp))?;
@@ -736,6 +742,49 @@ pub struct ShardReceipt {
     pub index_checksum: String,
     /// Inputs of this shard that were not stored, in input order.
     pub rejects: Vec<Reject>,
+}
+
+/// `parts/part-I-of-N.json`: part `I` of `N` has finished its shards (written last, after
+/// the training-pixel sums beside it, `parts/part-I-of-N.sums`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartReceipt {
+    pub format_version: u32,
+    pub part: u32,
+    pub parts: u32,
+    /// Per split, this part's shards and the `file_checksum` of each one's receipt, so that
+    /// a shard rebuilt since makes the part out of date.
+    pub shards: std::collections::BTreeMap<Split, Vec<PartShard>>,
+    /// `file_checksum` of the sums file.
+    pub sums_checksum: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartShard {
+    pub shard: u32,
+    pub receipt_checksum: String,
+}
+
+impl PartReceipt {
+    /// `(receipt, sums)` paths of part `part` of `parts`.
+    pub fn paths(dataset: &Path, part: u32, parts: u32) -> (PathBuf, PathBuf) {
+        let dir = dataset.join(PARTS_DIR);
+        let stem = format!("part-{part}-of-{parts}");
+        (
+            dir.join(format!("{stem}.json")),
+            dir.join(format!("{stem}.sums")),
+        )
+    }
+
+    /// `(part, parts)` of a receipt file name.
+    pub fn parse_name(name: &str) -> Option<(u32, u32)> {
+        let (part, parts) = name
+            .strip_prefix("part-")?
+            .strip_suffix(".json")?
+            .split_once("-of-")?;
+        Some((part.parse().ok()?, parts.parse().ok()?))
+    }
 }
 
 /// An input that was not stored, and why.

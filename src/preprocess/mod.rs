@@ -14,6 +14,7 @@ pub mod decode;
 pub mod ingest;
 pub mod ordered;
 pub mod plan;
+pub mod profile;
 pub mod resize;
 pub mod write;
 
@@ -24,7 +25,8 @@ use std::time::Duration;
 use crate::config::Pipeline;
 use crate::shards::{self, Manifest, ShardError, Split, MANIFEST_FILE, PLAN_FILE, REJECTS_FILE};
 use ingest::IngestError;
-use plan::{Check, Plan, SplitWork};
+pub use plan::Part;
+use plan::{Access, Check, Plan, SplitWork};
 use write::{MeanAccumulator, MeanSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,21 @@ pub enum PreprocessError {
     NoTrainingImages { path: PathBuf },
     #[error("cannot start {threads} worker threads ({message}); use fewer --jobs")]
     Threads { threads: usize, message: String },
+    #[error("parts {parts} have not finished (no receipt in parts/); run them (--part I/N with the same arguments), then merge")]
+    PartsMissing { parts: String },
+    #[error("part {part} is out of date: {why}; run it again (--part {part} with the same arguments), then merge")]
+    PartStale { part: Part, why: String },
+    #[error("{split} shard {shard} is missing or can't be kept ({why}); {fix}")]
+    ShardNotReady {
+        split: Split,
+        shard: u32,
+        why: String,
+        fix: String,
+    },
+    #[error("finishing a shard failed")]
+    CloserFailed,
+    #[error("nothing to merge: {path} holds no part receipts; run the parts (--part I/N) first, or preprocess without --merge")]
+    NothingToMerge { path: PathBuf },
 }
 
 /// What the user asked for on the command line, besides the pipeline.
@@ -82,6 +99,12 @@ pub struct PreprocessOptions {
     pub progress: Progress,
     /// Check every record of a complete directory's shards too (a resumed run always does).
     pub verify: bool,
+    /// Print where the time went at the end.
+    pub profile: bool,
+    /// Build only this part's shards (other machines build the others).
+    pub part: Option<Part>,
+    /// Combine finished parts into the complete dataset.
+    pub merge: bool,
 }
 
 /// How a long run shows its progress.
@@ -107,6 +130,16 @@ pub struct Summary {
     pub already_complete: bool,
     /// It was complete before this run, which changed it (inputs changed, or damage).
     pub repaired: bool,
+    /// Where the time went, when asked for.
+    pub profile: Option<String>,
+    /// Time spent decoding and writing (both splits in one pass).
+    pub elapsed: Duration,
+    /// The part this run built, if it built one.
+    pub part: Option<Part>,
+    /// The parts merged into the complete dataset, by this run (a merge, or the last part).
+    pub merged: Option<u32>,
+    /// A part that could not merge yet, and why not.
+    pub merge_pending: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -120,7 +153,6 @@ pub struct SplitSummary {
     pub shards: u64,
     /// Images decoded in this run (excludes kept shards).
     pub processed: u64,
-    pub elapsed: Duration,
     pub bytes_written: u64,
     /// Existing shards rebuilt, and why.
     pub rebuilt: Vec<(u32, String)>,
@@ -130,29 +162,42 @@ impl SplitSummary {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
-
-    pub fn images_per_sec(&self) -> f64 {
-        self.processed as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
 }
 
-/// Runs the whole preprocessing stage: keeps what is still right, rebuilds the rest.
+/// Runs the preprocessing stage (or one part of it, or the merge of the parts): keeps what is
+/// still right, rebuilds the rest.
 pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, PreprocessError> {
     let config = &pipeline.preprocess;
     plan::check_output_outside_input(&opts.input, &opts.output)?;
     let source = ingest::scan(&opts.input, opts.val_labels.as_deref())?;
-    let _lock = plan::prepare_output(&opts.output, &Plan::new(config))?;
+    let access = opts.part.map_or(Access::Whole, Access::Part);
+    let locks = plan::prepare_output(&opts.output, &Plan::new(config), access)?;
     let output = &opts.output;
+    let mut summary = Summary {
+        output: output.clone(),
+        image_size: config.image_size,
+        jobs: opts.jobs,
+        warnings: source.warnings.clone(),
+        part: opts.part,
+        ..Summary::default()
+    };
+    let previous = Manifest::read(output).ok();
+    if opts.merge {
+        return merge(config, opts, &source, previous.as_ref(), summary);
+    }
 
     // A complete directory gets the cheap checks (and every record with --verify); a
     // resumed one always has its records checked, as they are read for the mean anyway.
-    let previous = Manifest::read(output).ok();
     let check = if opts.verify || previous.is_none() {
         Check::Records
     } else {
         Check::Files
     };
-    let kept_mean = previous.as_ref().and_then(|m| plan::kept_mean(output, m));
+    // A part always sums its own training pixels; a whole run keeps a valid mean image.
+    let kept_mean = match access {
+        Access::Whole => previous.as_ref().and_then(|m| plan::kept_mean(output, m)),
+        Access::Part(_) => None,
+    };
     let mut mean = MeanAccumulator::new(config.image_size);
     let mut computing_mean = kept_mean.is_none();
     let mut works: Vec<SplitWork> = Split::ALL
@@ -160,14 +205,8 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
         .map(|&split| {
             let accumulate = split == Split::Train && computing_mean;
             let inputs = source.split(split);
-            plan::assess_split(
-                output,
-                inputs,
-                split,
-                config,
-                check,
-                accumulate.then_some(&mut mean),
-            )
+            let mean = accumulate.then_some(&mut mean);
+            plan::assess_split(output, inputs, split, config, check, access, mean)
         })
         .collect();
     // A rebuilt training shard changes the mean: it is then computed over every record.
@@ -182,18 +221,35 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
         shards::sync_dir(output)?;
     }
 
-    let mut summary = Summary {
-        output: output.clone(),
-        image_size: config.image_size,
-        jobs: opts.jobs,
-        warnings: source.warnings.clone(),
-        ..Summary::default()
-    };
-    for work in &mut works {
-        let accumulate = work.split == Split::Train && computing_mean;
-        let split_summary =
-            write::process_split(config, opts, &source, work, accumulate.then_some(&mut mean))?;
-        summary.splits.push(split_summary);
+    let profile = profile::Profile::new();
+    let train_mean = computing_mean.then_some(&mut mean);
+    let started = std::time::Instant::now();
+    summary.splits = write::process(config, opts, &source, &mut works, train_mean, &profile)?;
+    summary.elapsed = started.elapsed();
+    summary.profile = opts.profile.then(|| profile.report(opts.jobs));
+
+    if let Access::Part(part) = access {
+        write::finish_part(output, part, &works, &mean)?;
+        // The last part to finish merges: it can take the directory for itself only once no
+        // other part holds it.
+        drop(locks);
+        match plan::prepare_output(output, &Plan::new(config), Access::Whole) {
+            Ok(_whole) => match merge(config, opts, &source, previous.as_ref(), summary.clone()) {
+                Ok(merged) => return Ok(merged),
+                Err(PreprocessError::PartsMissing { parts }) => {
+                    summary.merge_pending = Some(format!("parts {parts} have not finished"));
+                }
+                Err(e) => return Err(e),
+            },
+            Err(PreprocessError::Lock(_)) => {
+                summary.merge_pending = Some("other parts are still running".into());
+            }
+            Err(e) => return Err(e),
+        }
+        return Ok(summary);
+    }
+
+    for work in &works {
         plan::remove_stale_shards(output, work)?;
     }
     let mean_source = match kept_mean {
@@ -203,9 +259,130 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
     // While rebuilding, the old manifest is gone and must be written anew.
     let current = previous.as_ref().filter(|_| !rebuilding);
     let wrote = write::finish_dataset(output, config, &source, &works, mean_source, current)?;
+    remove_parts(output)?;
     summary.already_complete = !rebuilding && !wrote;
     summary.repaired = previous.is_some() && !summary.already_complete;
     Ok(summary)
+}
+
+/// Combines the finished parts of a job into the complete dataset: checks every shard and
+/// every part's receipt, sums the parts' training pixels, and writes what a single machine
+/// would have written (byte for byte), then removes the parts' receipts.
+fn merge(
+    config: &crate::config::PreprocessConfig,
+    opts: &PreprocessOptions,
+    source: &ingest::SourceDataset,
+    previous: Option<&Manifest>,
+    mut summary: Summary,
+) -> Result<Summary, PreprocessError> {
+    let output = &opts.output;
+    let parts = write::parts_found(output);
+    if let Some(n) = parts {
+        write::check_parts_present(output, n)?;
+    }
+    let works: Vec<SplitWork> = Split::ALL
+        .iter()
+        .map(|&split| {
+            let inputs = source.split(split);
+            plan::assess_split(
+                output,
+                inputs,
+                split,
+                config,
+                Check::Files,
+                Access::Whole,
+                None,
+            )
+        })
+        .collect();
+    for work in &works {
+        if let Some(plan) = work.todo().next() {
+            let why = work
+                .reasons
+                .iter()
+                .find(|(shard, _)| *shard == plan.shard)
+                .map_or("it was never finished".to_string(), |(_, why)| why.clone());
+            let fix = match parts {
+                Some(n) => format!(
+                    "run its part again (--part {}/{n} with the same arguments), then merge",
+                    plan.shard % n
+                ),
+                None => "preprocess without --merge to build it".into(),
+            };
+            return Err(PreprocessError::ShardNotReady {
+                split: work.split,
+                shard: plan.shard,
+                why,
+                fix,
+            });
+        }
+    }
+    let Some(parts) = parts else {
+        if previous.is_some() {
+            // Already merged (the receipts are removed once the manifest is written).
+            summary.already_complete = true;
+            summary.splits = kept_summaries(&works);
+            return Ok(summary);
+        }
+        return Err(PreprocessError::NothingToMerge {
+            path: output.join(shards::PARTS_DIR),
+        });
+    };
+    let mean = write::merged_mean(output, parts, config.image_size, &works)?;
+    for work in &works {
+        plan::remove_stale_shards(output, work)?;
+    }
+    write::finish_dataset(
+        output,
+        config,
+        source,
+        &works,
+        MeanSource::Computed(&mean),
+        previous,
+    )?;
+    remove_parts(output)?;
+    summary.merged = Some(parts);
+    summary.merge_pending = None;
+    summary.repaired = true;
+    if summary.splits.is_empty() {
+        summary.splits = kept_summaries(&works);
+    }
+    Ok(summary)
+}
+
+/// What complete splits hold, for a summary of a run that built nothing.
+fn kept_summaries(works: &[SplitWork]) -> Vec<SplitSummary> {
+    works
+        .iter()
+        .map(|work| {
+            let mut summary = SplitSummary {
+                split: Some(work.split),
+                inputs: work.inputs() as u64,
+                shards: work.plans.len() as u64,
+                reused_shards: work.plans.len() as u64,
+                ..SplitSummary::default()
+            };
+            for receipt in work.kept.iter().flatten() {
+                summary.stored += receipt.records;
+                for reject in &receipt.rejects {
+                    *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
+                }
+            }
+            summary
+        })
+        .collect()
+}
+
+/// The parts' receipts are only needed until the dataset is complete.
+fn remove_parts(output: &std::path::Path) -> Result<(), ShardError> {
+    let dir = output.join(shards::PARTS_DIR);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ShardError::Io {
+            path: dir,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn remove_file(path: &std::path::Path) -> Result<(), ShardError> {
@@ -230,22 +407,30 @@ impl std::fmt::Display for Summary {
         }
         writeln!(
             f,
-            "{:<6} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>7}",
-            "split", "inputs", "stored", "rejected", "shards", "time", "images/s", "written"
+            "{:<6} {:>9} {:>9} {:>9} {:>7} {:>11}",
+            "split", "inputs", "stored", "rejected", "shards", "written"
         )?;
         for s in &self.splits {
             let split = s.split.map_or("-", Split::name);
             writeln!(
                 f,
-                "{:<6} {:>9} {:>9} {:>9} {:>7} {:>8.1}s {:>10.0} {:>7}",
+                "{:<6} {:>9} {:>9} {:>9} {:>7} {:>11}",
                 split,
                 s.inputs,
                 s.stored,
                 s.rejected_total(),
                 s.shards,
-                s.elapsed.as_secs_f64(),
-                s.images_per_sec(),
                 indicatif::HumanBytes(s.bytes_written).to_string(),
+            )?;
+        }
+        let decoded: u64 = self.splits.iter().map(|s| s.processed).sum();
+        if decoded > 0 {
+            let seconds = self.elapsed.as_secs_f64();
+            writeln!(
+                f,
+                "decoded {decoded} images in {seconds:.1} s: {:.0} images/s with {} jobs",
+                decoded as f64 / seconds.max(1e-9),
+                self.jobs
             )?;
         }
         for s in &self.splits {
@@ -282,6 +467,26 @@ impl std::fmt::Display for Summary {
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
+        }
+        if let Some(part) = self.part {
+            match (&self.merge_pending, self.merged) {
+                (Some(why), _) => writeln!(
+                    f,
+                    "part {part} is done; {why}: the last part to finish merges them (or run \
+                     the same command with --merge instead of --part once all are done)"
+                )?,
+                (None, Some(n)) => writeln!(
+                    f,
+                    "part {part} was the last to finish: merged all {n} parts; {} is complete",
+                    self.output.display()
+                )?,
+                (None, None) => {}
+            }
+        } else if let Some(n) = self.merged {
+            writeln!(f, "merged {n} parts; {} is complete", self.output.display())?;
+        }
+        if let Some(profile) = &self.profile {
+            write!(f, "{profile}")?;
         }
         Ok(())
     }
@@ -330,15 +535,15 @@ mod tests {
                 CenterCropResizer::new(size as u32).resize_shrunk_into(
                     &d.image,
                     (d.source_width, d.source_height),
-                    d.shrink,
+                    d.eighths,
                     &mut out,
                 );
-                (d.shrink, out)
+                (d.eighths, out)
             };
             let (full_shrink, full) = stored(None);
             let (shrink, shrunk) = stored(Some(SHRINK_MARGIN * size as u32));
-            assert_eq!(full_shrink, 1);
-            assert!(shrink > 1, "{w}x{h} should be shrunk");
+            assert_eq!(full_shrink, 8);
+            assert!(shrink < 8, "{w}x{h} should be shrunk");
             let mad = full
                 .iter()
                 .zip(&shrunk)
@@ -347,7 +552,7 @@ mod tests {
                 / full.len() as f64;
             assert!(
                 mad < 0.5,
-                "{w}x{h} shrunk by {shrink}: mean abs diff {mad:.3}"
+                "{w}x{h} shrunk to {shrink}/8: mean abs diff {mad:.3}"
             );
         }
     }

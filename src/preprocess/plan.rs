@@ -17,7 +17,7 @@ use super::ingest::SourceImage;
 use super::write::MeanAccumulator;
 use super::PreprocessError;
 use crate::config::PreprocessConfig;
-use crate::lock::{DirLock, LOCK_FILE};
+use crate::lock::{self, DirLock, LOCK_FILE};
 use crate::shards::{
     self, Manifest, MeanStats, Shard, ShardError, ShardPaths, ShardReceipt, Split, FORMAT_VERSION,
     PLAN_FILE,
@@ -58,6 +58,66 @@ impl Plan {
             .map(|(key, old)| format!("{key}: {old} there, {} now", b[key.as_str()]))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// One of `count` machines' (or processes') share of the work: the shards whose number is
+/// `index` modulo `count`, in both splits. Whole shards, so parts never share a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Part {
+    pub fn owns(&self, shard: u32) -> bool {
+        shard % self.count == self.index
+    }
+
+    /// `.alexnet.lock.part-I-of-N`: held by the process working on this part.
+    pub fn lock_name(&self) -> String {
+        format!("{LOCK_FILE}.part-{}-of-{}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    /// `I/N` with `0 ≤ I < N`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("expected I/N with 0 <= I < N, e.g. 0/4 (got `{text}`)");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u32, u32) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Part { index, count })
+    }
+}
+
+/// What a run may touch in the output directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Everything: a single-machine run, or a merge.
+    Whole,
+    /// Only the shards of one part (other parts may be running in the same directory).
+    Part(Part),
+}
+
+impl Access {
+    pub fn owns(&self, shard: u32) -> bool {
+        match self {
+            Access::Whole => true,
+            Access::Part(part) => part.owns(shard),
+        }
     }
 }
 
@@ -132,14 +192,26 @@ fn canonical_prefix(path: &Path) -> PathBuf {
     }
 }
 
-/// Creates and locks the output directory, or checks that an existing one was made with this
-/// plan; clears what an interrupted run left half-written. The lock is held until dropped.
-pub fn prepare_output(output: &Path, plan: &Plan) -> Result<DirLock, PreprocessError> {
+/// Creates and locks the output directory (shared, plus the part's own lock, for a part), or
+/// checks that an existing one was made with this plan; clears what an interrupted run of the
+/// same access left half-written. The locks are held until dropped.
+pub fn prepare_output(
+    output: &Path,
+    plan: &Plan,
+    access: Access,
+) -> Result<Vec<DirLock>, PreprocessError> {
     fs::create_dir_all(output).map_err(|source| PreprocessError::CreateOutput {
         path: output.to_path_buf(),
         source,
     })?;
-    let lock = DirLock::acquire(output, "`alexnet preprocess`")?;
+    let what = "`alexnet preprocess`";
+    let locks = match access {
+        Access::Whole => vec![DirLock::acquire(output, what)?],
+        Access::Part(part) => vec![
+            DirLock::acquire_named(output, LOCK_FILE, lock::Mode::Shared, what)?,
+            DirLock::acquire_named(output, &part.lock_name(), lock::Mode::Exclusive, what)?,
+        ],
+    };
     let plan_path = output.join(PLAN_FILE);
     if plan_path.exists() {
         let existing: Plan = shards::read_json(&plan_path)?;
@@ -159,7 +231,10 @@ pub fn prepare_output(output: &Path, plan: &Plan) -> Result<DirLock, PreprocessE
             .flatten()
             .any(|e| {
                 let path = e.path();
-                e.file_name() != LOCK_FILE && path.extension().is_none_or(|ext| ext != "tmp")
+                let ours = lock::is_lock_file(&e.file_name())
+                    || e.file_name() == shards::PARTS_DIR
+                    || Split::ALL.iter().any(|s| e.file_name() == s.name());
+                !ours && path.extension().is_none_or(|ext| ext != "tmp")
             });
         if foreign {
             return Err(PreprocessError::ForeignOutput {
@@ -174,16 +249,19 @@ pub fn prepare_output(output: &Path, plan: &Plan) -> Result<DirLock, PreprocessE
         })?;
     }
     if !plan_path.exists() {
+        // Parts starting at once may all write it: the same bytes, each atomically.
         shards::write_json(&plan_path, plan)?;
         shards::sync_dir(output)?;
     }
-    remove_unfinished_files(output)?;
-    Ok(lock)
+    remove_unfinished_files(output, access)?;
+    Ok(locks)
 }
 
-/// Deletes `*.tmp` files that an interrupted run left behind (they are never read).
-fn remove_unfinished_files(output: &Path) -> Result<(), PreprocessError> {
-    let dirs = [output.to_path_buf()]
+/// Deletes the `*.tmp` files an interrupted run of this access left behind (they are never
+/// read): a part only its own shards', since other parts may be writing theirs right now.
+fn remove_unfinished_files(output: &Path, access: Access) -> Result<(), PreprocessError> {
+    let top = (access == Access::Whole).then(|| output.to_path_buf());
+    let dirs = top
         .into_iter()
         .chain(Split::ALL.iter().map(|s| output.join(s.name())));
     for dir in dirs {
@@ -193,12 +271,23 @@ fn remove_unfinished_files(output: &Path) -> Result<(), PreprocessError> {
         })?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|ext| ext == "tmp") {
+            let mine = shard_number(&entry.file_name()).is_none_or(|n| access.owns(n as u32));
+            if mine && path.extension().is_some_and(|ext| ext == "tmp") {
                 fs::remove_file(&path).map_err(|source| ShardError::Io { path, source })?;
             }
         }
     }
     Ok(())
+}
+
+/// `N` of a file named `shard-N.*`.
+fn shard_number(name: &std::ffi::OsStr) -> Option<usize> {
+    name.to_str()?
+        .strip_prefix("shard-")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One split's shards: the plan, and for each shard the receipt of a copy that can be kept.
@@ -208,22 +297,35 @@ pub struct SplitWork {
     pub plans: Vec<ShardPlan>,
     pub fingerprints: Vec<String>,
     pub kept: Vec<Option<ShardReceipt>>,
+    /// Which shards this run is responsible for (all but for a part).
+    pub mine: Vec<bool>,
     /// Why existing shards are being rebuilt, for the summary (shards never written are not
     /// listed).
     pub reasons: Vec<(u32, String)>,
 }
 
 impl SplitWork {
+    /// This run's shards that must be (re)built.
     pub fn todo(&self) -> impl Iterator<Item = &ShardPlan> {
         self.plans
             .iter()
-            .zip(&self.kept)
-            .filter(|(_, kept)| kept.is_none())
+            .zip(self.kept.iter().zip(&self.mine))
+            .filter(|(_, (kept, mine))| **mine && kept.is_none())
             .map(|(plan, _)| plan)
     }
 
     pub fn has_todo(&self) -> bool {
-        self.kept.iter().any(Option::is_none)
+        self.todo().next().is_some()
+    }
+
+    /// Inputs covered by this run's shards.
+    pub fn inputs(&self) -> usize {
+        self.plans
+            .iter()
+            .zip(&self.mine)
+            .filter(|(_, mine)| **mine)
+            .map(|(p, _)| p.inputs)
+            .sum()
     }
 }
 
@@ -244,9 +346,11 @@ pub fn assess_split(
     split: Split,
     config: &PreprocessConfig,
     check: Check,
+    access: Access,
     mut mean: Option<&mut MeanAccumulator>,
 ) -> SplitWork {
     let plans = plan_shards(inputs.len(), config.shard_images);
+    let mine = plans.iter().map(|p| access.owns(p.shard)).collect();
     let fingerprints: Vec<String> = plans
         .iter()
         .map(|p| inputs_fingerprint(&inputs[p.range()]))
@@ -256,9 +360,14 @@ pub fn assess_split(
         plans,
         fingerprints,
         kept: Vec::new(),
+        mine,
         reasons: Vec::new(),
     };
-    for (plan, fingerprint) in work.plans.iter().zip(&work.fingerprints) {
+    for ((plan, fingerprint), &mine) in work.plans.iter().zip(&work.fingerprints).zip(&work.mine) {
+        if !mine {
+            work.kept.push(None);
+            continue;
+        }
         let paths = ShardPaths::new(output, split, plan.shard as usize);
         let check = if mean.is_some() {
             Check::Records
@@ -286,8 +395,8 @@ pub fn assess_split(
 /// Adds the pixels of every kept shard to `mean`, checking each record as it is read; a shard
 /// that fails becomes one to rebuild (and adds nothing).
 pub fn add_kept_to_mean(output: &Path, work: &mut SplitWork, mean: &mut MeanAccumulator) {
-    for (plan, kept) in work.plans.iter().zip(work.kept.iter_mut()) {
-        if kept.is_none() {
+    for ((plan, kept), mine) in work.plans.iter().zip(work.kept.iter_mut()).zip(&work.mine) {
+        if kept.is_none() || !mine {
             continue;
         }
         let paths = ShardPaths::new(output, work.split, plan.shard as usize);
@@ -384,13 +493,7 @@ pub fn remove_stale_shards(output: &Path, work: &SplitWork) -> Result<(), Prepro
         move |source| ShardError::Io { path, source }
     };
     for entry in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
-        let name = entry.file_name();
-        let number = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("shard-"))
-            .and_then(|n| n.split('.').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        if number.is_some_and(|n| n >= work.plans.len()) {
+        if shard_number(&entry.file_name()).is_some_and(|n| n >= work.plans.len()) {
             let path = entry.path();
             fs::remove_file(&path).map_err(io(&path))?;
         }
@@ -418,6 +521,20 @@ mod tests {
         assert_eq!(covered, [(0, 4), (4, 4), (8, 2)]);
         assert!(plan_shards(0, 4).is_empty());
         assert_eq!(plan_shards(8, 4).len(), 2);
+    }
+
+    #[test]
+    fn parts_split_the_shards_between_them() {
+        let parts: Vec<Part> = (0..3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for shard in 0..10 {
+            assert_eq!(parts.iter().filter(|p| p.owns(shard)).count(), 1);
+        }
+        assert!(parts[1].owns(4) && parts[1].owns(7));
+        for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
+            let err = bad.parse::<Part>().unwrap_err();
+            assert!(err.contains("0 <= I < N"), "{bad}: {err}");
+        }
+        assert_eq!(parts[2].lock_name(), ".alexnet.lock.part-2-of-3");
     }
 
     #[test]

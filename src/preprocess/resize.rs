@@ -73,34 +73,36 @@ impl CenterCropResizer {
     /// Writes the stored version of `image` into `out` (`size × size × 3` bytes, HWC RGB).
     pub fn resize_into(&mut self, image: &RgbImage, out: &mut [u8]) {
         let (width, height) = image.dimensions();
-        self.resize_shrunk_into(image, (width, height), 1, out);
+        self.resize_shrunk_into(image, (width, height), 8, out);
     }
 
-    /// Like `resize_into`, for an image decoded at `1/shrink` of its `source` size: the
-    /// geometry is the source's, the crop box is mapped onto the smaller image.
+    /// Like `resize_into`, for an image decoded at `eighths / 8` of its `source` size (JPEG's
+    /// DCT scaling: each 8×8 block became `eighths` × `eighths` pixels): the geometry is the
+    /// source's, the crop box is mapped onto the smaller image.
     pub fn resize_shrunk_into(
         &mut self,
         image: &RgbImage,
         source: (u32, u32),
-        shrink: u32,
+        eighths: u32,
         out: &mut [u8],
     ) {
         let size = self.size;
         assert_eq!(out.len(), (size * size * 3) as usize, "output buffer size");
         let (width, height) = image.dimensions();
         let g = torchvision_geometry(source.0, source.1, size);
-        if shrink == 1 && (g.resized_width, g.resized_height) == (width, height) {
+        if eighths == 8 && (g.resized_width, g.resized_height) == (width, height) {
             // Pillow returns the image unchanged when asked for its own size.
             copy_crop(image, g.crop_left, g.crop_top, size, out);
             return;
         }
         // Source pixels per resized pixel, then per pixel of the (possibly shrunk) image.
-        let scale_x = source.0 as f64 / g.resized_width as f64 / shrink as f64;
-        let scale_y = source.1 as f64 / g.resized_height as f64 / shrink as f64;
+        let shrink = 8.0 / eighths as f64;
+        let scale_x = source.0 as f64 / g.resized_width as f64 / shrink;
+        let scale_y = source.1 as f64 / g.resized_height as f64 / shrink;
         let left = g.crop_left as f64 * scale_x;
         let top = g.crop_top as f64 * scale_y;
-        // A shrunk image's last pixel row/column may cover less than `shrink` source pixels;
-        // never let rounding push the box past the edge.
+        // A shrunk image's last pixel row/column may cover fewer source pixels than the
+        // others; never let rounding push the box past the edge.
         let crop_width = (size as f64 * scale_x).min(width as f64 - left);
         let crop_height = (size as f64 * scale_y).min(height as f64 - top);
         let options = ResizeOptions::new()

@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::decode::{self, DecodeOptions, RejectReason, Rejection, SHRINK_MARGIN};
+use super::decode::{self, DecodeOptions, Decoder, RejectReason, Rejection, SHRINK_MARGIN};
 use super::ingest::{SourceDataset, SourceImage};
-use super::plan::{self, ShardPlan, SplitWork};
+use super::plan::{self, Part, ShardPlan, SplitWork};
+use super::profile::Profile;
 use super::resize::CenterCropResizer;
 use super::{ordered, PreprocessError, PreprocessOptions, Progress, SplitSummary};
 use crate::config::PreprocessConfig;
 use crate::shards::{
-    self, IndexRow, Manifest, MeanStats, Reject, ShardError, ShardPaths, ShardReceipt, ShardWriter,
-    Split, SplitContent, CHANNELS, FORMAT_VERSION, MANIFEST_FILE, MEAN_FILE, REJECTS_FILE,
+    self, IndexRow, Manifest, MeanStats, PartReceipt, PartShard, Reject, ShardError, ShardPaths,
+    ShardReceipt, ShardWriter, Split, SplitContent, CHANNELS, FORMAT_VERSION, MANIFEST_FILE,
+    MEAN_FILE, PARTS_DIR, REJECTS_FILE,
 };
 
 /// One stored image on its way from a worker to the writer.
@@ -27,10 +29,17 @@ struct Prepared {
     format: &'static str,
 }
 
+/// What each worker thread keeps between images.
+struct Worker {
+    decoder: Decoder,
+    resizer: CenterCropResizer,
+}
+
 fn prepare(
-    resizer: &mut CenterCropResizer,
+    worker: &mut Worker,
     input: &SourceImage,
     options: &DecodeOptions,
+    profile: &Profile,
 ) -> Result<Prepared, Rejection> {
     if input.stray {
         return Err(Rejection {
@@ -38,11 +47,23 @@ fn prepare(
             detail: "not an image, and not listed in the validation labels".into(),
         });
     }
-    let decoded = decode::decode_file(&input.path, options)?;
+    let started = Instant::now();
+    let bytes = decode::read_capped(&input.path, options.max_file_bytes)?;
+    let read = Instant::now();
+    let decoded = worker.decoder.decode(&bytes, options)?;
+    let decoded_at = Instant::now();
     let source = (decoded.source_width, decoded.source_height);
-    let size = resizer.size() as usize;
+    let size = worker.resizer.size() as usize;
     let mut pixels = vec![0u8; size * size * CHANNELS as usize];
-    resizer.resize_shrunk_into(&decoded.image, source, decoded.shrink, &mut pixels);
+    worker
+        .resizer
+        .resize_shrunk_into(&decoded.image, source, decoded.eighths, &mut pixels);
+    profile.add_image(
+        &decoded,
+        read - started,
+        decoded_at - read,
+        decoded_at.elapsed(),
+    );
     Ok(Prepared {
         pixels,
         orig_width: source.0,
@@ -71,8 +92,22 @@ struct SplitWriter<'a> {
     open: Option<OpenShard>,
     seen: u64,
     rejected: BTreeMap<&'static str, u64>,
-    bytes_written: u64,
+    /// Where full shards go to be finished.
+    closer: &'a Closer<'a>,
+    /// Which of the writers this is (for the closer's results).
+    index: usize,
 }
+
+/// Finishes full shards on a thread of its own — syncing a shard to disk takes as long as
+/// decoding dozens of images, and the writer must not wait for it. Each shard's records are
+/// still synced before its index and receipt are written, so crash safety is unchanged.
+struct Closer<'a> {
+    jobs: std::sync::mpsc::SyncSender<(usize, OpenShard, String)>,
+    failed: &'a std::sync::atomic::AtomicBool,
+}
+
+/// A shard the closer finished: (writer, shard number, its receipt, bytes written).
+type Closed = (usize, usize, ShardReceipt, u64);
 
 impl SplitWriter<'_> {
     /// Stores (or records the rejection of) input `i`, which belongs to the shard of `plan`.
@@ -82,6 +117,13 @@ impl SplitWriter<'_> {
         i: usize,
         result: Result<Prepared, Rejection>,
     ) -> Result<(), PreprocessError> {
+        if self
+            .closer
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(PreprocessError::CloserFailed);
+        }
         let split = self.work.split;
         let input = &self.source.split(split)[i];
         let shard = match &mut self.open {
@@ -140,36 +182,38 @@ impl SplitWriter<'_> {
         let shard = self.open.take().expect("a shard is open");
         let number = shard.plan.shard as usize;
         let fingerprint = self.work.fingerprints[number].clone();
-        let receipt = close_shard(self.output, self.work.split, shard, fingerprint)?;
-        self.bytes_written += shard_bytes(self.output, self.work.split, number)?;
-        self.work.kept[number] = Some(receipt);
+        // A closed channel means the closer stopped on an error, reported when it is joined.
+        let _ = self.closer.jobs.send((self.index, shard, fingerprint));
         Ok(())
     }
 }
 
-/// Builds the shards of `work` that can't be kept; with `mean`, adds their pixels to it.
-pub fn process_split(
+/// Results held by the writer, per worker, while it waits for an earlier input: stored
+/// records are small (192 KiB at 256×256), so a deep window costs little memory and keeps
+/// every worker busy while one decodes a huge photograph.
+const WINDOW_PER_JOB: usize = 32;
+
+/// Builds the shards of every split that can't be kept, in one ordered pass over all of them
+/// (so no worker idles at the end of a split); with `mean`, adds the training pixels to it.
+pub fn process(
     config: &PreprocessConfig,
     opts: &PreprocessOptions,
     source: &SourceDataset,
-    work: &mut SplitWork,
-    mean: Option<&mut MeanAccumulator>,
-) -> Result<SplitSummary, PreprocessError> {
-    let started = Instant::now();
-    let split = work.split;
-    let inputs = source.split(split);
-    let shards = work.plans.len() as u64;
-    let kept_shards = shards - work.todo().count() as u64;
-    let todo: Vec<(ShardPlan, usize)> = work
-        .todo()
-        .flat_map(|plan| plan.range().map(move |i| (*plan, i)))
+    works: &mut [SplitWork],
+    mut mean: Option<&mut MeanAccumulator>,
+    profile: &Profile,
+) -> Result<Vec<SplitSummary>, PreprocessError> {
+    // (which work, its split, the shard, the input index) of every input to decode, splits in
+    // order.
+    let todo: Vec<(usize, Split, ShardPlan, usize)> = works
+        .iter()
+        .enumerate()
+        .flat_map(|(w, work)| {
+            let split = work.split;
+            work.todo()
+                .flat_map(move |plan| plan.range().map(move |i| (w, split, *plan, i)))
+        })
         .collect();
-    let mut progress = SplitProgress::new(
-        opts.progress,
-        split,
-        inputs.len(),
-        inputs.len() - todo.len(),
-    );
     let decode_options = DecodeOptions {
         max_pixels: config.max_pixels,
         max_file_bytes: config.max_file_bytes,
@@ -177,51 +221,128 @@ pub fn process_split(
             .jpeg_shrink_on_load
             .then_some(SHRINK_MARGIN * config.image_size),
     };
-    let reasons = work.reasons.clone();
-    let mut writer = SplitWriter {
-        config,
-        output: &opts.output,
-        source,
-        work,
-        mean,
-        open: None,
-        seen: 0,
-        rejected: BTreeMap::new(),
-        bytes_written: 0,
-    };
-    ordered::ordered_map(
-        todo.len(),
-        opts.jobs,
-        4 * opts.jobs.max(1) + 16,
-        || CenterCropResizer::new(config.image_size),
-        |resizer, k| prepare(resizer, &inputs[todo[k].1], &decode_options),
-        |k, result| {
-            progress.inc();
-            let (plan, i) = todo[k];
-            writer.accept(plan, i, result)
-        },
-    )?;
-    progress.finish();
-    let (processed, bytes_written) = (writer.seen, writer.bytes_written);
-
-    let mut summary = SplitSummary {
-        split: Some(split),
-        inputs: inputs.len() as u64,
-        shards,
-        reused_shards: kept_shards,
-        processed,
-        bytes_written,
-        elapsed: started.elapsed(),
-        rebuilt: reasons,
-        ..SplitSummary::default()
-    };
-    for receipt in work.kept.iter().flatten() {
-        summary.stored += receipt.records;
-        for reject in &receipt.rejects {
-            *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
-        }
+    let kept: Vec<u64> = works
+        .iter()
+        .map(|w| (w.mine.iter().filter(|m| **m).count() - w.todo().count()) as u64)
+        .collect();
+    let reasons: Vec<_> = works.iter().map(|w| w.reasons.clone()).collect();
+    let mut progress: Vec<SplitProgress> = works
+        .iter()
+        .enumerate()
+        .map(|(w, work)| {
+            let total = work.inputs();
+            let todo_here = todo.iter().filter(|t| t.0 == w).count();
+            SplitProgress::new(opts.progress, work.split, total, total - todo_here)
+        })
+        .collect();
+    let (jobs, closing) = std::sync::mpsc::sync_channel::<(usize, OpenShard, String)>(2);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let splits: Vec<Split> = works.iter().map(|w| w.split).collect();
+    let output = &opts.output;
+    let (seen, closed) = std::thread::scope(|scope| {
+        let closer_thread = scope.spawn(|| -> Result<Vec<Closed>, PreprocessError> {
+            let mut closed = Vec::new();
+            for (w, shard, fingerprint) in closing {
+                let number = shard.plan.shard as usize;
+                let result = close_shard(output, splits[w], shard, fingerprint)
+                    .and_then(|r| Ok((w, number, r, shard_bytes(output, splits[w], number)?)));
+                match result {
+                    Ok(done) => closed.push(done),
+                    Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(closed)
+        });
+        // The writers own the only sender: when they are dropped, the closer drains and ends.
+        let seen = {
+            let closer = Closer {
+                jobs,
+                failed: &failed,
+            };
+            let mut writers: Vec<SplitWriter> = works
+                .iter_mut()
+                .enumerate()
+                .map(|(index, work)| SplitWriter {
+                    config,
+                    output,
+                    source,
+                    mean: if work.split == Split::Train {
+                        mean.take()
+                    } else {
+                        None
+                    },
+                    work,
+                    open: None,
+                    seen: 0,
+                    rejected: BTreeMap::new(),
+                    closer: &closer,
+                    index,
+                })
+                .collect();
+            ordered::ordered_map(
+                todo.len(),
+                opts.jobs,
+                WINDOW_PER_JOB * opts.jobs.max(1),
+                || Worker {
+                    decoder: Decoder::default(),
+                    resizer: CenterCropResizer::new(config.image_size),
+                },
+                |worker, k| {
+                    let (_, split, _, i) = todo[k];
+                    prepare(worker, &source.split(split)[i], &decode_options, profile)
+                },
+                |k, result| {
+                    let (w, _, plan, i) = todo[k];
+                    progress[w].inc();
+                    let written = Instant::now();
+                    writers[w].accept(plan, i, result)?;
+                    profile.add_write(written.elapsed());
+                    if todo.get(k + 1).is_none_or(|next| next.0 != w) {
+                        progress[w].finish();
+                    }
+                    Ok::<_, PreprocessError>(())
+                },
+            )
+            .map(|()| writers.iter().map(|w| w.seen).collect::<Vec<u64>>())
+        };
+        let closed = closer_thread
+            .join()
+            .expect("the shard closer does not panic");
+        (seen, closed)
+    });
+    // The closer's own error explains a writer that stopped because of it.
+    let closed = closed?;
+    let seen = seen?;
+    let mut bytes_written = vec![0u64; works.len()];
+    for (w, number, receipt, bytes) in closed {
+        works[w].kept[number] = Some(receipt);
+        bytes_written[w] += bytes;
     }
-    Ok(summary)
+    let mut summaries = Vec::with_capacity(works.len());
+    for (w, work) in works.iter().enumerate() {
+        progress[w].finish();
+        let mut summary = SplitSummary {
+            split: Some(work.split),
+            inputs: work.inputs() as u64,
+            shards: work.mine.iter().filter(|m| **m).count() as u64,
+            reused_shards: kept[w],
+            processed: seen[w],
+            bytes_written: bytes_written[w],
+            rebuilt: reasons[w].clone(),
+            ..SplitSummary::default()
+        };
+        for receipt in work.kept.iter().flatten() {
+            summary.stored += receipt.records;
+            for reject in &receipt.rejects {
+                *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
+            }
+        }
+        summaries.push(summary);
+    }
+    Ok(summaries)
 }
 
 /// While a split is written: more than `limit` of the inputs so far rejected, after at least
@@ -378,8 +499,10 @@ impl SplitProgress {
     }
 }
 
+const SUMS_MAGIC: &[u8; 8] = b"ALXSUMS1";
+
 /// Exact per-pixel sums over the training records, so the mean does not depend on the order
-/// in which records are added (or on which run added them).
+/// in which records are added (or on which run, or which machine, added them).
 pub struct MeanAccumulator {
     size: u32,
     sums: Vec<u64>,
@@ -416,6 +539,58 @@ impl MeanAccumulator {
             self.channel_squares[c] += u128::from(squares[c]);
         }
         self.images += 1;
+    }
+
+    /// Adds another accumulator's sums (of other records).
+    pub fn merge(&mut self, other: &MeanAccumulator) {
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += b;
+        }
+        for c in 0..3 {
+            self.channel_sums[c] += other.channel_sums[c];
+            self.channel_squares[c] += other.channel_squares[c];
+        }
+        self.images += other.images;
+    }
+
+    /// The sums as bytes (`parts/*.sums`): magic `ALXSUMS1`, image size (u32), image count
+    /// (u64), channel sums and sums of squares (3 + 3 u128), then the per-pixel sums (u64,
+    /// HWC); all little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(44 + 96 + self.sums.len() * 8);
+        out.extend_from_slice(SUMS_MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.images.to_le_bytes());
+        for v in self.channel_sums.iter().chain(&self.channel_squares) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &self.sums {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads what `to_bytes` wrote; `None` if it is not sums of `size`×`size` images.
+    pub fn from_bytes(bytes: &[u8], size: u32) -> Option<Self> {
+        let mut acc = MeanAccumulator::new(size);
+        let header = 8 + 4 + 8 + 6 * 16;
+        if bytes.len() != header + acc.sums.len() * 8 || &bytes[..8] != SUMS_MAGIC {
+            return None;
+        }
+        if u32::from_le_bytes(bytes[8..12].try_into().ok()?) != size {
+            return None;
+        }
+        acc.images = u64::from_le_bytes(bytes[12..20].try_into().ok()?);
+        let u128_at =
+            |i: usize| u128::from_le_bytes(bytes[20 + 16 * i..36 + 16 * i].try_into().unwrap());
+        for c in 0..3 {
+            acc.channel_sums[c] = u128_at(c);
+            acc.channel_squares[c] = u128_at(3 + c);
+        }
+        for (sum, chunk) in acc.sums.iter_mut().zip(bytes[header..].chunks_exact(8)) {
+            *sum = u64::from_le_bytes(chunk.try_into().ok()?);
+        }
+        Some(acc)
     }
 
     fn mean_image(&self) -> Vec<f32> {
@@ -515,6 +690,147 @@ pub fn finish_dataset(
     shards::write_json(&output.join(MANIFEST_FILE), &manifest)?;
     shards::sync_dir(output)?;
     Ok(true)
+}
+
+/// Ends a part: the sums of its training pixels, then its receipt naming its shards (each by
+/// its receipt's checksum), written last.
+pub fn finish_part(
+    output: &Path,
+    part: Part,
+    works: &[SplitWork],
+    mean: &MeanAccumulator,
+) -> Result<(), PreprocessError> {
+    let (receipt_path, sums_path) = PartReceipt::paths(output, part.index, part.count);
+    let dir = output.join(PARTS_DIR);
+    fs::create_dir_all(&dir).map_err(|source| PreprocessError::CreateOutput {
+        path: dir.clone(),
+        source,
+    })?;
+    let sums = mean.to_bytes();
+    shards::write_atomic(&sums_path, &sums)?;
+    let mut listed = BTreeMap::new();
+    for work in works {
+        let mut own = Vec::new();
+        for (plan, _) in work.plans.iter().zip(&work.mine).filter(|(_, m)| **m) {
+            let done = ShardPaths::new(output, work.split, plan.shard as usize).done;
+            let bytes = fs::read(&done).map_err(|source| ShardError::Io {
+                path: done.clone(),
+                source,
+            })?;
+            own.push(PartShard {
+                shard: plan.shard,
+                receipt_checksum: shards::file_checksum(&bytes),
+            });
+        }
+        listed.insert(work.split, own);
+    }
+    let receipt = PartReceipt {
+        format_version: FORMAT_VERSION,
+        part: part.index,
+        parts: part.count,
+        shards: listed,
+        sums_checksum: shards::file_checksum(&sums),
+    };
+    shards::write_json(&receipt_path, &receipt)?;
+    shards::sync_dir(&dir)?;
+    Ok(())
+}
+
+/// How many parts the receipts in `output/parts/` are of (the first one found), if any.
+pub fn parts_found(output: &Path) -> Option<u32> {
+    fs::read_dir(output.join(PARTS_DIR))
+        .ok()?
+        .flatten()
+        .filter_map(|e| PartReceipt::parse_name(e.file_name().to_str()?))
+        .map(|(_, parts)| parts)
+        .min()
+}
+
+/// An error naming the parts of a job split `parts` ways that have no receipt yet.
+pub fn check_parts_present(output: &Path, parts: u32) -> Result<(), PreprocessError> {
+    let missing: Vec<String> = (0..parts)
+        .filter(|&index| !PartReceipt::paths(output, index, parts).0.exists())
+        .map(|index| {
+            Part {
+                index,
+                count: parts,
+            }
+            .to_string()
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreprocessError::PartsMissing {
+            parts: missing.join(", "),
+        })
+    }
+}
+
+/// The training-pixel sums of every part of a job split `parts` ways, after checking that
+/// each part finished and still describes the shards on disk (`works`, all kept).
+pub fn merged_mean(
+    output: &Path,
+    parts: u32,
+    size: u32,
+    works: &[SplitWork],
+) -> Result<MeanAccumulator, PreprocessError> {
+    let mut mean = MeanAccumulator::new(size);
+    let mut missing = Vec::new();
+    for index in 0..parts {
+        let part = Part {
+            index,
+            count: parts,
+        };
+        let (receipt_path, sums_path) = PartReceipt::paths(output, index, parts);
+        let receipt: PartReceipt = match shards::read_json(&receipt_path) {
+            Ok(r) => r,
+            Err(ShardError::Incomplete { .. }) => {
+                missing.push(part);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stale = |why: String| PreprocessError::PartStale { part, why };
+        for work in works {
+            let expected: Vec<PartShard> = work
+                .plans
+                .iter()
+                .filter(|p| part.owns(p.shard))
+                .map(|p| {
+                    let done = ShardPaths::new(output, work.split, p.shard as usize).done;
+                    let bytes = fs::read(&done).map_err(|source| ShardError::Io {
+                        path: done.clone(),
+                        source,
+                    })?;
+                    Ok(PartShard {
+                        shard: p.shard,
+                        receipt_checksum: shards::file_checksum(&bytes),
+                    })
+                })
+                .collect::<Result<_, PreprocessError>>()?;
+            if receipt.shards.get(&work.split) != Some(&expected) {
+                return Err(stale(format!(
+                    "its {} shards changed since it finished",
+                    work.split
+                )));
+            }
+        }
+        let bytes = shards::read_checked(&sums_path, &receipt.sums_checksum)?;
+        let sums = MeanAccumulator::from_bytes(&bytes, size)
+            .ok_or_else(|| stale(format!("{} is not a sums file", sums_path.display())))?;
+        mean.merge(&sums);
+    }
+    if !missing.is_empty() {
+        return Err(PreprocessError::PartsMissing {
+            parts: missing
+                .iter()
+                .map(Part::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(mean)
 }
 
 /// A split as a whole: not too many of its inputs rejected, and no class that lost all its
