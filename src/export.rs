@@ -1,7 +1,6 @@
 //! `alexnet export`: stored records back to PNG files a person can open.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{ImageEncoder, RgbImage};
@@ -50,22 +49,33 @@ pub fn export(
             .expect("record size matches the manifest's image size");
         write_png(&path, &image)
     })?;
-    let csv_path = dir.join("index.csv");
-    let mut csv = String::from("index,source_path,label\n");
+    let csv_path = dir.join(INDEX_FILE);
+    let write_error = |source: std::io::Error| ExportError::Write {
+        path: csv_path.clone(),
+        source,
+    };
+    let mut csv = csv::Writer::from_path(&csv_path).map_err(|e| write_error(e.into()))?;
     for (i, row) in rows.iter().take(n).enumerate() {
-        csv.push_str(&format!(
-            "{i},{},{}\n",
-            csv_field(&row.source_path),
-            row.label
-        ));
+        csv.serialize(ExportRow {
+            index: i,
+            source_path: &row.source_path,
+            label: row.label,
+        })
+        .map_err(|e| write_error(e.into()))?;
     }
-    fs::File::create(&csv_path)
-        .and_then(|mut f| f.write_all(csv.as_bytes()))
-        .map_err(|source| ExportError::Write {
-            path: csv_path,
-            source,
-        })?;
+    csv.flush().map_err(write_error)?;
     Ok(n)
+}
+
+/// `DIR/<split>/index.csv`: which stored record (and source file) each PNG is.
+pub const INDEX_FILE: &str = "index.csv";
+
+/// One row of `index.csv`: `<index>.png` is record `index`, made from `source_path`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportRow<S = String> {
+    pub index: usize,
+    pub source_path: S,
+    pub label: u32,
 }
 
 fn write_png(path: &Path, image: &RgbImage) -> Result<(), ExportError> {
@@ -87,23 +97,34 @@ fn write_png(path: &Path, image: &RgbImage) -> Result<(), ExportError> {
     })
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("train/a/b.JPEG"), "train/a/b.JPEG");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn index_rows_with_commas_and_quotes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INDEX_FILE);
+        let mut csv = csv::Writer::from_path(&path).unwrap();
+        for (index, source_path) in ["train/a/b.JPEG", "a,b", "say \"hi\""].iter().enumerate() {
+            csv.serialize(ExportRow {
+                index,
+                source_path: *source_path,
+                label: 7,
+            })
+            .unwrap();
+        }
+        drop(csv);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("index,source_path,label\n0,train/a/b.JPEG,7\n1,\"a,b\",7\n"),
+            "{text}"
+        );
+        let rows: Vec<ExportRow> = csv::Reader::from_path(&path)
+            .unwrap()
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows[2].source_path, "say \"hi\"");
     }
 }

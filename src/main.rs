@@ -533,7 +533,7 @@ fn progress_mode() -> Progress {
 /// `--pipeline` if given; else, when `use_saved`, the run's own `pipeline.toml` if it has one;
 /// else the paper's.
 fn run_pipeline(explicit: Option<&Path>, run: &Path, use_saved: bool) -> Result<Pipeline> {
-    let saved = run.join("pipeline.toml");
+    let saved = alexnet::train::rundir::RunDir::new(run).pipeline();
     match explicit {
         None if use_saved && saved.exists() => Ok(Pipeline::load(&saved)?),
         other => load_pipeline(other),
@@ -598,7 +598,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(path) = &outcome.checkpoint {
         eprintln!("checkpoint: {}", path.display());
     }
-    eprintln!("metrics: {}", args.run.join("metrics.csv").display());
+    let run_dir = alexnet::train::rundir::RunDir::new(&args.run);
+    eprintln!("metrics: {}", run_dir.metrics().display());
     Ok(())
 }
 

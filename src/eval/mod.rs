@@ -21,7 +21,8 @@ use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, ModelError, Spec};
 use crate::preprocess::Progress;
 use crate::shards::{ShardError, Split};
-use crate::train::state::{saved_state, RunDir};
+use crate::train::rundir::RunDir;
+use crate::train::state::saved_state;
 use crate::train::{InputStage, TrainDevice};
 
 /// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
@@ -384,7 +385,7 @@ fn write_outputs(
     // The height grows with the number of bars; 120 px is only a floor.
     plot::save_png(&chart.render(900, 120), &dir.join("per_class.png"))?;
     if run.metrics().exists() {
-        plot::plot_training(&run.metrics(), &run.steps(), &dir)?;
+        plot::plot_training(run, &dir)?;
     }
     Ok(())
 }

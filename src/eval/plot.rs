@@ -9,14 +9,15 @@
 //! [`plot_training`] turns a run directory's `metrics.csv` and `steps.csv` into
 //! `loss.png`, `error.png` and `learning_rate.png`.
 
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use image::codecs::png::PngEncoder;
 use image::{imageops, ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 
 use crate::text::{draw_text, fit_text, text_size, GLYPH_HEIGHT, GLYPH_WIDTH};
+use crate::train::rundir::{EpochRow, LogError, RunDir};
 
 /// Distinct, colour-blind-friendly series colours (the "tab10" palette's first entries).
 pub const PALETTE: [Rgb<u8>; 6] = [
@@ -51,18 +52,8 @@ const LINE_WIDTH: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path}, line {line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("cannot encode {path} as PNG")]
     Encode {
         path: PathBuf,
@@ -413,38 +404,29 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<(), PlotError> {
     })
 }
 
-/// Training curves from a run directory's CSV logs; returns the files written.
+/// Training curves from a run directory's logs; returns the files written.
 ///
-/// Reads `metrics_csv` (one row per epoch) and, when it exists, `steps_csv` (one row per step,
+/// Reads `metrics.csv` (one row per epoch) and, when it exists, `steps.csv` (one row per step,
 /// averaged down to at most [`MAX_STEP_POINTS`] points), and writes `loss.png`, `error.png`
-/// and `learning_rate.png` into `out_dir` (created if missing). Columns are found by their
-/// header names, so added columns do no harm; empty fields count as missing values.
-pub fn plot_training(
-    metrics_csv: &Path,
-    steps_csv: &Path,
-    out_dir: &Path,
-) -> Result<Vec<PathBuf>, PlotError> {
-    let metrics = read_columns(
-        metrics_csv,
-        &[
-            "epoch",
-            "step",
-            "learning_rate",
-            "train_loss",
-            "train_top1_error",
-            "val_loss",
-            "val_top1_error",
-            "val_top5_error",
-        ],
-    )?;
-    let [epoch, step, lr, train_loss, train_top1, val_loss, val_top1, val_top5] = &metrics[..]
-    else {
-        unreachable!("read_columns returns one column per name");
-    };
-    let steps = match read_columns(steps_csv, &["step", "loss"]) {
-        Ok(columns) => Some(columns),
-        Err(PlotError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
-        Err(error) => return Err(error),
+/// and `learning_rate.png` into `out_dir` (created if missing).
+pub fn plot_training(run: &RunDir, out_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
+    let rows = run.read_metrics()?;
+    let column = |f: fn(&EpochRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let epoch = &column(|r| r.epoch as f64);
+    let step = &column(|r| r.step as f64);
+    let lr = &column(|r| r.learning_rate);
+    let train_loss = &column(|r| r.train_loss);
+    let train_top1 = &column(|r| r.train_top1_error);
+    let val_loss = &column(|r| r.val_loss);
+    let val_top1 = &column(|r| r.val_top1_error);
+    let val_top5 = &column(|r| r.val_top5_error);
+    let steps = match run.read_steps() {
+        Ok(rows) => Some([
+            rows.iter().map(|r| r.step as f64).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.loss as f64).collect(),
+        ]),
+        Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error.into()),
     };
 
     let zip = |x: &[f64], y: &[f64], factor: f64| -> Vec<(f64, f64)> {
@@ -552,74 +534,6 @@ fn finite_mean(values: impl Iterator<Item = f64>) -> f64 {
     } else {
         sum / count as f64
     }
-}
-
-/// Reads the named columns of a simple CSV file (comma-separated, no quoting, header first) as
-/// numbers, one vector per name. Empty fields read as NaN; blank lines are skipped.
-fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<f64>>, PlotError> {
-    let read_error = |source| PlotError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parse_error = |line: usize, message: String| PlotError::Parse {
-        path: path.to_path_buf(),
-        line,
-        message,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let mut lines = BufReader::new(file).lines();
-    let header = match lines.next() {
-        Some(line) => line.map_err(read_error)?,
-        None => {
-            return Err(parse_error(
-                1,
-                "the file is empty (expected a header)".into(),
-            ))
-        }
-    };
-    let header: Vec<&str> = header.trim_end().split(',').map(str::trim).collect();
-    let indices = names
-        .iter()
-        .map(|name| {
-            header.iter().position(|h| h == name).ok_or_else(|| {
-                parse_error(
-                    1,
-                    format!("no column `{name}` in the header ({})", header.join(",")),
-                )
-            })
-        })
-        .collect::<Result<Vec<usize>, _>>()?;
-
-    let mut columns = vec![Vec::new(); names.len()];
-    for (number, line) in (2..).zip(lines) {
-        let line = line.map_err(read_error)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').collect();
-        for ((column, &index), name) in columns.iter_mut().zip(&indices).zip(names) {
-            let field = fields.get(index).map(|f| f.trim()).ok_or_else(|| {
-                parse_error(
-                    number,
-                    format!(
-                        "{} fields, but `{name}` is column {}",
-                        fields.len(),
-                        index + 1
-                    ),
-                )
-            })?;
-            let value = if field.is_empty() {
-                f64::NAN
-            } else {
-                field.parse::<f64>().map_err(|_| {
-                    parse_error(number, format!("`{name}` is {field:?}, not a number"))
-                })?
-            };
-            column.push(value);
-        }
-    }
-    Ok(columns)
 }
 
 /// Text scale for a chart: 1 for small images, 2 from about 960×540 up, and so on.
@@ -1254,26 +1168,25 @@ mod tests {
     const METRICS: &str = "epoch,step,learning_rate,train_loss,train_top1_error,val_loss,val_top1_error,val_top5_error,epoch_seconds,train_images_per_sec\n\
         1,10,0.01,2.3,0.9,2.2,0.88,0.5,1.0,10.0\n\
         2,20,0.01,2.0,0.8,2.1,0.8,0.4,1.0,10.0\n\
-        3,30,0.001,1.5,0.6,,0.7,0.3,1.0,10.0\n";
+        3,30,0.001,1.5,0.6,NaN,0.7,0.3,1.0,10.0\n";
 
     #[test]
     fn plot_training_writes_three_pngs() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = dir.path().join("metrics.csv");
-        // Columns in a different order plus an extra one: found by name.
-        fs::write(&metrics, METRICS).unwrap();
-        let steps = dir.path().join("steps.csv");
-        let mut log = String::from("epoch,step,extra,loss,learning_rate\n");
+        let run = RunDir::new(dir.path());
+        fs::write(run.metrics(), METRICS).unwrap();
+        // An extra column does no harm; steps.csv of older versions has no step times.
+        let mut log = String::from("step,epoch,loss,learning_rate,extra\n");
         for step in 1..=30 {
             log.push_str(&format!(
-                "{},{step},x,{},0.01\n",
+                "{step},{},{},0.01,x\n",
                 (step - 1) / 10 + 1,
                 2.5 - f64::from(step) * 0.03
             ));
         }
-        fs::write(&steps, log).unwrap();
+        fs::write(run.steps(), log).unwrap();
         let out = dir.path().join("plots");
-        let written = plot_training(&metrics, &steps, &out).unwrap();
+        let written = plot_training(&run, &out).unwrap();
         let names: Vec<_> = written
             .iter()
             .map(|p| p.file_name().unwrap().to_str().unwrap())
@@ -1282,58 +1195,39 @@ mod tests {
         for path in &written {
             let image = image::open(path).unwrap();
             assert_eq!((image.width(), image.height()), TRAINING_CHART_SIZE);
-            assert!(!crate::shards::tmp_path(path).exists());
         }
         // Without steps.csv the per-step series is simply left out.
-        let written = plot_training(&metrics, &dir.path().join("missing.csv"), &out).unwrap();
+        fs::remove_file(run.steps()).unwrap();
+        let written = plot_training(&run, &out).unwrap();
         assert_eq!(written.len(), 3);
     }
 
     #[test]
-    fn malformed_csv_errors_name_the_file_and_line() {
+    fn malformed_logs_are_errors_that_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = dir.path().join("metrics.csv");
-        let steps = dir.path().join("steps.csv");
+        let run = RunDir::new(dir.path());
         let out = dir.path().join("plots");
-
-        fs::write(&metrics, METRICS.replace("2,20,0.01,2.0", "2,20,zero,2.0")).unwrap();
-        let error = plot_training(&metrics, &steps, &out).unwrap_err();
-        let message = error.to_string();
+        fs::write(
+            run.metrics(),
+            METRICS.replace("2,20,0.01,2.0", "2,20,zero,2.0"),
+        )
+        .unwrap();
+        let message = plot_training(&run, &out).unwrap_err().to_string();
         assert!(
-            matches!(error, PlotError::Parse { line: 3, .. }),
-            "{message}"
-        );
-        assert!(
-            message.contains("metrics.csv") && message.contains("learning_rate"),
-            "{message}"
-        );
-
-        fs::write(&metrics, METRICS).unwrap();
-        fs::write(&steps, "step,epoch,loss\n1,1,2.0\n2,1\n").unwrap();
-        let message = plot_training(&metrics, &steps, &out)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains("steps.csv") && message.contains("line 3"),
+            message.contains("metrics.csv") && message.contains("line 3"),
             "{message}"
         );
 
-        fs::write(&steps, "step,epoch,learning_rate\n1,1,0.01\n").unwrap();
-        let message = plot_training(&metrics, &steps, &out)
-            .unwrap_err()
-            .to_string();
+        fs::write(run.metrics(), METRICS).unwrap();
+        fs::write(run.steps(), "step,epoch,learning_rate\n1,1,0.01\n").unwrap();
+        let message = plot_training(&run, &out).unwrap_err().to_string();
         assert!(
-            message.contains("steps.csv") && message.contains("`loss`"),
+            message.contains("steps.csv") && message.contains("loss"),
             "{message}"
         );
 
-        fs::write(&metrics, "").unwrap();
-        let message = plot_training(&metrics, &steps, &out)
-            .unwrap_err()
-            .to_string();
+        fs::remove_file(run.metrics()).unwrap();
+        let message = plot_training(&run, &out).unwrap_err().to_string();
         assert!(message.contains("metrics.csv"), "{message}");
-
-        let error = plot_training(&dir.path().join("nope.csv"), &steps, &out).unwrap_err();
-        assert!(matches!(error, PlotError::Read { .. }) && error.to_string().contains("nope.csv"));
     }
 }

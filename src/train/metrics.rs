@@ -1,7 +1,4 @@
-//! Accuracy counting and the run's CSV logs.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! Accuracy counting.
 
 /// Whether `label` is the top-1 and among the top-5 scores of one row of logits (or
 /// probabilities). Ties count against the label, so a constant output never scores, and so
@@ -68,68 +65,6 @@ impl Tally {
     }
 }
 
-/// A CSV file with a fixed header whose rows are keyed by a step number in the second (or
-/// first) column, so that a resumed run can drop rows written after its checkpoint.
-pub struct CsvLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl CsvLog {
-    /// Opens `path` for appending, writing `header` if the file is new, and dropping rows whose
-    /// `step_column` value is greater than `keep_through_step`.
-    pub fn open(
-        path: &Path,
-        header: &str,
-        step_column: usize,
-        keep_through_step: u64,
-    ) -> std::io::Result<Self> {
-        let kept = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mut lines = text.lines();
-                let mut kept = String::new();
-                if lines.next().is_some() {
-                    kept.push_str(header);
-                    kept.push('\n');
-                }
-                for line in lines {
-                    let step = line
-                        .split(',')
-                        .nth(step_column)
-                        .and_then(|s| s.parse::<u64>().ok());
-                    if step.is_some_and(|s| s <= keep_through_step) {
-                        kept.push_str(line);
-                        kept.push('\n');
-                    }
-                }
-                kept
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
-        let contents = if kept.is_empty() {
-            format!("{header}\n")
-        } else {
-            kept
-        };
-        std::fs::write(path, contents)?;
-        let file = std::fs::OpenOptions::new().append(true).open(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    pub fn append(&mut self, row: &str) -> std::io::Result<()> {
-        writeln!(self.file, "{row}")?;
-        self.file.flush()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,20 +98,5 @@ mod tests {
         // log-sum-exp stays finite for large logits.
         let ce = cross_entropy(&[1000.0, 0.0], 2, &[0]);
         assert!(ce.abs() < 1e-12, "{ce}");
-    }
-
-    #[test]
-    fn csv_log_drops_rows_after_the_resumed_step() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.csv");
-        let mut log = CsvLog::open(&path, "epoch,step,x", 1, 0).unwrap();
-        for step in 1..=4 {
-            log.append(&format!("0,{step},{}", step * 10)).unwrap();
-        }
-        drop(log);
-        let mut log = CsvLog::open(&path, "epoch,step,x", 1, 2).unwrap();
-        log.append("0,3,33").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "epoch,step,x\n0,1,10\n0,2,20\n0,3,33\n");
     }
 }

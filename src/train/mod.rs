@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod input;
 pub mod metrics;
+pub mod rundir;
 pub mod schedule;
 pub mod sgd;
 pub mod state;
@@ -24,9 +25,10 @@ use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
 use crate::preprocess::Progress;
 use crate::shards::Split;
 pub use input::{InputStage, TrainDevice};
-use metrics::{CsvLog, Tally};
+use metrics::Tally;
+use rundir::{CsvLog, EpochRow, LogError, RunDir, StepRow};
 use sgd::Sgd;
-use state::{RunDir, TrainState};
+use state::TrainState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -42,6 +44,8 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error(
         "{run} already holds a training run; pass --resume to continue it, or choose another --run"
     )]
@@ -113,23 +117,19 @@ pub struct EpochRecord {
 }
 
 impl EpochRecord {
-    pub const CSV_HEADER: &'static str = "epoch,step,learning_rate,train_loss,train_top1_error,\
-        val_loss,val_top1_error,val_top5_error,epoch_seconds,train_images_per_sec";
-
-    fn csv_row(&self) -> String {
-        format!(
-            "{},{},{},{},{:.6},{},{:.6},{:.6},{:.3},{:.1}",
-            self.epoch,
-            self.step,
-            self.learning_rate,
-            self.train.loss(),
-            self.train.top1_error(),
-            self.val.loss(),
-            self.val.top1_error(),
-            self.val.top5_error(),
-            self.seconds,
-            self.train.images as f64 / self.seconds.max(1e-9),
-        )
+    fn row(&self) -> EpochRow {
+        EpochRow {
+            epoch: self.epoch,
+            step: self.step,
+            learning_rate: self.learning_rate,
+            train_loss: self.train.loss(),
+            train_top1_error: self.train.top1_error(),
+            val_loss: self.val.loss(),
+            val_top1_error: self.val.top1_error(),
+            val_top5_error: self.val.top5_error(),
+            epoch_seconds: self.seconds,
+            train_images_per_sec: self.train.images as f64 / self.seconds.max(1e-9),
+        }
     }
 }
 
@@ -335,8 +335,10 @@ struct Trainer<D: TrainDevice> {
     input: InputStage<D>,
     val_data: Arc<LoaderData>,
     run: RunDir,
-    metrics: CsvLog,
-    steps_log: CsvLog,
+    metrics: CsvLog<EpochRow>,
+    steps_log: CsvLog<StepRow>,
+    /// When the previous step ended (for `StepRow::ms_per_step`).
+    last_step_end: Instant,
     train_images: usize,
     steps_per_epoch: u64,
     latest_checkpoint: Option<PathBuf>,
@@ -399,10 +401,8 @@ impl<D: TrainDevice> Trainer<D> {
                 source: std::io::Error::other(e),
             },
         )?;
-        let metrics = CsvLog::open(&run.metrics(), EpochRecord::CSV_HEADER, 1, state.step)
-            .map_err(io_error(&run.metrics()))?;
-        let steps_log = CsvLog::open(&run.steps(), "step,epoch,loss,learning_rate", 0, state.step)
-            .map_err(io_error(&run.steps()))?;
+        let metrics = CsvLog::open(&run.metrics(), state.step)?;
+        let steps_log = CsvLog::open(&run.steps(), state.step)?;
         let loader = &pipeline.loader;
         let n = train_data.len() as u64;
         let batch = loader.batch_size as u64;
@@ -429,6 +429,7 @@ impl<D: TrainDevice> Trainer<D> {
             run,
             metrics,
             steps_log,
+            last_step_end: Instant::now(),
             train_images: train_data.len(),
             steps_per_epoch,
             latest_checkpoint: latest,
@@ -502,15 +503,15 @@ impl<D: TrainDevice> Trainer<D> {
         self.state.step += 1;
         let next = batch.next_position();
         (self.state.epoch, self.state.sample) = (next.epoch, next.sample);
-        self.steps_log
-            .append(&format!(
-                "{},{},{},{}",
-                self.state.step,
-                self.state.epoch + 1,
-                value,
-                lr
-            ))
-            .map_err(io_error(&self.run.steps()))?;
+        let now = Instant::now();
+        self.steps_log.append(&StepRow {
+            step: self.state.step,
+            epoch: self.state.epoch + 1,
+            loss: value,
+            learning_rate: lr,
+            ms_per_step: (now - self.last_step_end).as_secs_f64() * 1e3,
+        })?;
+        self.last_step_end = now;
         Ok(value)
     }
 
@@ -566,11 +567,11 @@ impl<D: TrainDevice> Trainer<D> {
         self.state.sample = 0;
         self.state.epoch_tally = Tally::default();
         self.state.epoch_seconds = 0.0;
-        self.metrics
-            .append(&record.csv_row())
-            .map_err(io_error(&self.run.metrics()))?;
+        self.metrics.append(&record.row())?;
         self.save_checkpoint(None)?;
         self.last_epoch = Some(record.clone());
+        // Validation and saving are not part of the next step's time.
+        self.last_step_end = Instant::now();
         Ok(record)
     }
 
@@ -644,8 +645,9 @@ impl<D: TrainDevice> Trainer<D> {
             .prune(self.pipeline.train.keep_checkpoints)
             .map_err(io_error(&self.run.checkpoints()))?;
         self.latest_checkpoint = Some(path.clone());
-        // Saving is not training time.
+        // Saving is not training time, nor part of the next step's.
         self.clock = Instant::now();
+        self.last_step_end = self.clock;
         Ok(path)
     }
 

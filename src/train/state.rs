@@ -1,17 +1,11 @@
-//! A run directory and its checkpoints.
+//! Training checkpoints: `RUN/checkpoints/step-NNNNNNNNN.safetensors` (see `rundir`).
 //!
-//! ```text
-//! RUN/pipeline.toml                      the resolved pipeline the run trains with
-//! RUN/metrics.csv                        one row per epoch (train and validation)
-//! RUN/steps.csv                          one row per step (loss, learning rate)
-//! RUN/checkpoints/step-000001234.safetensors
-//! ```
 //! A checkpoint holds the weights (PyTorch names and layouts), the momentum and, as JSON
 //! metadata, everything else a resumed run needs. All randomness is keyed by counters that
 //! are part of that state — the loader's by (seed, epoch, image), dropout's by (seed, step) —
 //! so there is no generator state to save.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -72,77 +66,6 @@ impl TrainState {
 pub struct DatasetId {
     pub train: String,
     pub val: String,
-}
-
-/// The run directory's paths.
-#[derive(Debug, Clone)]
-pub struct RunDir {
-    pub root: PathBuf,
-}
-
-impl RunDir {
-    pub fn new(root: &Path) -> Self {
-        Self {
-            root: root.to_path_buf(),
-        }
-    }
-
-    pub fn pipeline(&self) -> PathBuf {
-        self.root.join("pipeline.toml")
-    }
-
-    pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics.csv")
-    }
-
-    pub fn steps(&self) -> PathBuf {
-        self.root.join("steps.csv")
-    }
-
-    pub fn checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints")
-    }
-
-    pub fn checkpoint(&self, step: u64) -> PathBuf {
-        self.checkpoints()
-            .join(format!("step-{step:09}.safetensors"))
-    }
-
-    /// Checkpoints, oldest first.
-    pub fn list_checkpoints(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut found: Vec<(u64, PathBuf)> = match std::fs::read_dir(self.checkpoints()) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    let step = name
-                        .strip_prefix("step-")?
-                        .strip_suffix(".safetensors")?
-                        .parse()
-                        .ok()?;
-                    Some((step, e.path()))
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        found.sort();
-        Ok(found.into_iter().map(|(_, p)| p).collect())
-    }
-
-    pub fn latest_checkpoint(&self) -> std::io::Result<Option<PathBuf>> {
-        Ok(self.list_checkpoints()?.pop())
-    }
-
-    /// Deletes all but the newest `keep` checkpoints.
-    pub fn prune(&self, keep: usize) -> std::io::Result<()> {
-        let all = self.list_checkpoints()?;
-        let excess = all.len().saturating_sub(keep);
-        for old in &all[..excess] {
-            std::fs::remove_file(old)?;
-        }
-        Ok(())
-    }
 }
 
 /// Writes a training checkpoint atomically.
