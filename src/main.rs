@@ -1,6 +1,5 @@
 //! The `alexnet` command: parses arguments and hands each subcommand to its library module.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,17 +9,16 @@ use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dfdx::prelude::Cpu;
-
-use indicatif::{ProgressBar, ProgressStyle};
-
 use alexnet::config::{LoaderConfig, Pipeline};
 use alexnet::eval::{self, EvalOptions};
 use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
-use alexnet::preprocess::{self, PreprocessOptions, Progress};
+use alexnet::preprocess::{self, PreprocessOptions};
+use alexnet::progress::{Meter, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
-use alexnet::train::{self, TrainDevice, TrainOptions};
+use alexnet::train::bench::BenchJob;
+use alexnet::train::device::{on_device, DeviceKind};
+use alexnet::train::TrainOptions;
 
 #[derive(Parser)]
 #[command(
@@ -93,9 +91,8 @@ struct EvaluateArgs {
     /// Images per batch; each is evaluated as ten crops [default: the pipeline's batch / 10].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Where to run [default: cuda in a CUDA build, else cpu].
-    #[arg(long, value_enum)]
-    device: Option<DeviceKind>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(clap::Args)]
@@ -118,26 +115,16 @@ struct BenchTrainArgs {
     /// Steps profiled afterwards, synchronising the device after every stage.
     #[arg(long, default_value_t = 3)]
     profile_steps: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `--device`, shared by the commands that run the network.
+#[derive(clap::Args)]
+struct DeviceArg {
     /// Where to run [default: cuda in a CUDA build, else cpu].
-    #[arg(long, value_enum)]
-    device: Option<DeviceKind>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum DeviceKind {
-    Cpu,
-    Cuda,
-}
-
-impl DeviceKind {
-    /// CUDA when the binary was built with it, else the CPU.
-    fn default_for_build() -> Self {
-        if cfg!(feature = "cuda") {
-            DeviceKind::Cuda
-        } else {
-            DeviceKind::Cpu
-        }
-    }
+    #[arg(long = "device", value_name = "DEVICE", value_enum)]
+    kind: Option<DeviceKind>,
 }
 
 #[derive(clap::Args)]
@@ -157,9 +144,8 @@ struct TrainArgs {
     /// Continue the run from its latest checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Where to train [default: cuda in a CUDA build, else cpu].
-    #[arg(long, value_enum)]
-    device: Option<DeviceKind>,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Save a checkpoint and stop after this many steps in total, as Ctrl-C does.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stop_after_steps: Option<u64>,
@@ -252,8 +238,8 @@ struct ExportArgs {
     #[arg(long)]
     data: PathBuf,
     /// Which split to export.
-    #[arg(long, value_parser = ["train", "val"])]
-    split: String,
+    #[arg(long, value_enum)]
+    split: Split,
     /// Directory to write <split>/<index>.png and <split>/index.csv into.
     #[arg(long)]
     out: PathBuf,
@@ -283,8 +269,8 @@ struct BenchLoaderArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Batch pixel type: raw crops (u8) or mean-subtracted (f32).
-    #[arg(long, default_value = "u8", value_parser = ["u8", "f32"])]
-    output: String,
+    #[arg(long, value_enum, default_value_t = Output::U8)]
+    output: Output,
     /// Also time a bare loop that only copies random crops (the ceiling), in the same run.
     #[arg(long)]
     baseline: bool,
@@ -387,7 +373,7 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
         output: args.output,
         jobs,
         val_labels: args.val_labels,
-        progress: progress_mode(),
+        progress: Progress::for_stderr(),
         verify: args.verify,
         profile: args.profile,
         part: args.part,
@@ -417,7 +403,7 @@ fn run_preprocess(args: PreprocessArgs) -> Result<()> {
 }
 
 fn run_export(args: ExportArgs) -> Result<()> {
-    let split: Split = args.split.parse().map_err(anyhow::Error::msg)?;
+    let split = args.split;
     let n = alexnet::export::export(&args.data, split, &args.out, args.limit)
         .with_context(|| format!("exporting {split} from {}", args.data.display()))?;
     println!(
@@ -452,7 +438,7 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
         config.batch_size = batch_size;
     }
     let threads = config.resolved_threads();
-    let output: Output = args.output.parse().map_err(anyhow::Error::msg)?;
+    let output = args.output;
     let data = open_training_data(&args.data)?;
     if args.verify {
         data.verify_checksums()?;
@@ -471,7 +457,13 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
         );
         (args.batches * config.batch_size) as f64 / elapsed.as_secs_f64()
     });
-    let bar = progress_bar(args.batches as u64, "batches");
+    let mut bar = Meter::new(
+        Progress::for_stderr(),
+        "bench-loader",
+        "batches",
+        args.batches as u64,
+        0,
+    );
     let options = LoaderOptions {
         digests: true,
         ..LoaderOptions::train(&config, output)
@@ -479,7 +471,7 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
     let result = bench::run_loader(data, options, args.batches, |done, _| {
         bar.set_position(done as u64)
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     eprintln!(
         "{} batches of {} ({}×{} {}), {} threads: {:.0} images/s{}",
         result.batches,
@@ -522,14 +514,6 @@ fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
     Ok(())
 }
 
-fn progress_mode() -> Progress {
-    if std::io::stderr().is_terminal() {
-        Progress::Bar
-    } else {
-        Progress::Lines
-    }
-}
-
 /// `--pipeline` if given; else, when `use_saved`, the run's own `pipeline.toml` if it has one;
 /// else the paper's.
 fn run_pipeline(explicit: Option<&Path>, run: &Path, use_saved: bool) -> Result<Pipeline> {
@@ -560,12 +544,12 @@ fn run_train(args: TrainArgs) -> Result<()> {
         run: args.run.clone(),
         pipeline,
         resume: args.resume,
-        progress: progress_mode(),
+        progress: Progress::for_stderr(),
         stop,
         stop_after_steps: args.stop_after_steps,
         device_name: String::new(),
     };
-    let outcome = on_device(args.device, seed, options)?
+    let outcome = on_device(args.device.kind, seed, options)?
         .with_context(|| format!("training run {}", args.run.display()))?;
 
     let resume_hint = format!(
@@ -615,10 +599,10 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         pipeline,
         checkpoint: args.checkpoint.clone(),
         batch_images,
-        progress: progress_mode(),
+        progress: Progress::for_stderr(),
         device_name: String::new(),
     };
-    let report = on_device(args.device, 0, options)?
+    let report = on_device(args.device.kind, 0, options)?
         .with_context(|| format!("evaluating run {}", args.run.display()))?;
     eprintln!(
         "evaluated {} on {} validation images ({} views each) in {:.1} s, {:.0} images/s on {}",
@@ -652,7 +636,7 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
         warmup: args.warmup,
         profile_steps: args.profile_steps,
     };
-    let report = on_device(args.device, job.pipeline.train.seed, job)??;
+    let report = on_device(args.device.kind, job.pipeline.train.seed, job)??;
     eprintln!("{:<28} {:>9}", "stage (profiled, median)", "ms");
     for (name, ms) in report.phases_ms.iter().map(|(k, v)| (k.to_string(), *v)) {
         eprintln!("{name:<28} {ms:>9.2}");
@@ -666,102 +650,4 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     );
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-const NO_CUDA: &str = "this binary was built without CUDA; build it with \
-    `cargo build --release --features cuda` (or use `make train CUDA=1`), or use --device cpu";
-
-/// Work that runs on whichever device `--device` picks: all device-generic code lives behind this.
-trait DeviceJob {
-    type Output;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output;
-}
-
-impl DeviceJob for TrainOptions {
-    type Output = Result<train::Outcome, train::TrainError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
-        train::run(
-            dev,
-            TrainOptions {
-                device_name,
-                ..self
-            },
-        )
-    }
-}
-
-impl DeviceJob for EvalOptions {
-    type Output = Result<eval::Report, eval::EvalError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
-        eval::run(
-            dev,
-            EvalOptions {
-                device_name,
-                ..self
-            },
-        )
-    }
-}
-
-struct BenchJob {
-    pipeline: Pipeline,
-    data: Arc<LoaderData>,
-    steps: usize,
-    warmup: usize,
-    profile_steps: usize,
-}
-
-impl DeviceJob for BenchJob {
-    type Output = Result<train::bench::BenchReport, alexnet::loader::LoaderError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
-        eprintln!(
-            "benchmarking {} training steps of {} (+{} warm-up, {} profiled) on {device_name}",
-            self.steps, self.pipeline.loader.batch_size, self.warmup, self.profile_steps,
-        );
-        let (steps, warmup, profile) = (self.steps, self.warmup, self.profile_steps);
-        train::bench::run(&dev, &self.pipeline, self.data, steps, warmup, profile)
-    }
-}
-
-/// Opens the chosen device (default: CUDA in a CUDA build, else the CPU) and runs `job` on it.
-fn on_device<J: DeviceJob>(kind: Option<DeviceKind>, seed: u64, job: J) -> Result<J::Output> {
-    match kind.unwrap_or_else(DeviceKind::default_for_build) {
-        DeviceKind::Cpu => {
-            // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
-            dfdx::flush_denormals_to_zero();
-            let name = format!("the CPU ({} threads)", rayon::current_num_threads());
-            Ok(job.run(Cpu::default(), name))
-        }
-        DeviceKind::Cuda => on_cuda(seed, job),
-    }
-}
-
-/// CUDA device 0, reusing its allocations between steps instead of allocating each anew.
-#[cfg(feature = "cuda")]
-fn on_cuda<J: DeviceJob>(seed: u64, job: J) -> Result<J::Output> {
-    use dfdx::prelude::Cache;
-    let dev = dfdx::tensor::Cuda::try_build(0, seed)
-        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-    dev.enable_cache();
-    Ok(job.run(dev, "CUDA device 0".into()))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn on_cuda<J: DeviceJob>(_: u64, _: J) -> Result<J::Output> {
-    anyhow::bail!(NO_CUDA)
-}
-
-fn progress_bar(len: u64, unit: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "[{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"
-        ))
-        .expect("valid template"),
-    );
-    bar
 }

@@ -39,6 +39,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::seed::splitmix64;
+
 /// How the validation images are laid out under `DIR/val`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValLayout {
@@ -619,13 +621,6 @@ fn stream_rng(seed: u64, stream: u64, class: u64, index: u64) -> ChaCha8Rng {
         chunk.copy_from_slice(&state.to_le_bytes());
     }
     ChaCha8Rng::from_seed(key)
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Writes via a hidden temporary file and a rename, so an interrupted run never

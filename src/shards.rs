@@ -122,7 +122,19 @@ fn missing_or_io(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
 }
 
 /// The two splits a dataset holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -143,17 +155,6 @@ impl Split {
 impl std::fmt::Display for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Split {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "train" => Ok(Split::Train),
-            "val" => Ok(Split::Val),
-            other => Err(format!("unknown split `{other}` (expected train or val)")),
-        }
     }
 }
 
@@ -691,12 +692,13 @@ pub fn read_rejects(path: &Path) -> Result<Vec<(Split, Reject)>, ShardError> {
         let reason: &StringArray = column(&batch, "reason", path)?;
         let detail: &StringArray = column(&batch, "detail", path)?;
         for i in 0..batch.num_rows() {
-            let split = split
-                .value(i)
-                .parse()
-                .map_err(|message| ShardError::Index {
+            let name = split.value(i);
+            let split = Split::ALL
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| ShardError::Index {
                     path: path.to_path_buf(),
-                    message,
+                    message: format!("unknown split `{name}`"),
                 })?;
             out.push((
                 split,

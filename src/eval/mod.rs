@@ -12,14 +12,13 @@ use std::time::Instant;
 
 use arrow_array::builder::{Float32Builder, ListBuilder, UInt32Builder};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Pipeline;
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, ModelError, Spec};
-use crate::preprocess::Progress;
+use crate::progress::{Meter, Progress};
 use crate::shards::{ShardError, Split};
 use crate::train::rundir::RunDir;
 use crate::train::state::saved_state;
@@ -184,6 +183,19 @@ struct Prediction {
     top5: Vec<(u32, f32)>,
 }
 
+impl crate::train::device::DeviceJob for EvalOptions {
+    type Output = Result<Report, EvalError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        run(
+            dev,
+            EvalOptions {
+                device_name,
+                ..self
+            },
+        )
+    }
+}
+
 /// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
 pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
     let run = RunDir::new(&options.run);
@@ -221,7 +233,13 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
         LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),
     )?;
     let classes = data.classes.len();
-    let bar = progress_bar(options.progress, data.len() as u64);
+    let mut bar = Meter::new(
+        options.progress,
+        "evaluating",
+        "images",
+        data.len() as u64,
+        0,
+    );
     let started = Instant::now();
     let (mut center, mut ten) = (Counts::default(), Counts::default());
     let mut per_class = vec![[0u64; 4]; classes]; // images, centre top-1, 10-crop top-1, top-5
@@ -261,7 +279,7 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
         }
         bar.inc(batch.len() as u64);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     let images = predictions.len() as u64;
     if images != data.len() as u64 {
@@ -328,20 +346,6 @@ fn check_classes(file: &TensorFile, path: &Path, data: &LoaderData) -> Result<()
         });
     }
     Ok(())
-}
-
-fn progress_bar(progress: Progress, images: u64) -> ProgressBar {
-    if progress != Progress::Bar {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(images);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "evaluating [{elapsed_precise}] {wide_bar} {pos}/{len} images {per_sec} ETA {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar
 }
 
 /// `RUN/eval/{report.json, predictions.parquet, per_class.png}` and the training curves.

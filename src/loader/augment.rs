@@ -9,6 +9,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::preprocess::resize::half_even_midpoint;
+use crate::seed::standard_normal;
 
 /// ImageNet's RGB covariance eigenvalues and eigenvectors (pixels in 0..1), as widely used for
 /// the paper's "PCA lighting"; `EIGVEC[c][i]` is channel `c` of eigenvector `i`.
@@ -71,13 +72,6 @@ pub fn lighting_offset(alpha: [f32; 3]) -> [f32; 3] {
             * 255.0;
     }
     rgb
-}
-
-/// Box–Muller; two uniforms per normal keeps the stream simple and reproducible.
-pub fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// The evaluation crops: torchvision's `CenterCrop`, and `TenCrop` (four corners and the

@@ -199,7 +199,8 @@ impl LoaderData {
 }
 
 /// Pixel type of the batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Output {
     /// Raw crops; mean subtraction and lighting (see `Batch::lighting`) happen on the device.
     U8,
@@ -207,14 +208,12 @@ pub enum Output {
     F32,
 }
 
-impl std::str::FromStr for Output {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "u8" => Ok(Output::U8),
-            "f32" => Ok(Output::F32),
-            other => Err(format!("unknown output `{other}` (expected u8 or f32)")),
-        }
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Output::U8 => "u8",
+            Output::F32 => "f32",
+        })
     }
 }
 

@@ -4,21 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Mixes words into one seed (splitmix64 finaliser steps), so nearby inputs give unrelated
-/// streams.
-pub fn mix_seed(words: &[u64]) -> u64 {
-    let mut h = 0x9E37_79B9_7F4A_7C15u64;
-    for &w in words {
-        h ^= w
-            .wrapping_add(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(h << 6)
-            .wrapping_add(h >> 2);
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^= h >> 31;
-    }
-    h
-}
+use crate::seed::mix_seed;
 
 /// Domain tags so that the permutation and the per-sample draws never share a stream.
 const PERMUTATION: u64 = 1;

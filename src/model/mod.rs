@@ -26,8 +26,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::ModelConfig;
-use crate::loader::augment::standard_normal;
-use crate::loader::sampler::mix_seed;
+use crate::seed::{mix_seed, standard_normal};
 pub use layers::{Act, Affine, Conv, LayerTape, Lrn, Mat, MaxPool, Window};
 
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Pipeline;
+use crate::progress::Progress;
 use crate::shards::{self, Manifest, ShardError, Split, MANIFEST_FILE, PLAN_FILE, REJECTS_FILE};
 use ingest::IngestError;
 pub use plan::Part;
@@ -105,17 +106,6 @@ pub struct PreprocessOptions {
     pub part: Option<Part>,
     /// Combine finished parts into the complete dataset.
     pub merge: bool,
-}
-
-/// How a long run shows its progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// A live progress bar (stderr is a terminal).
-    Bar,
-    /// A plain line every minute (stderr is a log file or a pipe).
-    Lines,
-    /// Nothing.
-    Off,
 }
 
 /// What a run did, for the end-of-run summary.

@@ -4,17 +4,16 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
 
 use super::decode::{self, DecodeOptions, Decoder, RejectReason, Rejection, SHRINK_MARGIN};
 use super::ingest::{SourceDataset, SourceImage};
 use super::plan::{self, Part, ShardPlan, SplitWork};
 use super::profile::Profile;
 use super::resize::CenterCropResizer;
-use super::{ordered, PreprocessError, PreprocessOptions, Progress, SplitSummary};
+use super::{ordered, PreprocessError, PreprocessOptions, SplitSummary};
 use crate::config::PreprocessConfig;
+use crate::progress::Meter;
 use crate::shards::{
     self, IndexRow, Manifest, MeanStats, PartReceipt, PartShard, Reject, ShardError, ShardPaths,
     ShardReceipt, ShardWriter, Split, SplitContent, CHANNELS, FORMAT_VERSION, MANIFEST_FILE,
@@ -226,13 +225,19 @@ pub fn process(
         .map(|w| (w.mine.iter().filter(|m| **m).count() - w.todo().count()) as u64)
         .collect();
     let reasons: Vec<_> = works.iter().map(|w| w.reasons.clone()).collect();
-    let mut progress: Vec<SplitProgress> = works
+    let mut progress: Vec<Meter> = works
         .iter()
         .enumerate()
         .map(|(w, work)| {
-            let total = work.inputs();
-            let todo_here = todo.iter().filter(|t| t.0 == w).count();
-            SplitProgress::new(opts.progress, work.split, total, total - todo_here)
+            let total = work.inputs() as u64;
+            let todo_here = todo.iter().filter(|t| t.0 == w).count() as u64;
+            Meter::new(
+                opts.progress,
+                work.split.name(),
+                "images",
+                total,
+                total - todo_here,
+            )
         })
         .collect();
     let (jobs, closing) = std::sync::mpsc::sync_channel::<(usize, OpenShard, String)>(2);
@@ -296,7 +301,7 @@ pub fn process(
                 },
                 |k, result| {
                     let (w, _, plan, i) = todo[k];
-                    progress[w].inc();
+                    progress[w].inc(1);
                     let written = Instant::now();
                     writers[w].accept(plan, i, result)?;
                     profile.add_write(written.elapsed());
@@ -430,73 +435,6 @@ fn shard_bytes(output: &Path, split: Split, shard: usize) -> Result<u64, Preproc
             .len();
     }
     Ok(total)
-}
-
-/// Progress of one split: a bar on a terminal, or a line a minute in a log.
-struct SplitProgress {
-    bar: ProgressBar,
-    lines: bool,
-    split: Split,
-    total: usize,
-    position: usize,
-    done_before: usize,
-    started: Instant,
-    last_line: Instant,
-}
-
-impl SplitProgress {
-    const LINE_EVERY: Duration = Duration::from_secs(60);
-
-    fn new(mode: Progress, split: Split, total: usize, done: usize) -> Self {
-        let bar = if mode == Progress::Bar {
-            let bar = ProgressBar::new(total as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>5} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_prefix(split.name());
-            bar.set_position(done as u64);
-            bar.reset_eta();
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        Self {
-            bar,
-            lines: mode == Progress::Lines,
-            split,
-            total,
-            position: done,
-            done_before: done,
-            started: Instant::now(),
-            last_line: Instant::now(),
-        }
-    }
-
-    fn inc(&mut self) {
-        self.position += 1;
-        self.bar.inc(1);
-        if self.lines && self.last_line.elapsed() >= Self::LINE_EVERY {
-            self.last_line = Instant::now();
-            let rate = (self.position - self.done_before) as f64
-                / self.started.elapsed().as_secs_f64().max(1e-9);
-            let eta = (self.total - self.position) as f64 / rate.max(1e-9);
-            eprintln!(
-                "{}: {}/{} ({:.1}%), {rate:.0} images/s, about {:.0} min left",
-                self.split,
-                self.position,
-                self.total,
-                100.0 * self.position as f64 / self.total.max(1) as f64,
-                eta / 60.0
-            );
-        }
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
 }
 
 const SUMS_MAGIC: &[u8; 8] = b"ALXSUMS1";

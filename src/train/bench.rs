@@ -27,6 +27,27 @@ pub struct BenchReport {
     pub forward_stages_ms: Vec<(String, f64)>,
 }
 
+/// `alexnet bench-train`: what to run, on whichever device `on_device` opens.
+pub struct BenchJob {
+    pub pipeline: Pipeline,
+    pub data: Arc<LoaderData>,
+    pub steps: usize,
+    pub warmup: usize,
+    pub profile_steps: usize,
+}
+
+impl super::device::DeviceJob for BenchJob {
+    type Output = Result<BenchReport, LoaderError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        eprintln!(
+            "benchmarking {} training steps of {} (+{} warm-up, {} profiled) on {device_name}",
+            self.steps, self.pipeline.loader.batch_size, self.warmup, self.profile_steps,
+        );
+        let (steps, warmup, profile) = (self.steps, self.warmup, self.profile_steps);
+        run(&dev, &self.pipeline, self.data, steps, warmup, profile)
+    }
+}
+
 /// Runs `warmup + steps` plain training steps, then `profile_steps` synchronised ones.
 pub fn run<D: TrainDevice>(
     dev: &D,

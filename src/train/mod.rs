@@ -3,6 +3,7 @@
 //! with validation every epoch, checkpoints that resume exactly, and logs.
 
 pub mod bench;
+pub mod device;
 pub mod input;
 pub mod metrics;
 pub mod rundir;
@@ -13,16 +14,16 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dfdx::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::HumanCount;
 
 use crate::config::Pipeline;
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::CheckpointError;
 use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
-use crate::preprocess::Progress;
+use crate::progress::{Meter, Progress};
 use crate::shards::Split;
 pub use input::{InputStage, TrainDevice};
 use metrics::Tally;
@@ -172,6 +173,19 @@ pub fn train_step<D: Device<f32>>(
         sgd.step(model, &grads, lr);
     }
     (value, host_logits)
+}
+
+impl device::DeviceJob for TrainOptions {
+    type Output = Result<Outcome, TrainError>;
+    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+        run(
+            dev,
+            TrainOptions {
+                device_name,
+                ..self
+            },
+        )
+    }
 }
 
 /// Trains (or resumes) a run. All device work stays on the calling thread.
@@ -448,7 +462,7 @@ impl<D: TrainDevice> Trainer<D> {
             spec.classes,
             spec.input,
             spec.input,
-            thousands(spec.parameter_count() as u64)
+            HumanCount(spec.parameter_count() as u64)
         );
         for layer in spec.table() {
             let shape = if layer.side > 1 {
@@ -470,11 +484,11 @@ impl<D: TrainDevice> Trainer<D> {
         eprintln!(
             "{verb} on {}: {} images, {} steps of {} per epoch, {} epochs; {} validation images",
             options.device_name,
-            thousands(images as u64),
+            HumanCount(images as u64),
             self.steps_per_epoch,
             self.pipeline.loader.batch_size,
             self.pipeline.train.epochs,
-            thousands(self.val_data.len() as u64),
+            HumanCount(self.val_data.len() as u64),
         );
     }
 
@@ -710,44 +724,30 @@ fn check_resumable(saved: &Pipeline, now: &Pipeline, run: &RunDir) -> Result<(),
     Ok(())
 }
 
-/// Per-epoch progress: a bar on a terminal, a line a minute in logs.
+/// Per-epoch progress (the shared `Meter`), with the smoothed loss, the learning rate and the
+/// training rate as its message.
 struct EpochBar {
-    bar: ProgressBar,
     mode: Progress,
+    meter: Option<Meter>,
     steps_per_epoch: u64,
     batch_size: u64,
     epoch_start_step: u64,
-    /// Step at which this epoch's bar started (for images/s).
+    /// Step at which this epoch's meter started (for images/s).
     session_start_step: u64,
     started: Instant,
-    last_line: Instant,
     smoothed_loss: Option<f32>,
 }
 
 impl EpochBar {
     fn new(mode: Progress, steps_per_epoch: u64, batch_size: usize) -> Self {
-        let bar = match mode {
-            Progress::Bar => {
-                let bar = ProgressBar::new(steps_per_epoch);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}, ETA {eta}",
-                    )
-                    .expect("valid template"),
-                );
-                bar
-            }
-            Progress::Lines | Progress::Off => ProgressBar::hidden(),
-        };
         Self {
-            bar,
             mode,
+            meter: None,
             steps_per_epoch,
             batch_size: batch_size as u64,
             epoch_start_step: 0,
             session_start_step: 0,
             started: Instant::now(),
-            last_line: Instant::now(),
             smoothed_loss: None,
         }
     }
@@ -756,13 +756,15 @@ impl EpochBar {
         let done_in_epoch = state.sample as u64 / self.batch_size;
         self.epoch_start_step = state.step - done_in_epoch.min(state.step);
         self.session_start_step = state.step;
-        self.bar.reset();
-        self.bar.set_length(self.steps_per_epoch);
-        self.bar.set_position(done_in_epoch);
-        self.bar
-            .set_prefix(format!("epoch {}/{epochs}", state.epoch + 1));
+        let prefix = format!("epoch {}/{epochs}", state.epoch + 1);
+        self.meter = Some(Meter::new(
+            self.mode,
+            &prefix,
+            "steps",
+            self.steps_per_epoch,
+            done_in_epoch,
+        ));
         self.started = Instant::now();
-        self.last_line = Instant::now();
     }
 
     fn step(&mut self, state: &TrainState, loss: f32) {
@@ -774,29 +776,19 @@ impl EpochBar {
         let in_epoch = state.step.saturating_sub(self.epoch_start_step);
         let images = (state.step - self.session_start_step) * self.batch_size;
         let images_per_sec = images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        let message = format!(
-            "loss {smoothed:.4}, lr {}, {images_per_sec:.0} images/s",
-            state.schedule.learning_rate
-        );
-        match self.mode {
-            Progress::Bar => {
-                self.bar.set_position(in_epoch);
-                self.bar.set_message(message);
-            }
-            Progress::Lines if self.last_line.elapsed() >= Duration::from_secs(60) => {
-                eprintln!(
-                    "epoch {} step {in_epoch}/{}: {message}",
-                    state.epoch + 1,
-                    self.steps_per_epoch
-                );
-                self.last_line = Instant::now();
-            }
-            _ => {}
+        if let Some(meter) = &mut self.meter {
+            meter.set_message(format!(
+                "loss {smoothed:.4}, lr {}, {images_per_sec:.0} images/s",
+                state.schedule.learning_rate
+            ));
+            meter.set_position(in_epoch);
         }
     }
 
     fn finish_epoch(&mut self) {
-        self.bar.finish_and_clear();
+        if let Some(meter) = self.meter.take() {
+            meter.finish();
+        }
     }
 
     fn println(&self, line: &str) {
@@ -804,19 +796,6 @@ impl EpochBar {
             eprintln!("{line}");
         }
     }
-}
-
-/// 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 #[cfg(test)]
