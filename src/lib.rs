@@ -2,6 +2,7 @@
 //!
 //! One module per pipeline stage; `main.rs` only parses arguments and dispatches.
 
+pub mod canvas;
 pub mod config;
 pub mod eval;
 pub mod export;
@@ -13,5 +14,4 @@ pub mod progress;
 pub mod sample;
 pub mod seed;
 pub mod shards;
-pub mod text;
 pub mod train;

@@ -110,8 +110,10 @@ impl Meter {
     fn line(&self) -> String {
         let rate = self.rate();
         let left = self.total.saturating_sub(self.position) as f64 / rate.max(1e-9);
+        // Slow work (a debug build, a huge image) still shows a rate other than "0".
+        let digits = if rate < 10.0 { 1 } else { 0 };
         let mut line = format!(
-            "{}: {}/{} {} ({:.1}%), {rate:.0} {}/s, about {:.0} min left",
+            "{}: {}/{} {} ({:.1}%), {rate:.digits$} {}/s, about {:.0} min left",
             self.prefix,
             HumanCount(self.position),
             HumanCount(self.total),

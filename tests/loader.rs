@@ -99,4 +99,22 @@ fn contact_sheet_is_a_png_grid() {
     // 3 × 3 cells of 112-pixel crops, 4-pixel gaps, a label line under each crop.
     assert_eq!(sheet.width(), 4 + 3 * (112 + 4));
     assert!(sheet.height() > 4 + 3 * (112 + 4));
+    // Each cell's label is drawn in light text under its crop, inside the cell's width.
+    let cell_h = (sheet.height() - 4) / 3;
+    for row in 0..3 {
+        for column in 0..3 {
+            let (x0, y0) = (4 + column * 116, 4 + row * cell_h);
+            let lit = (y0 + 112..y0 + cell_h - 4)
+                .flat_map(|y| (x0..x0 + 112).map(move |x| (x, y)))
+                .filter(|&(x, y)| sheet.get_pixel(x, y).0.iter().all(|&c| c > 150))
+                .count();
+            assert!(lit > 20, "cell ({row}, {column}): {lit} label pixels");
+            // Nothing of the label spills into the gap to the next cell.
+            for y in y0 + 112..y0 + cell_h - 4 {
+                for x in x0 + 112..x0 + 116 {
+                    assert_eq!(sheet.get_pixel(x, y).0, [24, 24, 24], "({x}, {y})");
+                }
+            }
+        }
+    }
 }

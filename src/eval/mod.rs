@@ -380,14 +380,7 @@ fn write_outputs(
         "Top-1 accuracy per class (10 crops)".to_string()
     };
     bars.truncate(shown);
-    let chart = plot::BarChart {
-        title: &title,
-        y_label: "accuracy",
-        bars,
-        sorted: true,
-    };
-    // The height grows with the number of bars; 120 px is only a floor.
-    plot::save_png(&chart.render(900, 120), &dir.join("per_class.png"))?;
+    plot::per_class_chart(&bars, &title, &dir.join("per_class.png"))?;
     if run.metrics().exists() {
         plot::plot_training(run, &dir)?;
     }

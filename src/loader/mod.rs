@@ -53,6 +53,12 @@ pub enum LoaderError {
     },
     #[error("the loader stopped unexpectedly: {0}")]
     Worker(String),
+    #[error("cannot draw the labels of the contact sheet {path}")]
+    ContactSheetLabels {
+        path: PathBuf,
+        #[source]
+        source: crate::canvas::DrawError,
+    },
 }
 
 /// Everything the loader reads from a dataset directory, shared by the loader threads.
