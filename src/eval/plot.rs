@@ -317,7 +317,10 @@ impl LineChart {
         let plot_width = chart.plotting_area().dim_in_pixel().0;
         for (s, runs) in series {
             for run in runs {
-                chart.draw_series(LineSeries::new(run.iter().copied(), s.color.stroke_width(2)))?;
+                chart.draw_series(LineSeries::new(
+                    run.iter().copied(),
+                    s.color.stroke_width(2),
+                ))?;
             }
             // Markers while points are sparse; they also make single points visible.
             let count: usize = runs.iter().map(Vec::len).sum();
@@ -666,8 +669,12 @@ mod tests {
 
     #[test]
     fn rendering_is_deterministic_and_draws_every_series() {
-        let a: Vec<_> = (0..20).map(|i| (f64::from(i), f64::from(i).sin())).collect();
-        let b: Vec<_> = (0..20).map(|i| (f64::from(i), f64::from(i).cos())).collect();
+        let a: Vec<_> = (0..20)
+            .map(|i| (f64::from(i), f64::from(i).sin()))
+            .collect();
+        let b: Vec<_> = (0..20)
+            .map(|i| (f64::from(i), f64::from(i).cos()))
+            .collect();
         let make = || {
             chart(
                 vec![
@@ -717,7 +724,10 @@ mod tests {
         };
         let (top, middle, bottom) = (y_at(x0 + 3), y_at((x0 + x2) / 2), y_at(x2 - 3));
         assert!(top < middle && middle < bottom);
-        assert!(((top + bottom) / 2.0 - middle).abs() < 6.0, "{top} {middle} {bottom}");
+        assert!(
+            ((top + bottom) / 2.0 - middle).abs() < 6.0,
+            "{top} {middle} {bottom}"
+        );
         assert_eq!(tick_label(1e-4), "1e-4");
     }
 
@@ -727,7 +737,11 @@ mod tests {
             vec![],
             vec![(1.0, 1.0)],
             vec![(1.0, 2.0), (1.0, 2.0)],
-            vec![(0.0, f64::NAN), (1.0, f64::INFINITY), (2.0, f64::NEG_INFINITY)],
+            vec![
+                (0.0, f64::NAN),
+                (1.0, f64::INFINITY),
+                (2.0, f64::NEG_INFINITY),
+            ],
             vec![(0.0, 1e300), (1.0, -1e300)],
             vec![(0.0, -1.0), (1.0, 0.0)],
         ];
@@ -837,7 +851,10 @@ mod tests {
         let read = |name: &str| image::open(out.join(name)).unwrap().into_rgb8();
         for name in names {
             assert_eq!(read(name).dimensions(), TRAINING_CHART_SIZE);
-            assert!(pixels_of(&read(name), PALETTE[0]).len() + pixels_of(&read(name), PALETTE[4]).len() > 50);
+            assert!(
+                pixels_of(&read(name), PALETTE[0]).len() + pixels_of(&read(name), PALETTE[4]).len()
+                    > 50
+            );
         }
         let error_before = read("error.png");
         // Different data, different picture.
@@ -864,16 +881,25 @@ mod tests {
             METRICS.replace("2,20,0.01,2.0", "2,20,zero,2.0"),
         )
         .unwrap();
-        let message = format!("{:#}", anyhow::Error::from(plot_training(&run, &out).unwrap_err()));
+        let message = format!(
+            "{:#}",
+            anyhow::Error::from(plot_training(&run, &out).unwrap_err())
+        );
         assert!(message.contains("metrics.csv"), "{message}");
 
         fs::write(run.metrics(), METRICS).unwrap();
         fs::write(run.steps(), "step,epoch,learning_rate\n1,1,0.01\n").unwrap();
-        let message = format!("{:#}", anyhow::Error::from(plot_training(&run, &out).unwrap_err()));
+        let message = format!(
+            "{:#}",
+            anyhow::Error::from(plot_training(&run, &out).unwrap_err())
+        );
         assert!(message.contains("steps.csv"), "{message}");
 
         fs::remove_file(run.metrics()).unwrap();
-        let message = format!("{:#}", anyhow::Error::from(plot_training(&run, &out).unwrap_err()));
+        let message = format!(
+            "{:#}",
+            anyhow::Error::from(plot_training(&run, &out).unwrap_err())
+        );
         assert!(message.contains("metrics.csv"), "{message}");
     }
 }
