@@ -19,17 +19,7 @@ fn trained_run(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn evaluate(data: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "evaluate",
-        "--data",
-        s(data),
-        "--run",
-        s(run_dir),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    run(&evaluate_args(data, run_dir, extra))
 }
 
 fn report(run_dir: &Path) -> Value {

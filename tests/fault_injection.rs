@@ -51,20 +51,6 @@ fn train_steps(data: &Path, run_dir: &Path, pipeline: &Path, steps: &str) -> std
     run(&args)
 }
 
-fn evaluate_args<'a>(data: &'a Path, run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "evaluate",
-        "--data",
-        s(data),
-        "--run",
-        s(run_dir),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 fn source_path_of(data: &Path, split: Split, shard: usize, record: usize) -> String {
     let rows = read_index(&ShardPaths::new(data, split, shard).index).unwrap();
     rows[record].source_path.clone()

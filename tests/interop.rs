@@ -52,17 +52,7 @@ fn trained_run(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn evaluate(data: &Path, run_dir: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "evaluate",
-        "--data",
-        s(data),
-        "--run",
-        s(run_dir),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    run_ok(&args);
+    run_ok(&evaluate_args(data, run_dir, extra));
     serde_json::from_str(&read(&run_dir.join("eval/report.json"))).unwrap()
 }
 
@@ -144,7 +134,10 @@ fn a_checkpoint_saved_by_the_python_safetensors_package_evaluates_to_the_same_nu
     python(py, RESAVE, &[s(&latest_checkpoint(&run_dir)), s(&foreign)]);
     let file = TensorFile::read(&foreign).unwrap();
     assert!(file.metadata.is_empty());
-    assert!(file.tensors.keys().all(|name| !name.starts_with("momentum.")));
+    assert!(file
+        .tensors
+        .keys()
+        .all(|name| !name.starts_with("momentum.")));
 
     let elsewhere = dir.path().join("elsewhere");
     let theirs = evaluate(
@@ -165,19 +158,11 @@ state["features.0.weight"].flat[3] = np.nan
 save_file(state, sys.argv[2])
 "#;
     python(py, poison, &[s(&foreign), s(&poisoned)]);
-    let err = run_err(&[
-        "evaluate",
-        "--data",
-        s(&data),
-        "--run",
-        s(&dir.path().join("poisoned")),
-        "--device",
-        "cpu",
-        "--checkpoint",
-        s(&poisoned),
-        "--pipeline",
-        s(&pipeline),
-    ]);
+    let err = run_err(&evaluate_args(
+        &data,
+        &dir.path().join("poisoned"),
+        &["--checkpoint", s(&poisoned), "--pipeline", s(&pipeline)],
+    ));
     assert!(
         err.contains("features.0.weight") && err.contains("nan.safetensors"),
         "{err}"

@@ -381,11 +381,7 @@ fn draw_distractors(canvas: &mut Canvas, rng: &mut ChaCha8Rng, short: f32) {
 /// Centres for circles of the given radii such that everything [`paint`]
 /// touches for them lies inside `region` (see [`object_region`]) and, when
 /// there is room, the circles do not overlap each other.
-fn place_without_overlap(
-    rng: &mut ChaCha8Rng,
-    region: BBox,
-    radii: &[f32],
-) -> Vec<(f32, f32)> {
+fn place_without_overlap(rng: &mut ChaCha8Rng, region: BBox, radii: &[f32]) -> Vec<(f32, f32)> {
     let mut centres: Vec<(f32, f32)> = Vec::with_capacity(radii.len());
     for (i, &r) in radii.iter().enumerate() {
         let mut candidate = (0.0, 0.0);

@@ -265,3 +265,18 @@ pub fn assert_no_panic(stderr: &str) {
         "a panic instead of an error message:\n{stderr}"
     );
 }
+
+/// `alexnet evaluate --data DATA --run RUN --device cpu` and `extra`.
+pub fn evaluate_args<'a>(data: &'a Path, run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "evaluate",
+        "--data",
+        s(data),
+        "--run",
+        s(run_dir),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
