@@ -44,7 +44,7 @@ pub trait DeviceJob {
 ///
 /// Both devices keep dfdx's tensor cache on: every training step allocates tensors of the
 /// same shapes, and handing freed buffers back to the allocator made the kernel map and zero
-/// fresh pages every step (on the CPU, 42% of the training time was system time).
+/// fresh pages every step (on the CPU, 35-42% of training's CPU time was system time).
 pub fn on_device<J: DeviceJob>(
     kind: Option<DeviceKind>,
     seed: u64,
