@@ -18,6 +18,7 @@
 //! Widths and the input size come from the pipeline, the number of classes from the data.
 
 pub mod checkpoint;
+pub mod join;
 pub mod layers;
 
 use dfdx::prelude::*;
@@ -365,40 +366,64 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
         dropout: Option<&DropoutMasks<E, D>>,
         observe: &mut dyn FnMut(&'static str, &'static str),
     ) -> Mat<E, D, T> {
-        // Runs one stage, then reports it (profiling syncs the device in `observe`).
-        macro_rules! stage {
-            ($layer:literal, $step:literal, $e:expr) => {{
-                let y = $e;
-                observe($layer, $step);
-                y
-            }};
-        }
+        let features = self.features_observed(x, observe);
+        self.head_observed(features, dropout, observe)
+    }
+
+    /// The convolutional part: crops `(B, input², 3)` to the flattened features
+    /// `(B, final_side² · conv5 channels)` that FC6 reads (channels-last order).
+    pub fn features<T: LayerTape<E, D>>(&mut self, x: Act<E, D, T>) -> Mat<E, D, T> {
+        self.features_observed(x, &mut |_, _| {})
+    }
+
+    /// The fully connected part: flattened features to logits `(B, classes)`.
+    pub fn head<T: LayerTape<E, D>>(
+        &self,
+        x: Mat<E, D, T>,
+        dropout: Option<&DropoutMasks<E, D>>,
+    ) -> Mat<E, D, T> {
+        self.head_observed(x, dropout, &mut |_, _| {})
+    }
+
+    fn features_observed<T: LayerTape<E, D>>(
+        &mut self,
+        x: Act<E, D, T>,
+        observe: &mut dyn FnMut(&'static str, &'static str),
+    ) -> Mat<E, D, T> {
         let o = &mut *observe;
         let x = self.conv1.forward_observed(x, &mut |s| o("conv1", s)); //   [B, 55·55, 96]
-        let x = stage!("conv1", "relu", x.relu());
-        let x = stage!("lrn1", "", maybe_lrn(&self.lrn1, x)); //              [B, 55·55, 96]
-        let x = stage!("pool1", "", self.pool1.forward(x)); //                [B, 27·27, 96]
+        let x = stage(observe, "conv1", "relu", || x.relu());
+        let x = stage(observe, "lrn1", "", || maybe_lrn(&self.lrn1, x)); //  [B, 55·55, 96]
+        let x = stage(observe, "pool1", "", || self.pool1.forward(x)); //    [B, 27·27, 96]
         let o = &mut *observe;
         let x = self.conv2.forward_observed(x, &mut |s| o("conv2", s)); //   [B, 27·27, 256]
-        let x = stage!("conv2", "relu", x.relu());
-        let x = stage!("lrn2", "", maybe_lrn(&self.lrn2, x)); //              [B, 27·27, 256]
-        let x = stage!("pool2", "", self.pool2.forward(x)); //                [B, 13·13, 256]
+        let x = stage(observe, "conv2", "relu", || x.relu());
+        let x = stage(observe, "lrn2", "", || maybe_lrn(&self.lrn2, x)); //  [B, 27·27, 256]
+        let x = stage(observe, "pool2", "", || self.pool2.forward(x)); //    [B, 13·13, 256]
         let o = &mut *observe;
         let x = self.conv3.forward_observed(x, &mut |s| o("conv3", s)); //   [B, 13·13, 384]
-        let x = stage!("conv3", "relu", x.relu());
+        let x = stage(observe, "conv3", "relu", || x.relu());
         let o = &mut *observe;
         let x = self.conv4.forward_observed(x, &mut |s| o("conv4", s)); //   [B, 13·13, 384]
-        let x = stage!("conv4", "relu", x.relu());
+        let x = stage(observe, "conv4", "relu", || x.relu());
         let o = &mut *observe;
         let x = self.conv5.forward_observed(x, &mut |s| o("conv5", s)); //   [B, 13·13, 256]
-        let x = stage!("conv5", "relu", x.relu());
-        let x = stage!("pool3", "", self.pool3.forward(x)); //                [B, 6·6, 256]
-        let x = layers::flatten(x); //                                        [B, 9216]
+        let x = stage(observe, "conv5", "relu", || x.relu());
+        let x = stage(observe, "pool3", "", || self.pool3.forward(x)); //    [B, 6·6, 256]
+        layers::flatten(x) //                                                [B, 9216]
+    }
+
+    fn head_observed<T: LayerTape<E, D>>(
+        &self,
+        x: Mat<E, D, T>,
+        dropout: Option<&DropoutMasks<E, D>>,
+        observe: &mut dyn FnMut(&'static str, &'static str),
+    ) -> Mat<E, D, T> {
         let x = maybe_dropout(x, dropout.map(|m| &m.fc6));
-        let x = stage!("fc6", "", self.fc6.forward(x).relu()); //             [B, 4096]
+        let x = stage(observe, "fc6", "", || self.fc6.forward(x).relu()); // [B, 4096]
         let x = maybe_dropout(x, dropout.map(|m| &m.fc7));
-        let x = stage!("fc7", "", self.fc7.forward(x).relu()); //             [B, 4096]
-        stage!("fc8", "", self.fc8.forward(x)) //                             [B, classes]
+        let x = stage(observe, "fc7", "", || self.fc7.forward(x).relu()); // [B, 4096]
+        stage(observe, "fc8", "", || self.fc8.forward(x)) //                 [B, classes]
     }
 
     /// The weighted layers with their PyTorch names and layouts, in order.
@@ -455,6 +480,18 @@ pub fn torch_layouts(spec: &Spec) -> [TorchLayout; 8] {
         TorchLayout::Linear,
         TorchLayout::Linear,
     ]
+}
+
+/// Runs one stage, then reports it (profiling synchronises the device in `observe`).
+fn stage<Y>(
+    observe: &mut dyn FnMut(&'static str, &'static str),
+    layer: &'static str,
+    step: &'static str,
+    run: impl FnOnce() -> Y,
+) -> Y {
+    let y = run();
+    observe(layer, step);
+    y
 }
 
 fn maybe_lrn<E: Dtype, D: Device<E>, T: LayerTape<E, D>>(
