@@ -384,6 +384,8 @@ fn render_bars(bars: &[(String, f64)], title: &str) -> Result<RgbImage, DrawErro
         chart
             .configure_mesh()
             .disable_y_mesh()
+            // Class names sit beside their bars; ticks would only mark segment edges.
+            .set_tick_mark_size(LabelAreaPosition::Left, 0)
             .x_desc("top-1 accuracy (%)")
             .axis_desc_style(canvas::font(TEXT_SIZE).color(&LABEL_COLOR))
             .x_label_style(canvas::font(TICK_SIZE).color(&TICK_COLOR))
