@@ -13,11 +13,17 @@ use rand::{Rng, SeedableRng};
 use alexnet::config::Pipeline;
 use alexnet::model::{AlexNet, DropoutMasks, Spec};
 use alexnet::train::sgd::Sgd;
+use alexnet::train::device::cpu;
 use alexnet::train::train_step;
 
-fn bench_step(c: &mut Criterion, name: &str, pipeline: &Pipeline, classes: usize, batch: usize) {
-    dfdx::flush_denormals_to_zero();
-    let dev = Cpu::default();
+fn bench_step(
+    c: &mut Criterion,
+    name: &str,
+    dev: Cpu,
+    pipeline: &Pipeline,
+    classes: usize,
+    batch: usize,
+) {
     let crop = pipeline.loader.crop_size as usize;
     let spec = Spec::new(&pipeline.model, crop, classes).unwrap();
     let mut model = AlexNet::<f32, Cpu>::new(&dev, spec, 0);
@@ -55,8 +61,15 @@ fn steps(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let paper = Pipeline::load(&root.join("pipelines/alexnet.toml")).unwrap();
     let sample = Pipeline::load(&root.join("pipelines/sample.toml")).unwrap();
-    bench_step(c, "sample_net_batch64", &sample, 10, 64);
-    bench_step(c, "alexnet_batch16", &paper, 1000, 16);
+    // The device as training opens it (tensor cache on), and once without the cache, which
+    // is what CPU training ran with before: every step's tensors were fresh pages.
+    let uncached = || {
+        dfdx::flush_denormals_to_zero();
+        Cpu::default()
+    };
+    bench_step(c, "sample_net_batch64", cpu(), &sample, 10, 64);
+    bench_step(c, "sample_net_batch64_no_cache", uncached(), &sample, 10, 64);
+    bench_step(c, "alexnet_batch16", cpu(), &paper, 1000, 16);
 }
 
 criterion_group!(benches, steps);

@@ -52,15 +52,20 @@ pub fn on_device<J: DeviceJob>(
 ) -> Result<J::Output, DeviceError> {
     match kind.unwrap_or_else(DeviceKind::default_for_build) {
         DeviceKind::Cpu => {
-            // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
-            dfdx::flush_denormals_to_zero();
             let name = format!("the CPU ({} threads)", rayon::current_num_threads());
-            let dev = Cpu::default();
-            dev.enable_cache();
-            Ok(job.run(dev, name))
+            Ok(job.run(cpu(), name))
         }
         DeviceKind::Cuda => on_cuda(seed, job),
     }
+}
+
+/// The CPU device as training uses it (also for benchmarks, so that they measure the same).
+pub fn cpu() -> Cpu {
+    // Tiny gradients late in training are denormals, which x86 handles ~100× slower.
+    dfdx::flush_denormals_to_zero();
+    let dev = Cpu::default();
+    dev.enable_cache();
+    dev
 }
 
 #[cfg(feature = "cuda")]
