@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use alexnet::config::Pipeline;
 use alexnet::model::{AlexNet, DropoutMasks, Spec};
-use alexnet::train::sgd::Sgd;
 use alexnet::train::device::cpu;
+use alexnet::train::sgd::Sgd;
 use alexnet::train::train_step;
 
 fn bench_step(
@@ -68,7 +68,14 @@ fn steps(c: &mut Criterion) {
         Cpu::default()
     };
     bench_step(c, "sample_net_batch64", cpu(), &sample, 10, 64);
-    bench_step(c, "sample_net_batch64_no_cache", uncached(), &sample, 10, 64);
+    bench_step(
+        c,
+        "sample_net_batch64_no_cache",
+        uncached(),
+        &sample,
+        10,
+        64,
+    );
     bench_step(c, "alexnet_batch16", cpu(), &paper, 1000, 16);
 }
 

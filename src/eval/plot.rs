@@ -96,6 +96,9 @@ struct Series {
     color: RGBColor,
 }
 
+/// A series' points cut into runs that can be drawn as unbroken lines.
+type Runs = Vec<Vec<(f64, f64)>>;
+
 /// Lines over a shared x axis, with the legend under the title.
 #[derive(Debug, Clone)]
 struct LineChart {
@@ -249,7 +252,7 @@ impl LineChart {
         let mut image = RgbImage::new(width, height);
         // Runs of drawable points: a NaN, an infinity or (on a log axis) a non-positive value
         // ends one line and starts the next.
-        let series: Vec<(&Series, Vec<Vec<(f64, f64)>>)> = self
+        let series: Vec<(&Series, Runs)> = self
             .series
             .iter()
             .map(|s| {
@@ -287,7 +290,7 @@ impl LineChart {
         body: &Area<'_>,
         x_range: Range<f64>,
         y_range: Y,
-        series: &[(&Series, Vec<Vec<(f64, f64)>>)],
+        series: &[(&Series, Runs)],
     ) -> Result<(), DrawError>
     where
         Y: AsRangedCoord<Value = f64>,

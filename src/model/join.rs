@@ -12,6 +12,9 @@ use dfdx::prelude::*;
 
 use super::Mat;
 
+/// A matrix that records the operations applied to it.
+pub type Traced<E, D> = Mat<E, D, OwnedTape<E, D>>;
+
 /// Where the gradient of joined features is found after `backward`.
 pub struct JoinedFeatures<E: Dtype, D: Device<E>> {
     /// The features without a tape; shares the traced tensor's id.
@@ -19,9 +22,7 @@ pub struct JoinedFeatures<E: Dtype, D: Device<E>> {
 }
 
 /// `features` as an input that records the operations applied to it.
-pub fn join<E: Dtype, D: Device<E>>(
-    features: Mat<E, D>,
-) -> (Mat<E, D, OwnedTape<E, D>>, JoinedFeatures<E, D>) {
+pub fn join<E: Dtype, D: Device<E>>(features: Mat<E, D>) -> (Traced<E, D>, JoinedFeatures<E, D>) {
     let leaf = features.clone();
     (features.traced(Gradients::leaky()), JoinedFeatures { leaf })
 }
