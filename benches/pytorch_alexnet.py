@@ -10,6 +10,7 @@ upper bound for PyTorch (no data loading at all).
 Prints one JSON line per precision mode:
   fp32   TF32 off for matmuls and convolutions (pure fp32, as dfdx computes)
   tf32   PyTorch's default for convolutions (cuDNN may use TF32 tensor cores)
+  bf16   bf16 autocast with channels_last tensors (PyTorch's fastest setting here)
 
 Usage: python3 benches/pytorch_alexnet.py [--batch-size 128] [--steps 20] [--classes 1000]
 
@@ -56,13 +57,19 @@ def alexnet(classes: int, lrn: bool) -> nn.Sequential:
 
 
 def bench(mode: str, args) -> dict:
-    tf32 = mode == "tf32"
+    if mode not in ("fp32", "tf32", "bf16"):
+        raise SystemExit(f"unknown mode {mode!r}: use fp32, tf32 or bf16")
+    tf32 = mode != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = alexnet(args.classes, not args.no_lrn).to(dev)
+    bf16 = mode == "bf16"
+    if bf16:
+        # PyTorch's fastest setting for convolutions: bf16 autocast on NHWC tensors.
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     b = args.batch_size
@@ -70,9 +77,13 @@ def bench(mode: str, args) -> dict:
     mean = torch.full((1, 3, 224, 224), 118.0, device=dev)
     labels = torch.randint(0, args.classes, (b,), device=dev)
 
+    if bf16:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+
     def step():
         x = pixels.float() - mean
-        loss = loss_fn(model(x), labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -81,6 +92,7 @@ def bench(mode: str, args) -> dict:
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -93,6 +105,7 @@ def bench(mode: str, args) -> dict:
         "batch_size": b,
         "steps": args.steps,
         "images_per_sec": b * args.steps / seconds,
+        "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0),
     }
@@ -105,7 +118,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--no-lrn", action="store_true", help="leave out the two LRN layers")
-    p.add_argument("--modes", default="fp32,tf32")
+    p.add_argument("--modes", default="fp32,tf32,bf16")
     p.add_argument("--save-checkpoint", metavar="PATH",
                    help="only write a freshly initialised model's state_dict as safetensors and exit "
                         "(to check that `alexnet evaluate --checkpoint PATH` reads PyTorch's files)")
