@@ -65,14 +65,14 @@ preprocess: build $(if $(SRC),,sample)
 export: build
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export
 
-# The whole product on the sample data in about five minutes on 2 cores: preprocess, a short CPU
+# The whole product on the sample data in about four minutes on 2 cores: preprocess, a short CPU
 # training run that learns visibly, and the paper's evaluation. Run again, it resumes the same
-# run (a run stopped before its first checkpoint holds nothing and starts over).
+# run (one stopped before its first checkpoint starts over).
 demo: preprocess
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export --limit 16
 	$(BIN) contact-sheet --data $(OUT) --pipeline $(PIPELINE_FILE) --out $(OUT)/contact-sheet.png
 	@if ls $(DEMO_RUN)/checkpoints/*.safetensors >/dev/null 2>&1; then resume=--resume; \
-	else rm -rf $(DEMO_RUN); resume=; fi; \
+	else resume=; fi; \
 	echo "$(BIN) train --data $(OUT) --run $(DEMO_RUN) --pipeline $(PIPELINE_FILE) --device cpu --epochs $(DEMO_EPOCHS) $$resume"; \
 	$(BIN) train --data $(OUT) --run $(DEMO_RUN) --pipeline $(PIPELINE_FILE) --device cpu --epochs $(DEMO_EPOCHS) $$resume
 	$(BIN) evaluate --data $(OUT) --run $(DEMO_RUN) --device cpu
