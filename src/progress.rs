@@ -108,7 +108,10 @@ impl Meter {
 
     /// The log line: `prefix: 1,200/5,000 images (24.0%), 310 images/s, about 12 min left`.
     fn line(&self) -> String {
-        let rate = self.rate();
+        self.line_at(self.rate())
+    }
+
+    fn line_at(&self, rate: f64) -> String {
         let left = self.total.saturating_sub(self.position) as f64 / rate.max(1e-9);
         // Slow work (a debug build, a huge image) still shows a rate other than "0".
         let digits = if rate < 10.0 { 1 } else { 0 };
@@ -161,5 +164,14 @@ mod tests {
             line.contains("images/s") && line.ends_with("min left, loss 2.1"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_slow_rate_is_not_printed_as_zero() {
+        let meter = Meter::new(Progress::Off, "evaluating", "images", 200, 0);
+        let line = meter.line_at(0.2);
+        assert!(line.contains(", 0.2 images/s, "), "{line}");
+        let line = meter.line_at(310.4);
+        assert!(line.contains(", 310 images/s, "), "{line}");
     }
 }
