@@ -152,6 +152,16 @@ impl SplitSummary {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+
+    /// Adds what the finished shards of `work` hold: their records and their rejects.
+    fn count_finished(&mut self, work: &SplitWork) {
+        for receipt in work.kept.iter().flatten() {
+            self.stored += receipt.records;
+            for reject in &receipt.rejects {
+                *self.rejected.entry(reject.reason.clone()).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// Runs the preprocessing stage (or one part of it, or the merge of the parts): keeps what is
@@ -352,12 +362,7 @@ fn kept_summaries(works: &[SplitWork]) -> Vec<SplitSummary> {
                 reused_shards: work.plans.len() as u64,
                 ..SplitSummary::default()
             };
-            for receipt in work.kept.iter().flatten() {
-                summary.stored += receipt.records;
-                for reject in &receipt.rejects {
-                    *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
-                }
-            }
+            summary.count_finished(work);
             summary
         })
         .collect()

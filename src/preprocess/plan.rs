@@ -318,14 +318,18 @@ impl SplitWork {
         self.todo().next().is_some()
     }
 
-    /// Inputs covered by this run's shards.
-    pub fn inputs(&self) -> usize {
+    /// The shards this run is responsible for.
+    pub fn own(&self) -> impl Iterator<Item = &ShardPlan> {
         self.plans
             .iter()
             .zip(&self.mine)
             .filter(|(_, mine)| **mine)
-            .map(|(p, _)| p.inputs)
-            .sum()
+            .map(|(plan, _)| plan)
+    }
+
+    /// Inputs covered by this run's shards.
+    pub fn inputs(&self) -> usize {
+        self.own().map(|p| p.inputs).sum()
     }
 }
 

@@ -222,7 +222,7 @@ pub fn process(
     };
     let kept: Vec<u64> = works
         .iter()
-        .map(|w| (w.mine.iter().filter(|m| **m).count() - w.todo().count()) as u64)
+        .map(|w| (w.own().count() - w.todo().count()) as u64)
         .collect();
     let reasons: Vec<_> = works.iter().map(|w| w.reasons.clone()).collect();
     let mut progress: Vec<Meter> = works
@@ -332,19 +332,14 @@ pub fn process(
         let mut summary = SplitSummary {
             split: Some(work.split),
             inputs: work.inputs() as u64,
-            shards: work.mine.iter().filter(|m| **m).count() as u64,
+            shards: work.own().count() as u64,
             reused_shards: kept[w],
             processed: seen[w],
             bytes_written: bytes_written[w],
             rebuilt: reasons[w].clone(),
             ..SplitSummary::default()
         };
-        for receipt in work.kept.iter().flatten() {
-            summary.stored += receipt.records;
-            for reject in &receipt.rejects {
-                *summary.rejected.entry(reject.reason.clone()).or_default() += 1;
-            }
-        }
+        summary.count_finished(work);
         summaries.push(summary);
     }
     Ok(summaries)
@@ -648,18 +643,10 @@ pub fn finish_part(
     shards::write_atomic(&sums_path, &sums)?;
     let mut listed = BTreeMap::new();
     for work in works {
-        let mut own = Vec::new();
-        for (plan, _) in work.plans.iter().zip(&work.mine).filter(|(_, m)| **m) {
-            let done = ShardPaths::new(output, work.split, plan.shard as usize).done;
-            let bytes = fs::read(&done).map_err(|source| ShardError::Io {
-                path: done.clone(),
-                source,
-            })?;
-            own.push(PartShard {
-                shard: plan.shard,
-                receipt_checksum: shards::file_checksum(&bytes),
-            });
-        }
+        let own = work
+            .own()
+            .map(|plan| part_shard(output, work.split, plan.shard))
+            .collect::<Result<_, _>>()?;
         listed.insert(work.split, own);
     }
     let receipt = PartReceipt {
@@ -686,23 +673,38 @@ pub fn parts_found(output: &Path) -> Option<u32> {
 
 /// An error naming the parts of a job split `parts` ways that have no receipt yet.
 pub fn check_parts_present(output: &Path, parts: u32) -> Result<(), PreprocessError> {
-    let missing: Vec<String> = (0..parts)
+    let missing: Vec<Part> = (0..parts)
         .filter(|&index| !PartReceipt::paths(output, index, parts).0.exists())
-        .map(|index| {
-            Part {
-                index,
-                count: parts,
-            }
-            .to_string()
+        .map(|index| Part {
+            index,
+            count: parts,
         })
         .collect();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreprocessError::PartsMissing {
-            parts: missing.join(", "),
-        })
+        Err(parts_missing(&missing))
     }
+}
+
+fn parts_missing(parts: &[Part]) -> PreprocessError {
+    let parts: Vec<String> = parts.iter().map(Part::to_string).collect();
+    PreprocessError::PartsMissing {
+        parts: parts.join(", "),
+    }
+}
+
+/// A part's record of one of its shards: the shard and the checksum of its receipt file.
+fn part_shard(output: &Path, split: Split, shard: u32) -> Result<PartShard, ShardError> {
+    let done = ShardPaths::new(output, split, shard as usize).done;
+    let bytes = fs::read(&done).map_err(|source| ShardError::Io {
+        path: done.clone(),
+        source,
+    })?;
+    Ok(PartShard {
+        shard,
+        receipt_checksum: shards::file_checksum(&bytes),
+    })
 }
 
 /// The training-pixel sums of every part of a job split `parts` ways, after checking that
@@ -735,18 +737,8 @@ pub fn merged_mean(
                 .plans
                 .iter()
                 .filter(|p| part.owns(p.shard))
-                .map(|p| {
-                    let done = ShardPaths::new(output, work.split, p.shard as usize).done;
-                    let bytes = fs::read(&done).map_err(|source| ShardError::Io {
-                        path: done.clone(),
-                        source,
-                    })?;
-                    Ok(PartShard {
-                        shard: p.shard,
-                        receipt_checksum: shards::file_checksum(&bytes),
-                    })
-                })
-                .collect::<Result<_, PreprocessError>>()?;
+                .map(|p| part_shard(output, work.split, p.shard))
+                .collect::<Result<_, _>>()?;
             if receipt.shards.get(&work.split) != Some(&expected) {
                 return Err(stale(format!(
                     "its {} shards changed since it finished",
@@ -760,13 +752,7 @@ pub fn merged_mean(
         mean.merge(&sums);
     }
     if !missing.is_empty() {
-        return Err(PreprocessError::PartsMissing {
-            parts: missing
-                .iter()
-                .map(Part::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+        return Err(parts_missing(&missing));
     }
     Ok(mean)
 }
