@@ -582,10 +582,9 @@ impl<D: TrainDevice> Trainer<D> {
         self.state.epoch_tally = Tally::default();
         self.state.epoch_seconds = 0.0;
         self.metrics.append(&record.row())?;
+        // Also restarts the step clock: validation and saving are not the next step's time.
         self.save_checkpoint(None)?;
         self.last_epoch = Some(record.clone());
-        // Validation and saving are not part of the next step's time.
-        self.last_step_end = Instant::now();
         Ok(record)
     }
 
