@@ -24,17 +24,7 @@ fn preprocess_tiny(
     pipeline: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut args = vec![
-        "preprocess",
-        "--input",
-        s(src),
-        "--output",
-        s(data),
-        "--pipeline",
-        s(pipeline),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    run(&preprocess_with(src, data, pipeline, extra))
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -639,7 +629,7 @@ fn a_second_run_into_the_same_directory_is_refused_naming_the_holder() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let lock = alexnet::lock::DirLock::acquire(&out, "`alexnet preprocess`").unwrap();
-    let err = run_err(&preprocess_tiny_args(&src, &out, &pipeline));
+    let err = run_err(&preprocess_with(&src, &out, &pipeline, &[]));
     assert!(
         err.contains("in use by another `alexnet preprocess`"),
         "{err}"
@@ -651,18 +641,6 @@ fn a_second_run_into_the_same_directory_is_refused_naming_the_holder() {
     drop(lock);
     assert!(preprocess_tiny(&src, &out, &pipeline, &[]).status.success());
     assert_same_tree(&data, &out);
-}
-
-fn preprocess_tiny_args<'a>(src: &'a Path, out: &'a Path, pipeline: &'a Path) -> Vec<&'a str> {
-    vec![
-        "preprocess",
-        "--input",
-        s(src),
-        "--output",
-        s(out),
-        "--pipeline",
-        s(pipeline),
-    ]
 }
 
 fn wait_for(path: &Path) {

@@ -37,17 +37,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn args<'a>(src: &'a Path, out: &'a Path, pipeline: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "preprocess",
-        "--input",
-        s(src),
-        "--output",
-        s(out),
-        "--pipeline",
-        s(pipeline),
-        "--jobs",
-        "1",
-    ];
+    let mut args = preprocess_with(src, out, pipeline, &["--jobs", "1"]);
     args.extend_from_slice(extra);
     args
 }

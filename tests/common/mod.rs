@@ -280,3 +280,23 @@ pub fn evaluate_args<'a>(data: &'a Path, run_dir: &'a Path, extra: &[&'a str]) -
     args.extend_from_slice(extra);
     args
 }
+
+/// `alexnet preprocess --input SRC --output OUT --pipeline PIPELINE` and `extra`.
+pub fn preprocess_with<'a>(
+    src: &'a Path,
+    out: &'a Path,
+    pipeline: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "preprocess",
+        "--input",
+        s(src),
+        "--output",
+        s(out),
+        "--pipeline",
+        s(pipeline),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
