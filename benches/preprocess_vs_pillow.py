@@ -9,16 +9,10 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "alexnet")
-DATA = os.environ.get("BENCH_DATA", os.path.join(ROOT, "bench-data"))
-JOBS = int(os.environ.get("JOBS", "2"))
-REPEATS = int(os.environ.get("REPEATS", "3"))
-SIZE = 256
+from bench_common import BIN, DATA, JOBS, REPEATS, SIZE, parity, pillow_args, sh
+
 
 DATASETS = {
     # The default sample: shorter sides 64-800 px, with every edge case.
@@ -28,10 +22,6 @@ DATASETS = {
     "large": ["--classes", "4", "--train-per-class", "6", "--val-per-class", "2",
               "--min-side", "2000", "--max-side", "3000", "--no-edge-cases"],
 }
-
-
-def sh(args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
 def ensure_dataset(name, flags):
@@ -51,19 +41,9 @@ def time_ours(src, out):
 
 def time_pillow(src, raw):
     started = time.perf_counter()
-    result = sh([sys.executable, os.path.join(ROOT, "benches", "pillow_reference.py"), "run",
-                 "--input", src, "--output", raw, "--jobs", str(JOBS), "--size", str(SIZE)])
+    result = sh(pillow_args(src, raw))
     elapsed = time.perf_counter() - started
     return elapsed, json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def parity(src, out):
-    export = out + "-export"
-    shutil.rmtree(export, ignore_errors=True)
-    sh([BIN, "export", "--data", out, "--split", "train", "--out", export])
-    result = sh([sys.executable, os.path.join(ROOT, "benches", "pillow_reference.py"), "compare",
-                 "--input", src, "--export", os.path.join(export, "train"), "--size", str(SIZE)])
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():

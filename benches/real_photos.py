@@ -26,20 +26,12 @@ import time
 
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "alexnet")
-DATA = os.environ.get("BENCH_DATA", os.path.join(ROOT, "bench-data"))
-JOBS = int(os.environ.get("JOBS", "2"))
-REPEATS = int(os.environ.get("REPEATS", "3"))
-SIZE = 256
+from bench_common import BIN, DATA, JOBS, REPEATS, SIZE, parity, pillow_args, sh
+
 PACKAGES = ["mate-backgrounds", "ukui-wallpapers"]
 # Shorter sides of the re-encodings: mostly ImageNet's (333-500), some small, some large.
 SIDES = [100, 333, 375, 500, 768, 1200]
 CLASSES = 4
-
-
-def sh(args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
 def fetch_originals(debs, extracted):
@@ -147,17 +139,7 @@ def ours(corpus, out, extra=()):
 
 
 def pillow(corpus, raw):
-    return timed([sys.executable, os.path.join(ROOT, "benches", "pillow_reference.py"), "run",
-                  "--input", corpus, "--output", raw, "--jobs", str(JOBS), "--size", str(SIZE)])
-
-
-def parity(corpus, out):
-    export = out + "-export"
-    shutil.rmtree(export, ignore_errors=True)
-    sh([BIN, "export", "--data", out, "--split", "train", "--out", export])
-    result = sh([sys.executable, os.path.join(ROOT, "benches", "pillow_reference.py"), "compare",
-                 "--input", corpus, "--export", os.path.join(export, "train"), "--size", str(SIZE)])
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return timed(pillow_args(corpus, raw))
 
 
 def main():
