@@ -40,6 +40,56 @@ pub struct Pipeline {
     pub loader: LoaderConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub compute: ComputeConfig,
+}
+
+/// How the network's arithmetic runs. Neither setting changes what is trained, so both may
+/// change when a run is resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// `fast`: the convolutional part on the project's own kernels (cuDNN and fused kernels
+    /// on CUDA, plain loops on the CPU); `dfdx`: every layer on dfdx's ops; `auto`: fast on
+    /// CUDA, dfdx on the CPU.
+    pub engine: Engine,
+    /// Convolutions of the fast path on CUDA: `tf32` lets cuDNN use TF32 tensor cores (as
+    /// PyTorch does by default), `strict` keeps full fp32. The CPU is always strict.
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Auto,
+    Fast,
+    Dfdx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Tf32,
+    Strict,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Auto,
+            precision: Precision::Tf32,
+        }
+    }
+}
+
+impl Engine {
+    /// Whether the fast path runs on a device (`cuda` or not).
+    pub fn is_fast(self, cuda: bool) -> bool {
+        match self {
+            Engine::Auto => cuda,
+            Engine::Fast => true,
+            Engine::Dfdx => false,
+        }
+    }
 }
 
 /// The network's widths and the paper's layer settings (see `model`). The layer structure is
@@ -206,6 +256,7 @@ impl Default for Pipeline {
             loader: LoaderConfig::default(),
             model: ModelConfig::default(),
             train: TrainConfig::default(),
+            compute: ComputeConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod canvas;
 pub mod config;
 pub mod eval;
 pub mod export;
+pub mod fast;
 pub mod loader;
 pub mod lock;
 pub mod model;

@@ -33,6 +33,17 @@ impl<E: Dtype, D: Device<E>> JoinedFeatures<E, D> {
         grads.try_alloc_for(&self.leaf)?;
         Ok(grads.get(&self.leaf))
     }
+
+    /// The same gradient as dfdx's own buffer (no copy): what a backward pass outside dfdx
+    /// reads. Zeros if the loss did not use the features.
+    pub fn gradient_buffer<'a>(
+        &self,
+        grads: &'a mut Gradients<E, D>,
+    ) -> &'a <D as Storage<E>>::Vec {
+        grads
+            .get_or_alloc_mut(&self.leaf)
+            .expect("allocating a gradient buffer")
+    }
 }
 
 #[cfg(test)]

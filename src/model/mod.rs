@@ -91,7 +91,7 @@ impl Spec {
     }
 
     /// The eight windows in order: conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool3.
-    fn windows(&self) -> Result<[Window; 8], ModelError> {
+    pub fn windows(&self) -> Result<[Window; 8], ModelError> {
         let mut side = self.input;
         let mut out = Vec::with_capacity(8);
         let plan: [(&'static str, (usize, usize, usize)); 8] = [

@@ -1,0 +1,203 @@
+//! The kernel interface of the fast path: every operation the convolutional part needs, on
+//! buffers of the dfdx device's own type (`<D as Storage<f32>>::Vec`: a `Vec<f32>` on the
+//! CPU, a `CudaSlice<f32>` on CUDA), so features and their gradient cross into dfdx without
+//! conversion.
+//!
+//! Layouts: activations NCHW `(B, C, S, S)`, filters OIHW `(O, C, K, K)` — the layout of
+//! PyTorch's checkpoints and the one every cuDNN convolution algorithm takes in fp32. The
+//! flattened features FC6 reads are channels-last, `(B, S·S·C)`, as in the dfdx path.
+//!
+//! Every output buffer is overwritten, never added to. `host::HostKernels` is the plain
+//! reference; `cuda::CudaKernels` the GPU one.
+
+use dfdx::prelude::Storage;
+
+/// One convolution of a batch: square input and kernel, no dilation, no groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Side of the input.
+    pub size: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub fn out_size(&self) -> usize {
+        (self.size + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.size * self.size
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_size() * self.out_size()
+    }
+
+    pub fn filter_len(&self) -> usize {
+        self.out_channels * self.in_channels * self.kernel * self.kernel
+    }
+
+    /// The output as a plane shape (for bias, ReLU and LRN).
+    pub fn output_planes(&self) -> Planes {
+        Planes {
+            batch: self.batch,
+            channels: self.out_channels,
+            pixels: self.out_size() * self.out_size(),
+        }
+    }
+}
+
+/// An NCHW activation seen as `batch × channels` planes of `pixels` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Planes {
+    pub batch: usize,
+    pub channels: usize,
+    pub pixels: usize,
+}
+
+impl Planes {
+    pub fn len(&self) -> usize {
+        self.batch * self.channels * self.pixels
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Max pooling over square windows without padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub size: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl PoolShape {
+    pub fn out_size(&self) -> usize {
+        (self.size - self.kernel) / self.stride + 1
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.channels * self.size * self.size
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.channels * self.out_size() * self.out_size()
+    }
+}
+
+/// Local response normalisation across channels, the paper's (and the dfdx path's) formula:
+/// `b_c = a_c / d_c^β` with `d_c = k + α Σ_{|c'−c| ≤ size/2} a_c'²` (α not divided by size).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrnParams {
+    pub size: usize,
+    pub k: f32,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// A u8 batch to normalise: crops `(B, crop, crop, 3)` as the loader packs them (HWC), the
+/// row of the mean-row table each crop row subtracts, each image's lighting offset and the
+/// per-channel scale. See `train::input` for the table.
+#[derive(Debug, Clone, Copy)]
+pub struct InputBatch<'a> {
+    pub pixels: &'a [u8],
+    /// `B × crop` rows into the table.
+    pub mean_rows: &'a [u32],
+    /// `B × 3` per-image offsets, added after the mean is subtracted.
+    pub lighting: &'a [f32],
+    /// Multiplies the result per channel (ones for mean-image normalisation).
+    pub scale: [f32; 3],
+    pub batch: usize,
+    pub crop: usize,
+}
+
+/// Momentum SGD with weight decay, PyTorch's formulation (see `train::sgd`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdStep {
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// Buffers of device `D`.
+pub type Buf<D> = <D as Storage<f32>>::Vec;
+
+/// What the fast path runs. Each method writes only its output buffer(s); shapes are
+/// trusted (the caller allocates from the same shapes).
+pub trait Kernels<D: Storage<f32>> {
+    /// `len` values, contents unspecified.
+    fn alloc(&mut self, len: usize) -> Buf<D>;
+    fn upload(&mut self, host: &[f32]) -> Buf<D>;
+    fn download(&mut self, buf: &Buf<D>) -> Vec<f32>;
+    /// Waits for queued work (for timing).
+    fn synchronize(&mut self);
+
+    /// The mean-row table `(rows, crop · 3)` that `normalize` cuts crops' means from; kept by
+    /// the kernels (uploaded once per run).
+    fn set_mean_table(&mut self, table: &[f32], row_len: usize);
+    /// `x[b, c, y, x] = (pixel[b, y, x, c] − mean[row(b, y)][x·3 + c] + lighting[b, c]) · scale[c]`.
+    fn normalize(&mut self, input: &InputBatch, x: &mut Buf<D>);
+
+    /// `y = x ⋆ w` (no bias).
+    fn conv_forward(&mut self, shape: &ConvShape, x: &Buf<D>, w: &Buf<D>, y: &mut Buf<D>);
+    /// `dx = ∂(x ⋆ w)/∂x · dy`.
+    fn conv_backward_data(&mut self, shape: &ConvShape, dy: &Buf<D>, w: &Buf<D>, dx: &mut Buf<D>);
+    /// `dw = ∂(x ⋆ w)/∂w · dy`.
+    fn conv_backward_filter(&mut self, shape: &ConvShape, x: &Buf<D>, dy: &Buf<D>, dw: &mut Buf<D>);
+
+    /// `y ← max(y + bias[c], 0)`, in place.
+    fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<D>, bias: &Buf<D>);
+    /// Given the ReLU's output `y`: `dy ← dy · [y > 0]` in place, and `db[c] = Σ_{b,p} dy`.
+    fn relu_bias_backward(&mut self, planes: &Planes, y: &Buf<D>, dy: &mut Buf<D>, db: &mut Buf<D>);
+
+    /// `y = x / d^β`, keeping `d` (same shape) for the backward pass.
+    fn lrn_forward(
+        &mut self,
+        planes: &Planes,
+        lrn: &LrnParams,
+        x: &Buf<D>,
+        y: &mut Buf<D>,
+        d: &mut Buf<D>,
+    );
+    /// `dx` from `x`, the kept `d` and `dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn lrn_backward(
+        &mut self,
+        planes: &Planes,
+        lrn: &LrnParams,
+        x: &Buf<D>,
+        d: &Buf<D>,
+        dy: &Buf<D>,
+        dx: &mut Buf<D>,
+    );
+
+    /// Window maxima.
+    fn pool_forward(&mut self, shape: &PoolShape, x: &Buf<D>, y: &mut Buf<D>);
+    /// Routes each window's gradient to its first maximal input (row-major window order);
+    /// inputs that no window chose get 0. `x` and `y` are the forward's input and output.
+    fn pool_backward(
+        &mut self,
+        shape: &PoolShape,
+        x: &Buf<D>,
+        y: &Buf<D>,
+        dy: &Buf<D>,
+        dx: &mut Buf<D>,
+    );
+
+    /// NCHW planes → `(B, pixels · C)` channels-last (what FC6 reads).
+    fn to_channels_last(&mut self, planes: &Planes, x: &Buf<D>, y: &mut Buf<D>);
+    /// The inverse of `to_channels_last`.
+    fn from_channels_last(&mut self, planes: &Planes, y: &Buf<D>, x: &mut Buf<D>);
+
+    /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.
+    fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>);
+}
