@@ -125,6 +125,27 @@ struct DeviceArg {
     /// Where to run [default: cuda in a CUDA build, else cpu].
     #[arg(long = "device", value_name = "DEVICE", value_enum)]
     kind: Option<DeviceKind>,
+    /// The convolutional layers on the fast path (own kernels: cuDNN and fused kernels on
+    /// CUDA) or on dfdx's ops [default: the pipeline's compute.engine; auto = fast on CUDA].
+    #[arg(long, value_enum)]
+    engine: Option<alexnet::config::Engine>,
+    /// Fast-path convolutions on CUDA: TF32 tensor cores or strict fp32 [default: the
+    /// pipeline's compute.precision, tf32].
+    #[arg(long, value_enum)]
+    precision: Option<alexnet::config::Precision>,
+}
+
+impl DeviceArg {
+    /// Applies `--engine` and `--precision` (neither changes what is trained, so both may
+    /// differ on resume).
+    fn apply(&self, pipeline: &mut Pipeline) {
+        if let Some(engine) = self.engine {
+            pipeline.compute.engine = engine;
+        }
+        if let Some(precision) = self.precision {
+            pipeline.compute.precision = precision;
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -529,6 +550,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(epochs) = args.epochs {
         pipeline.train.epochs = epochs;
     }
+    args.device.apply(&mut pipeline);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -588,7 +610,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_evaluate(args: EvaluateArgs) -> Result<()> {
-    let pipeline = run_pipeline(args.pipeline.as_deref(), &args.run, true)?;
+    let mut pipeline = run_pipeline(args.pipeline.as_deref(), &args.run, true)?;
+    args.device.apply(&mut pipeline);
     let batch_images = args
         .batch_size
         .unwrap_or_else(|| (pipeline.loader.batch_size / 10).max(1));
@@ -628,6 +651,7 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
         anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         pipeline.loader.batch_size = batch_size;
     }
+    args.device.apply(&mut pipeline);
     let data = open_training_data(&args.data)?;
     let job = BenchJob {
         pipeline,
@@ -638,11 +662,11 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     };
     let report = on_device(args.device.kind, job.pipeline.train.seed, job)??;
     eprintln!("{:<28} {:>9}", "stage (profiled, median)", "ms");
-    for (name, ms) in report.phases_ms.iter().map(|(k, v)| (k.to_string(), *v)) {
+    for (name, ms) in &report.phases_ms {
         eprintln!("{name:<28} {ms:>9.2}");
     }
-    for (name, ms) in &report.forward_stages_ms {
-        eprintln!("  forward: {name:<17} {ms:>9.2}");
+    for (name, ms) in &report.stages_ms {
+        eprintln!("  {name:<26} {ms:>9.2}");
     }
     eprintln!(
         "{:.1} images/s, median step {:.1} ms (unsynchronised steps, loader feeding)",

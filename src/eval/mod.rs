@@ -15,14 +15,16 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use serde::Serialize;
 
 use crate::config::Pipeline;
+use crate::fast::{FastDevice, FastError};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, ModelError, Spec};
 use crate::progress::{Meter, Progress};
 use crate::shards::{ShardError, Split};
+use crate::train::conv_path::ConvPath;
 use crate::train::rundir::RunDir;
+use crate::train::sgd::Sgd;
 use crate::train::state::saved_state;
-use crate::train::{InputStage, TrainDevice};
 
 /// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
 pub const PAPER_TOP1_ERROR: f64 = 0.407;
@@ -33,6 +35,8 @@ const VIEWS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    #[error(transparent)]
+    Fast(#[from] FastError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -185,7 +189,7 @@ struct Prediction {
 
 impl crate::train::device::DeviceJob for EvalOptions {
     type Output = Result<Report, EvalError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+    fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         run(
             dev,
             EvalOptions {
@@ -197,7 +201,7 @@ impl crate::train::device::DeviceJob for EvalOptions {
 }
 
 /// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
-pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
+pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
     let run = RunDir::new(&options.run);
     let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
     let pipeline = &options.pipeline;
@@ -227,7 +231,9 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
 
     let mut loader_config = pipeline.loader.clone();
     loader_config.batch_size = options.batch_images.max(1);
-    let mut input = InputStage::new(&dev, &data, &loader_config);
+    // Evaluation takes no step: the optimiser only hands the path its (unused) momentum.
+    let sgd = Sgd::new(&dev, &model, 0.0, 0.0);
+    let mut path = ConvPath::new(&dev, &pipeline.compute, &data, &loader_config, &model, &sgd)?;
     let loader = Loader::start(
         data.clone(),
         LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),
@@ -246,8 +252,7 @@ pub fn run<D: TrainDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalE
     let mut predictions = Vec::with_capacity(data.len());
     for batch in loader {
         let batch = batch?;
-        let x = input.prepare(&dev, &batch);
-        let logits = model.forward(x, None).as_vec();
+        let logits = path.logits(&dev, &mut model, &batch);
         if let Some(at) = logits.iter().position(|v| !v.is_finite()) {
             let image = batch.indices[at / classes / VIEWS] as usize;
             return Err(EvalError::NonFinite {

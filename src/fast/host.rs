@@ -2,7 +2,7 @@
 //! tested against, and what lets the CPU tests run everything around the kernels (the join
 //! to dfdx, parameter ownership, SGD, checkpoints, resume).
 //!
-//! Written for clarity over speed (direct convolution, parallel over images or filters).
+//! Written for clarity first: convolutions as im2col and one matrix product per image.
 
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
@@ -67,24 +67,22 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn conv_forward(&mut self, s: &ConvShape, x: &Buf<Cpu>, w: &Buf<Cpu>, y: &mut Buf<Cpu>) {
-        let (out, k) = (s.out_size(), s.kernel);
-        let in_image = s.in_channels * s.size * s.size;
-        y.par_chunks_mut(out * out)
-            .enumerate()
-            .for_each(|(plane, y)| {
-                let (b, o) = (plane / s.out_channels, plane % s.out_channels);
-                let x = &x[b * in_image..][..in_image];
-                let w = &w[o * s.in_channels * k * k..][..s.in_channels * k * k];
-                for oy in 0..out {
-                    for ox in 0..out {
-                        let mut sum = 0f32;
-                        for_taps(s, oy, ox, |c, ky, kx, at| {
-                            sum += x[at] * w[(c * k + ky) * k + kx];
-                        });
-                        y[oy * out + ox] = sum;
-                    }
-                }
-            });
+        let (rows, pixels) = (
+            s.in_channels * s.kernel * s.kernel,
+            s.out_size() * s.out_size(),
+        );
+        let mut cols = vec![0f32; rows * pixels];
+        for (b, y) in y.chunks_mut(s.out_channels * pixels).enumerate() {
+            im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
+            // y_b (O, P) = W (O, C·K·K) · cols (C·K·K, P)
+            matmul(
+                y,
+                (s.out_channels, pixels, rows),
+                (w, rows, 1),
+                (&cols, pixels, 1),
+                false,
+            );
+        }
     }
 
     fn conv_backward_data(
@@ -94,25 +92,23 @@ impl Kernels<Cpu> for HostKernels {
         w: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) {
-        let (out, k) = (s.out_size(), s.kernel);
-        let out_image = s.out_channels * out * out;
-        dx.par_chunks_mut(s.in_channels * s.size * s.size)
-            .enumerate()
-            .for_each(|(b, dx)| {
-                dx.fill(0.0);
-                let dy = &dy[b * out_image..][..out_image];
-                for o in 0..s.out_channels {
-                    let w = &w[o * s.in_channels * k * k..][..s.in_channels * k * k];
-                    for oy in 0..out {
-                        for ox in 0..out {
-                            let g = dy[(o * out + oy) * out + ox];
-                            for_taps(s, oy, ox, |c, ky, kx, at| {
-                                dx[at] += g * w[(c * k + ky) * k + kx];
-                            });
-                        }
-                    }
-                }
-            });
+        let (rows, pixels) = (
+            s.in_channels * s.kernel * s.kernel,
+            s.out_size() * s.out_size(),
+        );
+        let mut cols = vec![0f32; rows * pixels];
+        for (b, dx) in dx.chunks_mut(s.in_channels * s.size * s.size).enumerate() {
+            let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
+            // cols (C·K·K, P) = Wᵀ (C·K·K, O) · dy_b (O, P), then every column back to its pixel.
+            matmul(
+                &mut cols,
+                (rows, pixels, s.out_channels),
+                (w, 1, rows),
+                (dy, pixels, 1),
+                false,
+            );
+            col2im(s, &cols, dx);
+        }
     }
 
     fn conv_backward_filter(
@@ -122,26 +118,23 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dw: &mut Buf<Cpu>,
     ) {
-        let (out, k) = (s.out_size(), s.kernel);
-        let in_image = s.in_channels * s.size * s.size;
-        let out_image = s.out_channels * out * out;
-        dw.par_chunks_mut(s.in_channels * k * k)
-            .enumerate()
-            .for_each(|(o, dw)| {
-                dw.fill(0.0);
-                for b in 0..s.batch {
-                    let x = &x[b * in_image..][..in_image];
-                    let dy = &dy[b * out_image + o * out * out..][..out * out];
-                    for oy in 0..out {
-                        for ox in 0..out {
-                            let g = dy[oy * out + ox];
-                            for_taps(s, oy, ox, |c, ky, kx, at| {
-                                dw[(c * k + ky) * k + kx] += g * x[at];
-                            });
-                        }
-                    }
-                }
-            });
+        let (rows, pixels) = (
+            s.in_channels * s.kernel * s.kernel,
+            s.out_size() * s.out_size(),
+        );
+        let mut cols = vec![0f32; rows * pixels];
+        for b in 0..s.batch {
+            im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
+            let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
+            // dW (O, C·K·K) += dy_b (O, P) · cols_bᵀ (P, C·K·K)
+            matmul(
+                dw,
+                (s.out_channels, rows, pixels),
+                (dy, pixels, 1),
+                (&cols, 1, pixels),
+                b > 0,
+            );
+        }
     }
 
     fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) {
@@ -291,28 +284,105 @@ impl Kernels<Cpu> for HostKernels {
     }
 }
 
-/// Calls `tap(c, ky, kx, index into one image's input)` for every input value output pixel
-/// `(oy, ox)` reads (taps in the padding are skipped: they read zeros).
-fn for_taps(s: &ConvShape, oy: usize, ox: usize, mut tap: impl FnMut(usize, usize, usize, usize)) {
-    for c in 0..s.in_channels {
-        for ky in 0..s.kernel {
-            let Some(iy) = (oy * s.stride + ky)
-                .checked_sub(s.pad)
-                .filter(|&v| v < s.size)
-            else {
-                continue;
-            };
-            for kx in 0..s.kernel {
-                let Some(ix) = (ox * s.stride + kx)
-                    .checked_sub(s.pad)
-                    .filter(|&v| v < s.size)
-                else {
-                    continue;
-                };
-                tap(c, ky, kx, (c * s.size + iy) * s.size + ix);
-            }
-        }
+/// `dst (m, n) [+]= lhs (m, k) · rhs (k, n)`, each operand given with its row and column
+/// strides (a transposed operand is just swapped strides).
+fn matmul(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let threads = rayon::current_num_threads();
+    // Safety: the asserts keep every index of the three operands in bounds, and `dst` is
+    // borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        );
     }
+}
+
+/// The input patches of one image as a `(C·K·K, P)` matrix, rows in OIHW filter order
+/// `(c, ky, kx)`; taps in the padding read 0.
+fn im2col(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
+    let out = s.out_size();
+    cols.par_chunks_mut(out * out)
+        .enumerate()
+        .for_each(|(row, col)| {
+            let (c, ky, kx) = (
+                row / (s.kernel * s.kernel),
+                row / s.kernel % s.kernel,
+                row % s.kernel,
+            );
+            let plane = &x[c * s.size * s.size..][..s.size * s.size];
+            for oy in 0..out {
+                let iy = (oy * s.stride + ky)
+                    .checked_sub(s.pad)
+                    .filter(|&v| v < s.size);
+                for ox in 0..out {
+                    let ix = (ox * s.stride + kx)
+                        .checked_sub(s.pad)
+                        .filter(|&v| v < s.size);
+                    col[oy * out + ox] = match (iy, ix) {
+                        (Some(iy), Some(ix)) => plane[iy * s.size + ix],
+                        _ => 0.0,
+                    };
+                }
+            }
+        });
+}
+
+/// The adjoint of `im2col`: each patch value added back to the input pixel it came from.
+fn col2im(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
+    let out = s.out_size();
+    let k2 = s.kernel * s.kernel;
+    dx.par_chunks_mut(s.size * s.size)
+        .enumerate()
+        .for_each(|(c, plane)| {
+            plane.fill(0.0);
+            for tap in 0..k2 {
+                let (ky, kx) = (tap / s.kernel, tap % s.kernel);
+                let col = &cols[(c * k2 + tap) * out * out..][..out * out];
+                for oy in 0..out {
+                    let Some(iy) = (oy * s.stride + ky)
+                        .checked_sub(s.pad)
+                        .filter(|&v| v < s.size)
+                    else {
+                        continue;
+                    };
+                    for ox in 0..out {
+                        if let Some(ix) = (ox * s.stride + kx)
+                            .checked_sub(s.pad)
+                            .filter(|&v| v < s.size)
+                        {
+                            plane[iy * s.size + ix] += col[oy * out + ox];
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// Index (within one plane) and value of the first maximum of window `(oy, ox)`.

@@ -31,6 +31,8 @@ pub enum FastError {
 
 /// A dfdx device with kernels for the fast path.
 pub trait FastDevice: TrainDevice {
+    /// Whether this is a GPU (where `engine = "auto"` picks the fast path).
+    const GPU: bool = false;
     type Kernels: Kernels<Self>;
     fn fast_kernels(&self, precision: Precision) -> Result<Self::Kernels, FastError>;
 }

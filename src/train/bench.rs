@@ -4,27 +4,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dfdx::prelude::*;
 use serde::Serialize;
 
-use super::input::{InputStage, TrainDevice};
+use super::conv_path::ConvPath;
 use super::sgd::Sgd;
-use super::train_step;
 use crate::config::Pipeline;
+use crate::fast::FastDevice;
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Output};
 use crate::model::{AlexNet, DropoutMasks, Spec};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub batch_size: usize,
+    /// Which path the convolutional part took.
+    pub path: String,
     /// Timed steps (after warm-up), run back to back as in training.
     pub steps: usize,
     pub images_per_sec: f64,
     pub step_ms_median: f64,
-    /// Per-phase medians over the profiled steps (device synchronised between phases).
-    pub phases_ms: BTreeMap<&'static str, f64>,
-    /// Forward stages (layer, stage, median ms), in order.
-    pub forward_stages_ms: Vec<(String, f64)>,
+    /// Per-phase medians over the profiled steps (device synchronised between stages):
+    /// 1 input, 2 forward, 3 backward, 4 update.
+    pub phases_ms: BTreeMap<String, f64>,
+    /// Every stage (phase-numbered name, median ms), in order.
+    pub stages_ms: Vec<(String, f64)>,
 }
 
 /// `alexnet bench-train`: what to run, on whichever device `on_device` opens.
@@ -38,7 +40,7 @@ pub struct BenchJob {
 
 impl super::device::DeviceJob for BenchJob {
     type Output = Result<BenchReport, LoaderError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+    fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         eprintln!(
             "benchmarking {} training steps of {} (+{} warm-up, {} profiled) on {device_name}",
             self.steps, self.pipeline.loader.batch_size, self.warmup, self.profile_steps,
@@ -49,7 +51,7 @@ impl super::device::DeviceJob for BenchJob {
 }
 
 /// Runs `warmup + steps` plain training steps, then `profile_steps` synchronised ones.
-pub fn run<D: TrainDevice>(
+pub fn run<D: FastDevice>(
     dev: &D,
     pipeline: &Pipeline,
     data: Arc<LoaderData>,
@@ -68,7 +70,9 @@ pub fn run<D: TrainDevice>(
     let t = &pipeline.train;
     let mut sgd = Sgd::new(dev, &model, t.momentum, t.weight_decay);
     data.check_crop(loader_cfg.crop_size)?;
-    let mut input = InputStage::new(dev, &data, loader_cfg);
+    let mut path = ConvPath::new(dev, &pipeline.compute, &data, loader_cfg, &model, &sgd)
+        .map_err(|e| LoaderError::Settings(e.to_string()))?;
+    eprintln!("the convolutional part runs on {}", path.describe());
     let mut loader = Loader::start(data.clone(), LoaderOptions::train(loader_cfg, Output::U8))?;
     let lr = t.learning_rate;
     let seed = t.seed;
@@ -82,9 +86,8 @@ pub fn run<D: TrainDevice>(
         }
         let started = Instant::now();
         let batch = loader.next().expect("the training stream is endless")?;
-        let x = input.prepare(dev, &batch);
         let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
-        let (loss, _) = train_step(&mut model, &mut sgd, x, &batch.labels, masks.as_ref(), lr);
+        let (loss, _) = path.train_step(dev, &mut model, &mut sgd, &batch, masks.as_ref(), lr);
         if i >= warmup {
             step_times.push(started.elapsed().as_secs_f64() * 1e3);
         }
@@ -95,76 +98,52 @@ pub fn run<D: TrainDevice>(
     let timed = timed_started.elapsed().as_secs_f64();
     let batch_size = loader_cfg.batch_size;
 
-    let mut phases: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
     for i in 0..profile_steps {
         let batch = loader.next().expect("the training stream is endless")?;
+        dev.synchronize();
         let mut clock = Instant::now();
-        let mut lap = |dev: &D| {
+        let mut stage_index = 0;
+        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
+        let mut observe = |name: &str| {
             dev.synchronize();
             let ms = clock.elapsed().as_secs_f64() * 1e3;
             clock = Instant::now();
-            ms
-        };
-        let x = input.prepare(dev, &batch);
-        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
-        phases
-            .entry("1 upload+normalise")
-            .or_default()
-            .push(lap(dev));
-        let mut stage_index = 0;
-        let mut observe = |layer: &'static str, stage: &'static str| {
-            let ms = lap(dev);
-            let name = if stage.is_empty() {
-                layer.to_string()
-            } else {
-                format!("{layer} {stage}")
-            };
             if stages.len() <= stage_index {
-                stages.push((name, Vec::new()));
+                stages.push((name.to_string(), Vec::new()));
             }
             stages[stage_index].1.push(ms);
             stage_index += 1;
         };
-        let logits =
-            model.forward_observed(x.traced(Gradients::leaky()), masks.as_ref(), &mut observe);
-        let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
-        let labels = dev.tensor_from_vec(labels, (batch.len(),));
-        let loss = logits
-            .log_softmax::<Axis<1>>()
-            .select(labels)
-            .mean()
-            .negate();
-        phases.entry("2 forward+loss").or_default().push(
-            stages[..stage_index]
-                .iter()
-                .map(|s| *s.1.last().unwrap())
-                .sum::<f64>()
-                + lap(dev),
-        );
-        let grads = loss.backward();
-        phases.entry("3 backward").or_default().push(lap(dev));
-        sgd.step(&mut model, &grads, lr);
-        phases.entry("4 sgd update").or_default().push(lap(dev));
+        let masks = masks.as_ref();
+        path.train_step_observed(dev, &mut model, &mut sgd, &batch, masks, lr, &mut observe);
         loader.recycle(batch);
+    }
+    let stages_ms: Vec<(String, f64)> = stages
+        .into_iter()
+        .map(|(k, mut v)| (k, median(&mut v)))
+        .collect();
+    let mut phases_ms: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, ms) in &stages_ms {
+        let phase = match name.chars().next() {
+            Some('1') => "1 input",
+            Some('2') => "2 forward+loss",
+            Some('3') => "3 backward",
+            _ => "4 sgd update",
+        };
+        *phases_ms.entry(phase.to_string()).or_default() += ms;
     }
 
     Ok(BenchReport {
         batch_size,
+        path: path.describe(),
         steps,
         images_per_sec: (steps * batch_size) as f64 / timed,
         step_ms_median: median(&mut step_times),
-        phases_ms: phases
-            .into_iter()
-            .map(|(k, mut v)| (k, median(&mut v)))
-            .collect(),
-        forward_stages_ms: stages
-            .into_iter()
-            .map(|(k, mut v)| (k, median(&mut v)))
-            .collect(),
+        phases_ms,
+        stages_ms,
     })
 }
-
 fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;

@@ -3,7 +3,7 @@
 
 use dfdx::prelude::{Cache, Cpu};
 
-use super::TrainDevice;
+use crate::fast::FastDevice;
 
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,7 +37,7 @@ pub enum DeviceError {
 /// Work that runs on whichever device `--device` picks.
 pub trait DeviceJob {
     type Output;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output;
+    fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output;
 }
 
 /// Opens the chosen device (default: CUDA in a CUDA build, else the CPU) and runs `job` on it.

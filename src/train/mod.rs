@@ -3,6 +3,7 @@
 //! with validation every epoch, checkpoints that resume exactly, and logs.
 
 pub mod bench;
+pub mod conv_path;
 pub mod device;
 pub mod input;
 pub mod metrics;
@@ -20,11 +21,13 @@ use dfdx::prelude::*;
 use indicatif::HumanCount;
 
 use crate::config::Pipeline;
+use crate::fast::{FastDevice, FastError};
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::CheckpointError;
 use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
 use crate::progress::{Meter, Progress};
 use crate::shards::Split;
+use conv_path::ConvPath;
 pub use input::{InputStage, TrainDevice};
 use metrics::Tally;
 use rundir::{CsvLog, EpochRow, LogError, RunDir, StepRow};
@@ -79,6 +82,8 @@ pub enum TrainError {
         got: u64,
         expected: u64,
     },
+    #[error(transparent)]
+    Fast(#[from] FastError),
     #[error("{run} is already at step {step}; --stop-after-steps {limit} would train nothing")]
     AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
 }
@@ -146,9 +151,9 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-/// One SGD step: forward with dropout, cross-entropy, backward, update. Returns the loss and
-/// the logits (on the host, for accuracy). With a non-finite loss the weights are left as
-/// they were.
+/// One SGD step on dfdx's ops: forward with dropout, cross-entropy, backward, update.
+/// Returns the loss and the logits (on the host, for accuracy). With a non-finite loss the
+/// weights are left as they were.
 pub fn train_step<D: Device<f32>>(
     model: &mut AlexNet<f32, D>,
     sgd: &mut Sgd<D>,
@@ -157,27 +162,54 @@ pub fn train_step<D: Device<f32>>(
     masks: Option<&DropoutMasks<f32, D>>,
     lr: f64,
 ) -> (f32, Vec<f32>) {
-    let dev = x.device().clone();
-    let logits = model.forward(x.traced(Gradients::leaky()), masks);
+    train_step_observed(model, sgd, x, labels, masks, lr, &mut |_| {})
+}
+
+/// `train_step`, calling `observe` after each stage (numbered by phase, for profiling).
+pub fn train_step_observed<D: Device<f32>>(
+    model: &mut AlexNet<f32, D>,
+    sgd: &mut Sgd<D>,
+    x: crate::model::Act<f32, D>,
+    labels: &[u32],
+    masks: Option<&DropoutMasks<f32, D>>,
+    lr: f64,
+    observe: conv_path::Observer,
+) -> (f32, Vec<f32>) {
+    let mut forward_stage = |layer: &str, stage: &str| {
+        observe(&format!("2 forward {layer} {stage}").trim_end().to_string())
+    };
+    let logits = model.forward_observed(x.traced(Gradients::leaky()), masks, &mut forward_stage);
     let host_logits = logits.as_vec();
-    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    let labels = dev.tensor_from_vec(labels, (host_logits.len() / model.spec.classes,));
-    let loss = logits
-        .log_softmax::<Axis<1>>()
-        .select(labels)
-        .mean()
-        .negate();
+    let loss = mean_cross_entropy(logits, labels);
     let value = loss.as_vec()[0];
+    observe("2 forward loss");
     if value.is_finite() {
         let grads = loss.backward();
+        observe("3 backward");
         sgd.step(model, &grads, lr);
+        observe("4 sgd update");
     }
     (value, host_logits)
 }
 
+/// The training loss: mean cross-entropy of `logits` against `labels`.
+pub fn mean_cross_entropy<D: Device<f32>>(
+    logits: crate::model::Mat<f32, D, OwnedTape<f32, D>>,
+    labels: &[u32],
+) -> Tensor<Rank0, f32, D, OwnedTape<f32, D>> {
+    let dev = logits.device().clone();
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    let labels = dev.tensor_from_vec(labels, (logits.shape().0,));
+    logits
+        .log_softmax::<Axis<1>>()
+        .select(labels)
+        .mean()
+        .negate()
+}
+
 impl device::DeviceJob for TrainOptions {
     type Output = Result<Outcome, TrainError>;
-    fn run<D: TrainDevice>(self, dev: D, device_name: String) -> Self::Output {
+    fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         run(
             dev,
             TrainOptions {
@@ -191,7 +223,7 @@ impl device::DeviceJob for TrainOptions {
 /// Trains (or resumes) a run. All device work stays on the calling thread.
 pub fn run<D>(dev: D, options: TrainOptions) -> Result<Outcome, TrainError>
 where
-    D: TrainDevice,
+    D: FastDevice,
 {
     let (train_data, val_data) = open_data(&options.data)?;
     let pipeline = &options.pipeline;
@@ -339,14 +371,15 @@ impl DivergenceGuard {
 }
 
 /// The model, optimiser, state and logs of a run in progress.
-struct Trainer<D: TrainDevice> {
+struct Trainer<D: FastDevice> {
     dev: D,
     model: AlexNet<f32, D>,
     sgd: Sgd<D>,
     state: TrainState,
     pipeline: Pipeline,
     classes: Vec<String>,
-    input: InputStage<D>,
+    /// Where the convolutional part runs.
+    path: ConvPath<D>,
     val_data: Arc<LoaderData>,
     run: RunDir,
     metrics: CsvLog<EpochRow>,
@@ -365,7 +398,7 @@ struct Trainer<D: TrainDevice> {
     _lock: crate::lock::DirLock,
 }
 
-impl<D: TrainDevice> Trainer<D> {
+impl<D: FastDevice> Trainer<D> {
     /// A fresh run, or the run's latest checkpoint when resuming.
     fn start(
         dev: D,
@@ -431,8 +464,9 @@ impl<D: TrainDevice> Trainer<D> {
             ))));
         }
         let guard = DivergenceGuard::new(&pipeline.train, loader.batch_size, classes.len());
+        let path = ConvPath::new(&dev, &pipeline.compute, train_data, loader, &model, &sgd)?;
         Ok(Self {
-            input: InputStage::new(&dev, train_data, loader),
+            path,
             dev,
             model,
             sgd,
@@ -482,8 +516,10 @@ impl<D: TrainDevice> Trainer<D> {
             "training".to_string()
         };
         eprintln!(
-            "{verb} on {}: {} images, {} steps of {} per epoch, {} epochs; {} validation images",
+            "{verb} on {} with {}: {} images, {} steps of {} per epoch, {} epochs; {} validation \
+             images",
             options.device_name,
+            self.path.describe(),
             HumanCount(images as u64),
             self.steps_per_epoch,
             self.pipeline.loader.batch_size,
@@ -495,7 +531,6 @@ impl<D: TrainDevice> Trainer<D> {
     /// One SGD step on `batch`; returns its loss.
     fn step(&mut self, batch: &Batch) -> Result<f32, TrainError> {
         let n = batch.len();
-        let x = self.input.prepare(&self.dev, batch);
         let masks = DropoutMasks::draw(
             &self.dev,
             &self.model.spec,
@@ -504,9 +539,10 @@ impl<D: TrainDevice> Trainer<D> {
             n,
         );
         let lr = self.state.schedule.learning_rate;
-        let labels = &batch.labels;
         let (model, sgd) = (&mut self.model, &mut self.sgd);
-        let (value, host_logits) = train_step(model, sgd, x, labels, masks.as_ref(), lr);
+        let (value, host_logits) =
+            self.path
+                .train_step(&self.dev, model, sgd, batch, masks.as_ref(), lr);
         if let Some(what) = self.guard.observe(value) {
             return Err(self.diverged(self.state.step + 1, what));
         }
@@ -596,8 +632,7 @@ impl<D: TrainDevice> Trainer<D> {
         let mut tally = Tally::default();
         for batch in loader {
             let batch = batch?;
-            let x = self.input.prepare(&self.dev, &batch);
-            let logits = self.model.forward(x, None).as_vec();
+            let logits = self.path.logits(&self.dev, &mut self.model, &batch);
             let loss = metrics::cross_entropy(&logits, classes, &batch.labels);
             tally.add(&logits, classes, &batch.labels, loss);
         }
@@ -624,8 +659,7 @@ impl<D: TrainDevice> Trainer<D> {
     /// which no loss has judged yet.
     fn save_checkpoint(&mut self, last_batch: Option<&Batch>) -> Result<PathBuf, TrainError> {
         if let Some(batch) = last_batch {
-            let x = self.input.prepare(&self.dev, batch);
-            let logits = self.model.forward(x, None).as_vec();
+            let logits = self.path.logits(&self.dev, &mut self.model, batch);
             let loss = metrics::cross_entropy(&logits, self.model.spec.classes, &batch.labels);
             if loss.is_nan() || loss > self.guard.limit {
                 let what = format!(
@@ -635,6 +669,7 @@ impl<D: TrainDevice> Trainer<D> {
             }
         }
         self.account_time();
+        self.path.export(&mut self.model, &mut self.sgd);
         let path = self.run.checkpoint(self.state.step);
         let saved = state::save(
             &path,

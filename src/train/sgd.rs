@@ -33,8 +33,20 @@ impl<D: Device<f32>> Sgd<D> {
 
     /// One update of every parameter from `grads`.
     pub fn step(&mut self, model: &mut AlexNet<f32, D>, grads: &Gradients<f32, D>, lr: f64) {
+        self.step_layers(model, grads, lr, 0..8);
+    }
+
+    /// One update of the weighted layers `layers` (0-4 conv, 5-7 FC) from `grads`.
+    pub fn step_layers(
+        &mut self,
+        model: &mut AlexNet<f32, D>,
+        grads: &Gradients<f32, D>,
+        lr: f64,
+        layers: std::ops::Range<usize>,
+    ) {
         let (momentum, decay) = (self.momentum, self.weight_decay);
-        for (layer, velocity) in model.layers_mut().into_iter().zip(&mut self.velocity) {
+        let pairs = model.layers_mut().into_iter().zip(&mut self.velocity);
+        for (layer, velocity) in pairs.skip(layers.start).take(layers.len()) {
             let grad = grads.get(&layer.weight);
             update(
                 &mut layer.weight,
