@@ -55,6 +55,18 @@ pub struct ComputeConfig {
     /// Convolutions of the fast path on CUDA: `tf32` lets cuDNN use TF32 tensor cores (as
     /// PyTorch does by default), `strict` keeps full fp32. The CPU is always strict.
     pub precision: Precision,
+    /// How cuDNN's convolution algorithms are chosen on the fast path: `heuristic` (by
+    /// shape alone, so a resumed run repeats an uninterrupted one bit for bit) or `measure`
+    /// (each candidate timed once at start, like PyTorch's `cudnn.benchmark`; can be faster,
+    /// but two processes may choose differently).
+    pub algorithms: Algorithms,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithms {
+    Heuristic,
+    Measure,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -77,6 +89,7 @@ impl Default for ComputeConfig {
         Self {
             engine: Engine::Auto,
             precision: Precision::Tf32,
+            algorithms: Algorithms::Heuristic,
         }
     }
 }

@@ -7,10 +7,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::kernels::{InputBatch, Kernels};
+use super::kernels::{ConvShape, InputBatch, Kernels, LrnParams, Planes, PoolShape, SgdStep};
 use super::net::FastNet;
 use super::{FastDevice, FastError};
-use crate::config::Precision;
+use crate::config::ComputeConfig;
 use crate::model::join::join;
 use crate::model::{Act, AlexNet, DropoutMasks, Mat, Spec};
 use crate::train::sgd::Sgd;
@@ -126,7 +126,7 @@ fn compare(name: &str, fast: &[f32], reference: &[f32]) -> Comparison {
 /// logits, the gradients of all sixteen parameter tensors, and the conv layers' SGD updates.
 pub fn against_dfdx<D: FastDevice>(
     dev: &D,
-    precision: Precision,
+    compute: &ComputeConfig,
     spec: &Spec,
     batch: &TestBatch,
     seed: u64,
@@ -156,7 +156,7 @@ pub fn against_dfdx<D: FastDevice>(
     let mut sgd = Sgd::new(dev, &model, momentum, decay);
     let mut net = FastNet::new(
         dev,
-        dev.fast_kernels(precision)?,
+        dev.fast_kernels(compute)?,
         &model,
         &sgd.velocity,
         momentum,
@@ -228,7 +228,7 @@ fn conv_weights<D: Device<f32>>(model: &AlexNet<f32, D>) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::config::{ModelConfig, Precision};
 
     fn small_spec(lrn: bool) -> Spec {
         let config = ModelConfig {
@@ -245,11 +245,18 @@ mod tests {
         Spec::new(&config, 67, 5).unwrap()
     }
 
+    fn strict() -> ComputeConfig {
+        ComputeConfig {
+            precision: Precision::Strict,
+            ..ComputeConfig::default()
+        }
+    }
+
     fn check(lrn: bool) {
         let dev = Cpu::default();
         let spec = small_spec(lrn);
         let batch = TestBatch::random(3, spec.input, spec.classes, 11);
-        let results = against_dfdx(&dev, Precision::Strict, &spec, &batch, 5).unwrap();
+        let results = against_dfdx(&dev, &strict(), &spec, &batch, 5).unwrap();
         assert_eq!(results.len(), 1 + 16 + 10);
         for r in &results {
             assert!(
@@ -266,6 +273,18 @@ mod tests {
         }
     }
 
+    /// On the CPU both sides are the host kernels, so this checks the cases themselves: every
+    /// output must be a tensor worth comparing (not zeros from dead inputs).
+    #[test]
+    fn every_kernel_case_produces_a_meaningful_output() {
+        let results = kernels_against_host(&Cpu::default(), &strict()).unwrap();
+        assert_eq!(results.len(), 27);
+        for r in &results {
+            assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
+            assert_eq!(r.relative_error, 0.0, "{}", r.name);
+        }
+    }
+
     #[test]
     fn host_fast_path_equals_dfdx_with_lrn() {
         check(true);
@@ -275,4 +294,266 @@ mod tests {
     fn host_fast_path_equals_dfdx_without_lrn() {
         check(false);
     }
+}
+
+/// One kernel call on random inputs, run on two kernel sets and compared.
+#[derive(Debug, Clone, Copy)]
+enum Case {
+    Normalize { batch: usize, crop: usize },
+    Conv(ConvShape),
+    BiasRelu(Planes),
+    Lrn(Planes, LrnParams),
+    Pool(PoolShape),
+    ChannelsLast(Planes),
+    Sgd(usize),
+}
+
+/// Random values in `[lo, hi)`, the same for the same `seed`.
+fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// Runs `case` on `k`; returns each output, named, on the host.
+fn run_case<D: Storage<f32>, K: Kernels<D>>(k: &mut K, case: Case) -> Vec<(String, Vec<f32>)> {
+    let mut up = |len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
+    let out = match case {
+        Case::Normalize { batch, crop } => {
+            let data = TestBatch::random(batch, crop, 10, 1);
+            let mut x = k.alloc(batch * 3 * crop * crop);
+            k.set_mean_table(&data.mean_table, crop * 3);
+            k.normalize(&data.input(), &mut x);
+            vec![("normalize", x)]
+        }
+        Case::Conv(s) => {
+            let (x, w, dy) = (
+                up(s.input_len(), (-1.0, 1.0), 2),
+                up(s.filter_len(), (-0.1, 0.1), 3),
+                up(s.output_len(), (-1.0, 1.0), 4),
+            );
+            let (mut y, mut dx, mut dw) = (
+                k.alloc(s.output_len()),
+                k.alloc(s.input_len()),
+                k.alloc(s.filter_len()),
+            );
+            k.conv_forward(&s, &x, &w, &mut y);
+            k.conv_backward_data(&s, &dy, &w, &mut dx);
+            k.conv_backward_filter(&s, &x, &dy, &mut dw);
+            vec![
+                ("forward", y),
+                ("backward data", dx),
+                ("backward filter", dw),
+            ]
+        }
+        Case::BiasRelu(p) => {
+            let (mut y, bias, mut dy) = (
+                up(p.len(), (-1.0, 1.0), 5),
+                up(p.channels, (-0.5, 0.5), 6),
+                up(p.len(), (-1.0, 1.0), 7),
+            );
+            let mut db = k.alloc(p.channels);
+            k.bias_relu(&p, &mut y, &bias);
+            k.relu_bias_backward(&p, &y, &mut dy, &mut db);
+            vec![
+                ("bias+relu", y),
+                ("relu backward", dy),
+                ("bias gradient", db),
+            ]
+        }
+        Case::Lrn(p, lrn) => {
+            let (x, dy) = (up(p.len(), (0.0, 3.0), 8), up(p.len(), (-1.0, 1.0), 9));
+            let (mut y, mut d, mut dx) = (k.alloc(p.len()), k.alloc(p.len()), k.alloc(p.len()));
+            k.lrn_forward(&p, &lrn, &x, &mut y, &mut d);
+            k.lrn_backward(&p, &lrn, &x, &d, &dy, &mut dx);
+            vec![("forward", y), ("denominator", d), ("backward", dx)]
+        }
+        Case::Pool(s) => {
+            let (x, dy) = (
+                up(s.input_len(), (-1.0, 1.0), 10),
+                up(s.output_len(), (-1.0, 1.0), 11),
+            );
+            let (mut y, mut dx) = (k.alloc(s.output_len()), k.alloc(s.input_len()));
+            k.pool_forward(&s, &x, &mut y);
+            k.pool_backward(&s, &x, &y, &dy, &mut dx);
+            vec![("forward", y), ("backward", dx)]
+        }
+        Case::ChannelsLast(p) => {
+            let x = up(p.len(), (-1.0, 1.0), 12);
+            let (mut y, mut back) = (k.alloc(p.len()), k.alloc(p.len()));
+            k.to_channels_last(&p, &x, &mut y);
+            k.from_channels_last(&p, &y, &mut back);
+            vec![("to", y), ("back", back)]
+        }
+        Case::Sgd(n) => {
+            let (mut w, mut v, g) = (
+                up(n, (-1.0, 1.0), 13),
+                up(n, (-0.1, 0.1), 14),
+                up(n, (-1.0, 1.0), 15),
+            );
+            let step = SgdStep {
+                learning_rate: 0.01,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            };
+            k.sgd(&step, &mut w, &mut v, &g);
+            vec![("weights", w), ("momentum", v)]
+        }
+    };
+    out.into_iter()
+        .map(|(name, buf)| (name.to_string(), k.download(&buf)))
+        .collect()
+}
+
+/// Every kernel of `dev` against the host kernels on random inputs of AlexNet's shapes
+/// (batch 2, the paper's widths): one comparison per output.
+pub fn kernels_against_host<D: FastDevice>(
+    dev: &D,
+    compute: &ComputeConfig,
+) -> Result<Vec<Comparison>, FastError> {
+    let mut device = dev.fast_kernels(compute)?;
+    let cpu = Cpu::default();
+    let mut host = super::host::HostKernels::new(&cpu);
+    let conv = |in_channels, out_channels, size, kernel, stride, pad| ConvShape {
+        batch: 2,
+        in_channels,
+        out_channels,
+        size,
+        kernel,
+        stride,
+        pad,
+    };
+    let planes = |channels, side: usize| Planes {
+        batch: 2,
+        channels,
+        pixels: side * side,
+    };
+    let pool = |channels, size| PoolShape {
+        batch: 2,
+        channels,
+        size,
+        kernel: 3,
+        stride: 2,
+    };
+    let lrn = LrnParams {
+        size: 5,
+        k: 2.0,
+        // Larger than the paper's 1e-4, so that the normalisation visibly shapes the result.
+        alpha: 0.05,
+        beta: 0.75,
+    };
+    let cases = [
+        (
+            "normalize",
+            Case::Normalize {
+                batch: 2,
+                crop: 224,
+            },
+        ),
+        ("conv1", Case::Conv(conv(3, 96, 224, 11, 4, 2))),
+        ("conv2", Case::Conv(conv(96, 256, 27, 5, 1, 2))),
+        ("conv3", Case::Conv(conv(256, 384, 13, 3, 1, 1))),
+        ("bias/relu conv1", Case::BiasRelu(planes(96, 55))),
+        ("lrn conv1", Case::Lrn(planes(96, 55), lrn)),
+        ("lrn conv2", Case::Lrn(planes(256, 27), lrn)),
+        ("pool1", Case::Pool(pool(96, 55))),
+        ("pool3", Case::Pool(pool(256, 13))),
+        ("flatten", Case::ChannelsLast(planes(256, 6))),
+        ("sgd", Case::Sgd(100_003)),
+    ];
+    let mut out = Vec::new();
+    for (name, case) in cases {
+        let ours = run_case(&mut device, case);
+        let reference = run_case(&mut host, case);
+        for ((output, a), (_, b)) in ours.iter().zip(&reference) {
+            out.push(compare(&format!("kernel {name} {output}"), a, b));
+        }
+    }
+    Ok(out)
+}
+
+/// The tolerance a comparison is held to: convolution outputs and everything downstream of
+/// them get `conv`; elementwise kernels must agree to float rounding.
+pub fn tolerance(name: &str, conv: f64) -> f64 {
+    let elementwise = name.starts_with("kernel ") && !name.starts_with("kernel conv");
+    if elementwise {
+        1e-5
+    } else {
+        conv
+    }
+}
+
+/// The checked network's initialisation (see `CheckJob::run`).
+pub const CHECK_INIT_STD: f32 = 0.02;
+pub const CHECK_INIT_BIAS: f32 = 0.1;
+
+/// `alexnet check-fast`: both checks on whichever device `on_device` opens.
+pub struct CheckJob {
+    pub pipeline: crate::config::Pipeline,
+    pub batch: usize,
+    pub classes: usize,
+}
+
+/// What `check-fast` found: every comparison with the tolerance it is held to.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub device: String,
+    pub precision: crate::config::Precision,
+    pub results: Vec<(Comparison, f64)>,
+}
+
+impl CheckReport {
+    pub fn failures(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|(c, tolerance)| !(c.relative_error <= *tolerance))
+            .count()
+    }
+}
+
+impl crate::train::device::DeviceJob for CheckJob {
+    type Output = Result<CheckReport, CheckError>;
+    fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
+        let compute = self.pipeline.compute;
+        let conv_tolerance = match compute.precision {
+            crate::config::Precision::Strict => 1e-4,
+            crate::config::Precision::Tf32 => 2e-2,
+        };
+        let crop = self.pipeline.loader.crop_size as usize;
+        // With the paper's initialisation (weights N(0, 0.01²), biases 1) the outputs of
+        // conv2, conv4 and conv5 lie within a few ulps of 1.0, so pooling windows hold
+        // exactly equal maxima: dfdx routes their gradient to every tied input, the fast path
+        // (like cuDNN and PyTorch) to the first. Both are valid; to compare the kernels rather
+        // than that convention, the checked network starts from wider weights.
+        let mut model = self.pipeline.model.clone();
+        (model.init_std, model.init_bias) = (CHECK_INIT_STD, CHECK_INIT_BIAS);
+        let spec = Spec::new(&model, crop, self.classes)?;
+        let batch = TestBatch::random(self.batch, crop, self.classes, 7);
+        let mut results = kernels_against_host(&dev, &compute)?;
+        results.extend(against_dfdx(
+            &dev,
+            &compute,
+            &spec,
+            &batch,
+            self.pipeline.train.seed,
+        )?);
+        Ok(CheckReport {
+            device: device_name,
+            precision: compute.precision,
+            results: results
+                .into_iter()
+                .map(|c| {
+                    let tolerance = tolerance(&c.name, conv_tolerance);
+                    (c, tolerance)
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Fast(#[from] FastError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }

@@ -398,3 +398,70 @@ fn window_max(s: &PoolShape, x: &[f32], oy: usize, ox: usize) -> (usize, f32) {
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Act, Lrn};
+    use dfdx::prelude::*;
+
+    /// LRN alone against the dfdx path's (banded matmul), forward and backward, at the paper's
+    /// conv1 width.
+    #[test]
+    fn lrn_equals_the_dfdx_layer() {
+        let dev = Cpu::default();
+        let (batch, channels, pixels) = (2, 96, 9);
+        let params = LrnParams {
+            size: 5,
+            k: 2.0,
+            alpha: 0.05,
+            beta: 0.75,
+        };
+        let x: Vec<f32> = (0..batch * channels * pixels)
+            .map(|i| ((i * 7919) % 1000) as f32 / 300.0)
+            .collect();
+        let dy: Vec<f32> = (0..batch * channels * pixels)
+            .map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        // dfdx: channels-last (B, P, C).
+        let nhwc = |v: &[f32]| -> Vec<f32> {
+            let mut out = vec![0.0; v.len()];
+            for b in 0..batch {
+                for c in 0..channels {
+                    for p in 0..pixels {
+                        out[(b * pixels + p) * channels + c] = v[(b * channels + c) * pixels + p];
+                    }
+                }
+            }
+            out
+        };
+        let lrn = Lrn::new(&dev, channels, 5, 2.0, 0.05, 0.75);
+        let xt: Act<f32, Cpu> = dev.tensor_from_vec(nhwc(&x), (batch, pixels, channels));
+        let y = lrn.forward(xt.clone().traced(Gradients::leaky()));
+        let want_y = y.as_vec();
+        let g: Act<f32, Cpu> = dev.tensor_from_vec(nhwc(&dy), (batch, pixels, channels));
+        let grads = (y * g).sum().backward();
+        let want_dx = grads.get(&xt).as_vec();
+
+        let mut k = HostKernels::new(&dev);
+        let planes = Planes {
+            batch,
+            channels,
+            pixels,
+        };
+        let (xb, dyb) = (k.upload(&x), k.upload(&dy));
+        let (mut yb, mut d, mut dx) = (k.alloc(x.len()), k.alloc(x.len()), k.alloc(x.len()));
+        k.lrn_forward(&planes, &params, &xb, &mut yb, &mut d);
+        k.lrn_backward(&planes, &params, &xb, &d, &dyb, &mut dx);
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                    "{what}[{i}]: {p} vs {q}"
+                );
+            }
+        };
+        close(&nhwc(&yb), &want_y, "y");
+        close(&nhwc(&dx), &want_dx, "dx");
+    }
+}

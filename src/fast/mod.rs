@@ -19,7 +19,7 @@ pub mod host;
 pub mod kernels;
 pub mod net;
 
-use crate::config::Precision;
+use crate::config::ComputeConfig;
 use crate::train::TrainDevice;
 pub use kernels::Kernels;
 
@@ -34,12 +34,12 @@ pub trait FastDevice: TrainDevice {
     /// Whether this is a GPU (where `engine = "auto"` picks the fast path).
     const GPU: bool = false;
     type Kernels: Kernels<Self>;
-    fn fast_kernels(&self, precision: Precision) -> Result<Self::Kernels, FastError>;
+    fn fast_kernels(&self, compute: &ComputeConfig) -> Result<Self::Kernels, FastError>;
 }
 
 impl FastDevice for dfdx::prelude::Cpu {
     type Kernels = host::HostKernels;
-    fn fast_kernels(&self, _: Precision) -> Result<host::HostKernels, FastError> {
+    fn fast_kernels(&self, _: &ComputeConfig) -> Result<host::HostKernels, FastError> {
         Ok(host::HostKernels::new(self))
     }
 }

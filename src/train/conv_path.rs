@@ -44,7 +44,7 @@ impl<D: FastDevice> ConvPath<D> {
         if !compute.engine.is_fast(D::GPU) {
             return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
         }
-        let mut kernels = dev.fast_kernels(compute.precision)?;
+        let mut kernels = dev.fast_kernels(compute)?;
         let table = MeanTable::new(data, loader);
         kernels.set_mean_table(&table.rows, table.row_len());
         let (momentum, decay) = (sgd.momentum, sgd.weight_decay);

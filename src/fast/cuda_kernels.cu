@@ -1,0 +1,258 @@
+// The fast path's own CUDA kernels (everything but the convolutions, which cuDNN runs).
+//
+// Compiled at run time by NVRTC with --fmad=false: `host::HostKernels` is the reference, and
+// without contraction the elementwise kernels (normalize, bias + ReLU, SGD) round exactly as its
+// plain f32 loops do, so the two paths agree bit for bit there. They are memory-bound; the fused
+// multiply-adds would buy nothing.
+//
+// Element counts are 32-bit (the Rust side checks they fit); indices into the mean table, which
+// multiply a row by its length, are 64-bit.
+
+#define RELU_BIAS_THREADS 512
+
+// x[b, c, y, x] = (pixel[b, y, x, c] - mean[row(b, y)][x*3 + c] + lighting[b, c]) * scale[c],
+// one thread per output value so the f32 writes are coalesced (the u8 reads stride by 3).
+extern "C" __global__ void normalize(
+    float *x,
+    const unsigned char *pixels,
+    const float *mean,
+    const unsigned int *mean_rows,
+    const float *lighting,
+    float scale0,
+    float scale1,
+    float scale2,
+    unsigned int batch,
+    unsigned int crop,
+    unsigned int row_len)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * 3u * crop * crop) return;
+    unsigned int xx = i % crop;
+    unsigned int t = i / crop;
+    unsigned int y = t % crop;
+    t /= crop;
+    unsigned int c = t % 3u;
+    unsigned int b = t / 3u;
+    unsigned int r = b * crop + y;
+    float pixel = (float)pixels[(r * crop + xx) * 3u + c];
+    size_t at = (size_t)mean_rows[r] * row_len + xx * 3u + c;
+    float scale = c == 0u ? scale0 : (c == 1u ? scale1 : scale2);
+    float value = pixel - mean[at] + lighting[b * 3u + c];
+    x[i] = value * scale;
+}
+
+// y <- max(y + bias[c], 0) in place.
+extern "C" __global__ void bias_relu(
+    float *y, const float *bias, unsigned int n, unsigned int channels, unsigned int pixels)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned int c = (i / pixels) % channels;
+    y[i] = fmaxf(y[i] + bias[c], 0.0f);
+}
+
+// One block per channel: masks that channel's gradient by the ReLU (dy <- 0 where y <= 0) and
+// reduces it to db[c]. Each thread sums a fixed strided subset, then a fixed tree combines the
+// partial sums, so the result does not depend on scheduling (no atomics): a resumed run
+// reproduces an uninterrupted one. Launched with exactly RELU_BIAS_THREADS threads.
+extern "C" __global__ void relu_bias_backward(
+    float *dy, const float *y, float *db,
+    unsigned int batch, unsigned int channels, unsigned int pixels)
+{
+    __shared__ float partial[RELU_BIAS_THREADS];
+    unsigned int c = blockIdx.x;
+    unsigned int tid = threadIdx.x;
+    unsigned int count = batch * pixels;
+    float sum = 0.0f;
+    for (unsigned int j = tid; j < count; j += RELU_BIAS_THREADS) {
+        unsigned int b = j / pixels;
+        unsigned int p = j - b * pixels;
+        unsigned int at = (b * channels + c) * pixels + p;
+        float g = dy[at];
+        if (y[at] <= 0.0f) {
+            g = 0.0f;
+            dy[at] = 0.0f;
+        }
+        sum += g;
+    }
+    partial[tid] = sum;
+    __syncthreads();
+    for (unsigned int s = RELU_BIAS_THREADS / 2; s > 0; s >>= 1) {
+        if (tid < s) partial[tid] += partial[tid + s];
+        __syncthreads();
+    }
+    if (tid == 0) db[c] = partial[0];
+}
+
+// d_c = k + alpha * sum_{|c'-c| <= half} x_c'^2 and y_c = x_c * d_c^-beta. One thread per
+// (image, pixel) walking the channels: neighbouring threads read neighbouring pixels of the
+// same plane, so every access is coalesced. The window sum is taken afresh per channel, in
+// ascending channel order, to round like the reference rather than as a running sum would.
+extern "C" __global__ void lrn_forward(
+    const float *x, float *y, float *d,
+    unsigned int batch, unsigned int channels, unsigned int pixels,
+    int half, float k, float alpha, float beta)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * pixels) return;
+    unsigned int b = i / pixels;
+    unsigned int p = i - b * pixels;
+    const float *xs = x + (size_t)b * channels * pixels + p;
+    float *ys = y + (size_t)b * channels * pixels + p;
+    float *ds = d + (size_t)b * channels * pixels + p;
+    int last = (int)channels - 1;
+    for (int c = 0; c <= last; ++c) {
+        int lo = c - half < 0 ? 0 : c - half;
+        int hi = c + half > last ? last : c + half;
+        float sum = 0.0f;
+        for (int j = lo; j <= hi; ++j) {
+            float v = xs[(size_t)j * pixels];
+            sum += v * v;
+        }
+        float denominator = k + alpha * sum;
+        ds[(size_t)c * pixels] = denominator;
+        ys[(size_t)c * pixels] = xs[(size_t)c * pixels] * powf(denominator, -beta);
+    }
+}
+
+// dx_c = dy_c * d_c^-beta - 2 alpha beta x_c * sum_{|c'-c| <= half} dy_c' x_c' d_c'^(-beta-1),
+// laid out and ordered as lrn_forward.
+extern "C" __global__ void lrn_backward(
+    const float *x, const float *d, const float *dy, float *dx,
+    unsigned int batch, unsigned int channels, unsigned int pixels,
+    int half, float alpha, float beta)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * pixels) return;
+    unsigned int b = i / pixels;
+    unsigned int p = i - b * pixels;
+    size_t base = (size_t)b * channels * pixels + p;
+    const float *xs = x + base;
+    const float *ds = d + base;
+    const float *gs = dy + base;
+    float *out = dx + base;
+    int last = (int)channels - 1;
+    float exponent = -beta - 1.0f;
+    for (int c = 0; c <= last; ++c) {
+        int lo = c - half < 0 ? 0 : c - half;
+        int hi = c + half > last ? last : c + half;
+        float cross = 0.0f;
+        for (int j = lo; j <= hi; ++j) {
+            size_t at = (size_t)j * pixels;
+            cross += gs[at] * xs[at] * powf(ds[at], exponent);
+        }
+        size_t at = (size_t)c * pixels;
+        out[at] = gs[at] * powf(ds[at], -beta) - 2.0f * alpha * beta * xs[at] * cross;
+    }
+}
+
+// Index within the plane of the first maximum of window (oy, ox), scanning row-major and
+// replacing only on a strictly greater value (the reference's rule, NaN included).
+__device__ __forceinline__ unsigned int window_argmax(
+    const float *plane, unsigned int size, unsigned int kernel, unsigned int stride,
+    unsigned int oy, unsigned int ox)
+{
+    unsigned int best_at = (oy * stride) * size + ox * stride;
+    float best = plane[best_at];
+    for (unsigned int ky = 0; ky < kernel; ++ky) {
+        for (unsigned int kx = 0; kx < kernel; ++kx) {
+            unsigned int at = (oy * stride + ky) * size + ox * stride + kx;
+            float v = plane[at];
+            if (v > best) {
+                best = v;
+                best_at = at;
+            }
+        }
+    }
+    return best_at;
+}
+
+// One thread per output value.
+extern "C" __global__ void pool_forward(
+    const float *x, float *y,
+    unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
+    unsigned int out)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= planes * out * out) return;
+    unsigned int ox = i % out;
+    unsigned int t = i / out;
+    unsigned int oy = t % out;
+    unsigned int plane = t / out;
+    const float *xs = x + (size_t)plane * size * size;
+    y[i] = xs[window_argmax(xs, size, kernel, stride, oy, ox)];
+}
+
+// Gather form, one thread per input value: it sums the gradients of the windows that chose it,
+// re-deciding each window's choice exactly as pool_forward did. Every value is written by one
+// thread and the windows are visited in the reference's order (rows, then columns), so there
+// are no atomics and the sums round identically. Values no window chose get 0.
+extern "C" __global__ void pool_backward(
+    const float *x, const float *dy, float *dx,
+    unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
+    unsigned int out)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= planes * size * size) return;
+    unsigned int ix = i % size;
+    unsigned int t = i / size;
+    unsigned int iy = t % size;
+    unsigned int plane = t / size;
+    const float *xs = x + (size_t)plane * size * size;
+    const float *gs = dy + (size_t)plane * out * out;
+    unsigned int self_at = iy * size + ix;
+    // Windows oy with oy*stride <= iy < oy*stride + kernel, likewise for columns.
+    unsigned int oy_lo = iy >= kernel ? (iy - kernel) / stride + 1u : 0u;
+    unsigned int oy_hi = min(iy / stride, out - 1u);
+    unsigned int ox_lo = ix >= kernel ? (ix - kernel) / stride + 1u : 0u;
+    unsigned int ox_hi = min(ix / stride, out - 1u);
+    float sum = 0.0f;
+    for (unsigned int oy = oy_lo; oy <= oy_hi; ++oy) {
+        for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
+            if (window_argmax(xs, size, kernel, stride, oy, ox) == self_at) {
+                sum += gs[oy * out + ox];
+            }
+        }
+    }
+    dx[i] = sum;
+}
+
+// (B, C, P) -> (B, P*C), one thread per output value (coalesced writes).
+extern "C" __global__ void to_channels_last(
+    const float *x, float *y, unsigned int batch, unsigned int channels, unsigned int pixels)
+{
+    unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= batch * channels * pixels) return;
+    unsigned int c = j % channels;
+    unsigned int t = j / channels;
+    unsigned int p = t % pixels;
+    unsigned int b = t / pixels;
+    y[j] = x[(b * channels + c) * pixels + p];
+}
+
+// (B, P*C) -> (B, C, P), one thread per output value.
+extern "C" __global__ void from_channels_last(
+    const float *y, float *x, unsigned int batch, unsigned int channels, unsigned int pixels)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * channels * pixels) return;
+    unsigned int p = i % pixels;
+    unsigned int t = i / pixels;
+    unsigned int c = t % channels;
+    unsigned int b = t / channels;
+    x[i] = y[(b * pixels + p) * channels + c];
+}
+
+// g' = g + wd*w; v <- mom*v + g'; w <- w - lr*v (PyTorch's momentum SGD).
+extern "C" __global__ void sgd(
+    float *w, float *v, const float *g, unsigned int n,
+    float learning_rate, float momentum, float weight_decay)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float weight = w[i];
+    float grad = g[i] + weight_decay * weight;
+    float velocity = momentum * v[i] + grad;
+    v[i] = velocity;
+    w[i] = weight - learning_rate * velocity;
+}

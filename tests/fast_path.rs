@@ -1,0 +1,166 @@
+//! The fast path through the real binary on the CPU (host kernels): everything around the
+//! kernels — the join to dfdx, parameter ownership, SGD, checkpoints, resume, evaluation —
+//! is the same code the GPU runs.
+
+mod common;
+
+use std::path::Path;
+
+use alexnet::model::checkpoint::TensorFile;
+use common::*;
+
+/// (step, loss) of every step of a run.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    read(&run.join("steps.csv"))
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            (fields[0].parse().unwrap(), fields[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn train(
+    data: &Path,
+    run: &Path,
+    pipeline: &Path,
+    engine: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = train_args(data, run, pipeline);
+    args.extend(["--engine", engine]);
+    args.extend_from_slice(extra);
+    common::run(&args)
+}
+
+#[test]
+fn the_fast_path_trains_like_the_dfdx_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let (fast, reference) = (dir.path().join("fast"), dir.path().join("dfdx"));
+    let out = train(&data, &fast, &pipeline, "fast", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("with the fast path"), "{stderr}");
+    assert!(train(&data, &reference, &pipeline, "dfdx", &[])
+        .status
+        .success());
+
+    let (a, b) = (losses(&fast), losses(&reference));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() >= 6, "{} steps", a.len());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-3 * y.abs(),
+            "step {step}: fast {x} vs dfdx {y}"
+        );
+    }
+    // Each side's weights are exported in the same names and layouts, and agree.
+    let a = TensorFile::read(&latest_checkpoint(&fast)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&reference)).unwrap();
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, (shape_a, ta)) in &a.tensors {
+        let (shape_b, tb) = &b.tensors[name];
+        assert_eq!(shape_a, shape_b, "{name}");
+        let diff: f64 = ta
+            .iter()
+            .zip(tb)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum();
+        let norm: f64 = tb.iter().map(|y| (*y as f64).powi(2)).sum();
+        assert!(
+            diff.sqrt() <= 1e-3 * norm.sqrt().max(1e-12),
+            "{name}: {diff} vs {norm}"
+        );
+    }
+}
+
+#[test]
+fn a_resumed_fast_path_run_repeats_the_uninterrupted_run_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let whole = dir.path().join("whole");
+    assert!(train(&data, &whole, &pipeline, "fast", &[])
+        .status
+        .success());
+
+    let split = dir.path().join("split");
+    let first = train(
+        &data,
+        &split,
+        &pipeline,
+        "fast",
+        &["--stop-after-steps", "6"],
+    );
+    assert_eq!(first.status.code(), Some(130), "{first:?}");
+    // The run's saved pipeline keeps the engine, so a plain --resume stays on the fast path.
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--run",
+        s(&split),
+        "--resume",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("with the fast path"));
+
+    assert_eq!(losses(&whole), losses(&split));
+    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
+    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+}
+
+#[test]
+fn a_fast_path_checkpoint_evaluates_the_same_on_either_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1");
+    let run_dir = dir.path().join("run");
+    assert!(train(&data, &run_dir, &pipeline, "fast", &[])
+        .status
+        .success());
+    let mut reports = Vec::new();
+    for engine in ["dfdx", "fast"] {
+        run_ok(&evaluate_args(&data, &run_dir, &["--engine", engine]));
+        let report: serde_json::Value =
+            serde_json::from_str(&read(&run_dir.join("eval/report.json"))).unwrap();
+        reports.push(report);
+    }
+    for key in ["center", "ten_crop"] {
+        for metric in ["top1_error", "top5_error"] {
+            assert_eq!(
+                reports[0][key][metric], reports[1][key][metric],
+                "{key} {metric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_fast_passes_on_the_cpu() {
+    let out = run_ok(&[
+        "check-fast",
+        "--pipeline",
+        s(&repo_file("pipelines/sample.toml")),
+        "--batch-size",
+        "2",
+        "--classes",
+        "3",
+        "--device",
+        "cpu",
+        "--precision",
+        "strict",
+    ]);
+    let json = out.lines().last().unwrap();
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 27 + 1 + 16 + 10);
+    assert!(out.contains("d features.0.weight"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
