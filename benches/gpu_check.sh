@@ -226,11 +226,11 @@ names = {"fast strict heuristic": "fast path, strict fp32",
          "dfdx tf32 heuristic": "dfdx path (strict fp32 SGEMM)"}
 for v in variants:
     name = f"ours: {names.get(v['variant'], v['variant'])}, loader-fed"
-    print(f"{name:44} {v['images_per_sec']:10.0f}   peak GPU memory {v['peak_memory_mib']} MiB")
+    print(f"{name:52} {v['images_per_sec']:10.0f}   peak GPU memory {v['peak_memory_mib']} MiB")
 for r in rows:
     name = f"PyTorch {r['torch']} {r['mode']}{'' if r['lrn'] else ', no LRN'}, synthetic"
     memory = f"   peak {r['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in r else ""
-    print(f"{name:44} {r['images_per_sec']:10.0f}{memory}")
+    print(f"{name:52} {r['images_per_sec']:10.0f}{memory}")
 print(f"{'the loader alone, u8, %d threads' % loader['threads']:44} {loader['images_per_sec']:10.0f}")
 best_torch = max((r for r in rows if r["lrn"]), key=lambda r: r["images_per_sec"], default=None)
 fp32 = next((r for r in rows if r["mode"] == "fp32" and r["lrn"]), None)

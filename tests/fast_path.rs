@@ -142,14 +142,19 @@ fn a_fast_path_checkpoint_evaluates_the_same_on_either_path() {
     }
 }
 
+/// The paper's network, whose initialisation makes pooling windows hold exactly tied maxima
+/// (routed differently by the two paths): `check-fast` must compare kernels, not that. (Some
+/// batches still meet a point where the loss is not differentiable in exact arithmetic — at
+/// batch 2 a central difference lands halfway between the two paths' conv4 gradients — so the
+/// batch is one that does not.)
 #[test]
-fn check_fast_passes_on_the_cpu() {
+fn check_fast_passes_on_the_papers_network_despite_pooling_ties() {
     let out = run_ok(&[
         "check-fast",
         "--pipeline",
-        s(&repo_file("pipelines/sample.toml")),
+        s(&repo_file("pipelines/alexnet.toml")),
         "--batch-size",
-        "2",
+        "4",
         "--classes",
         "3",
         "--device",

@@ -1067,6 +1067,33 @@ fn upload_into<T: DeviceRepr + ValidAsZeroBits>(
     }
 }
 
+/// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, which share their
+/// parameters: source, destination, batch, channels, pixels.
+fn permute(
+    function: CudaFunction,
+    name: &str,
+    planes: &Planes,
+    src: &Buf<Cuda>,
+    dst: &mut Buf<Cuda>,
+) {
+    assert_len(src, planes.len(), name);
+    assert_len(dst, planes.len(), name);
+    let n = count(planes.len(), name);
+    if n == 0 {
+        return;
+    }
+    let params = (
+        src,
+        &mut *dst,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+    );
+    // SAFETY: both kernels take exactly these parameters; lengths checked above.
+    let result = unsafe { function.launch(grid(n), params) };
+    launched(result, name);
+}
+
 impl Kernels<Cuda> for CudaKernels {
     fn alloc(&mut self, len: usize) -> Buf<Cuda> {
         self.dfdx
@@ -1459,52 +1486,14 @@ impl Kernels<Cuda> for CudaKernels {
         launched(result, "pool_backward");
     }
 
-    fn to_channels_last(&mut self, planes: &Planes, x: &Buf<Cuda>, y: &mut Buf<Cuda>) {
-        assert_len(x, planes.len(), "to channels-last input");
-        assert_len(y, planes.len(), "to channels-last output");
-        let n = count(planes.len(), "to channels-last");
-        if n == 0 {
-            return;
-        }
-        let params = (
-            x,
-            &mut *y,
-            planes.batch as u32,
-            planes.channels as u32,
-            planes.pixels as u32,
-        );
-        // SAFETY: matches `to_channels_last`; lengths checked.
-        let result = unsafe {
-            self.functions
-                .to_channels_last
-                .clone()
-                .launch(grid(n), params)
-        };
-        launched(result, "to_channels_last");
+    fn flatten_channels_last(&mut self, planes: &Planes, x: &Buf<Cuda>, y: &mut Buf<Cuda>) {
+        let function = self.functions.to_channels_last.clone();
+        permute(function, "to_channels_last", planes, x, y);
     }
 
-    fn from_channels_last(&mut self, planes: &Planes, y: &Buf<Cuda>, x: &mut Buf<Cuda>) {
-        assert_len(y, planes.len(), "from channels-last input");
-        assert_len(x, planes.len(), "from channels-last output");
-        let n = count(planes.len(), "from channels-last");
-        if n == 0 {
-            return;
-        }
-        let params = (
-            y,
-            &mut *x,
-            planes.batch as u32,
-            planes.channels as u32,
-            planes.pixels as u32,
-        );
-        // SAFETY: matches `from_channels_last`; lengths checked.
-        let result = unsafe {
-            self.functions
-                .from_channels_last
-                .clone()
-                .launch(grid(n), params)
-        };
-        launched(result, "from_channels_last");
+    fn unflatten_channels_last(&mut self, planes: &Planes, y: &Buf<Cuda>, x: &mut Buf<Cuda>) {
+        let function = self.functions.from_channels_last.clone();
+        permute(function, "from_channels_last", planes, y, x);
     }
 
     fn sgd(&mut self, step: &SgdStep, w: &mut Buf<Cuda>, v: &mut Buf<Cuda>, g: &Buf<Cuda>) {

@@ -67,10 +67,7 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn conv_forward(&mut self, s: &ConvShape, x: &Buf<Cpu>, w: &Buf<Cpu>, y: &mut Buf<Cpu>) {
-        let (rows, pixels) = (
-            s.in_channels * s.kernel * s.kernel,
-            s.out_size() * s.out_size(),
-        );
+        let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for (b, y) in y.chunks_mut(s.out_channels * pixels).enumerate() {
             im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
@@ -92,10 +89,7 @@ impl Kernels<Cpu> for HostKernels {
         w: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) {
-        let (rows, pixels) = (
-            s.in_channels * s.kernel * s.kernel,
-            s.out_size() * s.out_size(),
-        );
+        let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for (b, dx) in dx.chunks_mut(s.in_channels * s.size * s.size).enumerate() {
             let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
@@ -118,10 +112,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dw: &mut Buf<Cpu>,
     ) {
-        let (rows, pixels) = (
-            s.in_channels * s.kernel * s.kernel,
-            s.out_size() * s.out_size(),
-        );
+        let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for b in 0..s.batch {
             im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
@@ -255,7 +246,7 @@ impl Kernels<Cpu> for HostKernels {
         }
     }
 
-    fn to_channels_last(&mut self, p: &Planes, x: &Buf<Cpu>, y: &mut Buf<Cpu>) {
+    fn flatten_channels_last(&mut self, p: &Planes, x: &Buf<Cpu>, y: &mut Buf<Cpu>) {
         for b in 0..p.batch {
             for c in 0..p.channels {
                 for i in 0..p.pixels {
@@ -265,7 +256,7 @@ impl Kernels<Cpu> for HostKernels {
         }
     }
 
-    fn from_channels_last(&mut self, p: &Planes, y: &Buf<Cpu>, x: &mut Buf<Cpu>) {
+    fn unflatten_channels_last(&mut self, p: &Planes, y: &Buf<Cpu>, x: &mut Buf<Cpu>) {
         for b in 0..p.batch {
             for c in 0..p.channels {
                 for i in 0..p.pixels {
@@ -322,6 +313,14 @@ fn matmul(
             gemm::Parallelism::Rayon(threads),
         );
     }
+}
+
+/// `(rows, columns)` of one image's patch matrix: `(C·K·K, output pixels)`.
+fn patch_matrix(s: &ConvShape) -> (usize, usize) {
+    (
+        s.in_channels * s.kernel * s.kernel,
+        s.out_size() * s.out_size(),
+    )
 }
 
 /// The input patches of one image as a `(C·K·K, P)` matrix, rows in OIHW filter order
@@ -463,5 +462,109 @@ mod tests {
         };
         close(&nhwc(&yb), &want_y, "y");
         close(&nhwc(&dx), &want_dx, "dx");
+    }
+
+    /// A convolution (conv5's geometry, padded) against the dfdx path's gather + matmul layer:
+    /// output, input gradient and filter gradient.
+    #[test]
+    fn convolutions_equal_the_dfdx_layer() {
+        let conv5 = ConvShape {
+            batch: 2,
+            in_channels: 384,
+            out_channels: 256,
+            size: 13,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let conv1 = ConvShape {
+            batch: 3,
+            in_channels: 3,
+            out_channels: 96,
+            size: 224,
+            kernel: 11,
+            stride: 4,
+            pad: 2,
+        };
+        for s in [conv5, conv1] {
+            convolution_equals_the_dfdx_layer(s);
+        }
+    }
+
+    fn convolution_equals_the_dfdx_layer(s: ConvShape) {
+        use crate::model::checkpoint::to_torch;
+        use crate::model::{Affine, Conv, TorchLayout, Window};
+        let dev = Cpu::default();
+        let value = |i: usize, m: usize| ((i * m) % 1009) as f32 / 504.5 - 1.0;
+        let x: Vec<f32> = (0..s.input_len()).map(|i| value(i, 7919)).collect();
+        let w_ours: Vec<f32> = (0..s.filter_len())
+            .map(|i| value(i, 104729) * 0.1)
+            .collect();
+        let dy: Vec<f32> = (0..s.output_len()).map(|i| value(i, 15485863)).collect();
+        let (out, pixels) = (s.out_size(), s.size * s.size);
+        let to_nhwc = |v: &[f32], c: usize, p: usize| -> Vec<f32> {
+            let mut o = vec![0.0; v.len()];
+            for b in 0..s.batch {
+                for ch in 0..c {
+                    for q in 0..p {
+                        o[(b * p + q) * c + ch] = v[(b * c + ch) * p + q];
+                    }
+                }
+            }
+            o
+        };
+        let inputs = s.in_channels * s.kernel * s.kernel;
+        let mut conv = Conv::new(
+            Affine {
+                weight: dev.tensor_from_vec(w_ours.clone(), (inputs, s.out_channels)),
+                bias: dev.zeros_like(&(s.out_channels,)),
+            },
+            Window {
+                size: s.size,
+                kernel: s.kernel,
+                stride: s.stride,
+                pad: s.pad,
+            },
+        );
+        let xt: Act<f32, Cpu> = dev.tensor_from_vec(
+            to_nhwc(&x, s.in_channels, pixels),
+            (s.batch, pixels, s.in_channels),
+        );
+        let y = conv.forward(xt.clone().traced(Gradients::leaky()));
+        let want_y = y.as_vec();
+        let g: Act<f32, Cpu> = dev.tensor_from_vec(
+            to_nhwc(&dy, s.out_channels, out * out),
+            (s.batch, out * out, s.out_channels),
+        );
+        let grads = (y * g).sum().backward();
+        let want_dx = grads.get(&xt).as_vec();
+        let want_dw = grads.get(&conv.affine.weight).as_vec();
+
+        let layout = TorchLayout::Conv {
+            kernel: s.kernel,
+            in_channels: s.in_channels,
+        };
+        let mut k = HostKernels::new(&dev);
+        let (xb, wb, dyb) = (
+            k.upload(&x),
+            k.upload(&to_torch(layout, &w_ours, inputs, s.out_channels)),
+            k.upload(&dy),
+        );
+        let (mut yb, mut dx, mut dw) = (
+            k.alloc(s.output_len()),
+            k.alloc(s.input_len()),
+            k.alloc(s.filter_len()),
+        );
+        k.conv_forward(&s, &xb, &wb, &mut yb);
+        k.conv_backward_data(&s, &dyb, &wb, &mut dx);
+        k.conv_backward_filter(&s, &xb, &dyb, &mut dw);
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let (error, _) = crate::fast::check::relative_error(a, b);
+            assert!(error < 1e-6, "{what}: relative error {error:e}");
+        };
+        close(&to_nhwc(&yb, s.out_channels, out * out), &want_y, "y");
+        close(&to_nhwc(&dx, s.in_channels, pixels), &want_dx, "dx");
+        let dw_ours = crate::model::checkpoint::from_torch(layout, &dw, inputs, s.out_channels);
+        close(&dw_ours, &want_dw, "dw");
     }
 }

@@ -194,9 +194,9 @@ pub trait Kernels<D: Storage<f32>> {
     );
 
     /// NCHW planes → `(B, pixels · C)` channels-last (what FC6 reads).
-    fn to_channels_last(&mut self, planes: &Planes, x: &Buf<D>, y: &mut Buf<D>);
-    /// The inverse of `to_channels_last`.
-    fn from_channels_last(&mut self, planes: &Planes, y: &Buf<D>, x: &mut Buf<D>);
+    fn flatten_channels_last(&mut self, planes: &Planes, x: &Buf<D>, y: &mut Buf<D>);
+    /// The inverse of `flatten_channels_last`.
+    fn unflatten_channels_last(&mut self, planes: &Planes, y: &Buf<D>, x: &mut Buf<D>);
 
     /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.
     fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>);

@@ -265,7 +265,7 @@ impl<D: FastDevice> FastNet<D> {
         let (side, channels) = self.final_planes;
         let planes = Self::planes(batch, channels, side);
         let mut features = k.alloc(planes.len());
-        k.to_channels_last(&planes, &a.pool[2], &mut features);
+        k.flatten_channels_last(&planes, &a.pool[2], &mut features);
         let features = tensor_from_buffer(
             &self.dev,
             features,
@@ -295,7 +295,7 @@ impl<D: FastDevice> FastNet<D> {
         let planes = Self::planes(batch, channels, side);
         let k = &mut self.kernels;
         let d_features = features.gradient_buffer(grads);
-        k.from_channels_last(&planes, d_features, &mut a.d_pool[2]);
+        k.unflatten_channels_last(&planes, d_features, &mut a.d_pool[2]);
         for i in (0..CONV_LAYERS).rev() {
             let p = &mut self.layers[i];
             let shape = p.shape(batch);

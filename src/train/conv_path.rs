@@ -96,14 +96,8 @@ impl<D: FastDevice> ConvPath<D> {
                 super::train_step_observed(model, sgd, x, &batch.labels, masks, lr, observe)
             }
             Self::Fast(fast) => {
-                let (rows, lighting) = (
-                    fast.table.batch_rows(batch),
-                    MeanTable::batch_lighting(batch),
-                );
-                let input = fast.input(batch, &rows, &lighting);
-                let features = fast
-                    .net
-                    .forward_observed(&input, &mut |stage| observe(&format!("2 forward {stage}")));
+                let features =
+                    fast.features(batch, &mut |stage| observe(&format!("2 forward {stage}")));
                 let (traced, joined) = join(features);
                 let logits = model.head(traced, masks);
                 let host_logits = logits.as_vec();
@@ -134,12 +128,7 @@ impl<D: FastDevice> ConvPath<D> {
                 model.forward(x, None).as_vec()
             }
             Self::Fast(fast) => {
-                let (rows, lighting) = (
-                    fast.table.batch_rows(batch),
-                    MeanTable::batch_lighting(batch),
-                );
-                let input = fast.input(batch, &rows, &lighting);
-                let features: Mat<f32, D> = fast.net.forward(&input);
+                let features = fast.features(batch, &mut |_| {});
                 model.head(features, None).as_vec()
             }
         }
@@ -155,14 +144,18 @@ impl<D: FastDevice> ConvPath<D> {
 }
 
 impl<D: FastDevice> Fast<D> {
-    fn input<'a>(&self, batch: &'a Batch, rows: &'a [u32], lighting: &'a [f32]) -> InputBatch<'a> {
-        InputBatch {
+    /// The convolutional part's output for `batch`, as dfdx's input to FC6.
+    fn features(&mut self, batch: &Batch, observe: &mut dyn FnMut(&'static str)) -> Mat<f32, D> {
+        let rows = self.table.batch_rows(batch);
+        let lighting = MeanTable::batch_lighting(batch);
+        let input = InputBatch {
             pixels: batch_bytes(batch),
-            mean_rows: rows,
-            lighting,
+            mean_rows: &rows,
+            lighting: &lighting,
             scale: self.table.scale,
             batch: batch.crops.len(),
             crop: self.table.crop(),
-        }
+        };
+        self.net.forward_observed(&input, observe)
     }
 }

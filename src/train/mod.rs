@@ -175,9 +175,8 @@ pub fn train_step_observed<D: Device<f32>>(
     lr: f64,
     observe: conv_path::Observer,
 ) -> (f32, Vec<f32>) {
-    let mut forward_stage = |layer: &str, stage: &str| {
-        observe(&format!("2 forward {layer} {stage}").trim_end().to_string())
-    };
+    let mut forward_stage =
+        |layer: &str, stage: &str| observe(format!("2 forward {layer} {stage}").trim_end());
     let logits = model.forward_observed(x.traced(Gradients::leaky()), masks, &mut forward_stage);
     let host_logits = logits.as_vec();
     let loss = mean_cross_entropy(logits, labels);
