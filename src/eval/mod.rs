@@ -23,7 +23,6 @@ use crate::progress::{Meter, Progress};
 use crate::shards::{ShardError, Split};
 use crate::train::conv_path::ConvPath;
 use crate::train::rundir::RunDir;
-use crate::train::sgd::Sgd;
 use crate::train::state::saved_state;
 
 /// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
@@ -231,9 +230,7 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
 
     let mut loader_config = pipeline.loader.clone();
     loader_config.batch_size = options.batch_images.max(1);
-    // Evaluation takes no step: the optimiser only hands the path its (unused) momentum.
-    let sgd = Sgd::new(&dev, &model, 0.0, 0.0);
-    let mut path = ConvPath::new(&dev, &pipeline.compute, &data, &loader_config, &model, &sgd)?;
+    let mut path = ConvPath::new(&dev, &pipeline.compute, &data, &loader_config, &model, None)?;
     let loader = Loader::start(
         data.clone(),
         LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),

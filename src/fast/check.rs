@@ -148,7 +148,7 @@ pub fn against_dfdx<D: FastDevice>(
         dev,
         dev.fast_kernels(compute)?,
         &model,
-        &sgd.velocity,
+        Some(&sgd.velocity),
         momentum,
         decay,
     );

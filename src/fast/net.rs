@@ -81,12 +81,12 @@ pub struct FastNet<D: FastDevice> {
 
 impl<D: FastDevice> FastNet<D> {
     /// Takes over the convolutional parameters of `model` and their momentum `velocity`
-    /// (the first five of the optimiser's eight; zeros for a fresh run).
+    /// (the first five of the optimiser's eight; `None` for zeros, e.g. to evaluate).
     pub fn new(
         dev: &D,
         mut kernels: D::Kernels,
         model: &AlexNet<f32, D>,
-        velocity: &[Affine<f32, D>; 8],
+        velocity: Option<&[Affine<f32, D>; 8]>,
         momentum: f64,
         weight_decay: f64,
     ) -> Self {
@@ -107,8 +107,12 @@ impl<D: FastDevice> FastNet<D> {
             let filters = |t: &Mat<f32, D>| to_torch(layout, &t.as_vec(), inputs, outputs);
             let weight = kernels.upload(&filters(&affine.weight));
             let bias = kernels.upload(&affine.bias.as_vec());
-            let weight_velocity = kernels.upload(&filters(&velocity[i].weight));
-            let bias_velocity = kernels.upload(&velocity[i].bias.as_vec());
+            let (weight_velocity, bias_velocity) = match velocity {
+                Some(v) => (filters(&v[i].weight), v[i].bias.as_vec()),
+                None => (vec![0.0; inputs * outputs], vec![0.0; outputs]),
+            };
+            let weight_velocity = kernels.upload(&weight_velocity);
+            let bias_velocity = kernels.upload(&bias_velocity);
             ConvParams {
                 weight,
                 bias,

@@ -70,8 +70,15 @@ pub fn run<D: FastDevice>(
     let t = &pipeline.train;
     let mut sgd = Sgd::new(dev, &model, t.momentum, t.weight_decay);
     data.check_crop(loader_cfg.crop_size)?;
-    let mut path = ConvPath::new(dev, &pipeline.compute, &data, loader_cfg, &model, &sgd)
-        .map_err(|e| LoaderError::Settings(e.to_string()))?;
+    let mut path = ConvPath::new(
+        dev,
+        &pipeline.compute,
+        &data,
+        loader_cfg,
+        &model,
+        Some(&sgd),
+    )
+    .map_err(|e| LoaderError::Settings(e.to_string()))?;
     eprintln!("the convolutional part runs on {}", path.describe());
     let mut loader = Loader::start(data.clone(), LoaderOptions::train(loader_cfg, Output::U8))?;
     let lr = t.learning_rate;

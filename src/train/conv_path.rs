@@ -32,23 +32,25 @@ pub type Observer<'a> = &'a mut dyn FnMut(&str);
 
 impl<D: FastDevice> ConvPath<D> {
     /// The path `compute` asks for on `dev`. The fast path takes over the model's conv
-    /// parameters and their momentum (the model's copies are stale until `export`).
+    /// parameters and the optimiser's momentum (the model's copies are stale until `export`);
+    /// without an optimiser (evaluation) it takes no steps.
     pub fn new(
         dev: &D,
         compute: &ComputeConfig,
         data: &LoaderData,
         loader: &LoaderConfig,
         model: &AlexNet<f32, D>,
-        sgd: &Sgd<D>,
+        sgd: Option<&Sgd<D>>,
     ) -> Result<Self, FastError> {
         if !compute.engine.is_fast(D::GPU) {
             return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
         }
         let mut kernels = dev.fast_kernels(compute)?;
-        let table = MeanTable::new(data, loader);
-        kernels.set_mean_table(&table.rows, table.row_len());
-        let (momentum, decay) = (sgd.momentum, sgd.weight_decay);
-        let net = FastNet::new(dev, kernels, model, &sgd.velocity, momentum, decay);
+        let (table, rows) = MeanTable::build(data, loader);
+        kernels.set_mean_table(&rows, table.row_len());
+        let (momentum, decay) = sgd.map_or((0.0, 0.0), |s| (s.momentum, s.weight_decay));
+        let velocity = sgd.map(|s| &s.velocity);
+        let net = FastNet::new(dev, kernels, model, velocity, momentum, decay);
         Ok(Self::Fast(Box::new(Fast {
             net,
             table,

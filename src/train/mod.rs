@@ -463,7 +463,14 @@ impl<D: FastDevice> Trainer<D> {
             ))));
         }
         let guard = DivergenceGuard::new(&pipeline.train, loader.batch_size, classes.len());
-        let path = ConvPath::new(&dev, &pipeline.compute, train_data, loader, &model, &sgd)?;
+        let path = ConvPath::new(
+            &dev,
+            &pipeline.compute,
+            train_data,
+            loader,
+            &model,
+            Some(&sgd),
+        )?;
         Ok(Self {
             path,
             dev,
