@@ -73,19 +73,10 @@ pub fn small_sample(dir: &Path, extra: &[&str]) -> PathBuf {
 /// Arguments of `alexnet preprocess` with the sample pipeline.
 pub fn preprocess_args(src: &Path, out: &Path, jobs: &str) -> Vec<String> {
     let pipeline = repo_file("pipelines/sample.toml");
-    [
-        "preprocess",
-        "--input",
-        s(src),
-        "--output",
-        s(out),
-        "--pipeline",
-        s(&pipeline),
-        "--jobs",
-        jobs,
-    ]
-    .map(String::from)
-    .to_vec()
+    preprocess_with(src, out, &pipeline, &["--jobs", jobs])
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 /// Runs `alexnet preprocess` with the sample pipeline; returns stdout.
@@ -170,15 +161,7 @@ pub fn tiny_setup(dir: &Path, train_overrides: &str) -> (PathBuf, PathBuf) {
     std::fs::write(&pipeline, text).unwrap();
     let src = small_sample(dir, &[]);
     let data = dir.join("shards");
-    run_ok(&[
-        "preprocess",
-        "--input",
-        s(&src),
-        "--output",
-        s(&data),
-        "--pipeline",
-        s(&pipeline),
-    ]);
+    run_ok(&preprocess_with(&src, &data, &pipeline, &[]));
     (data, pipeline)
 }
 
