@@ -11,10 +11,10 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
 use alexnet::config::Pipeline;
+use alexnet::device::cpu;
+use alexnet::engine::dfdx_train_step;
+use alexnet::engine::sgd::Sgd;
 use alexnet::model::{AlexNet, DropoutMasks, Spec};
-use alexnet::train::device::cpu;
-use alexnet::train::sgd::Sgd;
-use alexnet::train::train_step;
 
 fn bench_step(
     c: &mut Criterion,
@@ -43,13 +43,14 @@ fn bench_step(
         b.iter(|| {
             let masks = DropoutMasks::draw(&dev, &model.spec, 0, step, batch);
             step += 1;
-            let (loss, _) = train_step(
+            let (loss, _) = dfdx_train_step(
                 &mut model,
                 &mut sgd,
                 x.clone(),
                 &labels,
                 masks.as_ref(),
                 1e-4,
+                &mut |_| {},
             );
             assert!(loss.is_finite());
         })

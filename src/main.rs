@@ -9,15 +9,15 @@ use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use alexnet::bench::BenchJob;
 use alexnet::config::{LoaderConfig, Pipeline};
+use alexnet::device::{on_device, DeviceKind};
 use alexnet::eval::{self, EvalOptions};
 use alexnet::loader::{bench, contact, LoaderData, LoaderOptions, Output};
 use alexnet::preprocess::{self, PreprocessOptions};
 use alexnet::progress::{Meter, Progress};
 use alexnet::sample::{self, SampleOptions, ValLayout};
 use alexnet::shards::Split;
-use alexnet::train::bench::BenchJob;
-use alexnet::train::device::{on_device, DeviceKind};
 use alexnet::train::TrainOptions;
 
 #[derive(Parser)]
@@ -577,7 +577,7 @@ fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
 /// `--pipeline` if given; else, when `use_saved`, the run's own `pipeline.toml` if it has one;
 /// else the paper's.
 fn run_pipeline(explicit: Option<&Path>, run: &Path, use_saved: bool) -> Result<Pipeline> {
-    let saved = alexnet::train::rundir::RunDir::new(run).pipeline();
+    let saved = alexnet::run::RunDir::new(run).pipeline();
     match explicit {
         None if use_saved && saved.exists() => Ok(Pipeline::load(&saved)?),
         other => load_pipeline(other),
@@ -643,7 +643,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(path) = &outcome.checkpoint {
         eprintln!("checkpoint: {}", path.display());
     }
-    let run_dir = alexnet::train::rundir::RunDir::new(&args.run);
+    let run_dir = alexnet::run::RunDir::new(&args.run);
     eprintln!("metrics: {}", run_dir.metrics().display());
     Ok(())
 }
@@ -688,28 +688,13 @@ fn run_check_fast(args: CheckFastArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     args.device.apply(&mut pipeline);
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let job = alexnet::fast::check::CheckJob {
+    let job = alexnet::check::CheckJob {
         pipeline,
         batch: args.batch_size,
         classes: args.classes,
     };
     let report = on_device(args.device.kind, job.pipeline.train.seed, job)??;
-    println!(
-        "fast path vs reference on {} ({}): relative error per tensor",
-        report.device,
-        format!("{:?}", report.precision).to_lowercase()
-    );
-    for (c, tolerance) in &report.results {
-        let verdict = if c.relative_error <= *tolerance {
-            "ok"
-        } else {
-            "FAIL"
-        };
-        println!(
-            "  {:<40} {:>10.2e}  (tolerance {:.0e}, norm {:.2e})  {verdict}",
-            c.name, c.relative_error, tolerance, c.norm
-        );
-    }
+    print!("{report}");
     let failures = report.failures();
     println!("{}", serde_json::to_string(&report)?);
     anyhow::ensure!(
@@ -736,17 +721,7 @@ fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
         profile_steps: args.profile_steps,
     };
     let report = on_device(args.device.kind, job.pipeline.train.seed, job)??;
-    eprintln!("{:<28} {:>9}", "stage (profiled, median)", "ms");
-    for (name, ms) in &report.phases_ms {
-        eprintln!("{name:<28} {ms:>9.2}");
-    }
-    for (name, ms) in &report.stages_ms {
-        eprintln!("  {name:<26} {ms:>9.2}");
-    }
-    eprintln!(
-        "{:.1} images/s, median step {:.1} ms (unsynchronised steps, loader feeding)",
-        report.images_per_sec, report.step_ms_median
-    );
+    eprint!("{report}");
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use arrow_array::{Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use memmap2::Mmap;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
+
+use crate::files::{self, FileError};
 
 /// First bytes of every shard file.
 pub const MAGIC: [u8; 8] = *b"ALXSHARD";
@@ -98,6 +98,29 @@ pub enum ShardError {
     },
     #[error("{path} is missing: the dataset is incomplete (or was never made); re-run `alexnet preprocess` with the same arguments to finish it")]
     Incomplete { path: PathBuf },
+}
+
+/// File errors as a dataset's reader reports them: what each means for the dataset, and the
+/// fix (a missing file is an unfinished dataset; damage is mended by re-running).
+impl From<FileError> for ShardError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io { path, source } => ShardError::Io { path, source },
+            FileError::Missing { path } => ShardError::Incomplete { path },
+            FileError::Json { path, source } => ShardError::Json { path, source },
+            FileError::Parquet { path, message } => ShardError::Index { path, message },
+            FileError::Npy { path, message } => ShardError::BadHeader {
+                path,
+                what: message,
+            },
+            FileError::Checksum { path } => ShardError::FileChecksum { path },
+        }
+    }
+}
+
+/// Reads a JSON file of one of the dataset's formats.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ShardError> {
+    Ok(files::read_json(path)?)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
@@ -275,23 +298,6 @@ pub fn record_checksum(record: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(record)
 }
 
-/// Checksum of a whole small file (an index, the mean image), as kept in receipts and the
-/// manifest: xxh3-64 as 16 hex digits (JSON numbers can't hold 64 bits everywhere).
-pub fn file_checksum(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
-}
-
-/// Reads a file that must match `checksum` (from a receipt or the manifest).
-pub fn read_checked(path: &Path, checksum: &str) -> Result<Vec<u8>, ShardError> {
-    let bytes = fs::read(path).map_err(missing_or_io(path))?;
-    if file_checksum(&bytes) != checksum {
-        return Err(ShardError::FileChecksum {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(bytes)
-}
-
 /// What identifies a split's content: xxh3-64 over every record's label, checksum and source
 /// path, in order. Equal fingerprints mean the same images with the same labels.
 pub fn split_fingerprint(rows: &[IndexRow]) -> String {
@@ -316,7 +322,7 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(path: &Path, shard: u32, image_size: u32) -> Result<Self, ShardError> {
-        let tmp_path = tmp_path(path);
+        let tmp_path = files::tmp_path(path);
         let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
         let header = ShardHeader {
             record_count: 0,
@@ -373,34 +379,6 @@ impl ShardWriter {
         fs::rename(path, &self.path).map_err(io_err(&self.path))?;
         Ok(self.header)
     }
-}
-
-/// `name.ext` → `name.ext.tmp`, the name files carry until they are complete.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename. The temporary name
-/// holds the process id, so that processes writing the same file at once (parts of one job
-/// writing `plan.json`) each rename a whole file of their own.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(name);
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Makes renames inside `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<(), ShardError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 /// A memory-mapped, validated shard file.
@@ -534,7 +512,7 @@ pub fn write_index(path: &Path, rows: &[IndexRow]) -> Result<String, ShardError>
         ],
     )
     .expect("index columns match the index schema");
-    write_parquet(path, &batch)
+    Ok(files::write_parquet(path, &batch)?)
 }
 
 /// Reads a shard index written by `write_index`.
@@ -545,11 +523,11 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, ShardError> {
 
 /// Reads a shard index that must match `checksum`.
 pub fn read_index_checked(path: &Path, checksum: &str) -> Result<Vec<IndexRow>, ShardError> {
-    index_from_bytes(read_checked(path, checksum)?, path)
+    index_from_bytes(files::read_checked(path, checksum)?, path)
 }
 
 fn index_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<IndexRow>, ShardError> {
-    let batches = parquet_from_bytes(bytes, path)?;
+    let batches = files::parquet_from_bytes(bytes, path)?;
     let mut rows = Vec::new();
     for batch in &batches {
         let cols = IndexColumns::from_batch(batch, path)?;
@@ -607,44 +585,6 @@ pub fn column<'a, T: Array + 'static>(
         })
 }
 
-/// Writes one record batch as a Parquet file, atomically; returns its `file_checksum`.
-pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<String, ShardError> {
-    let bytes = parquet_bytes(batch, path)?;
-    write_atomic(path, &bytes)?;
-    Ok(file_checksum(&bytes))
-}
-
-/// One record batch as the bytes of a Parquet file; `path` only names it in errors.
-fn parquet_bytes(batch: &RecordBatch, path: &Path) -> Result<Vec<u8>, ShardError> {
-    let parquet_err = |e: parquet::errors::ParquetError| ShardError::Index {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), None).map_err(parquet_err)?;
-    writer.write(batch).map_err(parquet_err)?;
-    writer.into_inner().map_err(parquet_err)
-}
-
-/// Reads every record batch of a Parquet file.
-pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, ShardError> {
-    let bytes = fs::read(path).map_err(missing_or_io(path))?;
-    parquet_from_bytes(bytes, path)
-}
-
-/// Parses a Parquet file held in memory; `path` only names it in errors.
-fn parquet_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<RecordBatch>, ShardError> {
-    let index_err = |message: String| ShardError::Index {
-        path: path.to_path_buf(),
-        message,
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .and_then(|b| b.build())
-        .map_err(|e| index_err(format!("unreadable Parquet ({e})")))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| index_err(format!("unreadable Parquet ({e})")))
-}
-
 /// The Arrow schema of `rejects.parquet`: one row per input that was not stored.
 pub fn rejects_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -657,7 +597,7 @@ pub fn rejects_schema() -> SchemaRef {
 
 /// Writes `rejects.parquet` atomically, rows in the given order.
 pub fn write_rejects(path: &Path, rejects: &[(Split, Reject)]) -> Result<(), ShardError> {
-    write_atomic(path, &rejects_bytes(rejects)?)
+    Ok(files::write_atomic(path, &rejects_bytes(rejects)?)?)
 }
 
 /// The bytes `write_rejects` writes.
@@ -680,13 +620,13 @@ pub fn rejects_bytes(rejects: &[(Split, Reject)]) -> Result<Vec<u8>, ShardError>
         ],
     )
     .expect("rejects columns match their schema");
-    parquet_bytes(&batch, Path::new(REJECTS_FILE))
+    Ok(files::parquet_bytes(&batch, Path::new(REJECTS_FILE))?)
 }
 
 /// Reads `rejects.parquet` back.
 pub fn read_rejects(path: &Path) -> Result<Vec<(Split, Reject)>, ShardError> {
     let mut out = Vec::new();
-    for batch in read_parquet(path)? {
+    for batch in files::read_parquet(path)? {
         let split: &StringArray = column(&batch, "split", path)?;
         let source: &StringArray = column(&batch, "source_path", path)?;
         let reason: &StringArray = column(&batch, "reason", path)?;
@@ -806,22 +746,6 @@ impl ShardReceipt {
     }
 }
 
-/// Reads a JSON file of one of the dataset's formats.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ShardError> {
-    let bytes = fs::read(path).map_err(missing_or_io(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| ShardError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Serialises `value` as pretty JSON with a final newline and writes it atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ShardError> {
-    let mut text = serde_json::to_vec_pretty(value).expect("dataset JSON always serialises");
-    text.push(b'\n');
-    write_atomic(path, &text)
-}
-
 /// A class: its index is its position in `Manifest::classes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -926,7 +850,7 @@ impl SplitContent {
         for i in 0..shards {
             let path = ShardPaths::new(dataset, split, i).index;
             let bytes = fs::read(&path).map_err(missing_or_io(&path))?;
-            content.index_checksums.push(file_checksum(&bytes));
+            content.index_checksums.push(files::file_checksum(&bytes));
             let rows = index_from_bytes(bytes, &path)?;
             content.shard_records.push(rows.len() as u64);
             all.extend(rows);
@@ -955,7 +879,10 @@ impl SplitContent {
 
 /// Reads the mean image, checked against the manifest's checksum: (shape, values).
 pub fn read_mean(path: &Path, stats: &MeanStats) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
-    npy_f32_from_bytes(&read_checked(path, &stats.checksum)?, path)
+    Ok(files::npy_f32_from_bytes(
+        &files::read_checked(path, &stats.checksum)?,
+        path,
+    )?)
 }
 
 /// All shards of one split, addressed by a global record index.
@@ -1078,79 +1005,6 @@ impl SplitReader {
     }
 }
 
-/// Writes an f32 array in NumPy's `.npy` format (version 1.0, little-endian, C order);
-/// returns its `file_checksum`.
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<String, ShardError> {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let trailing = if shape.len() == 1 { "," } else { "" };
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}{trailing}), }}",
-        dims.join(", ")
-    );
-    // The header (magic 6 + version 2 + length 2 + text) is padded to a multiple of 64 bytes.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    write_atomic(path, &bytes)?;
-    Ok(file_checksum(&bytes))
-}
-
-/// Reads an f32 `.npy` file written by `write_npy_f32`: (shape, data).
-pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
-    let bytes = fs::read(path).map_err(missing_or_io(path))?;
-    npy_f32_from_bytes(&bytes, path)
-}
-
-/// Parses `.npy` bytes; `path` only names the file in errors.
-fn npy_f32_from_bytes(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
-    let bad = |what: &str| ShardError::BadHeader {
-        path: path.to_path_buf(),
-        what: what.to_string(),
-    };
-    if bytes.len() < 10 || &bytes[..8] != b"\x93NUMPY\x01\x00" {
-        return Err(bad("not a version 1.0 .npy file"));
-    }
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = bytes
-        .get(10..10 + header_len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("unreadable .npy header"))?;
-    if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") {
-        return Err(bad("expected little-endian f32 in C order"));
-    }
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .ok_or_else(|| bad("no shape in .npy header"))?;
-    let shape = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad("bad shape in .npy header"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let body = &bytes[10 + header_len..];
-    if body.len() != shape.iter().product::<usize>() * 4 {
-        return Err(bad("data size does not match the shape"));
-    }
-    let data = body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    Ok((shape, data))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,7 +1046,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recs = records(5);
         let path = write_shard(dir.path(), &recs);
-        assert!(!tmp_path(&path).exists(), "temporary name must be gone");
+        assert!(
+            !files::tmp_path(&path).exists(),
+            "temporary name must be gone"
+        );
         let shard = Shard::open(&path).unwrap();
         assert_eq!(shard.len(), 5);
         assert_eq!(shard.header().shard, 7);
@@ -1340,22 +1197,6 @@ mod tests {
     }
 
     #[test]
-    fn npy_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.npy");
-        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
-        write_npy_f32(&path, &[2, 4, 3], &data).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!(
-            (10 + header_len) % 64,
-            0,
-            "npy header must be 64-byte aligned"
-        );
-        assert_eq!(read_npy_f32(&path).unwrap(), (vec![2, 4, 3], data));
-    }
-
-    #[test]
     fn split_reader_locates_records_across_shards() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("train")).unwrap();
@@ -1446,7 +1287,7 @@ mod tests {
     fn a_damaged_mean_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MEAN_FILE);
-        let checksum = write_npy_f32(&path, &[2, 2, 3], &[1.0; 12]).unwrap();
+        let checksum = files::write_npy_f32(&path, &[2, 2, 3], &[1.0; 12]).unwrap();
         let mut stats = MeanStats {
             mean_image: MEAN_FILE.into(),
             checksum,

@@ -4,8 +4,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use alexnet::files::read_parquet;
 use alexnet::model::checkpoint::TensorFile;
-use alexnet::shards::{read_parquet, Manifest};
+use alexnet::shards::Manifest;
 use arrow_array::{Array, ListArray, StringArray, UInt32Array};
 use common::*;
 use serde_json::Value;

@@ -6,9 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use alexnet::shards::{
-    read_npy_f32, read_rejects, Manifest, Shard, Split, SplitReader, REJECTS_FILE,
-};
+use alexnet::files::read_npy_f32;
+use alexnet::shards::{read_rejects, Manifest, Shard, Split, SplitReader, REJECTS_FILE};
 use common::*;
 
 fn preprocess(src: &Path, out: &Path, jobs: &str) -> String {

@@ -197,9 +197,9 @@ fn ctrl_c_saves_a_checkpoint_and_exits_with_130() {
 #[test]
 fn device_normalisation_equals_the_loaders_f32_batches() {
     use alexnet::config::{Normalize, Pipeline};
+    use alexnet::engine::input::InputStage;
     use alexnet::loader::{Loader, LoaderData, LoaderOptions, Mode, Output, Pixels};
     use alexnet::shards::Split;
-    use alexnet::train::InputStage;
     use dfdx::prelude::*;
     use std::sync::Arc;
 

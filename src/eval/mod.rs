@@ -15,15 +15,15 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use serde::Serialize;
 
 use crate::config::Pipeline;
-use crate::fast::{FastDevice, FastError};
+use crate::device::FastDevice;
+use crate::engine::{EngineError, StepEngine};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, ModelError, Spec};
 use crate::progress::{Meter, Progress};
+use crate::run::state::saved_state;
+use crate::run::RunDir;
 use crate::shards::{ShardError, Split};
-use crate::train::conv_path::ConvPath;
-use crate::train::rundir::RunDir;
-use crate::train::state::saved_state;
 
 /// The paper's Table 2, one CNN, ILSVRC-2012 validation, ten crops.
 pub const PAPER_TOP1_ERROR: f64 = 0.407;
@@ -35,7 +35,7 @@ const VIEWS: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error(transparent)]
-    Fast(#[from] FastError),
+    Engine(#[from] EngineError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -44,6 +44,8 @@ pub enum EvalError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Shards(#[from] ShardError),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
     #[error("{run} has no checkpoints; train first, or name a file with --checkpoint")]
@@ -142,7 +144,7 @@ struct Counts {
 impl Counts {
     /// Adds one image's class probabilities.
     fn add(&mut self, probs: &[f64], label: usize) -> (bool, bool) {
-        let (top1, top5) = crate::train::metrics::top1_top5(probs, label);
+        let (top1, top5) = crate::engine::metrics::top1_top5(probs, label);
         self.top1 += top1 as u64;
         self.top5 += top5 as u64;
         self.loss_sum -= probs[label].max(1e-300).ln();
@@ -186,7 +188,7 @@ struct Prediction {
     top5: Vec<(u32, f32)>,
 }
 
-impl crate::train::device::DeviceJob for EvalOptions {
+impl crate::device::DeviceJob for EvalOptions {
     type Output = Result<Report, EvalError>;
     fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         run(
@@ -230,7 +232,7 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
 
     let mut loader_config = pipeline.loader.clone();
     loader_config.batch_size = options.batch_images.max(1);
-    let mut path = ConvPath::new(&dev, &pipeline.compute, &data, &loader_config, &model, None)?;
+    let mut engine = StepEngine::new(&dev, &pipeline.compute, &data, &loader_config, &model, None)?;
     let loader = Loader::start(
         data.clone(),
         LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),
@@ -249,7 +251,7 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
     let mut predictions = Vec::with_capacity(data.len());
     for batch in loader {
         let batch = batch?;
-        let logits = path.logits(&dev, &mut model, &batch);
+        let logits = engine.logits(&dev, &mut model, &batch)?;
         if let Some(at) = logits.iter().position(|v| !v.is_finite()) {
             let image = batch.indices[at / classes / VIEWS] as usize;
             return Err(EvalError::NonFinite {
@@ -363,7 +365,7 @@ fn write_outputs(
         source,
     })?;
     let json = serde_json::to_vec_pretty(report).expect("report serialises");
-    crate::shards::write_atomic(&dir.join("report.json"), &json)?;
+    crate::files::write_atomic(&dir.join("report.json"), &json)?;
     write_predictions(&dir.join("predictions.parquet"), predictions, data)?;
 
     let mut bars: Vec<(String, f64)> = report
@@ -431,7 +433,7 @@ fn write_predictions(
         ),
     ];
     let batch = RecordBatch::try_from_iter(columns).expect("prediction columns line up");
-    crate::shards::write_parquet(path, &batch)?;
+    crate::files::write_parquet(path, &batch)?;
     Ok(())
 }
 

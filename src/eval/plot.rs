@@ -17,7 +17,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::canvas::{self, Area, DrawError};
-use crate::train::rundir::{EpochRow, LogError, RunDir};
+use crate::run::{EpochRow, LogError, RunDir};
 
 /// Distinct, colour-blind-friendly series colours (the "tab10" palette's first entries).
 const PALETTE: [RGBColor; 5] = [
@@ -76,7 +76,7 @@ pub enum PlotError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::shards::ShardError,
+        source: crate::files::FileError,
     },
     #[error("cannot create directory {path}")]
     CreateDir {
@@ -240,7 +240,7 @@ fn save_png(image: &RgbImage, path: &Path) -> Result<(), PlotError> {
             path: path.to_path_buf(),
             source,
         })?;
-    crate::shards::write_atomic(path, &bytes).map_err(|source| PlotError::Write {
+    crate::files::write_atomic(path, &bytes).map_err(|source| PlotError::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -8,7 +8,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::preprocess::resize::half_even_midpoint;
+use crate::pixels::{self, half_even_midpoint};
 use crate::seed::standard_normal;
 
 /// ImageNet's RGB covariance eigenvalues and eigenvectors (pixels in 0..1), as widely used for
@@ -151,33 +151,32 @@ pub fn crop_f32(
     let (stored, crop) = (stored as usize, crop as usize);
     let row = crop * 3;
     debug_assert_eq!(out.len(), crop * row);
-    // out = (pixel + add − mean) × mul, with `add`, `mul` repeating per channel.
-    let (add, mul) = match norm {
-        Normalizer::MeanImage(_) => (lighting, [1.0; 3]),
+    // Constants repeating per channel, so that a row is one flat loop.
+    let lighting12: [f32; 12] = std::array::from_fn(|k| lighting[k % 3]);
+    let (scale, channel_row): ([f32; 3], Vec<f32>) = match norm {
+        Normalizer::MeanImage(_) => ([1.0; 3], Vec::new()),
         Normalizer::Channel { mean, inv_std } => {
-            ([0, 1, 2].map(|c| lighting[c] - mean[c]), *inv_std)
+            (*inv_std, (0..row).map(|k| mean[k % 3]).collect())
         }
     };
-    let add12: [f32; 12] = std::array::from_fn(|k| add[k % 3]);
-    let mul12: [f32; 12] = std::array::from_fn(|k| mul[k % 3]);
-    let zeros = vec![0f32; row];
+    let scale12: [f32; 12] = std::array::from_fn(|k| scale[k % 3]);
     for (y, dst) in out.chunks_exact_mut(row).enumerate() {
         let start = ((at.top as usize + y) * stored + at.left as usize) * 3;
         let src = &record[start..start + row];
         let mean = match norm {
             Normalizer::MeanImage(mean) => &mean[start..start + row],
-            Normalizer::Channel { .. } => &zeros[..],
+            Normalizer::Channel { .. } => &channel_row[..],
         };
         let (d12, d_tail) = dst.as_chunks_mut::<12>();
         let (s12, s_tail) = src.as_chunks::<12>();
         let (m12, m_tail) = mean.as_chunks::<12>();
         for ((d, s), m) in d12.iter_mut().zip(s12).zip(m12) {
             for k in 0..12 {
-                d[k] = (s[k] as f32 + add12[k] - m[k]) * mul12[k];
+                d[k] = pixels::normalize(s[k], m[k], lighting12[k], scale12[k]);
             }
         }
         for (k, ((d, s), m)) in d_tail.iter_mut().zip(s_tail).zip(m_tail).enumerate() {
-            *d = (*s as f32 + add12[k] - m) * mul12[k];
+            *d = pixels::normalize(*s, *m, lighting12[k], scale12[k]);
         }
         if at.flip {
             dst.as_chunks_mut::<3>().0.reverse();

@@ -709,9 +709,9 @@ impl StreamChecksum {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::{write_json, write_npy_f32};
     use crate::shards::{
-        write_index, write_json, write_npy_f32, IndexRow, MeanStats, ShardPaths, ShardWriter,
-        SplitContent, FORMAT_VERSION,
+        write_index, IndexRow, MeanStats, ShardPaths, ShardWriter, SplitContent, FORMAT_VERSION,
     };
 
     /// A dataset of `n` 8×8 training images over three shards; image `i` is filled with

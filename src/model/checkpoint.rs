@@ -28,7 +28,7 @@ pub enum CheckpointError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::shards::ShardError,
+        source: crate::files::FileError,
     },
     #[error("{path} is not a safetensors file ({message})")]
     Format { path: PathBuf, message: String },
@@ -130,7 +130,7 @@ impl TensorFile {
     /// Writes atomically: a crash leaves the old file or the new one, never half of one.
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
         let bytes = self.to_bytes(path)?;
-        crate::shards::write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
+        crate::files::write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
             path: path.to_path_buf(),
             source,
         })

@@ -61,20 +61,66 @@ pub struct LayerShape {
     pub parameters: usize,
 }
 
-// The paper's fixed layer geometry: (kernel, stride, pad).
-const CONV1: (usize, usize, usize) = (11, 4, 2);
-const CONV2: (usize, usize, usize) = (5, 1, 2);
-const CONV345: (usize, usize, usize) = (3, 1, 1);
-const POOL: (usize, usize, usize) = (3, 2, 0);
+/// One block of the convolutional part: a convolution with ReLU, then LRN and max-pooling
+/// where the paper has them. The five blocks are the layout every engine builds from (the dfdx
+/// model, the fast path, the check), so the network's shape is written down once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvBlock {
+    /// 1 to 5.
+    pub number: usize,
+    pub conv: Window,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// LRN after the ReLU (conv1 and conv2, when the model has LRN).
+    pub lrn: bool,
+    /// Max-pooling after the ReLU (and LRN): conv1, conv2 and conv5.
+    pub pool: Option<Window>,
+}
 
-fn window(size: usize, (kernel, stride, pad): (usize, usize, usize)) -> Window {
-    Window {
-        size,
-        kernel,
-        stride,
-        pad,
+/// conv1..conv5.
+pub const CONV_BLOCKS: usize = 5;
+
+impl ConvBlock {
+    /// Side of the block's output (after pooling, if any).
+    pub fn out_side(&self) -> usize {
+        let window = self.pool.unwrap_or(self.conv);
+        window.out_size().expect("checked in Spec::new")
+    }
+
+    /// Side of the convolution's output (the ReLU's and LRN's).
+    pub fn conv_side(&self) -> usize {
+        self.conv.out_size().expect("checked in Spec::new")
+    }
+
+    /// Rows of the weight matrix: `kernel² · in_channels`.
+    pub fn weight_rows(&self) -> usize {
+        self.conv.kernel * self.conv.kernel * self.in_channels
+    }
+
+    /// The stage names a profile reports: `("conv2", "lrn2", "pool2")`.
+    pub fn names(&self) -> (&'static str, &'static str, &'static str) {
+        const CONV: [&str; CONV_BLOCKS] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+        const LRN: [&str; CONV_BLOCKS] = ["lrn1", "lrn2", "lrn3", "lrn4", "lrn5"];
+        // The paper numbers its pools in order: conv5's is the third.
+        let pool = match self.number {
+            1 => "pool1",
+            2 => "pool2",
+            _ => "pool3",
+        };
+        (CONV[self.number - 1], LRN[self.number - 1], pool)
     }
 }
+
+/// The paper's fixed geometry per block: conv (kernel, stride, pad), LRN, pooled.
+const GEOMETRY: [((usize, usize, usize), bool, bool); CONV_BLOCKS] = [
+    ((11, 4, 2), true, true),
+    ((5, 1, 2), true, true),
+    ((3, 1, 1), false, false),
+    ((3, 1, 1), false, false),
+    ((3, 1, 1), false, true),
+];
+/// Every pool is 3 / 2 without padding (overlapping pooling, §3.4 of the paper).
+const POOL: (usize, usize) = (3, 2);
 
 impl Spec {
     pub fn new(config: &ModelConfig, input: usize, classes: usize) -> Result<Self, ModelError> {
@@ -86,39 +132,59 @@ impl Spec {
             classes,
             config: config.clone(),
         };
-        spec.windows()?;
+        spec.try_blocks()?;
         Ok(spec)
     }
 
-    /// The eight windows in order: conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool3.
-    pub fn windows(&self) -> Result<[Window; 8], ModelError> {
+    /// The five convolutional blocks in order, with the sides their windows see.
+    pub fn blocks(&self) -> [ConvBlock; CONV_BLOCKS] {
+        self.try_blocks().expect("checked in Spec::new")
+    }
+
+    fn try_blocks(&self) -> Result<[ConvBlock; CONV_BLOCKS], ModelError> {
+        let channels = self.config.conv_channels;
         let mut side = self.input;
-        let mut out = Vec::with_capacity(8);
-        let plan: [(&'static str, (usize, usize, usize)); 8] = [
-            ("conv1", CONV1),
-            ("pool1", POOL),
-            ("conv2", CONV2),
-            ("pool2", POOL),
-            ("conv3", CONV345),
-            ("conv4", CONV345),
-            ("conv5", CONV345),
-            ("pool3", POOL),
-        ];
-        for (layer, geometry) in plan {
-            let w = window(side, geometry);
-            side = w.out_size().ok_or(ModelError::InputTooSmall {
+        let mut blocks = Vec::with_capacity(CONV_BLOCKS);
+        for (i, &((kernel, stride, pad), lrn, pooled)) in GEOMETRY.iter().enumerate() {
+            let mut block = ConvBlock {
+                number: i + 1,
+                conv: Window {
+                    size: side,
+                    kernel,
+                    stride,
+                    pad,
+                },
+                in_channels: if i == 0 { 3 } else { channels[i - 1] },
+                out_channels: channels[i],
+                lrn: lrn && self.config.lrn,
+                pool: None,
+            };
+            let (conv, _, pool) = block.names();
+            side = block.conv.out_size().ok_or(ModelError::InputTooSmall {
                 input: self.input,
-                layer,
+                layer: conv,
             })?;
-            out.push(w);
+            if pooled {
+                let window = Window {
+                    size: side,
+                    kernel: POOL.0,
+                    stride: POOL.1,
+                    pad: 0,
+                };
+                side = window.out_size().ok_or(ModelError::InputTooSmall {
+                    input: self.input,
+                    layer: pool,
+                })?;
+                block.pool = Some(window);
+            }
+            blocks.push(block);
         }
-        Ok(out.try_into().expect("eight windows"))
+        Ok(blocks.try_into().expect("five blocks"))
     }
 
     /// Side of conv5's pooled output (6 for 224 inputs).
     pub fn final_side(&self) -> usize {
-        let windows = self.windows().expect("checked in Spec::new");
-        windows[7].out_size().expect("checked in Spec::new")
+        self.blocks()[CONV_BLOCKS - 1].out_side()
     }
 
     /// Inputs of FC6: the flattened pooled conv5 output.
@@ -129,27 +195,32 @@ impl Spec {
 
     /// The layer table, like the paper's, with each layer's output shape.
     pub fn table(&self) -> Vec<LayerShape> {
-        let w = self.windows().expect("checked in Spec::new");
-        let c = self.config.conv_channels;
         let fc = self.config.fc_units;
-        let lrn = if self.config.lrn { ", LRN" } else { "" };
-        let conv = |name, i: usize, win: Window, cin: usize, extra: &str| LayerShape {
-            name,
-            operation: format!(
-                "{} × {}×{} / {}, pad {}, ReLU{extra}",
-                c[i], win.kernel, win.kernel, win.stride, win.pad
-            ),
-            side: win.out_size().unwrap(),
-            channels: c[i],
-            parameters: win.kernel * win.kernel * cin * c[i] + c[i],
-        };
-        let pool = |win: Window, channels| LayerShape {
-            name: "",
-            operation: "max-pool 3 / 2".into(),
-            side: win.out_size().unwrap(),
-            channels,
-            parameters: 0,
-        };
+        let mut rows = Vec::new();
+        for block in self.blocks() {
+            let (name, _, _) = block.names();
+            let w = block.conv;
+            let lrn = if block.lrn { ", LRN" } else { "" };
+            rows.push(LayerShape {
+                name,
+                operation: format!(
+                    "{} × {}×{} / {}, pad {}, ReLU{lrn}",
+                    block.out_channels, w.kernel, w.kernel, w.stride, w.pad
+                ),
+                side: block.conv_side(),
+                channels: block.out_channels,
+                parameters: block.weight_rows() * block.out_channels + block.out_channels,
+            });
+            if let Some(pool) = block.pool {
+                rows.push(LayerShape {
+                    name: "",
+                    operation: format!("max-pool {} / {}", pool.kernel, pool.stride),
+                    side: block.out_side(),
+                    channels: block.out_channels,
+                    parameters: 0,
+                });
+            }
+        }
         let dropout = if self.config.dropout > 0.0 {
             format!("dropout {}, ", self.config.dropout)
         } else {
@@ -162,22 +233,13 @@ impl Spec {
             channels: outputs,
             parameters: inputs * outputs + outputs,
         };
-        vec![
-            conv("conv1", 0, w[0], 3, lrn),
-            pool(w[1], c[0]),
-            conv("conv2", 1, w[2], c[0], lrn),
-            pool(w[3], c[1]),
-            conv("conv3", 2, w[4], c[1], ""),
-            conv("conv4", 3, w[5], c[2], ""),
-            conv("conv5", 4, w[6], c[3], ""),
-            pool(w[7], c[4]),
-            linear("fc6", self.fc6_inputs(), fc, true),
-            linear("fc7", fc, fc, true),
-            LayerShape {
-                operation: format!("{}", self.classes),
-                ..linear("fc8", fc, self.classes, false)
-            },
-        ]
+        rows.push(linear("fc6", self.fc6_inputs(), fc, true));
+        rows.push(linear("fc7", fc, fc, true));
+        rows.push(LayerShape {
+            operation: format!("{}", self.classes),
+            ..linear("fc8", fc, self.classes, false)
+        });
+        rows
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -244,19 +306,18 @@ impl<E: Dtype, D: Device<E>> DropoutMasks<E, D> {
     }
 }
 
+/// One convolutional block on dfdx (see `ConvBlock`).
+pub struct Block<E: Dtype, D: Device<E>> {
+    pub conv: Conv<E, D>,
+    pub lrn: Option<Lrn<E, D>>,
+    pub pool: Option<MaxPool<D>>,
+    pub names: (&'static str, &'static str, &'static str),
+}
+
 /// The network. Activations are channels-last, `(B, H·W, C)`; see `layers`.
 pub struct AlexNet<E: Dtype, D: Device<E>> {
     pub spec: Spec,
-    pub conv1: Conv<E, D>,
-    pub lrn1: Option<Lrn<E, D>>,
-    pub pool1: MaxPool<D>,
-    pub conv2: Conv<E, D>,
-    pub lrn2: Option<Lrn<E, D>>,
-    pub pool2: MaxPool<D>,
-    pub conv3: Conv<E, D>,
-    pub conv4: Conv<E, D>,
-    pub conv5: Conv<E, D>,
-    pub pool3: MaxPool<D>,
+    pub blocks: [Block<E, D>; CONV_BLOCKS],
     pub fc6: Affine<E, D>,
     pub fc7: Affine<E, D>,
     pub fc8: Affine<E, D>,
@@ -300,51 +361,40 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
 
     /// `(inputs, outputs)` of the eight weighted layers.
     pub fn affine_shapes(spec: &Spec) -> [(usize, usize); 8] {
-        let c = spec.config.conv_channels;
+        let blocks = spec.blocks();
         let fc = spec.config.fc_units;
-        [
-            (11 * 11 * 3, c[0]),
-            (5 * 5 * c[0], c[1]),
-            (3 * 3 * c[1], c[2]),
-            (3 * 3 * c[2], c[3]),
-            (3 * 3 * c[3], c[4]),
-            (spec.fc6_inputs(), fc),
-            (fc, fc),
-            (fc, spec.classes),
-        ]
+        let head = [(spec.fc6_inputs(), fc), (fc, fc), (fc, spec.classes)];
+        std::array::from_fn(|i| match i {
+            0..CONV_BLOCKS => (blocks[i].weight_rows(), blocks[i].out_channels),
+            _ => head[i - CONV_BLOCKS],
+        })
     }
 
     /// Assembles the network around given weights (in `TORCH_NAMES` order).
     pub fn from_layers(dev: &D, spec: Spec, layers: [Affine<E, D>; 8]) -> Self {
-        let w = spec.windows().expect("checked in Spec::new");
         let cfg = &spec.config;
-        let lrn = |channels| {
-            cfg.lrn.then(|| {
+        let [l1, l2, l3, l4, l5, fc6, fc7, fc8] = layers;
+        let mut convs = [l1, l2, l3, l4, l5].into_iter();
+        let blocks = spec.blocks().map(|block| Block {
+            conv: Conv::new(convs.next().expect("five"), block.conv),
+            lrn: block.lrn.then(|| {
                 Lrn::new(
                     dev,
-                    channels,
+                    block.out_channels,
                     cfg.lrn_size,
                     cfg.lrn_k as f64,
                     cfg.lrn_alpha as f64,
                     cfg.lrn_beta as f64,
                 )
-            })
-        };
-        let [l1, l2, l3, l4, l5, l6, l7, l8] = layers;
+            }),
+            pool: block.pool.map(MaxPool::new),
+            names: block.names(),
+        });
         Self {
-            conv1: Conv::new(l1, w[0]),
-            lrn1: lrn(cfg.conv_channels[0]),
-            pool1: MaxPool::new(w[1]),
-            conv2: Conv::new(l2, w[2]),
-            lrn2: lrn(cfg.conv_channels[1]),
-            pool2: MaxPool::new(w[3]),
-            conv3: Conv::new(l3, w[4]),
-            conv4: Conv::new(l4, w[5]),
-            conv5: Conv::new(l5, w[6]),
-            pool3: MaxPool::new(w[7]),
-            fc6: l6,
-            fc7: l7,
-            fc8: l8,
+            blocks,
+            fc6,
+            fc7,
+            fc8,
             spec,
         }
     }
@@ -385,32 +435,30 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
         self.head_observed(x, dropout, &mut |_, _| {})
     }
 
+    /// Per block (shapes for a 224 input and the paper's widths, block by block:
+    /// conv1 [B, 55·55, 96] → pool1 [B, 27·27, 96]; conv2 [B, 27·27, 256] → pool2
+    /// [B, 13·13, 256]; conv3 [B, 13·13, 384]; conv4 [B, 13·13, 384]; conv5 [B, 13·13, 256]
+    /// → pool3 [B, 6·6, 256]), then flattened to [B, 9216].
     fn features_observed<T: LayerTape<E, D>>(
         &mut self,
-        x: Act<E, D, T>,
+        mut x: Act<E, D, T>,
         observe: &mut dyn FnMut(&'static str, &'static str),
     ) -> Mat<E, D, T> {
-        let o = &mut *observe;
-        let x = self.conv1.forward_observed(x, &mut |s| o("conv1", s)); //   [B, 55·55, 96]
-        let x = stage(observe, "conv1", "relu", || x.relu());
-        let x = stage(observe, "lrn1", "", || maybe_lrn(&self.lrn1, x)); //  [B, 55·55, 96]
-        let x = stage(observe, "pool1", "", || self.pool1.forward(x)); //    [B, 27·27, 96]
-        let o = &mut *observe;
-        let x = self.conv2.forward_observed(x, &mut |s| o("conv2", s)); //   [B, 27·27, 256]
-        let x = stage(observe, "conv2", "relu", || x.relu());
-        let x = stage(observe, "lrn2", "", || maybe_lrn(&self.lrn2, x)); //  [B, 27·27, 256]
-        let x = stage(observe, "pool2", "", || self.pool2.forward(x)); //    [B, 13·13, 256]
-        let o = &mut *observe;
-        let x = self.conv3.forward_observed(x, &mut |s| o("conv3", s)); //   [B, 13·13, 384]
-        let x = stage(observe, "conv3", "relu", || x.relu());
-        let o = &mut *observe;
-        let x = self.conv4.forward_observed(x, &mut |s| o("conv4", s)); //   [B, 13·13, 384]
-        let x = stage(observe, "conv4", "relu", || x.relu());
-        let o = &mut *observe;
-        let x = self.conv5.forward_observed(x, &mut |s| o("conv5", s)); //   [B, 13·13, 256]
-        let x = stage(observe, "conv5", "relu", || x.relu());
-        let x = stage(observe, "pool3", "", || self.pool3.forward(x)); //    [B, 6·6, 256]
-        layers::flatten(x) //                                                [B, 9216]
+        for block in &mut self.blocks {
+            let (conv, lrn, pool) = block.names;
+            let o = &mut *observe;
+            let y = block.conv.forward_observed(x, &mut |s| o(conv, s)); //  [B, S_conv², C_out]
+            let y = stage(observe, conv, "relu", || y.relu());
+            let y = match &block.lrn {
+                Some(l) => stage(observe, lrn, "", || l.forward(y)), //       [B, S_conv², C_out]
+                None => y,
+            };
+            x = match &mut block.pool {
+                Some(p) => stage(observe, pool, "", || p.forward(y)), //      [B, S_out², C_out]
+                None => y,
+            };
+        }
+        layers::flatten(x) //                                                 [B, S_out²·C_out]
     }
 
     fn head_observed<T: LayerTape<E, D>>(
@@ -429,12 +477,13 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
     /// The weighted layers with their PyTorch names and layouts, in order.
     pub fn layers(&self) -> [(&'static str, &Affine<E, D>, TorchLayout); 8] {
         let layouts = self.torch_layouts();
+        let b = &self.blocks;
         let layers = [
-            &self.conv1.affine,
-            &self.conv2.affine,
-            &self.conv3.affine,
-            &self.conv4.affine,
-            &self.conv5.affine,
+            &b[0].conv.affine,
+            &b[1].conv.affine,
+            &b[2].conv.affine,
+            &b[3].conv.affine,
+            &b[4].conv.affine,
             &self.fc6,
             &self.fc7,
             &self.fc8,
@@ -443,12 +492,13 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
     }
 
     pub fn layers_mut(&mut self) -> [&mut Affine<E, D>; 8] {
+        let [b1, b2, b3, b4, b5] = &mut self.blocks;
         [
-            &mut self.conv1.affine,
-            &mut self.conv2.affine,
-            &mut self.conv3.affine,
-            &mut self.conv4.affine,
-            &mut self.conv5.affine,
+            &mut b1.conv.affine,
+            &mut b2.conv.affine,
+            &mut b3.conv.affine,
+            &mut b4.conv.affine,
+            &mut b5.conv.affine,
             &mut self.fc6,
             &mut self.fc7,
             &mut self.fc8,
@@ -461,25 +511,19 @@ impl<E: Dtype, D: Device<E>> AlexNet<E, D> {
 }
 
 pub fn torch_layouts(spec: &Spec) -> [TorchLayout; 8] {
-    let c = spec.config.conv_channels;
-    let side = spec.final_side();
-    let conv = |kernel, in_channels| TorchLayout::Conv {
-        kernel,
-        in_channels,
-    };
-    [
-        conv(11, 3),
-        conv(5, c[0]),
-        conv(3, c[1]),
-        conv(3, c[2]),
-        conv(3, c[3]),
-        TorchLayout::LinearAfterFlatten {
-            pixels: side * side,
-            channels: c[4],
+    let blocks = spec.blocks();
+    let last = blocks[CONV_BLOCKS - 1];
+    std::array::from_fn(|i| match i {
+        0..CONV_BLOCKS => TorchLayout::Conv {
+            kernel: blocks[i].conv.kernel,
+            in_channels: blocks[i].in_channels,
         },
-        TorchLayout::Linear,
-        TorchLayout::Linear,
-    ]
+        CONV_BLOCKS => TorchLayout::LinearAfterFlatten {
+            pixels: last.out_side() * last.out_side(),
+            channels: last.out_channels,
+        },
+        _ => TorchLayout::Linear,
+    })
 }
 
 /// Runs one stage, then reports it (profiling synchronises the device in `observe`).
@@ -492,16 +536,6 @@ fn stage<Y>(
     let y = run();
     observe(layer, step);
     y
-}
-
-fn maybe_lrn<E: Dtype, D: Device<E>, T: LayerTape<E, D>>(
-    lrn: &Option<Lrn<E, D>>,
-    x: Act<E, D, T>,
-) -> Act<E, D, T> {
-    match lrn {
-        Some(lrn) => lrn.forward(x),
-        None => x,
-    }
 }
 
 fn maybe_dropout<E: Dtype, D: Device<E>, T: LayerTape<E, D>>(

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Pipeline;
+use crate::files::{self, FileError};
 use crate::progress::Progress;
 use crate::shards::{self, Manifest, ShardError, Split, MANIFEST_FILE, PLAN_FILE, REJECTS_FILE};
 use ingest::IngestError;
@@ -85,6 +86,13 @@ pub enum PreprocessError {
     CloserFailed,
     #[error("nothing to merge: {path} holds no part receipts; run the parts (--part I/N) first, or preprocess without --merge")]
     NothingToMerge { path: PathBuf },
+}
+
+/// Files of the dataset: their errors carry the dataset's advice (see `ShardError`).
+impl From<FileError> for PreprocessError {
+    fn from(e: FileError) -> Self {
+        Self::Shard(e.into())
+    }
 }
 
 /// What the user asked for on the command line, besides the pipeline.
@@ -218,7 +226,7 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
     if rebuilding && previous.is_some() {
         // Not complete until the new manifest is written.
         remove_file(&output.join(MANIFEST_FILE))?;
-        shards::sync_dir(output)?;
+        files::sync_dir(output)?;
     }
 
     let profile = profile::Profile::new();

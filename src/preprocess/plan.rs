@@ -17,6 +17,7 @@ use super::ingest::SourceImage;
 use super::write::MeanAccumulator;
 use super::PreprocessError;
 use crate::config::PreprocessConfig;
+use crate::files;
 use crate::lock::{self, DirLock, LOCK_FILE};
 use crate::shards::{
     self, Manifest, MeanStats, Shard, ShardError, ShardPaths, ShardReceipt, Split, FORMAT_VERSION,
@@ -250,8 +251,8 @@ pub fn prepare_output(
     }
     if !plan_path.exists() {
         // Parts starting at once may all write it: the same bytes, each atomically.
-        shards::write_json(&plan_path, plan)?;
-        shards::sync_dir(output)?;
+        files::write_json(&plan_path, plan)?;
+        files::sync_dir(output)?;
     }
     remove_unfinished_files(output, access)?;
     Ok(locks)

@@ -9,6 +9,8 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions};
 use image::RgbImage;
 
+use crate::pixels::half_even_midpoint;
+
 /// Where the stored square comes from: the size the whole image would be resized to, and the
 /// crop's top-left corner in that resized image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +40,6 @@ pub fn torchvision_geometry(width: u32, height: u32, size: u32) -> Geometry {
         resized_height,
         crop_left: half_even_midpoint(resized_width - size),
         crop_top: half_even_midpoint(resized_height - size),
-    }
-}
-
-/// `round(excess / 2)` with ties to even, as Python's `round` does.
-pub(crate) fn half_even_midpoint(excess: u32) -> u32 {
-    let half = excess / 2;
-    if excess % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
     }
 }
 
@@ -159,11 +151,6 @@ mod tests {
         // 500×333 → 384.38 → 384, offset exactly 64.
         assert_eq!(torchvision_geometry(500, 333, 256).resized_width, 384);
         assert_eq!(torchvision_geometry(500, 333, 256).crop_left, 64);
-        // Excess 3 → 1.5 rounds to 2 (even); excess 5 → 2.5 rounds to 2 (even).
-        assert_eq!(half_even_midpoint(3), 2);
-        assert_eq!(half_even_midpoint(5), 2);
-        assert_eq!(half_even_midpoint(1), 0);
-        assert_eq!(half_even_midpoint(7), 4);
         // ImageNet's smallest: 500×33 upscales to 3878×256.
         assert_eq!(torchvision_geometry(500, 33, 256).resized_width, 3878);
         // Square images need no crop.

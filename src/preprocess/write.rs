@@ -13,6 +13,7 @@ use super::profile::Profile;
 use super::resize::CenterCropResizer;
 use super::{ordered, PreprocessError, PreprocessOptions, SplitSummary};
 use crate::config::PreprocessConfig;
+use crate::files;
 use crate::progress::Meter;
 use crate::shards::{
     self, IndexRow, Manifest, MeanStats, PartReceipt, PartShard, Reject, ShardError, ShardPaths,
@@ -413,8 +414,8 @@ fn close_shard(
         index_checksum,
         rejects: shard.rejects,
     };
-    shards::write_json(&paths.done, &receipt)?;
-    shards::sync_dir(&output.join(split.name()))?;
+    files::write_json(&paths.done, &receipt)?;
+    files::sync_dir(&output.join(split.name()))?;
     Ok(receipt)
 }
 
@@ -586,15 +587,12 @@ pub fn finish_dataset(
         MeanSource::Kept(stats) => stats,
         MeanSource::Computed(acc) => {
             if acc.images == 0 {
-                shards::write_atomic(&rejects_path, &rejects_bytes)?;
+                files::write_atomic(&rejects_path, &rejects_bytes)?;
                 return Err(PreprocessError::NoTrainingImages { path: rejects_path });
             }
             let size = config.image_size as usize;
-            let checksum = shards::write_npy_f32(
-                &output.join(MEAN_FILE),
-                &[size, size, 3],
-                &acc.mean_image(),
-            )?;
+            let checksum =
+                files::write_npy_f32(&output.join(MEAN_FILE), &[size, size, 3], &acc.mean_image())?;
             let (channel_mean, channel_std) = acc.channel_stats();
             MeanStats {
                 mean_image: MEAN_FILE.to_string(),
@@ -618,10 +616,10 @@ pub fn finish_dataset(
         return Ok(false);
     }
     if !rejects_current {
-        shards::write_atomic(&rejects_path, &rejects_bytes)?;
+        files::write_atomic(&rejects_path, &rejects_bytes)?;
     }
-    shards::write_json(&output.join(MANIFEST_FILE), &manifest)?;
-    shards::sync_dir(output)?;
+    files::write_json(&output.join(MANIFEST_FILE), &manifest)?;
+    files::sync_dir(output)?;
     Ok(true)
 }
 
@@ -640,7 +638,7 @@ pub fn finish_part(
         source,
     })?;
     let sums = mean.to_bytes();
-    shards::write_atomic(&sums_path, &sums)?;
+    files::write_atomic(&sums_path, &sums)?;
     let mut listed = BTreeMap::new();
     for work in works {
         let own = work
@@ -654,10 +652,10 @@ pub fn finish_part(
         part: part.index,
         parts: part.count,
         shards: listed,
-        sums_checksum: shards::file_checksum(&sums),
+        sums_checksum: files::file_checksum(&sums),
     };
-    shards::write_json(&receipt_path, &receipt)?;
-    shards::sync_dir(&dir)?;
+    files::write_json(&receipt_path, &receipt)?;
+    files::sync_dir(&dir)?;
     Ok(())
 }
 
@@ -703,7 +701,7 @@ fn part_shard(output: &Path, split: Split, shard: u32) -> Result<PartShard, Shar
     })?;
     Ok(PartShard {
         shard,
-        receipt_checksum: shards::file_checksum(&bytes),
+        receipt_checksum: files::file_checksum(&bytes),
     })
 }
 
@@ -746,7 +744,7 @@ pub fn merged_mean(
                 )));
             }
         }
-        let bytes = shards::read_checked(&sums_path, &receipt.sums_checksum)?;
+        let bytes = files::read_checked(&sums_path, &receipt.sums_checksum)?;
         let sums = MeanAccumulator::from_bytes(&bytes, size)
             .ok_or_else(|| stale(format!("{} is not a sums file", sums_path.display())))?;
         mean.merge(&sums);

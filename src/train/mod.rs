@@ -2,37 +2,25 @@
 //! crops, flips and lighting; the learning rate divided by 10 when validation error stalls),
 //! with validation every epoch, checkpoints that resume exactly, and logs.
 
-pub mod bench;
-pub mod conv_path;
-pub mod device;
-pub mod input;
-pub mod metrics;
-pub mod rundir;
-pub mod schedule;
-pub mod sgd;
-pub mod state;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dfdx::prelude::*;
 use indicatif::HumanCount;
 
 use crate::config::Pipeline;
-use crate::fast::{FastDevice, FastError};
+use crate::device::{self, FastDevice};
+use crate::engine::metrics::Tally;
+use crate::engine::sgd::Sgd;
+use crate::engine::{EngineError, StepEngine};
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::CheckpointError;
 use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
 use crate::progress::{Meter, Progress};
+use crate::run::state::{self, StateError, TrainState};
+use crate::run::{CsvLog, EpochRow, LogError, RunDir, StepRow};
 use crate::shards::Split;
-use conv_path::ConvPath;
-pub use input::{InputStage, TrainDevice};
-use metrics::Tally;
-use rundir::{CsvLog, EpochRow, LogError, RunDir, StepRow};
-use sgd::Sgd;
-use state::TrainState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -56,8 +44,8 @@ pub enum TrainError {
     RunExists { run: PathBuf },
     #[error("nothing to resume: {run} has no checkpoints (start it without --resume)")]
     NothingToResume { run: PathBuf },
-    #[error("cannot resume from {path}: {reason}")]
-    NotResumable { path: PathBuf, reason: String },
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error(
         "the pipeline's [{section}] settings differ from those run {run} was trained with; \
          resume with the run's own pipeline (omit --pipeline, or pass {run}/pipeline.toml)"
@@ -82,8 +70,15 @@ pub enum TrainError {
         got: u64,
         expected: u64,
     },
-    #[error(transparent)]
-    Fast(#[from] FastError),
+    #[error("training stopped at step {step} (epoch {epoch}): {error}; {checkpoint}")]
+    Engine {
+        step: u64,
+        epoch: u64,
+        error: EngineError,
+        checkpoint: String,
+    },
+    #[error("cannot open the training engine: {0}")]
+    EngineSetup(#[from] EngineError),
     #[error("{run} is already at step {step}; --stop-after-steps {limit} would train nothing")]
     AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
 }
@@ -149,61 +144,6 @@ pub struct Outcome {
     pub interrupted: bool,
     pub checkpoint: Option<PathBuf>,
     pub seconds: f64,
-}
-
-/// One SGD step on dfdx's ops: forward with dropout, cross-entropy, backward, update.
-/// Returns the loss and the logits (on the host, for accuracy). With a non-finite loss the
-/// weights are left as they were.
-pub fn train_step<D: Device<f32>>(
-    model: &mut AlexNet<f32, D>,
-    sgd: &mut Sgd<D>,
-    x: crate::model::Act<f32, D>,
-    labels: &[u32],
-    masks: Option<&DropoutMasks<f32, D>>,
-    lr: f64,
-) -> (f32, Vec<f32>) {
-    train_step_observed(model, sgd, x, labels, masks, lr, &mut |_| {})
-}
-
-/// `train_step`, calling `observe` after each stage (numbered by phase, for profiling).
-pub fn train_step_observed<D: Device<f32>>(
-    model: &mut AlexNet<f32, D>,
-    sgd: &mut Sgd<D>,
-    x: crate::model::Act<f32, D>,
-    labels: &[u32],
-    masks: Option<&DropoutMasks<f32, D>>,
-    lr: f64,
-    observe: conv_path::Observer,
-) -> (f32, Vec<f32>) {
-    let mut forward_stage =
-        |layer: &str, stage: &str| observe(format!("2 forward {layer} {stage}").trim_end());
-    let logits = model.forward_observed(x.traced(Gradients::leaky()), masks, &mut forward_stage);
-    let host_logits = logits.as_vec();
-    let loss = mean_cross_entropy(logits, labels);
-    let value = loss.as_vec()[0];
-    observe("2 forward loss");
-    if value.is_finite() {
-        let grads = loss.backward();
-        observe("3 backward");
-        sgd.step(model, &grads, lr);
-        observe("4 sgd update");
-    }
-    (value, host_logits)
-}
-
-/// The training loss: mean cross-entropy of `logits` against `labels`.
-pub fn mean_cross_entropy<D: Device<f32>>(
-    logits: crate::model::Mat<f32, D, OwnedTape<f32, D>>,
-    labels: &[u32],
-) -> Tensor<Rank0, f32, D, OwnedTape<f32, D>> {
-    let dev = logits.device().clone();
-    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    let labels = dev.tensor_from_vec(labels, (logits.shape().0,));
-    logits
-        .log_softmax::<Axis<1>>()
-        .select(labels)
-        .mean()
-        .negate()
 }
 
 impl device::DeviceJob for TrainOptions {
@@ -377,8 +317,8 @@ struct Trainer<D: FastDevice> {
     state: TrainState,
     pipeline: Pipeline,
     classes: Vec<String>,
-    /// Where the convolutional part runs.
-    path: ConvPath<D>,
+    /// Runs each step: dfdx's ops, or the fast path's kernels.
+    engine: StepEngine<D>,
     val_data: Arc<LoaderData>,
     run: RunDir,
     metrics: CsvLog<EpochRow>,
@@ -441,12 +381,12 @@ impl<D: FastDevice> Trainer<D> {
         };
         std::fs::create_dir_all(run.checkpoints()).map_err(io_error(&run.checkpoints()))?;
         let pipeline_path = run.pipeline();
-        crate::shards::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(
-            |e| TrainError::Io {
+        crate::files::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(|e| {
+            TrainError::Io {
                 path: pipeline_path.clone(),
                 source: std::io::Error::other(e),
-            },
-        )?;
+            }
+        })?;
         let metrics = CsvLog::open(&run.metrics(), state.step)?;
         let steps_log = CsvLog::open(&run.steps(), state.step)?;
         let loader = &pipeline.loader;
@@ -463,7 +403,7 @@ impl<D: FastDevice> Trainer<D> {
             ))));
         }
         let guard = DivergenceGuard::new(&pipeline.train, loader.batch_size, classes.len());
-        let path = ConvPath::new(
+        let engine = StepEngine::new(
             &dev,
             &pipeline.compute,
             train_data,
@@ -472,7 +412,7 @@ impl<D: FastDevice> Trainer<D> {
             Some(&sgd),
         )?;
         Ok(Self {
-            path,
+            engine,
             dev,
             model,
             sgd,
@@ -525,7 +465,7 @@ impl<D: FastDevice> Trainer<D> {
             "{verb} on {} with {}: {} images, {} steps of {} per epoch, {} epochs; {} validation \
              images",
             options.device_name,
-            self.path.describe(),
+            self.engine.describe(),
             HumanCount(images as u64),
             self.steps_per_epoch,
             self.pipeline.loader.batch_size,
@@ -546,9 +486,10 @@ impl<D: FastDevice> Trainer<D> {
         );
         let lr = self.state.schedule.learning_rate;
         let (model, sgd) = (&mut self.model, &mut self.sgd);
-        let (value, host_logits) =
-            self.path
-                .train_step(&self.dev, model, sgd, batch, masks.as_ref(), lr);
+        let (value, host_logits) = self
+            .engine
+            .train_step(&self.dev, model, sgd, batch, masks.as_ref(), lr)
+            .map_err(|e| self.engine_failed(e))?;
         if let Some(what) = self.guard.observe(value) {
             return Err(self.diverged(self.state.step + 1, what));
         }
@@ -569,6 +510,24 @@ impl<D: FastDevice> Trainer<D> {
         })?;
         self.last_step_end = now;
         Ok(value)
+    }
+
+    /// The error for a step the engine could not take (a kernel failed, the device ran out of
+    /// memory): nothing is saved after it, so the last checkpoint stays the last good one.
+    fn engine_failed(&self, source: EngineError) -> TrainError {
+        let checkpoint = match &self.latest_checkpoint {
+            Some(path) => format!(
+                "the last good checkpoint is {}; fix the cause, then continue with --resume",
+                path.display()
+            ),
+            None => "no checkpoint was written yet".into(),
+        };
+        TrainError::Engine {
+            step: self.state.step + 1,
+            epoch: self.state.epoch + 1,
+            error: source,
+            checkpoint,
+        }
     }
 
     /// The error for a run that diverged at `step`, naming the checkpoint to go back to.
@@ -638,8 +597,11 @@ impl<D: FastDevice> Trainer<D> {
         let mut tally = Tally::default();
         for batch in loader {
             let batch = batch?;
-            let logits = self.path.logits(&self.dev, &mut self.model, &batch);
-            let loss = metrics::cross_entropy(&logits, classes, &batch.labels);
+            let logits = self
+                .engine
+                .logits(&self.dev, &mut self.model, &batch)
+                .map_err(|e| self.engine_failed(e))?;
+            let loss = crate::engine::metrics::cross_entropy(&logits, classes, &batch.labels);
             tally.add(&logits, classes, &batch.labels, loss);
         }
         if tally.images != self.val_data.len() as u64 {
@@ -665,8 +627,15 @@ impl<D: FastDevice> Trainer<D> {
     /// which no loss has judged yet.
     fn save_checkpoint(&mut self, last_batch: Option<&Batch>) -> Result<PathBuf, TrainError> {
         if let Some(batch) = last_batch {
-            let logits = self.path.logits(&self.dev, &mut self.model, batch);
-            let loss = metrics::cross_entropy(&logits, self.model.spec.classes, &batch.labels);
+            let logits = self
+                .engine
+                .logits(&self.dev, &mut self.model, batch)
+                .map_err(|e| self.engine_failed(e))?;
+            let loss = crate::engine::metrics::cross_entropy(
+                &logits,
+                self.model.spec.classes,
+                &batch.labels,
+            );
             if loss.is_nan() || loss > self.guard.limit {
                 let what = format!(
                     "the weights about to be saved give a loss of {loss:.4e} on the last batch"
@@ -675,7 +644,9 @@ impl<D: FastDevice> Trainer<D> {
             }
         }
         self.account_time();
-        self.path.export(&mut self.model, &mut self.sgd);
+        self.engine
+            .export(&mut self.model, &mut self.sgd)
+            .map_err(|e| self.engine_failed(e))?;
         let path = self.run.checkpoint(self.state.step);
         let saved = state::save(
             &path,
@@ -687,7 +658,7 @@ impl<D: FastDevice> Trainer<D> {
             &self.dataset,
         );
         // Weights that are no longer numbers must never become a "last good checkpoint".
-        if let Err(TrainError::Checkpoint(CheckpointError::NonFinite {
+        if let Err(StateError::Checkpoint(CheckpointError::NonFinite {
             name, index, value, ..
         })) = &saved
         {

@@ -8,6 +8,8 @@
 //! RUN/checkpoints/step-000001234.safetensors
 //! ```
 
+pub mod state;
+
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -213,7 +215,7 @@ impl<T: Serialize + DeserializeOwned + Stepped> CsvLog<T> {
             path: path.to_path_buf(),
             source: e.into_error(),
         })?;
-        crate::shards::write_atomic(path, &bytes).map_err(|e| LogError::Io {
+        crate::files::write_atomic(path, &bytes).map_err(|e| LogError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })?;

@@ -1,26 +1,45 @@
-//! The fast path against the dfdx path on the same weights and batch: logits, every
-//! parameter's gradient and one SGD update, as relative errors `‖fast − dfdx‖ / ‖dfdx‖` per
-//! tensor. Run by the tests on the CPU (host kernels) and by `alexnet check-fast` on a GPU.
+//! `alexnet check-fast`: the fast path's kernels against the host kernels, and the fast path
+//! against the dfdx engine on the same weights and batch (logits, every parameter's gradient
+//! and one SGD update), as relative errors `‖fast − reference‖ / ‖reference‖` per tensor.
+//! Run by the tests on the CPU (host kernels) and on a GPU by `alexnet check-fast`.
 
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::kernels::{ConvShape, InputBatch, Kernels, LrnParams, Planes, PoolShape, SgdStep};
-use super::net::FastNet;
-use super::{FastDevice, FastError};
 use crate::config::ComputeConfig;
+use crate::device::FastDevice;
+use crate::engine::fast::{FastError, FastNet};
+use crate::engine::loss::mean_cross_entropy;
+use crate::engine::sgd::Sgd;
+use crate::kernels::host::HostKernels;
+use crate::kernels::{
+    ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Planes, PoolShape,
+    SgdStep,
+};
 use crate::model::join::join;
-use crate::model::{Act, AlexNet, DropoutMasks, Spec};
-use crate::train::mean_cross_entropy;
-use crate::train::sgd::Sgd;
+use crate::model::{Act, AlexNet, DropoutMasks, Spec, CONV_BLOCKS, TORCH_NAMES};
+use crate::pixels;
+
+/// What a comparison compares, which sets the tolerance it is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An elementwise kernel (normalise, bias/ReLU, LRN, pooling, layout, SGD): float rounding.
+    ElementwiseKernel,
+    /// A convolution kernel: the device's convolution arithmetic (TF32 where allowed).
+    ConvolutionKernel,
+    /// A tensor of the whole network's step, downstream of convolutions.
+    Network,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub name: String,
+    pub kind: Kind,
     pub relative_error: f64,
-    /// ‖dfdx‖: a comparison of near-zero tensors means little.
+    /// ‖reference‖: a comparison of near-zero tensors means little.
     pub norm: f64,
 }
 
@@ -80,10 +99,12 @@ impl TestBatch {
                 let row = self.mean_rows[b * crop + y] as usize * row_len;
                 for xx in 0..crop {
                     for c in 0..3 {
-                        let pixel = self.pixels[((b * crop + y) * crop + xx) * 3 + c] as f32;
-                        let v =
-                            pixel - self.mean_table[row + xx * 3 + c] + self.lighting[b * 3 + c];
-                        x.push(v * self.scale[c]);
+                        x.push(pixels::normalize(
+                            self.pixels[((b * crop + y) * crop + xx) * 3 + c],
+                            self.mean_table[row + xx * 3 + c],
+                            self.lighting[b * 3 + c],
+                            self.scale[c],
+                        ));
                     }
                 }
             }
@@ -103,10 +124,11 @@ pub fn relative_error(fast: &[f32], reference: &[f32]) -> (f64, f64) {
     ((diff / norm.max(1e-300)).sqrt(), norm.sqrt())
 }
 
-fn compare(name: &str, fast: &[f32], reference: &[f32]) -> Comparison {
+fn compare(kind: Kind, name: &str, fast: &[f32], reference: &[f32]) -> Comparison {
     let (relative_error, norm) = relative_error(fast, reference);
     Comparison {
         name: name.into(),
+        kind,
         relative_error,
         norm,
     }
@@ -120,7 +142,7 @@ pub fn against_dfdx<D: FastDevice>(
     spec: &Spec,
     batch: &TestBatch,
     seed: u64,
-) -> Result<Vec<Comparison>, FastError> {
+) -> Result<Vec<Comparison>, CheckError> {
     let (lr, momentum, decay) = (0.01, 0.9, 5e-4);
     let mut model = AlexNet::<f32, D>::new(dev, spec.clone(), seed);
     let masks = DropoutMasks::draw(dev, spec, seed, 0, batch.batch);
@@ -131,7 +153,7 @@ pub fn against_dfdx<D: FastDevice>(
     let logits = model.forward(x.traced(Gradients::leaky()), masks.as_ref());
     let reference_logits = logits.as_vec();
     let reference_grads = mean_cross_entropy(logits, &batch.labels).backward();
-    let names = crate::model::TORCH_NAMES;
+    let names = TORCH_NAMES;
     let reference: Vec<[Vec<f32>; 2]> = model
         .layers()
         .iter()
@@ -151,16 +173,22 @@ pub fn against_dfdx<D: FastDevice>(
         Some(&sgd.velocity),
         momentum,
         decay,
-    );
+    )?;
     net.kernels()
-        .set_mean_table(&batch.mean_table, batch.crop * 3);
-    let features = net.forward(&batch.input());
+        .set_mean_table(&batch.mean_table, batch.crop * 3)?;
+    let features = net.forward(&batch.input())?;
     let (traced, joined) = join(features);
     let logits = model.head(traced, masks.as_ref());
-    let mut out = vec![compare("logits", &logits.as_vec(), &reference_logits)];
+    let network = Kind::Network;
+    let mut out = vec![compare(
+        network,
+        "logits",
+        &logits.as_vec(),
+        &reference_logits,
+    )];
     let mut grads = mean_cross_entropy(logits, &batch.labels).backward();
-    net.backward(&mut grads, &joined);
-    let conv = net.gradients();
+    net.backward(&mut grads, &joined)?;
+    let conv = net.gradients()?;
     for (i, [weight, bias]) in reference.iter().enumerate() {
         let (fast_weight, fast_bias) = match conv.get(i) {
             Some((w, b)) => (w.clone(), b.clone()),
@@ -172,12 +200,9 @@ pub fn against_dfdx<D: FastDevice>(
                 )
             }
         };
-        out.push(compare(
-            &format!("d {}.weight", names[i]),
-            &fast_weight,
-            weight,
-        ));
-        out.push(compare(&format!("d {}.bias", names[i]), &fast_bias, bias));
+        let name = |what| format!("d {}.{what}", names[i]);
+        out.push(compare(network, &name("weight"), &fast_weight, weight));
+        out.push(compare(network, &name("bias"), &fast_bias, bias));
     }
 
     // One update each way from the same (reference) gradients: the fast path's own SGD
@@ -185,22 +210,25 @@ pub fn against_dfdx<D: FastDevice>(
     // itself is lost in their rounding) and as the updated weights.
     sgd.step(&mut model, &reference_grads, lr);
     let dfdx_weights = conv_weights(&model);
-    let dfdx_velocity: Vec<Vec<f32>> = sgd.velocity[..5]
+    let dfdx_velocity: Vec<Vec<f32>> = sgd.velocity[..CONV_BLOCKS]
         .iter()
         .map(|v| v.weight.as_vec())
         .collect();
-    net.sgd_step(lr);
-    net.export(&mut model, &mut sgd.velocity);
+    net.sgd_step(lr)?;
+    net.export(&mut model, &mut sgd.velocity)?;
     let fast_weights = conv_weights(&model);
-    for i in 0..5 {
+    for i in 0..CONV_BLOCKS {
         let velocity = sgd.velocity[i].weight.as_vec();
+        let name = |what| format!("{what} {}.weight", names[i]);
         out.push(compare(
-            &format!("momentum {}.weight", names[i]),
+            network,
+            &name("momentum"),
             &velocity,
             &dfdx_velocity[i],
         ));
         out.push(compare(
-            &format!("updated {}.weight", names[i]),
+            network,
+            &name("updated"),
             &fast_weights[i],
             &dfdx_weights[i],
         ));
@@ -209,7 +237,7 @@ pub fn against_dfdx<D: FastDevice>(
 }
 
 fn conv_weights<D: Device<f32>>(model: &AlexNet<f32, D>) -> Vec<Vec<f32>> {
-    model.layers()[..5]
+    model.layers()[..CONV_BLOCKS]
         .iter()
         .map(|(_, l, _)| l.weight.as_vec())
         .collect()
@@ -267,7 +295,8 @@ mod tests {
     /// output must be a tensor worth comparing (not zeros from dead inputs).
     #[test]
     fn every_kernel_case_produces_a_meaningful_output() {
-        let results = kernels_against_host(&Cpu::default(), &strict()).unwrap();
+        let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
+        let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
         assert_eq!(results.len(), 27);
         for r in &results {
             assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
@@ -305,30 +334,33 @@ fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
 }
 
 /// Runs `case` on `k`; returns each output, named, on the host.
-fn run_case<D: Storage<f32>, K: Kernels<D>>(k: &mut K, case: Case) -> Vec<(String, Vec<f32>)> {
+fn run_case<D: Storage<f32>, K: Kernels<D>>(
+    k: &mut K,
+    case: Case,
+) -> KernelResult<Vec<(String, Vec<f32>)>> {
     let mut up = |len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
     let out = match case {
         Case::Normalize { batch, crop } => {
             let data = TestBatch::random(batch, crop, 10, 1);
-            let mut x = k.alloc(batch * 3 * crop * crop);
-            k.set_mean_table(&data.mean_table, crop * 3);
-            k.normalize(&data.input(), &mut x);
+            let mut x = k.alloc(batch * 3 * crop * crop)?;
+            k.set_mean_table(&data.mean_table, crop * 3)?;
+            k.normalize(&data.input(), &mut x)?;
             vec![("normalize", x)]
         }
         Case::Conv(s) => {
             let (x, w, dy) = (
-                up(s.input_len(), (-1.0, 1.0), 2),
-                up(s.filter_len(), (-0.1, 0.1), 3),
-                up(s.output_len(), (-1.0, 1.0), 4),
+                up(s.input_len(), (-1.0, 1.0), 2)?,
+                up(s.filter_len(), (-0.1, 0.1), 3)?,
+                up(s.output_len(), (-1.0, 1.0), 4)?,
             );
             let (mut y, mut dx, mut dw) = (
-                k.alloc(s.output_len()),
-                k.alloc(s.input_len()),
-                k.alloc(s.filter_len()),
+                k.alloc(s.output_len())?,
+                k.alloc(s.input_len())?,
+                k.alloc(s.filter_len())?,
             );
-            k.conv_forward(&s, &x, &w, &mut y);
-            k.conv_backward_data(&s, &dy, &w, &mut dx);
-            k.conv_backward_filter(&s, &x, &dy, &mut dw);
+            k.conv_forward(&s, &x, &w, &mut y)?;
+            k.conv_backward_data(&s, &dy, &w, &mut dx)?;
+            k.conv_backward_filter(&s, &x, &dy, &mut dw)?;
             vec![
                 ("forward", y),
                 ("backward data", dx),
@@ -337,13 +369,13 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(k: &mut K, case: Case) -> Vec<(Strin
         }
         Case::BiasRelu(p) => {
             let (mut y, bias, mut dy) = (
-                up(p.len(), (-1.0, 1.0), 5),
-                up(p.channels, (-0.5, 0.5), 6),
-                up(p.len(), (-1.0, 1.0), 7),
+                up(p.len(), (-1.0, 1.0), 5)?,
+                up(p.channels, (-0.5, 0.5), 6)?,
+                up(p.len(), (-1.0, 1.0), 7)?,
             );
-            let mut db = k.alloc(p.channels);
-            k.bias_relu(&p, &mut y, &bias);
-            k.relu_bias_backward(&p, &y, &mut dy, &mut db);
+            let mut db = k.alloc(p.channels)?;
+            k.bias_relu(&p, &mut y, &bias)?;
+            k.relu_bias_backward(&p, &y, &mut dy, &mut db)?;
             vec![
                 ("bias+relu", y),
                 ("relu backward", dy),
@@ -351,111 +383,133 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(k: &mut K, case: Case) -> Vec<(Strin
             ]
         }
         Case::Lrn(p, lrn) => {
-            let (x, dy) = (up(p.len(), (0.0, 3.0), 8), up(p.len(), (-1.0, 1.0), 9));
-            let (mut y, mut d, mut dx) = (k.alloc(p.len()), k.alloc(p.len()), k.alloc(p.len()));
-            k.lrn_forward(&p, &lrn, &x, &mut y, &mut d);
-            k.lrn_backward(&p, &lrn, &x, &d, &dy, &mut dx);
+            let (x, dy) = (up(p.len(), (0.0, 3.0), 8)?, up(p.len(), (-1.0, 1.0), 9)?);
+            let (mut y, mut d, mut dx) = (k.alloc(p.len())?, k.alloc(p.len())?, k.alloc(p.len())?);
+            k.lrn_forward(&p, &lrn, &x, &mut y, &mut d)?;
+            k.lrn_backward(&p, &lrn, &x, &d, &dy, &mut dx)?;
             vec![("forward", y), ("denominator", d), ("backward", dx)]
         }
         Case::Pool(s) => {
             let (x, dy) = (
-                up(s.input_len(), (-1.0, 1.0), 10),
-                up(s.output_len(), (-1.0, 1.0), 11),
+                up(s.input_len(), (-1.0, 1.0), 10)?,
+                up(s.output_len(), (-1.0, 1.0), 11)?,
             );
-            let (mut y, mut dx) = (k.alloc(s.output_len()), k.alloc(s.input_len()));
-            k.pool_forward(&s, &x, &mut y);
-            k.pool_backward(&s, &x, &y, &dy, &mut dx);
+            let (mut y, mut dx) = (k.alloc(s.output_len())?, k.alloc(s.input_len())?);
+            k.pool_forward(&s, &x, &mut y)?;
+            k.pool_backward(&s, &x, &y, &dy, &mut dx)?;
             vec![("forward", y), ("backward", dx)]
         }
         Case::ChannelsLast(p) => {
-            let x = up(p.len(), (-1.0, 1.0), 12);
-            let (mut y, mut back) = (k.alloc(p.len()), k.alloc(p.len()));
-            k.flatten_channels_last(&p, &x, &mut y);
-            k.unflatten_channels_last(&p, &y, &mut back);
+            let x = up(p.len(), (-1.0, 1.0), 12)?;
+            let (mut y, mut back) = (k.alloc(p.len())?, k.alloc(p.len())?);
+            k.flatten_channels_last(&p, &x, &mut y)?;
+            k.unflatten_channels_last(&p, &y, &mut back)?;
             vec![("to", y), ("back", back)]
         }
         Case::Sgd(n) => {
             let (mut w, mut v, g) = (
-                up(n, (-1.0, 1.0), 13),
-                up(n, (-0.1, 0.1), 14),
-                up(n, (-1.0, 1.0), 15),
+                up(n, (-1.0, 1.0), 13)?,
+                up(n, (-0.1, 0.1), 14)?,
+                up(n, (-1.0, 1.0), 15)?,
             );
             let step = SgdStep {
                 learning_rate: 0.01,
                 momentum: 0.9,
                 weight_decay: 5e-4,
             };
-            k.sgd(&step, &mut w, &mut v, &g);
+            k.sgd(&step, &mut w, &mut v, &g)?;
             vec![("weights", w), ("momentum", v)]
         }
     };
     out.into_iter()
-        .map(|(name, buf)| (name.to_string(), k.download(&buf)))
+        .map(|(name, buf)| Ok((name.to_string(), k.download(&buf)?)))
         .collect()
 }
 
-/// Every kernel of `dev` against the host kernels on random inputs of AlexNet's shapes
-/// (batch 2, the paper's widths): one comparison per output.
-pub fn kernels_against_host<D: FastDevice>(
-    dev: &D,
-    compute: &ComputeConfig,
-) -> Result<Vec<Comparison>, FastError> {
-    let mut device = dev.fast_kernels(compute)?;
-    let cpu = Cpu::default();
-    let mut host = super::host::HostKernels::new(&cpu);
-    let conv = |in_channels, out_channels, size, kernel, stride, pad| ConvShape {
-        batch: 2,
-        in_channels,
-        out_channels,
-        size,
-        kernel,
-        stride,
-        pad,
-    };
+/// The kernel cases of `spec`'s network at batch 2: every kernel on the shapes the network
+/// gives it (conv1 to conv3 cover the three convolution geometries).
+fn cases(spec: &Spec) -> Vec<(String, Case)> {
+    const BATCH: usize = 2;
+    let blocks = spec.blocks();
     let planes = |channels, side: usize| Planes {
-        batch: 2,
+        batch: BATCH,
         channels,
         pixels: side * side,
     };
-    let pool = |channels, size| PoolShape {
-        batch: 2,
-        channels,
-        size,
-        kernel: 3,
-        stride: 2,
-    };
     let lrn = LrnParams {
-        size: 5,
-        k: 2.0,
+        size: spec.config.lrn_size,
+        k: spec.config.lrn_k,
         // Larger than the paper's 1e-4, so that the normalisation visibly shapes the result.
         alpha: 0.05,
-        beta: 0.75,
+        beta: spec.config.lrn_beta,
     };
-    let cases = [
-        (
-            "normalize",
-            Case::Normalize {
-                batch: 2,
-                crop: 224,
-            },
-        ),
-        ("conv1", Case::Conv(conv(3, 96, 224, 11, 4, 2))),
-        ("conv2", Case::Conv(conv(96, 256, 27, 5, 1, 2))),
-        ("conv3", Case::Conv(conv(256, 384, 13, 3, 1, 1))),
-        ("bias/relu conv1", Case::BiasRelu(planes(96, 55))),
-        ("lrn conv1", Case::Lrn(planes(96, 55), lrn)),
-        ("lrn conv2", Case::Lrn(planes(256, 27), lrn)),
-        ("pool1", Case::Pool(pool(96, 55))),
-        ("pool3", Case::Pool(pool(256, 13))),
-        ("flatten", Case::ChannelsLast(planes(256, 6))),
-        ("sgd", Case::Sgd(100_003)),
-    ];
+    let crop = spec.input;
+    let mut cases = vec![(
+        "normalize".to_string(),
+        Case::Normalize { batch: BATCH, crop },
+    )];
+    for block in &blocks[..3] {
+        let w = block.conv;
+        let shape = ConvShape {
+            batch: BATCH,
+            in_channels: block.in_channels,
+            out_channels: block.out_channels,
+            size: w.size,
+            kernel: w.kernel,
+            stride: w.stride,
+            pad: w.pad,
+        };
+        cases.push((block.names().0.to_string(), Case::Conv(shape)));
+    }
+    let first = blocks[0];
+    let relu = planes(first.out_channels, first.conv_side());
+    cases.push((
+        format!("bias/relu {}", first.names().0),
+        Case::BiasRelu(relu),
+    ));
+    for block in blocks.iter().filter(|b| b.lrn) {
+        let p = planes(block.out_channels, block.conv_side());
+        cases.push((format!("lrn {}", block.names().0), Case::Lrn(p, lrn)));
+    }
+    for block in [&blocks[0], &blocks[CONV_BLOCKS - 1]] {
+        if let Some(w) = block.pool {
+            let shape = PoolShape {
+                batch: BATCH,
+                channels: block.out_channels,
+                size: w.size,
+                kernel: w.kernel,
+                stride: w.stride,
+            };
+            cases.push((block.names().2.to_string(), Case::Pool(shape)));
+        }
+    }
+    let last = blocks[CONV_BLOCKS - 1];
+    let features = planes(last.out_channels, last.out_side());
+    cases.push(("flatten".into(), Case::ChannelsLast(features)));
+    // An odd length, so that no kernel can rely on a multiple of its block size.
+    cases.push(("sgd".into(), Case::Sgd(100_003)));
+    cases
+}
+
+/// Every kernel of `dev` against the host kernels on random inputs of `spec`'s shapes: one
+/// comparison per output.
+pub fn kernels_against_host<D: FastDevice>(
+    dev: &D,
+    compute: &ComputeConfig,
+    spec: &Spec,
+) -> Result<Vec<Comparison>, CheckError> {
+    let mut device = dev.fast_kernels(compute)?;
+    let mut host = HostKernels::new(&Cpu::default())?;
     let mut out = Vec::new();
-    for (name, case) in cases {
-        let ours = run_case(&mut device, case);
-        let reference = run_case(&mut host, case);
+    for (name, case) in cases(spec) {
+        let kind = match case {
+            Case::Conv(_) => Kind::ConvolutionKernel,
+            _ => Kind::ElementwiseKernel,
+        };
+        let ours = run_case(&mut device, case)?;
+        let reference = run_case(&mut host, case)?;
         for ((output, a), (_, b)) in ours.iter().zip(&reference) {
-            out.push(compare(&format!("kernel {name} {output}"), a, b));
+            out.push(compare(kind, &format!("kernel {name} {output}"), a, b));
         }
     }
     Ok(out)
@@ -463,12 +517,10 @@ pub fn kernels_against_host<D: FastDevice>(
 
 /// The tolerance a comparison is held to: convolution outputs and everything downstream of
 /// them get `conv`; elementwise kernels must agree to float rounding.
-pub fn tolerance(name: &str, conv: f64) -> f64 {
-    let elementwise = name.starts_with("kernel ") && !name.starts_with("kernel conv");
-    if elementwise {
-        1e-5
-    } else {
-        conv
+pub fn tolerance(kind: Kind, conv: f64) -> f64 {
+    match kind {
+        Kind::ElementwiseKernel => 1e-5,
+        Kind::ConvolutionKernel | Kind::Network => conv,
     }
 }
 
@@ -500,7 +552,32 @@ impl CheckReport {
     }
 }
 
-impl crate::train::device::DeviceJob for CheckJob {
+impl std::fmt::Display for CheckReport {
+    /// One line per comparison with its verdict.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let precision = format!("{:?}", self.precision).to_lowercase();
+        writeln!(
+            f,
+            "fast path vs reference on {} ({precision}): relative error per tensor",
+            self.device
+        )?;
+        for (c, tolerance) in &self.results {
+            let verdict = if c.relative_error <= *tolerance {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            writeln!(
+                f,
+                "  {:<40} {:>10.2e}  (tolerance {:.0e}, norm {:.2e})  {verdict}",
+                c.name, c.relative_error, tolerance, c.norm
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::device::DeviceJob for CheckJob {
     type Output = Result<CheckReport, CheckError>;
     fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         let compute = self.pipeline.compute;
@@ -518,7 +595,7 @@ impl crate::train::device::DeviceJob for CheckJob {
         (model.init_std, model.init_bias) = (CHECK_INIT_STD, CHECK_INIT_BIAS);
         let spec = Spec::new(&model, crop, self.classes)?;
         let batch = TestBatch::random(self.batch, crop, self.classes, 7);
-        let mut results = kernels_against_host(&dev, &compute)?;
+        let mut results = kernels_against_host(&dev, &compute, &spec)?;
         results.extend(against_dfdx(
             &dev,
             &compute,
@@ -532,7 +609,7 @@ impl crate::train::device::DeviceJob for CheckJob {
             results: results
                 .into_iter()
                 .map(|c| {
-                    let tolerance = tolerance(&c.name, conv_tolerance);
+                    let tolerance = tolerance(c.kind, conv_tolerance);
                     (c, tolerance)
                 })
                 .collect(),
@@ -544,6 +621,8 @@ impl crate::train::device::DeviceJob for CheckJob {
 pub enum CheckError {
     #[error(transparent)]
     Fast(#[from] FastError),
+    #[error("a kernel failed during the check: {0}")]
+    Kernel(#[from] KernelError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
 }

@@ -3,51 +3,174 @@
 //! to dfdx, parameter ownership, SGD, checkpoints, resume).
 //!
 //! Written for clarity first: convolutions as im2col and one matrix product per image.
+//!
+//! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
+//! what a run does when a GPU kernel fails or the GPU runs out of memory.
 
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
 
-use super::kernels::{Buf, ConvShape, InputBatch, Kernels, LrnParams, Planes, PoolShape, SgdStep};
+use super::{
+    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
+    PoolShape, SgdStep,
+};
+use crate::pixels;
+
+/// The environment variable that injects faults into the host kernels.
+pub const FAULT_VARIABLE: &str = "ALEXNET_HOST_FAULT";
 
 pub struct HostKernels {
     dev: Cpu,
     mean_table: Vec<f32>,
     row_len: usize,
+    faults: Faults,
+}
+
+/// Injected faults, from `ALEXNET_HOST_FAULT`: comma-separated `CALL@N` (the `N`th call of
+/// kernel `CALL`, e.g. `conv_backward_filter@3`, fails) and `memory=BYTES` (the kernels act
+/// as a device of that many bytes: allocations past it fail as out of memory).
+#[derive(Debug, Default)]
+struct Faults {
+    fail: Vec<(String, u64)>,
+    calls: std::collections::HashMap<&'static str, u64>,
+    memory: Option<usize>,
+    allocated: usize,
+}
+
+impl Faults {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut faults = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(bytes) = part.strip_prefix("memory=") {
+                let bytes = bytes
+                    .parse()
+                    .map_err(|_| format!("{part:?}: not a byte count"))?;
+                faults.memory = Some(bytes);
+            } else if let Some((call, n)) = part.split_once('@') {
+                let n = n.parse().map_err(|_| format!("{part:?}: not CALL@N"))?;
+                faults.fail.push((call.to_string(), n));
+            } else {
+                return Err(format!("{part:?}: expected CALL@N or memory=BYTES"));
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Counts a call of `call`, failing it when asked to.
+    fn enter(&mut self, call: &'static str) -> KernelResult {
+        if self.fail.is_empty() {
+            return Ok(());
+        }
+        let n = self.calls.entry(call).or_default();
+        *n += 1;
+        if self.fail.iter().any(|(c, at)| c == call && at == n) {
+            return Err(KernelError::Failed {
+                call,
+                status: format!("fault injected by {FAULT_VARIABLE} (call {n})"),
+            });
+        }
+        Ok(())
+    }
+
+    fn allocate(&mut self, call: &'static str, len: usize) -> KernelResult {
+        let bytes = len * std::mem::size_of::<f32>();
+        if let Some(limit) = self.memory {
+            if self.allocated + bytes > limit {
+                return Err(KernelError::OutOfMemory {
+                    device: "the CPU",
+                    call,
+                    bytes,
+                    memory: Some(Memory {
+                        free: limit - self.allocated,
+                        total: limit,
+                    }),
+                });
+            }
+        }
+        self.allocated += bytes;
+        Ok(())
+    }
 }
 
 impl HostKernels {
-    pub fn new(dev: &Cpu) -> Self {
-        Self {
+    pub fn new(dev: &Cpu) -> KernelResult<Self> {
+        let faults = match std::env::var(FAULT_VARIABLE) {
+            Ok(text) => Faults::parse(&text)
+                .map_err(|e| KernelError::Setup(format!("{FAULT_VARIABLE}: {e}")))?,
+            Err(_) => Faults::default(),
+        };
+        Ok(Self {
             dev: dev.clone(),
             mean_table: Vec::new(),
             row_len: 0,
-        }
+            faults,
+        })
     }
 }
 
+/// Total and available memory from `/proc/meminfo` (Linux), in bytes.
+fn system_memory() -> Option<Memory> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(Memory {
+        free: field("MemAvailable:")?,
+        total: field("MemTotal:")?,
+    })
+}
+
 impl Kernels<Cpu> for HostKernels {
-    fn alloc(&mut self, len: usize) -> Buf<Cpu> {
-        self.dev.try_alloc_len(len).expect("host allocation")
+    fn alloc(&mut self, len: usize) -> KernelResult<Buf<Cpu>> {
+        self.faults.enter("alloc")?;
+        self.faults.allocate("alloc", len)?;
+        self.dev
+            .try_alloc_len(len)
+            .map_err(|_| KernelError::OutOfMemory {
+                device: "the CPU",
+                call: "alloc",
+                bytes: len * std::mem::size_of::<f32>(),
+                memory: system_memory(),
+            })
     }
 
-    fn upload(&mut self, host: &[f32]) -> Buf<Cpu> {
-        let mut buf = self.alloc(host.len());
+    fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<Cpu>> {
+        self.faults.enter("upload")?;
+        let mut buf = self.alloc(host.len())?;
         buf.copy_from_slice(host);
-        buf
+        Ok(buf)
     }
 
-    fn download(&mut self, buf: &Buf<Cpu>) -> Vec<f32> {
-        buf.to_vec()
+    fn download(&mut self, buf: &Buf<Cpu>) -> KernelResult<Vec<f32>> {
+        self.faults.enter("download")?;
+        Ok(buf.to_vec())
     }
 
-    fn synchronize(&mut self) {}
+    fn synchronize(&mut self) -> KernelResult {
+        self.faults.enter("synchronize")
+    }
 
-    fn set_mean_table(&mut self, table: &[f32], row_len: usize) {
+    fn memory(&mut self) -> Option<Memory> {
+        match self.faults.memory {
+            Some(limit) => Some(Memory {
+                free: limit - self.faults.allocated,
+                total: limit,
+            }),
+            None => system_memory(),
+        }
+    }
+
+    fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult {
+        self.faults.enter("set_mean_table")?;
         self.mean_table = table.to_vec();
         self.row_len = row_len;
+        Ok(())
     }
 
-    fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cpu>) {
+    fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cpu>) -> KernelResult {
+        self.faults.enter("normalize")?;
         let (crop, table, row_len) = (input.crop, &self.mean_table, self.row_len);
         let plane = crop * crop;
         x.par_chunks_mut(3 * plane)
@@ -57,16 +180,28 @@ impl Kernels<Cpu> for HostKernels {
                     let row = input.mean_rows[b * crop + y] as usize * row_len;
                     for xx in 0..crop {
                         for c in 0..3 {
-                            let pixel = input.pixels[((b * crop + y) * crop + xx) * 3 + c] as f32;
-                            let value = pixel - table[row + xx * 3 + c] + input.lighting[b * 3 + c];
-                            image[c * plane + y * crop + xx] = value * input.scale[c];
+                            let pixel = input.pixels[((b * crop + y) * crop + xx) * 3 + c];
+                            image[c * plane + y * crop + xx] = pixels::normalize(
+                                pixel,
+                                table[row + xx * 3 + c],
+                                input.lighting[b * 3 + c],
+                                input.scale[c],
+                            );
                         }
                     }
                 }
             });
+        Ok(())
     }
 
-    fn conv_forward(&mut self, s: &ConvShape, x: &Buf<Cpu>, w: &Buf<Cpu>, y: &mut Buf<Cpu>) {
+    fn conv_forward(
+        &mut self,
+        s: &ConvShape,
+        x: &Buf<Cpu>,
+        w: &Buf<Cpu>,
+        y: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("conv_forward")?;
         let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for (b, y) in y.chunks_mut(s.out_channels * pixels).enumerate() {
@@ -80,6 +215,7 @@ impl Kernels<Cpu> for HostKernels {
                 false,
             );
         }
+        Ok(())
     }
 
     fn conv_backward_data(
@@ -88,7 +224,8 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         w: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("conv_backward_data")?;
         let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for (b, dx) in dx.chunks_mut(s.in_channels * s.size * s.size).enumerate() {
@@ -103,6 +240,7 @@ impl Kernels<Cpu> for HostKernels {
             );
             col2im(s, &cols, dx);
         }
+        Ok(())
     }
 
     fn conv_backward_filter(
@@ -111,7 +249,8 @@ impl Kernels<Cpu> for HostKernels {
         x: &Buf<Cpu>,
         dy: &Buf<Cpu>,
         dw: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("conv_backward_filter")?;
         let (rows, pixels) = patch_matrix(s);
         let mut cols = vec![0f32; rows * pixels];
         for b in 0..s.batch {
@@ -126,9 +265,11 @@ impl Kernels<Cpu> for HostKernels {
                 b > 0,
             );
         }
+        Ok(())
     }
 
-    fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) {
+    fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) -> KernelResult {
+        self.faults.enter("bias_relu")?;
         y.par_chunks_mut(p.pixels)
             .enumerate()
             .for_each(|(plane, y)| {
@@ -137,6 +278,7 @@ impl Kernels<Cpu> for HostKernels {
                     *v = (*v + b).max(0.0);
                 }
             });
+        Ok(())
     }
 
     fn relu_bias_backward(
@@ -145,7 +287,8 @@ impl Kernels<Cpu> for HostKernels {
         y: &Buf<Cpu>,
         dy: &mut Buf<Cpu>,
         db: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("relu_bias_backward")?;
         for (g, &v) in dy.iter_mut().zip(y.iter()) {
             if v <= 0.0 {
                 *g = 0.0;
@@ -160,6 +303,7 @@ impl Kernels<Cpu> for HostKernels {
             }
             *db = sum;
         }
+        Ok(())
     }
 
     fn lrn_forward(
@@ -169,7 +313,8 @@ impl Kernels<Cpu> for HostKernels {
         x: &Buf<Cpu>,
         y: &mut Buf<Cpu>,
         d: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("lrn_forward")?;
         let half = lrn.size / 2;
         for b in 0..p.batch {
             for c in 0..p.channels {
@@ -183,6 +328,7 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
     fn lrn_backward(
@@ -193,7 +339,8 @@ impl Kernels<Cpu> for HostKernels {
         d: &Buf<Cpu>,
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("lrn_backward")?;
         let half = lrn.size / 2;
         for b in 0..p.batch {
             for c in 0..p.channels {
@@ -209,9 +356,11 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
-    fn pool_forward(&mut self, s: &PoolShape, x: &Buf<Cpu>, y: &mut Buf<Cpu>) {
+    fn pool_forward(&mut self, s: &PoolShape, x: &Buf<Cpu>, y: &mut Buf<Cpu>) -> KernelResult {
+        self.faults.enter("pool_forward")?;
         let out = s.out_size();
         for plane in 0..s.batch * s.channels {
             let x = &x[plane * s.size * s.size..][..s.size * s.size];
@@ -222,6 +371,7 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
     fn pool_backward(
@@ -231,7 +381,8 @@ impl Kernels<Cpu> for HostKernels {
         _y: &Buf<Cpu>,
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
-    ) {
+    ) -> KernelResult {
+        self.faults.enter("pool_backward")?;
         let out = s.out_size();
         dx.fill(0.0);
         for plane in 0..s.batch * s.channels {
@@ -244,9 +395,16 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
-    fn flatten_channels_last(&mut self, p: &Planes, x: &Buf<Cpu>, y: &mut Buf<Cpu>) {
+    fn flatten_channels_last(
+        &mut self,
+        p: &Planes,
+        x: &Buf<Cpu>,
+        y: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("flatten_channels_last")?;
         for b in 0..p.batch {
             for c in 0..p.channels {
                 for i in 0..p.pixels {
@@ -254,9 +412,16 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
-    fn unflatten_channels_last(&mut self, p: &Planes, y: &Buf<Cpu>, x: &mut Buf<Cpu>) {
+    fn unflatten_channels_last(
+        &mut self,
+        p: &Planes,
+        y: &Buf<Cpu>,
+        x: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("unflatten_channels_last")?;
         for b in 0..p.batch {
             for c in 0..p.channels {
                 for i in 0..p.pixels {
@@ -264,14 +429,23 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        Ok(())
     }
 
-    fn sgd(&mut self, step: &SgdStep, w: &mut Buf<Cpu>, v: &mut Buf<Cpu>, g: &Buf<Cpu>) {
+    fn sgd(
+        &mut self,
+        step: &SgdStep,
+        w: &mut Buf<Cpu>,
+        v: &mut Buf<Cpu>,
+        g: &Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("sgd")?;
         for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g.iter()) {
             let g = g + step.weight_decay * *w;
             *v = step.momentum * *v + g;
             *w -= step.learning_rate * *v;
         }
+        Ok(())
     }
 }
 
@@ -407,7 +581,7 @@ mod tests {
     /// LRN alone against the dfdx path's (banded matmul), forward and backward, at the paper's
     /// conv1 width.
     #[test]
-    fn lrn_equals_the_dfdx_layer() {
+    fn lrn_equals_the_dfdx_layer() -> Result<(), KernelError> {
         let dev = Cpu::default();
         let (batch, channels, pixels) = (2, 96, 9);
         let params = LrnParams {
@@ -442,16 +616,16 @@ mod tests {
         let grads = (y * g).sum().backward();
         let want_dx = grads.get(&xt).as_vec();
 
-        let mut k = HostKernels::new(&dev);
+        let mut k = HostKernels::new(&dev)?;
         let planes = Planes {
             batch,
             channels,
             pixels,
         };
-        let (xb, dyb) = (k.upload(&x), k.upload(&dy));
-        let (mut yb, mut d, mut dx) = (k.alloc(x.len()), k.alloc(x.len()), k.alloc(x.len()));
-        k.lrn_forward(&planes, &params, &xb, &mut yb, &mut d);
-        k.lrn_backward(&planes, &params, &xb, &d, &dyb, &mut dx);
+        let (xb, dyb) = (k.upload(&x)?, k.upload(&dy)?);
+        let (mut yb, mut d, mut dx) = (k.alloc(x.len())?, k.alloc(x.len())?, k.alloc(x.len())?);
+        k.lrn_forward(&planes, &params, &xb, &mut yb, &mut d)?;
+        k.lrn_backward(&planes, &params, &xb, &d, &dyb, &mut dx)?;
         let close = |a: &[f32], b: &[f32], what: &str| {
             for (i, (p, q)) in a.iter().zip(b).enumerate() {
                 assert!(
@@ -462,12 +636,13 @@ mod tests {
         };
         close(&nhwc(&yb), &want_y, "y");
         close(&nhwc(&dx), &want_dx, "dx");
+        Ok(())
     }
 
     /// A convolution (conv5's geometry, padded) against the dfdx path's gather + matmul layer:
     /// output, input gradient and filter gradient.
     #[test]
-    fn convolutions_equal_the_dfdx_layer() {
+    fn convolutions_equal_the_dfdx_layer() -> Result<(), KernelError> {
         let conv5 = ConvShape {
             batch: 2,
             in_channels: 384,
@@ -487,11 +662,12 @@ mod tests {
             pad: 2,
         };
         for s in [conv5, conv1] {
-            convolution_equals_the_dfdx_layer(s);
+            convolution_equals_the_dfdx_layer(s)?;
         }
+        Ok(())
     }
 
-    fn convolution_equals_the_dfdx_layer(s: ConvShape) {
+    fn convolution_equals_the_dfdx_layer(s: ConvShape) -> Result<(), KernelError> {
         use crate::model::checkpoint::to_torch;
         use crate::model::{Affine, Conv, TorchLayout, Window};
         let dev = Cpu::default();
@@ -544,27 +720,28 @@ mod tests {
             kernel: s.kernel,
             in_channels: s.in_channels,
         };
-        let mut k = HostKernels::new(&dev);
+        let mut k = HostKernels::new(&dev)?;
         let (xb, wb, dyb) = (
-            k.upload(&x),
-            k.upload(&to_torch(layout, &w_ours, inputs, s.out_channels)),
-            k.upload(&dy),
+            k.upload(&x)?,
+            k.upload(&to_torch(layout, &w_ours, inputs, s.out_channels))?,
+            k.upload(&dy)?,
         );
         let (mut yb, mut dx, mut dw) = (
-            k.alloc(s.output_len()),
-            k.alloc(s.input_len()),
-            k.alloc(s.filter_len()),
+            k.alloc(s.output_len())?,
+            k.alloc(s.input_len())?,
+            k.alloc(s.filter_len())?,
         );
-        k.conv_forward(&s, &xb, &wb, &mut yb);
-        k.conv_backward_data(&s, &dyb, &wb, &mut dx);
-        k.conv_backward_filter(&s, &xb, &dyb, &mut dw);
+        k.conv_forward(&s, &xb, &wb, &mut yb)?;
+        k.conv_backward_data(&s, &dyb, &wb, &mut dx)?;
+        k.conv_backward_filter(&s, &xb, &dyb, &mut dw)?;
         let close = |a: &[f32], b: &[f32], what: &str| {
-            let (error, _) = crate::fast::check::relative_error(a, b);
+            let (error, _) = crate::check::relative_error(a, b);
             assert!(error < 1e-6, "{what}: relative error {error:e}");
         };
         close(&to_nhwc(&yb, s.out_channels, out * out), &want_y, "y");
         close(&to_nhwc(&dx, s.in_channels, pixels), &want_dx, "dx");
         let dw_ours = crate::model::checkpoint::from_torch(layout, &dw, inputs, s.out_channels);
         close(&dw_ours, &want_dw, "dw");
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Batches onto the device: u8 crops go up as bytes (4× less than f32) and are normalised
-//! there, exactly as the loader's f32 path does on the host:
-//! `x = (pixel + lighting − mean) × scale`, with the mean image taken at each crop's position.
+//! there, as the loader's f32 path does on the host (`pixels::normalize`):
+//! `x = (pixel − mean + lighting) × scale`, with the mean image taken at each crop's position.
 //!
 //! The mean image is cut per crop with one `gather` from a table of every mean-image row
 //! segment a crop can start with (row y, left edge, mirrored or not): `stored × (stored −
@@ -10,64 +10,23 @@
 use dfdx::prelude::*;
 
 use crate::config::{LoaderConfig, Normalize};
+use crate::device::TrainDevice;
 use crate::loader::augment::Crop;
 use crate::loader::{Batch, LoaderData, Pixels};
 use crate::model::{Act, Mat};
-
-/// A device the trainer can run on: dfdx's devices plus the u8 upload (dfdx's dtype
-/// conversion bound is crate-private, so it is implemented per concrete device).
-pub trait TrainDevice: Device<f32> + Synchronize {
-    /// A device buffer of bytes.
-    type Bytes;
-    /// Copies `bytes` to the device (into `buffer` when its size matches) and converts them to
-    /// f32 of shape `shape`.
-    fn upload_u8(
-        &self,
-        buffer: &mut Option<Self::Bytes>,
-        bytes: &[u8],
-        shape: (usize, usize, usize),
-    ) -> Act<f32, Self>;
-}
-
-macro_rules! train_device {
-    ($device:ty) => {
-        impl TrainDevice for $device {
-            type Bytes = Tensor<(usize,), u8, $device>;
-            fn upload_u8(
-                &self,
-                buffer: &mut Option<Self::Bytes>,
-                bytes: &[u8],
-                shape: (usize, usize, usize),
-            ) -> Act<f32, Self> {
-                let mut pixels = match buffer.take() {
-                    Some(t) if t.shape().0 == bytes.len() => t,
-                    _ => self.zeros_like(&(bytes.len(),)),
-                };
-                pixels.copy_from(bytes);
-                let x = pixels.clone().reshape_like(&shape).to_dtype::<f32>();
-                *buffer = Some(pixels);
-                x
-            }
-        }
-    };
-}
-
-train_device!(Cpu);
-#[cfg(feature = "cuda")]
-train_device!(Cuda);
 
 /// The host side of normalisation, shared by the dfdx path and the fast path: the mean-row
 /// table's layout and, per batch, the table rows its crops read and its lighting offsets.
 /// The table itself (45 MB for 224 crops of 256 images) lives only on the device.
 #[derive(Debug, Clone, Copy)]
-pub struct MeanTable {
+pub struct MeanRowTable {
     stored: usize,
     crop: usize,
     /// Per-channel 1/std for `Normalize::Channel`, else ones.
     pub scale: [f32; 3],
 }
 
-impl MeanTable {
+impl MeanRowTable {
     /// The layout, and the table's rows to upload: `(stored × lefts × 2, crop × 3)`, row-major.
     pub fn build(data: &LoaderData, config: &LoaderConfig) -> (Self, Vec<f32>) {
         let stored = data.image_size as usize;
@@ -150,7 +109,7 @@ pub fn batch_bytes(batch: &Batch) -> &[u8] {
 
 /// The dfdx path's input: the table on the device, cut per crop with one `gather`.
 pub struct InputStage<D: TrainDevice> {
-    table: MeanTable,
+    table: MeanRowTable,
     mean_rows: Mat<f32, D>,
     scale: Option<Tensor<(usize,), f32, D>>,
     /// The upload buffer, reused while the batch size stays the same.
@@ -159,7 +118,7 @@ pub struct InputStage<D: TrainDevice> {
 
 impl<D: TrainDevice> InputStage<D> {
     pub fn new(dev: &D, data: &LoaderData, config: &LoaderConfig) -> Self {
-        let (table, rows) = MeanTable::build(data, config);
+        let (table, rows) = MeanRowTable::build(data, config);
         let scale = (config.normalize == Normalize::Channel)
             .then(|| dev.tensor_from_vec(table.scale.to_vec(), (3,)));
         let shape = (rows.len() / table.row_len(), table.row_len());
@@ -189,7 +148,8 @@ impl<D: TrainDevice> InputStage<D> {
         let mean: Mat<f32, D> = self.mean_rows.clone().gather(rows);
         let mean = mean.reshape_like(&(n, crop * crop, 3));
 
-        let lighting: Mat<f32, D> = dev.tensor_from_vec(MeanTable::batch_lighting(batch), (n, 3));
+        let lighting: Mat<f32, D> =
+            dev.tensor_from_vec(MeanRowTable::batch_lighting(batch), (n, 3));
         let x = x - mean + lighting.broadcast_like::<_, Axis<1>>(&(n, crop * crop, 3));
         match &self.scale {
             Some(scale) => {

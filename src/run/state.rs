@@ -1,23 +1,30 @@
-//! Training checkpoints: `RUN/checkpoints/step-NNNNNNNNN.safetensors` (see `rundir`).
+//! Training checkpoints: `RUN/checkpoints/step-NNNNNNNNN.safetensors` (see `run`).
 //!
 //! A checkpoint holds the weights (PyTorch names and layouts), the momentum and, as JSON
 //! metadata, everything else a resumed run needs. All randomness is keyed by counters that
 //! are part of that state — the loader's by (seed, epoch, image), dropout's by (seed, step) —
 //! so there is no generator state to save.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::Tally;
-use super::schedule::Plateau;
-use super::sgd::Sgd;
-use super::TrainError;
 use crate::config::Pipeline;
+use crate::engine::metrics::Tally;
+use crate::engine::schedule::Plateau;
+use crate::engine::sgd::Sgd;
 use crate::loader::Position;
-use crate::model::checkpoint::{export_layers, import_layers, TensorFile};
+use crate::model::checkpoint::{export_layers, import_layers, CheckpointError, TensorFile};
 use crate::model::{AlexNet, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot resume from {path}: {reason}")]
+    NotResumable { path: PathBuf, reason: String },
+}
 
 /// Marks our training checkpoints (PyTorch-only files lack it).
 pub const FORMAT: &str = "alexnet-train-checkpoint";
@@ -77,7 +84,7 @@ pub fn save<D: Device<f32>>(
     pipeline: &Pipeline,
     classes: &[String],
     dataset: &DatasetId,
-) -> Result<(), TrainError> {
+) -> Result<(), StateError> {
     let mut file = TensorFile::default();
     let layers = model.layers();
     let layouts = model.torch_layouts();
@@ -125,30 +132,31 @@ pub struct Restored<D: Device<f32>> {
 /// Reads a training checkpoint written by `save`, checking it against `classes` and the
 /// `dataset` it continues on, its saved pipeline with `check_pipeline`, and then its tensors
 /// against `spec`.
-pub fn load<D: Device<f32>>(
+pub fn load<D: Device<f32>, E: From<StateError>>(
     path: &Path,
     spec: &Spec,
     classes: &[String],
     dataset: &DatasetId,
     dev: &D,
-    check_pipeline: impl FnOnce(&Pipeline) -> Result<(), TrainError>,
-) -> Result<Restored<D>, TrainError> {
-    let file = TensorFile::read(path)?;
+    check_pipeline: impl FnOnce(&Pipeline) -> Result<(), E>,
+) -> Result<Restored<D>, E> {
+    let file = TensorFile::read(path).map_err(StateError::from)?;
     let meta = |key: &str| {
         file.metadata
             .get(key)
-            .ok_or_else(|| TrainError::NotResumable {
+            .ok_or_else(|| StateError::NotResumable {
                 path: path.to_path_buf(),
                 reason: format!("it has no `{key}` metadata (not written by `alexnet train`)"),
             })
     };
     if meta("format")? != FORMAT || meta("format_version")? != FORMAT_VERSION {
-        return Err(TrainError::NotResumable {
+        return Err(StateError::NotResumable {
             path: path.to_path_buf(),
             reason: "unknown checkpoint format or version".into(),
-        });
+        }
+        .into());
     }
-    let bad = |reason: String| TrainError::NotResumable {
+    let bad = |reason: String| StateError::NotResumable {
         path: path.to_path_buf(),
         reason,
     };
@@ -165,7 +173,8 @@ pub fn load<D: Device<f32>>(
             saved_classes.first().map_or("", |s| s.as_str()),
             classes.len(),
             classes.first().map_or("", |s| s.as_str()),
-        )));
+        ))
+        .into());
     }
     let trained_on: DatasetId =
         serde_json::from_str(meta("dataset")?).map_err(|e| bad(format!("bad dataset: {e}")))?;
@@ -177,11 +186,13 @@ pub fn load<D: Device<f32>>(
             classes.len(),
             trained_on.train,
             dataset.train
-        )));
+        ))
+        .into());
     }
     check_pipeline(&pipeline)?;
-    let layers = import_layers(&file, path, "", spec, dev)?;
-    let velocity = import_layers(&file, path, MOMENTUM_PREFIX, spec, dev)?;
+    let layers = import_layers(&file, path, "", spec, dev).map_err(StateError::from)?;
+    let velocity =
+        import_layers(&file, path, MOMENTUM_PREFIX, spec, dev).map_err(StateError::from)?;
     Ok(Restored {
         model: AlexNet::from_layers(dev, spec.clone(), layers),
         velocity,

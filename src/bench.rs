@@ -1,4 +1,5 @@
-//! Training throughput with the loader feeding the device, and where a step's time goes.
+//! `alexnet bench-train`: training throughput with the loader feeding the device, and where a
+//! step's time goes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,17 +7,32 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::conv_path::ConvPath;
-use super::sgd::Sgd;
 use crate::config::Pipeline;
-use crate::fast::FastDevice;
+use crate::device::{DeviceJob, FastDevice};
+use crate::engine::sgd::Sgd;
+use crate::engine::{EngineError, Phase, StepEngine};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Output};
-use crate::model::{AlexNet, DropoutMasks, Spec};
+use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "benchmark step {step} gave a loss of {loss}: the network diverged with this pipeline's \
+         settings; benchmark with a lower train.learning_rate"
+    )]
+    Diverged { step: usize, loss: f32 },
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub batch_size: usize,
-    /// Which path the convolutional part took.
+    /// Which engine ran the steps.
     pub path: String,
     /// Timed steps (after warm-up), run back to back as in training.
     pub steps: usize,
@@ -29,6 +45,24 @@ pub struct BenchReport {
     pub stages_ms: Vec<(String, f64)>,
 }
 
+impl std::fmt::Display for BenchReport {
+    /// The profile as a table, then the throughput.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<28} {:>9}", "stage (profiled, median)", "ms")?;
+        for (name, ms) in &self.phases_ms {
+            writeln!(f, "{name:<28} {ms:>9.2}")?;
+        }
+        for (name, ms) in &self.stages_ms {
+            writeln!(f, "  {name:<26} {ms:>9.2}")?;
+        }
+        writeln!(
+            f,
+            "{:.1} images/s, median step {:.1} ms (unsynchronised steps, loader feeding)",
+            self.images_per_sec, self.step_ms_median
+        )
+    }
+}
+
 /// `alexnet bench-train`: what to run, on whichever device `on_device` opens.
 pub struct BenchJob {
     pub pipeline: Pipeline,
@@ -38,8 +72,8 @@ pub struct BenchJob {
     pub profile_steps: usize,
 }
 
-impl super::device::DeviceJob for BenchJob {
-    type Output = Result<BenchReport, LoaderError>;
+impl DeviceJob for BenchJob {
+    type Output = Result<BenchReport, BenchError>;
     fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         eprintln!(
             "benchmarking {} training steps of {} (+{} warm-up, {} profiled) on {device_name}",
@@ -58,28 +92,20 @@ pub fn run<D: FastDevice>(
     steps: usize,
     warmup: usize,
     profile_steps: usize,
-) -> Result<BenchReport, LoaderError> {
+) -> Result<BenchReport, BenchError> {
     let loader_cfg = &pipeline.loader;
     let spec = Spec::new(
         &pipeline.model,
         loader_cfg.crop_size as usize,
         data.classes.len(),
-    )
-    .map_err(|e| LoaderError::Settings(e.to_string()))?;
+    )?;
     let mut model = AlexNet::<f32, D>::new(dev, spec, pipeline.train.seed);
     let t = &pipeline.train;
     let mut sgd = Sgd::new(dev, &model, t.momentum, t.weight_decay);
     data.check_crop(loader_cfg.crop_size)?;
-    let mut path = ConvPath::new(
-        dev,
-        &pipeline.compute,
-        &data,
-        loader_cfg,
-        &model,
-        Some(&sgd),
-    )
-    .map_err(|e| LoaderError::Settings(e.to_string()))?;
-    eprintln!("the convolutional part runs on {}", path.describe());
+    let compute = &pipeline.compute;
+    let mut engine = StepEngine::new(dev, compute, &data, loader_cfg, &model, Some(&sgd))?;
+    eprintln!("the convolutional part runs on {}", engine.describe());
     let mut loader = Loader::start(data.clone(), LoaderOptions::train(loader_cfg, Output::U8))?;
     let lr = t.learning_rate;
     let seed = t.seed;
@@ -94,56 +120,52 @@ pub fn run<D: FastDevice>(
         let started = Instant::now();
         let batch = loader.next().expect("the training stream is endless")?;
         let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
-        let (loss, _) = path.train_step(dev, &mut model, &mut sgd, &batch, masks.as_ref(), lr);
+        let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, masks.as_ref(), lr)?;
         if i >= warmup {
             step_times.push(started.elapsed().as_secs_f64() * 1e3);
         }
-        assert!(loss.is_finite(), "loss {loss} in benchmark step {i}");
+        if !loss.is_finite() {
+            return Err(BenchError::Diverged { step: i, loss });
+        }
         loader.recycle(batch);
     }
     dev.synchronize();
     let timed = timed_started.elapsed().as_secs_f64();
     let batch_size = loader_cfg.batch_size;
 
-    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
+    // Per stage (in the order the first profiled step ran them): its phase and its times.
+    let mut stages: Vec<(String, Phase, Vec<f64>)> = Vec::new();
     for i in 0..profile_steps {
         let batch = loader.next().expect("the training stream is endless")?;
         dev.synchronize();
         let mut clock = Instant::now();
         let mut stage_index = 0;
         let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
-        let mut observe = |name: &str| {
+        let mut observe = |stage: crate::engine::Stage| {
             dev.synchronize();
             let ms = clock.elapsed().as_secs_f64() * 1e3;
             clock = Instant::now();
             if stages.len() <= stage_index {
-                stages.push((name.to_string(), Vec::new()));
+                stages.push((stage.to_string(), stage.phase, Vec::new()));
             }
-            stages[stage_index].1.push(ms);
+            stages[stage_index].2.push(ms);
             stage_index += 1;
         };
         let masks = masks.as_ref();
-        path.train_step_observed(dev, &mut model, &mut sgd, &batch, masks, lr, &mut observe);
+        engine.train_step_observed(dev, &mut model, &mut sgd, &batch, masks, lr, &mut observe)?;
         loader.recycle(batch);
     }
-    let stages_ms: Vec<(String, f64)> = stages
-        .into_iter()
-        .map(|(k, mut v)| (k, median(&mut v)))
-        .collect();
     let mut phases_ms: BTreeMap<String, f64> = BTreeMap::new();
-    for (name, ms) in &stages_ms {
-        let phase = match name.chars().next() {
-            Some('1') => "1 input",
-            Some('2') => "2 forward+loss",
-            Some('3') => "3 backward",
-            _ => "4 sgd update",
-        };
-        *phases_ms.entry(phase.to_string()).or_default() += ms;
+    let mut stages_ms = Vec::with_capacity(stages.len());
+    for (name, phase, mut times) in stages {
+        let ms = median(&mut times);
+        *phases_ms.entry(phase.label().to_string()).or_default() += ms;
+        stages_ms.push((name, ms));
     }
 
     Ok(BenchReport {
         batch_size,
-        path: path.describe(),
+        path: engine.describe(),
         steps,
         images_per_sec: (steps * batch_size) as f64 / timed,
         step_ms_median: median(&mut step_times),
@@ -151,6 +173,7 @@ pub fn run<D: FastDevice>(
         stages_ms,
     })
 }
+
 fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;

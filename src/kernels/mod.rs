@@ -10,6 +10,10 @@
 //! Every output buffer is overwritten, never added to. `host::HostKernels` is the plain
 //! reference; `cuda::CudaKernels` the GPU one.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod host;
+
 use dfdx::prelude::Storage;
 
 /// One convolution of a batch: square input and kernel, no dilation, no groups.
@@ -106,7 +110,7 @@ pub struct LrnParams {
 
 /// A u8 batch to normalise: crops `(B, crop, crop, 3)` as the loader packs them (HWC), the
 /// row of the mean-row table each crop row subtracts, each image's lighting offset and the
-/// per-channel scale. See `train::input` for the table.
+/// per-channel scale. See `engine::input` for the table.
 #[derive(Debug, Clone, Copy)]
 pub struct InputBatch<'a> {
     pub pixels: &'a [u8],
@@ -120,7 +124,7 @@ pub struct InputBatch<'a> {
     pub crop: usize,
 }
 
-/// Momentum SGD with weight decay, PyTorch's formulation (see `train::sgd`).
+/// Momentum SGD with weight decay, PyTorch's formulation (see `engine::sgd`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdStep {
     pub learning_rate: f32,
@@ -131,33 +135,108 @@ pub struct SgdStep {
 /// Buffers of device `D`.
 pub type Buf<D> = <D as Storage<f32>>::Vec;
 
+/// A kernel call that failed. Kernels return these instead of panicking, so that a run can
+/// stop cleanly (keeping its last good checkpoint) and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "{device} is out of memory: {call} asked for {} ({})",
+        mib(*.bytes), memory_text(*.memory)
+    )]
+    OutOfMemory {
+        device: &'static str,
+        call: &'static str,
+        bytes: usize,
+        memory: Option<Memory>,
+    },
+    #[error("{call} failed: {status}")]
+    Failed { call: &'static str, status: String },
+    #[error("cannot start the fast path's kernels: {0}")]
+    Setup(String),
+}
+
+impl KernelError {
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::OutOfMemory { .. })
+    }
+}
+
+/// A device's memory at one moment, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub free: usize,
+    pub total: usize,
+}
+
+pub(crate) fn mib(bytes: usize) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn memory_text(memory: Option<Memory>) -> String {
+    match memory {
+        Some(m) => format!("{} free of {}", mib(m.free), mib(m.total)),
+        None => "free memory unknown".into(),
+    }
+}
+
+pub type KernelResult<T = ()> = Result<T, KernelError>;
+
 /// What the fast path runs. Each method writes only its output buffer(s); shapes are
-/// trusted (the caller allocates from the same shapes).
+/// trusted (the caller allocates from the same shapes). Every call returns an error instead
+/// of panicking; a GPU implementation may report an asynchronous failure at a later call
+/// (at the latest at `synchronize` or `download`).
 pub trait Kernels<D: Storage<f32>> {
     /// `len` values, contents unspecified.
-    fn alloc(&mut self, len: usize) -> Buf<D>;
-    fn upload(&mut self, host: &[f32]) -> Buf<D>;
-    fn download(&mut self, buf: &Buf<D>) -> Vec<f32>;
-    /// Waits for queued work (for timing).
-    fn synchronize(&mut self);
+    fn alloc(&mut self, len: usize) -> KernelResult<Buf<D>>;
+    fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<D>>;
+    fn download(&mut self, buf: &Buf<D>) -> KernelResult<Vec<f32>>;
+    /// Waits for queued work (for timing, and to surface asynchronous failures).
+    fn synchronize(&mut self) -> KernelResult;
+    /// The device's free and total memory, where it can be known.
+    fn memory(&mut self) -> Option<Memory>;
 
     /// The mean-row table `(rows, crop · 3)` that `normalize` cuts crops' means from; kept by
     /// the kernels (uploaded once per run).
-    fn set_mean_table(&mut self, table: &[f32], row_len: usize);
-    /// `x[b, c, y, x] = (pixel[b, y, x, c] − mean[row(b, y)][x·3 + c] + lighting[b, c]) · scale[c]`.
-    fn normalize(&mut self, input: &InputBatch, x: &mut Buf<D>);
+    fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult;
+    /// `x[b, c, y, x] = pixels::normalize(pixel[b, y, x, c], mean[row(b, y)][x·3 + c],
+    /// lighting[b, c], scale[c])`.
+    fn normalize(&mut self, input: &InputBatch, x: &mut Buf<D>) -> KernelResult;
 
     /// `y = x ⋆ w` (no bias).
-    fn conv_forward(&mut self, shape: &ConvShape, x: &Buf<D>, w: &Buf<D>, y: &mut Buf<D>);
+    fn conv_forward(
+        &mut self,
+        shape: &ConvShape,
+        x: &Buf<D>,
+        w: &Buf<D>,
+        y: &mut Buf<D>,
+    ) -> KernelResult;
     /// `dx = ∂(x ⋆ w)/∂x · dy`.
-    fn conv_backward_data(&mut self, shape: &ConvShape, dy: &Buf<D>, w: &Buf<D>, dx: &mut Buf<D>);
+    fn conv_backward_data(
+        &mut self,
+        shape: &ConvShape,
+        dy: &Buf<D>,
+        w: &Buf<D>,
+        dx: &mut Buf<D>,
+    ) -> KernelResult;
     /// `dw = ∂(x ⋆ w)/∂w · dy`.
-    fn conv_backward_filter(&mut self, shape: &ConvShape, x: &Buf<D>, dy: &Buf<D>, dw: &mut Buf<D>);
+    fn conv_backward_filter(
+        &mut self,
+        shape: &ConvShape,
+        x: &Buf<D>,
+        dy: &Buf<D>,
+        dw: &mut Buf<D>,
+    ) -> KernelResult;
 
     /// `y ← max(y + bias[c], 0)`, in place.
-    fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<D>, bias: &Buf<D>);
+    fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<D>, bias: &Buf<D>) -> KernelResult;
     /// Given the ReLU's output `y`: `dy ← dy · [y > 0]` in place, and `db[c] = Σ_{b,p} dy`.
-    fn relu_bias_backward(&mut self, planes: &Planes, y: &Buf<D>, dy: &mut Buf<D>, db: &mut Buf<D>);
+    fn relu_bias_backward(
+        &mut self,
+        planes: &Planes,
+        y: &Buf<D>,
+        dy: &mut Buf<D>,
+        db: &mut Buf<D>,
+    ) -> KernelResult;
 
     /// `y = x / d^β`, keeping `d` (same shape) for the backward pass.
     fn lrn_forward(
@@ -167,7 +246,7 @@ pub trait Kernels<D: Storage<f32>> {
         x: &Buf<D>,
         y: &mut Buf<D>,
         d: &mut Buf<D>,
-    );
+    ) -> KernelResult;
     /// `dx` from `x`, the kept `d` and `dy`.
     #[allow(clippy::too_many_arguments)]
     fn lrn_backward(
@@ -178,10 +257,10 @@ pub trait Kernels<D: Storage<f32>> {
         d: &Buf<D>,
         dy: &Buf<D>,
         dx: &mut Buf<D>,
-    );
+    ) -> KernelResult;
 
     /// Window maxima.
-    fn pool_forward(&mut self, shape: &PoolShape, x: &Buf<D>, y: &mut Buf<D>);
+    fn pool_forward(&mut self, shape: &PoolShape, x: &Buf<D>, y: &mut Buf<D>) -> KernelResult;
     /// Routes each window's gradient to its first maximal input (row-major window order);
     /// inputs that no window chose get 0. `x` and `y` are the forward's input and output.
     fn pool_backward(
@@ -191,13 +270,23 @@ pub trait Kernels<D: Storage<f32>> {
         y: &Buf<D>,
         dy: &Buf<D>,
         dx: &mut Buf<D>,
-    );
+    ) -> KernelResult;
 
     /// NCHW planes → `(B, pixels · C)` channels-last (what FC6 reads).
-    fn flatten_channels_last(&mut self, planes: &Planes, x: &Buf<D>, y: &mut Buf<D>);
+    fn flatten_channels_last(
+        &mut self,
+        planes: &Planes,
+        x: &Buf<D>,
+        y: &mut Buf<D>,
+    ) -> KernelResult;
     /// The inverse of `flatten_channels_last`.
-    fn unflatten_channels_last(&mut self, planes: &Planes, y: &Buf<D>, x: &mut Buf<D>);
+    fn unflatten_channels_last(
+        &mut self,
+        planes: &Planes,
+        y: &Buf<D>,
+        x: &mut Buf<D>,
+    ) -> KernelResult;
 
     /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.
-    fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>);
+    fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>) -> KernelResult;
 }

@@ -1,0 +1,500 @@
+//! The convolutional part of AlexNet on `Kernels`: its parameters and momentum, the
+//! activations one training step keeps, the forward and backward passes and the SGD update.
+//! Both passes are a loop over the model's blocks (`Spec::blocks`), so the network's layout
+//! is written once, in `model`.
+
+use dfdx::prelude::*;
+
+use crate::device::FastDevice;
+use crate::kernels::{
+    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
+    PoolShape, SgdStep,
+};
+use crate::model::checkpoint::{from_torch, to_torch};
+use crate::model::join::JoinedFeatures;
+use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
+
+/// The stage name `forward_observed` reports for normalising the input.
+pub const NORMALISE: &str = "normalise";
+
+/// Why a step on the fast path failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FastError {
+    #[error(
+        "{device} ran out of memory at a batch of {batch} images: the convolutional part's \
+         activations and gradients need {} ({}); a batch of {suggested} should fit: set \
+         loader.batch_size = {suggested} in the pipeline (or pass --batch-size where the \
+         command has it)",
+        crate::kernels::mib(*.needed), memory_text(*.memory)
+    )]
+    OutOfMemory {
+        device: &'static str,
+        batch: usize,
+        needed: usize,
+        memory: Option<Memory>,
+        suggested: usize,
+        #[source]
+        source: KernelError,
+    },
+    #[error(
+        "a kernel of the fast path failed: {0} (`alexnet check-fast` tests every kernel; \
+         --engine dfdx runs without them)"
+    )]
+    Kernel(#[from] KernelError),
+}
+
+fn memory_text(memory: Option<Memory>) -> String {
+    match memory {
+        Some(m) => format!(
+            "{} free of {} after releasing them",
+            crate::kernels::mib(m.free),
+            crate::kernels::mib(m.total)
+        ),
+        None => "free memory unknown".into(),
+    }
+}
+
+/// One convolution's parameters, their momentum and their last gradients. Filters are OIHW.
+struct ConvParams<D: Storage<f32>> {
+    block: ConvBlock,
+    weight: Buf<D>,
+    bias: Buf<D>,
+    weight_velocity: Buf<D>,
+    bias_velocity: Buf<D>,
+    weight_grad: Buf<D>,
+    bias_grad: Buf<D>,
+}
+
+impl<D: Storage<f32>> ConvParams<D> {
+    fn shape(&self, batch: usize) -> ConvShape {
+        let w = self.block.conv;
+        ConvShape {
+            batch,
+            in_channels: self.block.in_channels,
+            out_channels: self.block.out_channels,
+            size: w.size,
+            kernel: w.kernel,
+            stride: w.stride,
+            pad: w.pad,
+        }
+    }
+
+    fn pool_shape(&self, batch: usize) -> Option<PoolShape> {
+        self.block.pool.map(|w| PoolShape {
+            batch,
+            channels: self.block.out_channels,
+            size: w.size,
+            kernel: w.kernel,
+            stride: w.stride,
+        })
+    }
+
+    fn layout(&self) -> TorchLayout {
+        TorchLayout::Conv {
+            kernel: self.block.conv.kernel,
+            in_channels: self.block.in_channels,
+        }
+    }
+}
+
+/// One block's activations for one batch size (kept for the backward pass) and their
+/// gradients. NCHW: `relu` and `lrn` are `[B, C_out, S_conv, S_conv]`, `pool`
+/// `[B, C_out, S_out, S_out]`.
+struct BlockActivations<D: Storage<f32>> {
+    /// After bias and ReLU.
+    relu: Buf<D>,
+    /// After LRN, and LRN's denominators.
+    lrn: Option<(Buf<D>, Buf<D>)>,
+    pool: Option<Buf<D>>,
+    d_relu: Buf<D>,
+    d_lrn: Option<Buf<D>>,
+    d_pool: Option<Buf<D>>,
+}
+
+impl<D: Storage<f32>> BlockActivations<D> {
+    /// What the next block reads: the last stage's output.
+    fn output(&self) -> &Buf<D> {
+        match (&self.pool, &self.lrn) {
+            (Some(pool), _) => pool,
+            (None, Some((y, _))) => y,
+            (None, None) => &self.relu,
+        }
+    }
+
+    /// Where the next block's backward pass writes the gradient of `output`.
+    fn d_output(&mut self) -> &mut Buf<D> {
+        match (&mut self.d_pool, &mut self.d_lrn) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d,
+            (None, None) => &mut self.d_relu,
+        }
+    }
+}
+
+/// What one batch size needs.
+struct Activations<D: Storage<f32>> {
+    batch: usize,
+    /// The normalised input, `[B, 3, S, S]`.
+    input: Buf<D>,
+    blocks: Vec<BlockActivations<D>>,
+}
+
+/// The convolutional part on the fast path. See the module documentation of `engine`.
+pub struct FastNet<D: FastDevice> {
+    kernels: D::Kernels,
+    dev: D,
+    layers: [ConvParams<D>; CONV_BLOCKS],
+    lrn: LrnParams,
+    /// Kept for the last two batch sizes (training's, and an evaluation pass's short last
+    /// batch), newest last.
+    activations: Vec<Activations<D>>,
+    momentum: f32,
+    weight_decay: f32,
+}
+
+impl<D: FastDevice> FastNet<D> {
+    /// Takes over the convolutional parameters of `model` and their momentum `velocity`
+    /// (the first five of the optimiser's eight; `None` for zeros, e.g. to evaluate).
+    pub fn new(
+        dev: &D,
+        mut kernels: D::Kernels,
+        model: &AlexNet<f32, D>,
+        velocity: Option<&[Affine<f32, D>; 8]>,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> KernelResult<Self> {
+        let spec = &model.spec;
+        let layers = model.layers();
+        let mut params = Vec::with_capacity(CONV_BLOCKS);
+        for (i, block) in spec.blocks().into_iter().enumerate() {
+            let (_, affine, layout) = layers[i];
+            let (inputs, outputs) = (affine.inputs(), affine.outputs());
+            let filters = |t: &Mat<f32, D>| to_torch(layout, &t.as_vec(), inputs, outputs);
+            let (weight_velocity, bias_velocity) = match velocity {
+                Some(v) => (filters(&v[i].weight), v[i].bias.as_vec()),
+                None => (vec![0.0; inputs * outputs], vec![0.0; outputs]),
+            };
+            params.push(ConvParams {
+                block,
+                weight: kernels.upload(&filters(&affine.weight))?,
+                bias: kernels.upload(&affine.bias.as_vec())?,
+                weight_velocity: kernels.upload(&weight_velocity)?,
+                bias_velocity: kernels.upload(&bias_velocity)?,
+                weight_grad: kernels.alloc(inputs * outputs)?,
+                bias_grad: kernels.alloc(outputs)?,
+            });
+        }
+        let cfg = &spec.config;
+        Ok(Self {
+            kernels,
+            dev: dev.clone(),
+            layers: params.try_into().unwrap_or_else(|_| unreachable!()),
+            lrn: LrnParams {
+                size: cfg.lrn_size,
+                k: cfg.lrn_k,
+                alpha: cfg.lrn_alpha,
+                beta: cfg.lrn_beta,
+            },
+            activations: Vec::new(),
+            momentum: momentum as f32,
+            weight_decay: weight_decay as f32,
+        })
+    }
+
+    pub fn kernels(&mut self) -> &mut D::Kernels {
+        &mut self.kernels
+    }
+
+    /// Writes the parameters and their momentum back into `model` and `velocity` (dfdx's
+    /// layouts), for checkpoints and for anything else that reads the model.
+    pub fn export(
+        &mut self,
+        model: &mut AlexNet<f32, D>,
+        velocity: &mut [Affine<f32, D>; 8],
+    ) -> KernelResult {
+        let layers = model.layers_mut();
+        for (i, (affine, p)) in layers.into_iter().zip(&self.layers).enumerate() {
+            let (inputs, outputs) = (affine.inputs(), affine.outputs());
+            let k = &mut self.kernels;
+            let filters = |k: &mut D::Kernels, buf: &Buf<D>| -> KernelResult<Vec<f32>> {
+                Ok(from_torch(p.layout(), &k.download(buf)?, inputs, outputs))
+            };
+            affine.weight.copy_from(&filters(k, &p.weight)?);
+            affine.bias.copy_from(&k.download(&p.bias)?);
+            let v = &mut velocity[i];
+            v.weight.copy_from(&filters(k, &p.weight_velocity)?);
+            v.bias.copy_from(&k.download(&p.bias_velocity)?);
+        }
+        Ok(())
+    }
+
+    /// Bytes of activations and gradients a batch of `batch` images needs.
+    pub fn activation_bytes(&self, batch: usize) -> usize {
+        let input = self.layers[0].shape(batch).input_len();
+        let per_block: usize = self
+            .layers
+            .iter()
+            .map(|p| {
+                let conv = p.shape(batch).output_len();
+                let lrn = if p.block.lrn { 3 * conv } else { 0 };
+                let pool = p.pool_shape(batch).map_or(0, |s| 2 * s.output_len());
+                2 * conv + lrn + pool
+            })
+            .sum();
+        let features = self.layers[CONV_BLOCKS - 1]
+            .pool_shape(batch)
+            .map_or(0, |s| s.output_len());
+        (input + per_block + features) * std::mem::size_of::<f32>()
+    }
+
+    /// The buffers for `batch`, allocated on first use.
+    fn activations(&mut self, batch: usize) -> Result<Activations<D>, FastError> {
+        if let Some(at) = self.activations.iter().position(|a| a.batch == batch) {
+            return Ok(self.activations.remove(at));
+        }
+        match self.allocate(batch) {
+            Ok(a) => Ok(a),
+            Err(source) if source.is_out_of_memory() => {
+                // Give the cached batch sizes back before measuring what is free.
+                self.activations.clear();
+                Err(self.out_of_memory(batch, source))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn allocate(&mut self, batch: usize) -> KernelResult<Activations<D>> {
+        if self.activations.len() == 2 {
+            self.activations.remove(0);
+        }
+        let k = &mut self.kernels;
+        let input = k.alloc(self.layers[0].shape(batch).input_len())?;
+        let mut blocks = Vec::with_capacity(CONV_BLOCKS);
+        for p in &self.layers {
+            let conv = p.shape(batch).output_len();
+            let pool = p.pool_shape(batch).map(|s| s.output_len());
+            let lrn = p.block.lrn;
+            blocks.push(BlockActivations {
+                relu: k.alloc(conv)?,
+                lrn: if lrn {
+                    Some((k.alloc(conv)?, k.alloc(conv)?))
+                } else {
+                    None
+                },
+                pool: pool.map(|n| k.alloc(n)).transpose()?,
+                d_relu: k.alloc(conv)?,
+                d_lrn: lrn.then(|| k.alloc(conv)).transpose()?,
+                d_pool: pool.map(|n| k.alloc(n)).transpose()?,
+            });
+        }
+        Ok(Activations {
+            batch,
+            input,
+            blocks,
+        })
+    }
+
+    /// The error for a batch that did not fit, with a batch size that should.
+    fn out_of_memory(&mut self, batch: usize, source: KernelError) -> FastError {
+        let memory = self.kernels.memory();
+        let needed = self.activation_bytes(batch);
+        let per_image = self.activation_bytes(1).max(1);
+        // The fully connected part and the allocator need room too: plan on 80% of what is free.
+        let fits = memory.map_or(batch / 2, |m| m.free / 5 * 4 / per_image);
+        let suggested = match fits.min(batch.saturating_sub(1)) {
+            n if n >= 16 => n / 8 * 8,
+            n => n.max(1),
+        };
+        let device = match &source {
+            KernelError::OutOfMemory { device, .. } => device,
+            _ => "the device",
+        };
+        FastError::OutOfMemory {
+            device,
+            batch,
+            needed,
+            memory,
+            suggested,
+            source,
+        }
+    }
+
+    /// Normalises `input` on the device and runs conv1..pool3; returns the flattened
+    /// features `(B, final_side² · conv5 channels)`, channels-last, as a dfdx tensor.
+    pub fn forward(&mut self, input: &InputBatch) -> Result<Mat<f32, D>, FastError> {
+        self.forward_observed(input, &mut |_| {})
+    }
+
+    /// `forward`, calling `observe(stage)` after each stage (for profiling).
+    pub fn forward_observed(
+        &mut self,
+        input: &InputBatch,
+        observe: &mut dyn FnMut(&'static str),
+    ) -> Result<Mat<f32, D>, FastError> {
+        let batch = input.batch;
+        let mut a = self.activations(batch)?;
+        let result = self.forward_into(&mut a, input, observe);
+        // Kept even after a failure: the buffers are good for the next try.
+        self.activations.push(a);
+        Ok(result?)
+    }
+
+    fn forward_into(
+        &mut self,
+        a: &mut Activations<D>,
+        input: &InputBatch,
+        observe: &mut dyn FnMut(&'static str),
+    ) -> KernelResult<Mat<f32, D>> {
+        let batch = a.batch;
+        let final_planes = self.final_planes(batch);
+        let k = &mut self.kernels;
+        k.normalize(input, &mut a.input)?; //                               [B, 3, S, S]
+        observe(NORMALISE);
+        for (i, p) in self.layers.iter().enumerate() {
+            let (conv, lrn, pool) = p.block.names();
+            let shape = p.shape(batch);
+            let planes = shape.output_planes();
+            let (below, this) = a.blocks.split_at_mut(i);
+            let x = below.last().map_or(&a.input, |b| b.output());
+            let b = &mut this[0];
+            k.conv_forward(&shape, x, &p.weight, &mut b.relu)?; //          [B, C_out, S_conv, S_conv]
+            k.bias_relu(&planes, &mut b.relu, &p.bias)?;
+            observe(conv);
+            if let Some((y, d)) = &mut b.lrn {
+                k.lrn_forward(&planes, &self.lrn, &b.relu, y, d)?; //       [B, C_out, S_conv, S_conv]
+                observe(lrn);
+            }
+            if let (Some(shape), Some(y)) = (p.pool_shape(batch), &mut b.pool) {
+                let x = b.lrn.as_ref().map_or(&b.relu, |(y, _)| y);
+                k.pool_forward(&shape, x, y)?; //                           [B, C_out, S_out, S_out]
+                observe(pool);
+            }
+        }
+        let planes = final_planes;
+        let mut features = k.alloc(planes.len())?;
+        let last = a.blocks.last().expect("five blocks");
+        k.flatten_channels_last(&planes, last.output(), &mut features)?; // [B, S_out²·C_out]
+        let features = tensor_from_buffer(
+            &self.dev,
+            features,
+            (batch, planes.channels * planes.pixels),
+        );
+        observe("flatten");
+        Ok(features)
+    }
+
+    /// conv5's pooled output as planes (what FC6 reads, flattened).
+    fn final_planes(&self, batch: usize) -> Planes {
+        let last = &self.layers[CONV_BLOCKS - 1].block;
+        Planes {
+            batch,
+            channels: last.out_channels,
+            pixels: last.out_side() * last.out_side(),
+        }
+    }
+
+    /// The backward pass of the latest `forward`, from the features' gradient that dfdx's
+    /// backward pass left in `grads`; fills every parameter's gradient.
+    pub fn backward(
+        &mut self,
+        grads: &mut Gradients<f32, D>,
+        features: &JoinedFeatures<f32, D>,
+    ) -> KernelResult {
+        self.backward_observed(grads, features, &mut |_| {})
+    }
+
+    pub fn backward_observed(
+        &mut self,
+        grads: &mut Gradients<f32, D>,
+        features: &JoinedFeatures<f32, D>,
+        observe: &mut dyn FnMut(&'static str),
+    ) -> KernelResult {
+        let mut a = self.activations.pop().expect("backward follows forward");
+        let result = self.backward_from(&mut a, grads, features, observe);
+        self.activations.push(a);
+        result
+    }
+
+    fn backward_from(
+        &mut self,
+        a: &mut Activations<D>,
+        grads: &mut Gradients<f32, D>,
+        features: &JoinedFeatures<f32, D>,
+        observe: &mut dyn FnMut(&'static str),
+    ) -> KernelResult {
+        let batch = a.batch;
+        let planes = self.final_planes(batch);
+        let k = &mut self.kernels;
+        let d_features = features.gradient_buffer(grads);
+        let last = a.blocks.last_mut().expect("five blocks");
+        k.unflatten_channels_last(&planes, d_features, last.d_output())?;
+        for (i, p) in self.layers.iter_mut().enumerate().rev() {
+            let shape = p.shape(batch);
+            let planes = shape.output_planes();
+            let (below, this) = a.blocks.split_at_mut(i);
+            let b = &mut this[0];
+            // Back through the pool and LRN to the ReLU's output, in d_relu.
+            if let (Some(shape), Some(y), Some(dy)) = (p.pool_shape(batch), &b.pool, &b.d_pool) {
+                let (x, dx) = match (&b.lrn, &mut b.d_lrn) {
+                    (Some((lrn_y, _)), Some(d_lrn)) => (lrn_y, d_lrn),
+                    _ => (&b.relu, &mut b.d_relu),
+                };
+                k.pool_backward(&shape, x, y, dy, dx)?; //                  [B, C_out, S_conv, S_conv]
+            }
+            if let (Some((_, d)), Some(d_lrn)) = (&b.lrn, &b.d_lrn) {
+                k.lrn_backward(&planes, &self.lrn, &b.relu, d, d_lrn, &mut b.d_relu)?;
+            }
+            k.relu_bias_backward(&planes, &b.relu, &mut b.d_relu, &mut p.bias_grad)?;
+            let x = below.last().map_or(&a.input, |b| b.output());
+            k.conv_backward_filter(&shape, x, &b.d_relu, &mut p.weight_grad)?;
+            // The gradient of the block below's output (the input needs none).
+            if let Some(below) = below.last_mut() {
+                k.conv_backward_data(&shape, &b.d_relu, &p.weight, below.d_output())?;
+            }
+            observe(p.block.names().0);
+        }
+        Ok(())
+    }
+
+    /// One SGD update of the convolutional parameters from the gradients of `backward`.
+    pub fn sgd_step(&mut self, learning_rate: f64) -> KernelResult {
+        let step = SgdStep {
+            learning_rate: learning_rate as f32,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        };
+        for p in &mut self.layers {
+            let k = &mut self.kernels;
+            k.sgd(&step, &mut p.weight, &mut p.weight_velocity, &p.weight_grad)?;
+            k.sgd(&step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
+        }
+        Ok(())
+    }
+
+    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer).
+    pub fn gradients(&mut self) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
+        let k = &mut self.kernels;
+        self.layers
+            .iter()
+            .map(|p| {
+                let (inputs, outputs) = (p.block.weight_rows(), p.block.out_channels);
+                let w = from_torch(p.layout(), &k.download(&p.weight_grad)?, inputs, outputs);
+                Ok((w, k.download(&p.bias_grad)?))
+            })
+            .collect()
+    }
+}
+
+/// A dfdx tensor holding `buffer`. dfdx builds tensors only from host data or from its own
+/// ops; a gradient buffer parked under a stand-in tensor's id and read back with
+/// `Gradients::get` is the one public way in (a single device-to-device copy).
+pub fn tensor_from_buffer<D: Device<f32>>(
+    dev: &D,
+    buffer: Buf<D>,
+    shape: (usize, usize),
+) -> Mat<f32, D> {
+    let stand_in: Mat<f32, D> = dev.zeros_like(&shape);
+    let mut parking = Gradients::leaky();
+    *parking.get_or_alloc_mut(&stand_in).expect("allocation") = buffer;
+    parking.get(&stand_in)
+}

@@ -1,0 +1,298 @@
+//! One step of the network — training, validation, evaluation, the checkpoint probe, the
+//! benchmark and the check all go through `StepEngine` — on one of two engines:
+//!
+//! - `dfdx`: the whole network on dfdx's ops (the reference, and the CPU's default);
+//! - `fast`: the convolutional part on the project's own kernels (`FastNet` over
+//!   `kernels::Kernels`), joined to dfdx at the flattened features.
+//!
+//! dfdx keeps a tensor's device memory private, so its ops cannot be mixed with cuDNN calls
+//! inside one layer. The network is split instead: the convolutional part (conv1 to pool3,
+//! ~95% of the arithmetic) runs on kernels over buffers `FastNet` owns — weights, momentum,
+//! activations — and hands its output to dfdx as a traced input (`model::join`). FC6 to FC8,
+//! dropout, the loss and their autodiff stay in dfdx. After dfdx's backward pass the features'
+//! gradient is read straight from dfdx's gradient buffer and pushed back through the
+//! convolutional part, and SGD updates its parameters in place.
+//!
+//! Everything except the kernels — the join, parameter ownership, SGD, checkpoints and resume —
+//! is the same code on every device, so the CPU tests exercise it with the host kernels.
+
+pub mod fast;
+pub mod input;
+pub mod loss;
+pub mod metrics;
+pub mod schedule;
+pub mod sgd;
+
+use dfdx::prelude::*;
+
+use crate::config::{ComputeConfig, LoaderConfig, Precision};
+use crate::device::FastDevice;
+use crate::kernels::{InputBatch, KernelError, Kernels};
+use crate::loader::{Batch, LoaderData};
+use crate::model::join::join;
+use crate::model::{AlexNet, DropoutMasks, Mat};
+use fast::{FastError, FastNet};
+use input::{batch_bytes, InputStage, MeanRowTable};
+use loss::mean_cross_entropy;
+use sgd::Sgd;
+
+/// Why a step could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Fast(#[from] FastError),
+}
+
+impl From<KernelError> for EngineError {
+    fn from(e: KernelError) -> Self {
+        Self::Fast(e.into())
+    }
+}
+
+/// The phases of a step, in order (a profile adds its stages' times per phase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Input,
+    Forward,
+    Backward,
+    Update,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Input => "1 input",
+            Phase::Forward => "2 forward+loss",
+            Phase::Backward => "3 backward",
+            Phase::Update => "4 sgd update",
+        }
+    }
+}
+
+/// One stage of a step, as a profile reports it: its phase, and what ran (`"conv1 relu"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub phase: Phase,
+    pub what: String,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let number = self.phase as usize + 1;
+        let name = match self.phase {
+            Phase::Input => "input",
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Update => "update",
+        };
+        write!(f, "{number} {name} {}", self.what)
+    }
+}
+
+/// Called after each stage of a step (a profile synchronises the device in it).
+pub type Observer<'a> = &'a mut dyn FnMut(Stage);
+
+fn stage(phase: Phase, what: impl Into<String>) -> Stage {
+    Stage {
+        phase,
+        what: what.into(),
+    }
+}
+
+pub enum StepEngine<D: FastDevice> {
+    Dfdx(InputStage<D>),
+    Fast(Box<Fast<D>>),
+}
+
+/// The fast path and the host half of its input stage.
+pub struct Fast<D: FastDevice> {
+    net: FastNet<D>,
+    table: MeanRowTable,
+    precision: Precision,
+}
+
+impl<D: FastDevice> StepEngine<D> {
+    /// The engine `compute` asks for on `dev`. The fast path takes over the model's conv
+    /// parameters and the optimiser's momentum (the model's copies are stale until `export`);
+    /// without an optimiser (evaluation) it takes no steps.
+    pub fn new(
+        dev: &D,
+        compute: &ComputeConfig,
+        data: &LoaderData,
+        loader: &LoaderConfig,
+        model: &AlexNet<f32, D>,
+        sgd: Option<&Sgd<D>>,
+    ) -> Result<Self, EngineError> {
+        if !compute.engine.is_fast(D::GPU) {
+            return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
+        }
+        let mut kernels = dev.fast_kernels(compute)?;
+        let (table, rows) = MeanRowTable::build(data, loader);
+        kernels.set_mean_table(&rows, table.row_len())?;
+        let (momentum, decay) = sgd.map_or((0.0, 0.0), |s| (s.momentum, s.weight_decay));
+        let velocity = sgd.map(|s| &s.velocity);
+        let net = FastNet::new(dev, kernels, model, velocity, momentum, decay)?;
+        Ok(Self::Fast(Box::new(Fast {
+            net,
+            table,
+            precision: compute.precision,
+        })))
+    }
+
+    /// For the header line.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dfdx(_) => "dfdx ops".into(),
+            Self::Fast(f) if D::GPU => format!("the fast path ({:?})", f.precision).to_lowercase(),
+            Self::Fast(_) => "the fast path (host kernels)".into(),
+        }
+    }
+
+    /// One SGD step: forward with dropout, cross-entropy, backward, update. Returns the loss
+    /// and the logits (on the host, for accuracy). With a non-finite loss the weights are
+    /// left as they were.
+    pub fn train_step(
+        &mut self,
+        dev: &D,
+        model: &mut AlexNet<f32, D>,
+        sgd: &mut Sgd<D>,
+        batch: &Batch,
+        masks: Option<&DropoutMasks<f32, D>>,
+        lr: f64,
+    ) -> Result<(f32, Vec<f32>), EngineError> {
+        self.train_step_observed(dev, model, sgd, batch, masks, lr, &mut |_| {})
+    }
+
+    /// `train_step`, calling `observe` after each stage (for profiling).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_observed(
+        &mut self,
+        dev: &D,
+        model: &mut AlexNet<f32, D>,
+        sgd: &mut Sgd<D>,
+        batch: &Batch,
+        masks: Option<&DropoutMasks<f32, D>>,
+        lr: f64,
+        observe: Observer,
+    ) -> Result<(f32, Vec<f32>), EngineError> {
+        match self {
+            Self::Dfdx(input) => {
+                let x = input.prepare(dev, batch);
+                observe(stage(Phase::Input, "upload+normalise"));
+                Ok(dfdx_train_step(
+                    model,
+                    sgd,
+                    x,
+                    &batch.labels,
+                    masks,
+                    lr,
+                    observe,
+                ))
+            }
+            Self::Fast(fast) => {
+                let features = fast.features(batch, observe)?;
+                let (traced, joined) = join(features);
+                let logits = model.head(traced, masks);
+                let host_logits = logits.as_vec();
+                let loss = mean_cross_entropy(logits, &batch.labels);
+                let value = loss.as_vec()[0];
+                observe(stage(Phase::Forward, "fc6-fc8+loss"));
+                if value.is_finite() {
+                    let mut grads = loss.backward();
+                    observe(stage(Phase::Backward, "fc8-fc6"));
+                    fast.net
+                        .backward_observed(&mut grads, &joined, &mut |name| {
+                            observe(stage(Phase::Backward, name))
+                        })?;
+                    fast.net.sgd_step(lr)?;
+                    sgd.step_layers(model, &grads, lr, 5..8);
+                    observe(stage(Phase::Update, "sgd"));
+                }
+                Ok((value, host_logits))
+            }
+        }
+    }
+
+    /// Logits of `batch` without dropout (validation, evaluation, the checkpoint probe).
+    pub fn logits(
+        &mut self,
+        dev: &D,
+        model: &mut AlexNet<f32, D>,
+        batch: &Batch,
+    ) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Self::Dfdx(input) => {
+                let x = input.prepare(dev, batch);
+                Ok(model.forward(x, None).as_vec())
+            }
+            Self::Fast(fast) => {
+                let features = fast.features(batch, &mut |_| {})?;
+                Ok(model.head(features, None).as_vec())
+            }
+        }
+    }
+
+    /// Brings the model's conv parameters and the optimiser's momentum up to date (before a
+    /// checkpoint is written from them).
+    pub fn export(
+        &mut self,
+        model: &mut AlexNet<f32, D>,
+        sgd: &mut Sgd<D>,
+    ) -> Result<(), EngineError> {
+        if let Self::Fast(fast) = self {
+            fast.net.export(model, &mut sgd.velocity)?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: FastDevice> Fast<D> {
+    /// The convolutional part's output for `batch`, as dfdx's input to FC6.
+    fn features(&mut self, batch: &Batch, observe: Observer) -> Result<Mat<f32, D>, FastError> {
+        let rows = self.table.batch_rows(batch);
+        let lighting = MeanRowTable::batch_lighting(batch);
+        let input = InputBatch {
+            pixels: batch_bytes(batch),
+            mean_rows: &rows,
+            lighting: &lighting,
+            scale: self.table.scale,
+            batch: batch.crops.len(),
+            crop: self.table.crop(),
+        };
+        self.net.forward_observed(&input, &mut |name| {
+            let phase = if name == fast::NORMALISE {
+                Phase::Input
+            } else {
+                Phase::Forward
+            };
+            observe(stage(phase, name))
+        })
+    }
+}
+
+/// One SGD step on dfdx's ops (see `StepEngine::train_step`).
+pub fn dfdx_train_step<D: Device<f32>>(
+    model: &mut AlexNet<f32, D>,
+    sgd: &mut Sgd<D>,
+    x: crate::model::Act<f32, D>,
+    labels: &[u32],
+    masks: Option<&DropoutMasks<f32, D>>,
+    lr: f64,
+    observe: Observer,
+) -> (f32, Vec<f32>) {
+    let mut forward_stage = |layer: &str, step: &str| {
+        observe(stage(Phase::Forward, format!("{layer} {step}").trim_end()))
+    };
+    let logits = model.forward_observed(x.traced(Gradients::leaky()), masks, &mut forward_stage);
+    let host_logits = logits.as_vec();
+    let loss = mean_cross_entropy(logits, labels);
+    let value = loss.as_vec()[0];
+    observe(stage(Phase::Forward, "loss"));
+    if value.is_finite() {
+        let grads = loss.backward();
+        observe(stage(Phase::Backward, "all layers"));
+        sgd.step(model, &grads, lr);
+        observe(stage(Phase::Update, "sgd"));
+    }
+    (value, host_logits)
+}
