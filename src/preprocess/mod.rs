@@ -12,6 +12,7 @@
 
 pub mod decode;
 pub mod ingest;
+pub mod mean;
 pub mod ordered;
 pub mod plan;
 pub mod profile;
@@ -27,9 +28,9 @@ use crate::files::{self, FileError};
 use crate::progress::Progress;
 use crate::shards::{self, Manifest, ShardError, Split, MANIFEST_FILE, PLAN_FILE, REJECTS_FILE};
 use ingest::IngestError;
+use mean::{MeanAccumulator, MeanSource};
 pub use plan::Part;
 use plan::{Access, Check, Plan, SplitWork};
-use write::{MeanAccumulator, MeanSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ingest::SourceImage;
-use super::write::MeanAccumulator;
+use super::mean::MeanAccumulator;
 use super::PreprocessError;
 use crate::config::PreprocessConfig;
 use crate::files;
