@@ -2,9 +2,10 @@
 //! that names the call (the idea of llm.c's `cudaCheck`/`cudnnCheck`, but returned instead of
 //! exiting, so that a run can stop cleanly and keep its last good checkpoint):
 //!
-//! - `Failed { call, status }`: `call` is the API function (`cudnnConvolutionForward`,
-//!   `cuMemcpyHtoD`, `cuLaunchKernel(normalize)`, ...) or, for a check made here before
-//!   anything reaches the GPU, the `Kernels` method; `status` is the library's name and
+//! - `Failed { call, status }`: `call` is the API function, with what it was for where the
+//!   name alone would not say (`cudnnConvolutionForward`, `cuMemcpyHtoD (upload)`,
+//!   `cuLaunchKernel(normalize)`, ...) or, for a check made here before anything reaches
+//!   the GPU, the `Kernels` method (`sgd`, `conv_forward`); `status` is the library's name and
 //!   number for the error (`CUDNN_STATUS_BAD_PARAM (2000)`, `CUDA_ERROR_ILLEGAL_ADDRESS
 //!   (700)`) followed by its description and any context.
 //! - `OutOfMemory { device: "the GPU", call, bytes, memory }` for an allocation the driver
