@@ -1,0 +1,356 @@
+//! The host side of each kernel in `kernels.cu`: the checks that keep it inside its buffers
+//! (see `buffers`), its parameters in the source's order, and its launch.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaDevice, DeviceSlice};
+use dfdx::tensor::Cuda;
+
+use super::buffers::{self, at_least, count32, DeviceMeanTable, Staging};
+use super::check;
+use super::nvrtc::{grid, per_channel, Functions, Kernel};
+use crate::kernels::{Buf, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep};
+
+pub(super) fn normalize(
+    kernels: &Functions,
+    dev: &Arc<CudaDevice>,
+    staging: &mut Staging,
+    table: Option<&DeviceMeanTable>,
+    input: &InputBatch,
+    x: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "normalize";
+    let (batch, crop) = (input.batch, input.crop);
+    let Some(table) = table else {
+        return Err(check::failed(
+            CALL,
+            "no mean table: set_mean_table must come first".into(),
+        ));
+    };
+    let n = batch * 3 * crop * crop;
+    buffers::exactly(CALL, "pixels", input.pixels.len(), n)?;
+    buffers::exactly(CALL, "mean_rows", input.mean_rows.len(), batch * crop)?;
+    buffers::exactly(CALL, "lighting", input.lighting.len(), batch * 3)?;
+    if crop * 3 > table.row_len {
+        return Err(check::failed(
+            CALL,
+            format!(
+                "crop {crop} wider than the mean rows ({} values)",
+                table.row_len
+            ),
+        ));
+    }
+    // A row past the table would be read out of bounds on the GPU: check on the host.
+    if let Some(&bad) = input.mean_rows.iter().find(|&&r| r as usize >= table.rows) {
+        return Err(check::failed(
+            CALL,
+            format!("mean row {bad} outside the table's {} rows", table.rows),
+        ));
+    }
+    at_least(CALL, "x", x.len(), n)?;
+    let n = count32(CALL, "x", n)?;
+    let row_len = count32(CALL, "mean row length", table.row_len)?;
+    if n == 0 {
+        return Ok(());
+    }
+    buffers::upload_into(dev, &mut staging.pixels, input.pixels, &buffers::PIXELS)?;
+    buffers::upload_into(
+        dev,
+        &mut staging.mean_rows,
+        input.mean_rows,
+        &buffers::MEAN_ROWS,
+    )?;
+    buffers::upload_into(
+        dev,
+        &mut staging.lighting,
+        input.lighting,
+        &buffers::LIGHTING,
+    )?;
+    let (Some(pixels), Some(mean_rows), Some(lighting)) =
+        (&staging.pixels, &staging.mean_rows, &staging.lighting)
+    else {
+        return Err(check::failed(CALL, "inputs missing after upload".into()));
+    };
+    let params = (
+        &mut *x,
+        pixels,
+        &table.data,
+        mean_rows,
+        lighting,
+        input.scale[0],
+        input.scale[1],
+        input.scale[2],
+        batch as u32,
+        crop as u32,
+        row_len,
+    );
+    // SAFETY: the parameters match `normalize` in the CUDA source; lengths checked above.
+    unsafe { kernels.normalize.launch(grid(n), params) }
+}
+
+pub(super) fn bias_relu(
+    kernels: &Functions,
+    planes: &Planes,
+    y: &mut Buf<Cuda>,
+    bias: &Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "bias_relu";
+    at_least(CALL, "y", y.len(), planes.len())?;
+    at_least(CALL, "bias", bias.len(), planes.channels)?;
+    let n = count32(CALL, "y", planes.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        &mut *y,
+        bias,
+        n,
+        planes.channels as u32,
+        planes.pixels as u32,
+    );
+    // SAFETY: matches `bias_relu`; lengths checked.
+    unsafe { kernels.bias_relu.launch(grid(n), params) }
+}
+
+pub(super) fn relu_bias_backward(
+    kernels: &Functions,
+    planes: &Planes,
+    y: &Buf<Cuda>,
+    dy: &mut Buf<Cuda>,
+    db: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "relu_bias_backward";
+    at_least(CALL, "y", y.len(), planes.len())?;
+    at_least(CALL, "dy", dy.len(), planes.len())?;
+    at_least(CALL, "db", db.len(), planes.channels)?;
+    count32(CALL, "dy", planes.len())?;
+    if planes.channels == 0 {
+        return Ok(());
+    }
+    let channels = count32(CALL, "channels", planes.channels)?;
+    let params = (
+        &mut *dy,
+        y,
+        &mut *db,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+    );
+    // SAFETY: matches `relu_bias_backward`, launched with RELU_BIAS_THREADS threads.
+    unsafe {
+        kernels
+            .relu_bias_backward
+            .launch(per_channel(channels), params)
+    }
+}
+
+pub(super) fn lrn_forward(
+    kernels: &Functions,
+    planes: &Planes,
+    lrn: &LrnParams,
+    x: &Buf<Cuda>,
+    y: &mut Buf<Cuda>,
+    d: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "lrn_forward";
+    at_least(CALL, "x", x.len(), planes.len())?;
+    at_least(CALL, "y", y.len(), planes.len())?;
+    at_least(CALL, "d", d.len(), planes.len())?;
+    count32(CALL, "x", planes.len())?;
+    let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
+    let half = lrn_half(CALL, lrn)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        x,
+        &mut *y,
+        &mut *d,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+        half,
+        lrn.k,
+        lrn.alpha,
+        lrn.beta,
+    );
+    // SAFETY: matches `lrn_forward`; lengths checked.
+    unsafe { kernels.lrn_forward.launch(grid(n), params) }
+}
+
+pub(super) fn lrn_backward(
+    kernels: &Functions,
+    planes: &Planes,
+    lrn: &LrnParams,
+    x: &Buf<Cuda>,
+    d: &Buf<Cuda>,
+    dy: &Buf<Cuda>,
+    dx: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "lrn_backward";
+    at_least(CALL, "x", x.len(), planes.len())?;
+    at_least(CALL, "d", d.len(), planes.len())?;
+    at_least(CALL, "dy", dy.len(), planes.len())?;
+    at_least(CALL, "dx", dx.len(), planes.len())?;
+    count32(CALL, "x", planes.len())?;
+    let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
+    let half = lrn_half(CALL, lrn)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        x,
+        d,
+        dy,
+        &mut *dx,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+        half,
+        lrn.alpha,
+        lrn.beta,
+    );
+    // SAFETY: matches `lrn_backward`; lengths checked.
+    unsafe { kernels.lrn_backward.launch(grid(n), params) }
+}
+
+pub(super) fn pool_forward(
+    kernels: &Functions,
+    shape: &PoolShape,
+    x: &Buf<Cuda>,
+    y: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "pool_forward";
+    buffers::pool_geometry(CALL, shape)?;
+    at_least(CALL, "x", x.len(), shape.input_len())?;
+    at_least(CALL, "y", y.len(), shape.output_len())?;
+    count32(CALL, "x", shape.input_len())?;
+    let n = count32(CALL, "y", shape.output_len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        x,
+        &mut *y,
+        (shape.batch * shape.channels) as u32,
+        shape.size as u32,
+        shape.kernel as u32,
+        shape.stride as u32,
+        shape.out_size() as u32,
+    );
+    // SAFETY: matches `pool_forward`; lengths checked.
+    unsafe { kernels.pool_forward.launch(grid(n), params) }
+}
+
+/// Routes each window's gradient to the input the forward chose (see `CudaKernels`'s
+/// `pool_backward`: the choice is re-derived from `x`).
+pub(super) fn pool_backward(
+    kernels: &Functions,
+    shape: &PoolShape,
+    x: &Buf<Cuda>,
+    dy: &Buf<Cuda>,
+    dx: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "pool_backward";
+    buffers::pool_geometry(CALL, shape)?;
+    at_least(CALL, "x", x.len(), shape.input_len())?;
+    at_least(CALL, "dy", dy.len(), shape.output_len())?;
+    at_least(CALL, "dx", dx.len(), shape.input_len())?;
+    let n = count32(CALL, "dx", shape.input_len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        x,
+        dy,
+        &mut *dx,
+        (shape.batch * shape.channels) as u32,
+        shape.size as u32,
+        shape.kernel as u32,
+        shape.stride as u32,
+        shape.out_size() as u32,
+    );
+    // SAFETY: matches `pool_backward`; lengths checked.
+    unsafe { kernels.pool_backward.launch(grid(n), params) }
+}
+
+pub(super) fn flatten_channels_last(
+    kernels: &Functions,
+    planes: &Planes,
+    x: &Buf<Cuda>,
+    y: &mut Buf<Cuda>,
+) -> KernelResult {
+    let kernel = &kernels.to_channels_last;
+    permute(kernel, "flatten_channels_last", planes, x, y)
+}
+
+pub(super) fn unflatten_channels_last(
+    kernels: &Functions,
+    planes: &Planes,
+    y: &Buf<Cuda>,
+    x: &mut Buf<Cuda>,
+) -> KernelResult {
+    let kernel = &kernels.from_channels_last;
+    permute(kernel, "unflatten_channels_last", planes, y, x)
+}
+
+pub(super) fn sgd(
+    kernels: &Functions,
+    step: &SgdStep,
+    w: &mut Buf<Cuda>,
+    v: &mut Buf<Cuda>,
+    g: &Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "sgd";
+    let len = w.len();
+    buffers::exactly(CALL, "momentum v (weights w's length)", v.len(), len)?;
+    buffers::exactly(CALL, "gradient g (weights w's length)", g.len(), len)?;
+    let n = count32(CALL, "w", len)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        &mut *w,
+        &mut *v,
+        g,
+        n,
+        step.learning_rate,
+        step.momentum,
+        step.weight_decay,
+    );
+    // SAFETY: matches `sgd`; lengths checked.
+    unsafe { kernels.sgd.launch(grid(n), params) }
+}
+
+/// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, which share their
+/// parameters: source, destination, batch, channels, pixels.
+fn permute(
+    kernel: &Kernel,
+    call: &'static str,
+    planes: &Planes,
+    src: &Buf<Cuda>,
+    dst: &mut Buf<Cuda>,
+) -> KernelResult {
+    at_least(call, "source", src.len(), planes.len())?;
+    at_least(call, "destination", dst.len(), planes.len())?;
+    let n = count32(call, "planes", planes.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        src,
+        &mut *dst,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+    );
+    // SAFETY: both kernels take exactly these parameters; lengths checked above, and the
+    // factors of a count that fits 32 bits fit too.
+    unsafe { kernel.launch(grid(n), params) }
+}
+
+/// The LRN window's half-width as the kernels' `int`.
+fn lrn_half(call: &'static str, lrn: &LrnParams) -> KernelResult<i32> {
+    i32::try_from(lrn.size / 2)
+        .map_err(|_| check::failed(call, format!("LRN size {} too large", lrn.size)))
+}

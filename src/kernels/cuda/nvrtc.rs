@@ -1,0 +1,156 @@
+//! The fast path's own kernels (`kernels.cu`, everything but the convolutions): compiled by
+//! NVRTC when the kernels start, loaded into dfdx's context, looked up once, and launched
+//! with every launch checked.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaDevice, CudaFunction, LaunchAsync, LaunchConfig};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+
+use super::check;
+use crate::kernels::{KernelError, KernelResult};
+
+const MODULE: &str = "alexnet_fast";
+const SOURCE: &str = include_str!("kernels.cu");
+/// Threads per block of the elementwise kernels.
+const THREADS: u32 = 256;
+/// Must equal `RELU_BIAS_THREADS` in the CUDA source: the kernel's shared-memory tree is
+/// sized by it.
+const RELU_BIAS_THREADS: u32 = 512;
+
+/// Each kernel's name in `kernels.cu` and the call its launch errors name.
+const KERNELS: [(&str, &str); 10] = [
+    ("normalize", "cuLaunchKernel(normalize)"),
+    ("bias_relu", "cuLaunchKernel(bias_relu)"),
+    ("relu_bias_backward", "cuLaunchKernel(relu_bias_backward)"),
+    ("lrn_forward", "cuLaunchKernel(lrn_forward)"),
+    ("lrn_backward", "cuLaunchKernel(lrn_backward)"),
+    ("pool_forward", "cuLaunchKernel(pool_forward)"),
+    ("pool_backward", "cuLaunchKernel(pool_backward)"),
+    ("to_channels_last", "cuLaunchKernel(to_channels_last)"),
+    ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
+    ("sgd", "cuLaunchKernel(sgd)"),
+];
+
+/// One loaded kernel.
+pub(super) struct Kernel {
+    function: CudaFunction,
+    call: &'static str,
+}
+
+impl Kernel {
+    /// Queues the kernel on the device's stream. A failure to queue it is an error naming
+    /// the kernel; a fault while it runs surfaces at the next call that waits (see `check`).
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameters in `kernels.cu`, and every buffer must be
+    /// as long as the kernel indexes for `cfg` and those parameters.
+    pub(super) unsafe fn launch<P>(&self, cfg: LaunchConfig, params: P) -> KernelResult
+    where
+        CudaFunction: LaunchAsync<P>,
+    {
+        self.function
+            .clone()
+            .launch(cfg, params)
+            .map_err(|e| check::driver(self.call, e))
+    }
+}
+
+/// The NVRTC kernels, looked up once.
+pub(super) struct Functions {
+    pub(super) normalize: Kernel,
+    pub(super) bias_relu: Kernel,
+    pub(super) relu_bias_backward: Kernel,
+    pub(super) lrn_forward: Kernel,
+    pub(super) lrn_backward: Kernel,
+    pub(super) pool_forward: Kernel,
+    pub(super) pool_backward: Kernel,
+    pub(super) to_channels_last: Kernel,
+    pub(super) from_channels_last: Kernel,
+    pub(super) sgd: Kernel,
+}
+
+/// What to try when the kernels cannot be built or loaded.
+const REMEDY: &str = "the fast path needs NVRTC (libnvrtc) from a CUDA toolkit no newer than \
+                      the driver; fix the installation, or run with --engine dfdx";
+
+impl Functions {
+    /// Compiles `kernels.cu` and loads it into `dev`'s context. Every failure is a
+    /// `KernelError::Setup` saying what to do.
+    pub(super) fn load(dev: &Arc<CudaDevice>) -> KernelResult<Self> {
+        // No contraction into fused multiply-adds: the elementwise kernels then round exactly
+        // like the host reference's separate multiplies and adds.
+        let options = CompileOptions {
+            fmad: Some(false),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(SOURCE, options).map_err(|e| {
+            KernelError::Setup(format!(
+                "NVRTC could not compile the fast path's kernels \
+                 (src/kernels/cuda/kernels.cu): {}; {REMEDY}",
+                compile_error(&e)
+            ))
+        })?;
+        dev.load_ptx(ptx, MODULE, &KERNELS.map(|(name, _)| name))
+            .map_err(|e| {
+                KernelError::Setup(format!(
+                    "the driver could not load the compiled kernels (cuModuleLoadData): {}; \
+                     {REMEDY}",
+                    check::driver_status(&e)
+                ))
+            })?;
+        let get = |name: &str| -> KernelResult<Kernel> {
+            let found = KERNELS.iter().find(|(n, _)| *n == name);
+            let function = found.and_then(|(n, _)| dev.get_func(MODULE, n));
+            match (found, function) {
+                (Some(&(_, call)), Some(function)) => Ok(Kernel { function, call }),
+                _ => Err(KernelError::Setup(format!(
+                    "kernel {name} is missing from the loaded module: kernels.cu and the \
+                     table in src/kernels/cuda/nvrtc.rs disagree (a bug in this build)"
+                ))),
+            }
+        };
+        Ok(Self {
+            normalize: get("normalize")?,
+            bias_relu: get("bias_relu")?,
+            relu_bias_backward: get("relu_bias_backward")?,
+            lrn_forward: get("lrn_forward")?,
+            lrn_backward: get("lrn_backward")?,
+            pool_forward: get("pool_forward")?,
+            pool_backward: get("pool_backward")?,
+            to_channels_last: get("to_channels_last")?,
+            from_channels_last: get("from_channels_last")?,
+            sgd: get("sgd")?,
+        })
+    }
+}
+
+/// NVRTC's status and, for a compile error, its log (cudarc's `Display` prints the log as an
+/// escaped C string).
+fn compile_error(error: &CompileError) -> String {
+    match error {
+        CompileError::CompileError { nvrtc, log, .. } => {
+            format!("{:?}: {}", nvrtc.0, log.to_string_lossy().trim_end())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// One thread per item, `THREADS` per block.
+pub(super) fn grid(n: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `relu_bias_backward`'s launch: one block of exactly `RELU_BIAS_THREADS` threads per
+/// channel (each block its own fixed reduction tree: deterministic without atomics).
+pub(super) fn per_channel(channels: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (channels, 1, 1),
+        block_dim: (RELU_BIAS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
