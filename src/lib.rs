@@ -37,3 +37,6 @@ pub mod export;
 pub mod preprocess;
 pub mod sample;
 pub mod train;
+
+// The command line.
+pub mod cli;

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "eval",
         ],
     ),
+    ("command line", &["cli"]),
 ];
 const INDEPENDENT: &str = "commands";
 

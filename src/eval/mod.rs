@@ -133,6 +133,21 @@ pub struct Report {
     pub images_per_sec: f64,
 }
 
+impl Report {
+    /// One line on what was evaluated, where and how fast.
+    pub fn summary(&self) -> String {
+        format!(
+            "evaluated {} on {} validation images ({} views each) in {:.1} s, {:.0} images/s on {}",
+            self.checkpoint.display(),
+            self.images,
+            self.views_per_image,
+            self.seconds,
+            self.images_per_sec,
+            self.device,
+        )
+    }
+}
+
 /// Running counts of one protocol.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {

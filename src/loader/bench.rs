@@ -114,3 +114,88 @@ pub fn bare_loop(
     }
     started.elapsed()
 }
+
+/// `alexnet bench-loader` as a whole: the loader's run (with a progress bar) and, when asked,
+/// the bare copy loop beside it.
+pub struct LoaderBenchReport {
+    pub run: LoaderBench,
+    pub config: crate::config::LoaderConfig,
+    pub threads: usize,
+    pub output: Output,
+    /// The bare copy loop's images/s.
+    pub baseline: Option<f64>,
+}
+
+impl LoaderBenchReport {
+    pub fn measure(
+        data: Arc<LoaderData>,
+        config: crate::config::LoaderConfig,
+        output: Output,
+        batches: usize,
+        baseline: bool,
+        progress: crate::progress::Progress,
+    ) -> Result<Self, LoaderError> {
+        let threads = config.resolved_threads();
+        let (crop, batch) = (config.crop_size, config.batch_size);
+        let baseline = baseline.then(|| {
+            let elapsed = bare_loop(&data, crop, batch, batches, threads, output);
+            (batches * batch) as f64 / elapsed.as_secs_f64()
+        });
+        let total = batches as u64;
+        let mut bar = crate::progress::Meter::new(progress, "bench-loader", "batches", total, 0);
+        let options = LoaderOptions {
+            digests: true,
+            ..LoaderOptions::train(&config, output)
+        };
+        let run = run_loader(data, options, batches, |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish();
+        Ok(Self {
+            run,
+            config,
+            threads,
+            output,
+            baseline,
+        })
+    }
+
+    /// The machine-readable summary (`bench-loader`'s last line).
+    pub fn json(&self) -> serde_json::Value {
+        let mut report = serde_json::json!({
+            "images_per_sec": self.run.images_per_sec(),
+            "checksum": self.run.checksum,
+            "batches": self.run.batches,
+            "images": self.run.images,
+            "seconds": self.run.elapsed.as_secs_f64(),
+            "batch_size": self.config.batch_size,
+            "crop_size": self.config.crop_size,
+            "threads": self.threads,
+            "output": self.output,
+        });
+        if let Some(b) = self.baseline {
+            report["bare_loop_images_per_sec"] = serde_json::json!(b);
+        }
+        report
+    }
+}
+
+impl std::fmt::Display for LoaderBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        let rate = self.run.images_per_sec();
+        write!(
+            f,
+            "{} batches of {} ({}×{} {}), {} threads: {rate:.0} images/s",
+            self.run.batches, c.batch_size, c.crop_size, c.crop_size, self.output, self.threads,
+        )?;
+        if let Some(b) = self.baseline {
+            write!(
+                f,
+                " ({:.0}% of the bare copy loop's {b:.0})",
+                100.0 * rate / b
+            )?;
+        }
+        Ok(())
+    }
+}

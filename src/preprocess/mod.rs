@@ -117,6 +117,25 @@ pub struct PreprocessOptions {
     pub merge: bool,
 }
 
+impl PreprocessOptions {
+    /// The line that opens a run: what is done, from where to where, with which settings.
+    pub fn describe(&self, pipeline: &Pipeline) -> String {
+        let size = pipeline.preprocess.image_size;
+        let what = match (self.part, self.merge) {
+            (Some(part), _) => format!("part {part} of preprocessing"),
+            (None, true) => "merging the parts of".to_string(),
+            (None, false) => "preprocessing".to_string(),
+        };
+        format!(
+            "{what} {} → {} ({} pipeline, {size}×{size}, {} jobs)",
+            self.input.display(),
+            self.output.display(),
+            pipeline.name,
+            self.jobs,
+        )
+    }
+}
+
 /// What a run did, for the end-of-run summary.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {

@@ -107,6 +107,24 @@ pub struct SampleSummary {
     pub edge_cases: Vec<EdgeCase>,
 }
 
+impl SampleSummary {
+    /// What was written, for a person: counts, size and every planted edge case.
+    pub fn report(&self, out: &Path, seconds: f64) -> String {
+        let mut text = format!(
+            "wrote {} classes, {} train and {} val files ({:.1} MiB) to {} in {seconds:.1}s\n",
+            self.classes,
+            self.train_files,
+            self.val_files,
+            self.bytes as f64 / (1 << 20) as f64,
+            out.display(),
+        );
+        for edge in &self.edge_cases {
+            text += &format!("  edge case {:<14} {}\n", edge.kind.name(), edge.path);
+        }
+        text
+    }
+}
+
 /// One planted edge-case file.
 #[derive(Debug, Clone)]
 pub struct EdgeCase {

@@ -146,6 +146,44 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
+impl Outcome {
+    /// What a person reads at the end: where the run stopped and how to continue it, or the
+    /// final validation error; then where the checkpoint and the metrics are.
+    pub fn summary(&self, data: &Path, run: &Path) -> String {
+        let mut text = String::new();
+        if self.interrupted {
+            let saved = self.checkpoint.as_deref().map(Path::display);
+            text += &format!(
+                "stopped at step {} (epoch {} of {}); saved {}\ncontinue with: alexnet train \
+                 --data {} --run {} --resume\n",
+                self.steps,
+                self.epochs_done + 1,
+                self.epochs,
+                saved.map(|p| p.to_string()).unwrap_or_default(),
+                data.display(),
+                run.display()
+            );
+            return text;
+        }
+        if let Some(last) = &self.last_epoch {
+            text += &format!(
+                "done: {} epochs, {} steps, {:.1} min of training; final validation (centre \
+                 crop): top-1 error {:.2}%, top-5 error {:.2}%\n",
+                self.epochs_done,
+                self.steps,
+                self.seconds / 60.0,
+                100.0 * last.val.top1_error(),
+                100.0 * last.val.top5_error(),
+            );
+        }
+        if let Some(path) = &self.checkpoint {
+            text += &format!("checkpoint: {}\n", path.display());
+        }
+        text += &format!("metrics: {}\n", RunDir::new(run).metrics().display());
+        text
+    }
+}
+
 impl device::DeviceJob for TrainOptions {
     type Output = Result<Outcome, TrainError>;
     fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
