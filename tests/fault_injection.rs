@@ -809,3 +809,133 @@ fn equal_states_write_checkpoints_with_equal_headers() {
     let manifest = Manifest::read(&data).unwrap();
     assert!(!manifest.split(Split::Train).unwrap().fingerprint.is_empty());
 }
+
+/// `train --engine fast` with faults injected into the host kernels (which stand in for the
+/// GPU's: the same code drives both).
+fn train_fast_with_faults(
+    data: &Path,
+    run_dir: &Path,
+    pipeline: &Path,
+    faults: Option<&str>,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = train_args(data, run_dir, pipeline);
+    args.extend(["--engine", "fast"]);
+    args.extend_from_slice(extra);
+    let mut command = bin();
+    command.args(&args);
+    match faults {
+        Some(faults) => command.env(alexnet::kernels::host::FAULT_VARIABLE, faults),
+        None => command.env_remove(alexnet::kernels::host::FAULT_VARIABLE),
+    };
+    command.output().expect("running alexnet")
+}
+
+#[test]
+fn a_failing_kernel_stops_training_naming_the_call_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 3");
+    let run_dir = dir.path().join("run");
+    let first = train_fast_with_faults(&data, &run_dir, &pipeline, None, &["--epochs", "1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let good = latest_checkpoint(&run_dir);
+    let good_bytes = std::fs::read(&good).unwrap();
+
+    // The third call of the filter gradient: inside the first step after the checkpoint.
+    let faults = Some("conv_backward_filter@3");
+    let out = train_fast_with_faults(&data, &run_dir, &pipeline, faults, &["--resume"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_no_panic(&err);
+    for expected in [
+        "training stopped at step",
+        "conv_backward_filter failed",
+        "fault injected",
+        "check-fast",
+        &format!("the last good checkpoint is {}", good.display()),
+        "--resume",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert_eq!(
+        latest_checkpoint(&run_dir),
+        good,
+        "no checkpoint after the failure"
+    );
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        good_bytes,
+        "the checkpoint is untouched"
+    );
+
+    // The advice works: without the fault, the run resumes from that checkpoint and finishes.
+    let resumed = train_fast_with_faults(&data, &run_dir, &pipeline, None, &["--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("done: 3 epochs"),
+        "{}",
+        stderr(&resumed)
+    );
+}
+
+#[test]
+fn a_batch_too_large_for_the_device_is_refused_with_a_batch_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1");
+    // The tiny pipeline's network, and a device one byte short of its batch of 8.
+    let config: alexnet::config::Pipeline = alexnet::config::Pipeline::load(&pipeline).unwrap();
+    let spec = alexnet::model::Spec::new(&config.model, 64, 4).unwrap();
+    let needed = alexnet::engine::fast::activation_bytes(&spec.blocks(), 8);
+    let memory = format!("memory={}", needed - 1);
+
+    let run_dir = dir.path().join("run");
+    let out = train_fast_with_faults(&data, &run_dir, &pipeline, Some(&memory), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_no_panic(&err);
+    assert!(
+        err.contains("ran out of memory at a batch of 8 crops"),
+        "{err}"
+    );
+    assert!(err.contains("free of"), "the free memory is named: {err}");
+    let suggested: usize = err
+        .split(" should fit")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no suggested batch in:\n{err}"));
+    assert!((1..8).contains(&suggested), "{suggested}");
+    assert!(
+        err.contains(&format!("loader.batch_size = {suggested}")),
+        "{err}"
+    );
+
+    // The suggestion fits the same device.
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("batch_size = 8", &format!("batch_size = {suggested}"));
+    let smaller = dir.path().join("smaller.toml");
+    std::fs::write(&smaller, text).unwrap();
+    let fits = train_fast_with_faults(
+        &data,
+        &dir.path().join("run2"),
+        &smaller,
+        Some(&memory),
+        &[],
+    );
+    assert!(fits.status.success(), "{}", stderr(&fits));
+}
+
+#[test]
+fn an_unreadable_fault_setting_is_an_error_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1");
+    let run_dir = dir.path().join("run");
+    let out = train_fast_with_faults(&data, &run_dir, &pipeline, Some("conv@x"), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ALEXNET_HOST_FAULT") && err.contains("conv@x"),
+        "{err}"
+    );
+}

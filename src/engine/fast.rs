@@ -21,11 +21,11 @@ pub const NORMALISE: &str = "normalise";
 #[derive(Debug, thiserror::Error)]
 pub enum FastError {
     #[error(
-        "{device} ran out of memory at a batch of {batch} images: the convolutional part's \
-         activations and gradients need {} ({}); a batch of {suggested} should fit: set \
-         loader.batch_size = {suggested} in the pipeline (or pass --batch-size where the \
-         command has it)",
-        crate::kernels::mib(*.needed), memory_text(*.memory)
+        "{device} ran out of memory at a batch of {batch} crops: the convolutional part's \
+         activations and gradients need {} ({}); a batch of {suggested} should fit: for training, \
+         set loader.batch_size = {suggested} in the pipeline (bench-train and evaluate take \
+         --batch-size; evaluate's counts images of 10 crops each)",
+        crate::kernels::size_text(*.needed), memory_text(*.memory)
     )]
     OutOfMemory {
         device: &'static str,
@@ -47,8 +47,8 @@ fn memory_text(memory: Option<Memory>) -> String {
     match memory {
         Some(m) => format!(
             "{} free of {} after releasing them",
-            crate::kernels::mib(m.free),
-            crate::kernels::mib(m.total)
+            crate::kernels::size_text(m.free),
+            crate::kernels::size_text(m.total)
         ),
         None => "free memory unknown".into(),
     }
@@ -228,29 +228,32 @@ impl<D: FastDevice> FastNet<D> {
         Ok(())
     }
 
-    /// Bytes of activations and gradients a batch of `batch` images needs.
+    /// Bytes of activations and gradients a batch of `batch` crops needs.
     pub fn activation_bytes(&self, batch: usize) -> usize {
-        let input = self.layers[0].shape(batch).input_len();
-        let per_block: usize = self
-            .layers
-            .iter()
-            .map(|p| {
-                let conv = p.shape(batch).output_len();
-                let lrn = if p.block.lrn { 3 * conv } else { 0 };
-                let pool = p.pool_shape(batch).map_or(0, |s| 2 * s.output_len());
-                2 * conv + lrn + pool
-            })
-            .sum();
-        let features = self.layers[CONV_BLOCKS - 1]
-            .pool_shape(batch)
-            .map_or(0, |s| s.output_len());
-        (input + per_block + features) * std::mem::size_of::<f32>()
+        activation_bytes(&self.layers.each_ref().map(|p| p.block), batch)
     }
 
-    /// The buffers for `batch`, allocated on first use.
+    /// The buffers for `batch`, allocated on first use. A batch whose activations cannot fit
+    /// in the device's free memory is refused before anything is allocated, with a batch
+    /// size that fits; an allocation that fails anyway gets the same error.
     fn activations(&mut self, batch: usize) -> Result<Activations<D>, FastError> {
         if let Some(at) = self.activations.iter().position(|a| a.batch == batch) {
             return Ok(self.activations.remove(at));
+        }
+        let needed = self.activation_bytes(batch);
+        let too_big = |k: &mut D::Kernels| k.memory().is_some_and(|m| needed > m.free);
+        if too_big(&mut self.kernels) {
+            // The kept batch sizes' buffers would be given back for this one.
+            self.activations.clear();
+            if too_big(&mut self.kernels) {
+                let source = KernelError::OutOfMemory {
+                    device: device_name::<D>(),
+                    call: "alloc (activations)",
+                    bytes: needed,
+                    memory: self.kernels.memory(),
+                };
+                return Err(self.out_of_memory(batch, source));
+            }
         }
         match self.allocate(batch) {
             Ok(a) => Ok(a),
@@ -305,12 +308,8 @@ impl<D: FastDevice> FastNet<D> {
             n if n >= 16 => n / 8 * 8,
             n => n.max(1),
         };
-        let device = match &source {
-            KernelError::OutOfMemory { device, .. } => device,
-            _ => "the device",
-        };
         FastError::OutOfMemory {
-            device,
+            device: device_name::<D>(),
             batch,
             needed,
             memory,
@@ -482,6 +481,37 @@ impl<D: FastDevice> FastNet<D> {
                 Ok((w, k.download(&p.bias_grad)?))
             })
             .collect()
+    }
+}
+
+/// Bytes of the activations and gradients `FastNet` keeps for a batch of `batch` crops of a
+/// network of `blocks` (what a batch size costs on the device, beyond the parameters).
+pub fn activation_bytes(blocks: &[ConvBlock], batch: usize) -> usize {
+    let Some(first) = blocks.first() else {
+        return 0;
+    };
+    let input = batch * first.in_channels * first.conv.size * first.conv.size;
+    let per_block: usize = blocks
+        .iter()
+        .map(|b| {
+            let conv = batch * b.out_channels * b.conv_side() * b.conv_side();
+            // ReLU output and its gradient; LRN output, denominators and gradient.
+            let lrn = if b.lrn { 3 * conv } else { 0 };
+            let pooled = batch * b.out_channels * b.out_side() * b.out_side();
+            let pool = if b.pool.is_some() { 2 * pooled } else { 0 };
+            2 * conv + lrn + pool
+        })
+        .sum();
+    let last = blocks[blocks.len() - 1];
+    let features = batch * last.out_channels * last.out_side() * last.out_side();
+    (input + per_block + features) * std::mem::size_of::<f32>()
+}
+
+fn device_name<D: FastDevice>() -> &'static str {
+    if D::GPU {
+        "the GPU"
+    } else {
+        "the CPU"
     }
 }
 

@@ -28,13 +28,13 @@ pub struct HostKernels {
 
 /// Injected faults, from `ALEXNET_HOST_FAULT`: comma-separated `CALL@N` (the `N`th call of
 /// kernel `CALL`, e.g. `conv_backward_filter@3`, fails) and `memory=BYTES` (the kernels act
-/// as a device of that many bytes: allocations past it fail as out of memory).
+/// as a device with that much free memory: `memory()` reports it, and a larger allocation
+/// fails as out of memory).
 #[derive(Debug, Default)]
 struct Faults {
     fail: Vec<(String, u64)>,
     calls: std::collections::HashMap<&'static str, u64>,
     memory: Option<usize>,
-    allocated: usize,
 }
 
 impl Faults {
@@ -72,23 +72,24 @@ impl Faults {
         Ok(())
     }
 
-    fn allocate(&mut self, call: &'static str, len: usize) -> KernelResult {
+    fn allocate(&self, call: &'static str, len: usize) -> KernelResult {
         let bytes = len * std::mem::size_of::<f32>();
-        if let Some(limit) = self.memory {
-            if self.allocated + bytes > limit {
-                return Err(KernelError::OutOfMemory {
-                    device: "the CPU",
-                    call,
-                    bytes,
-                    memory: Some(Memory {
-                        free: limit - self.allocated,
-                        total: limit,
-                    }),
-                });
-            }
+        match self.memory {
+            Some(limit) if bytes > limit => Err(KernelError::OutOfMemory {
+                device: "the CPU",
+                call,
+                bytes,
+                memory: self.memory(),
+            }),
+            _ => Ok(()),
         }
-        self.allocated += bytes;
-        Ok(())
+    }
+
+    fn memory(&self) -> Option<Memory> {
+        self.memory.map(|limit| Memory {
+            free: limit,
+            total: limit,
+        })
     }
 }
 
@@ -153,13 +154,7 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn memory(&mut self) -> Option<Memory> {
-        match self.faults.memory {
-            Some(limit) => Some(Memory {
-                free: limit - self.faults.allocated,
-                total: limit,
-            }),
-            None => system_memory(),
-        }
+        self.faults.memory().or_else(system_memory)
     }
 
     fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult {

@@ -141,7 +141,7 @@ pub type Buf<D> = <D as Storage<f32>>::Vec;
 pub enum KernelError {
     #[error(
         "{device} is out of memory: {call} asked for {} ({})",
-        mib(*.bytes), memory_text(*.memory)
+        size_text(*.bytes), memory_text(*.memory)
     )]
     OutOfMemory {
         device: &'static str,
@@ -168,13 +168,24 @@ pub struct Memory {
     pub total: usize,
 }
 
-pub(crate) fn mib(bytes: usize) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+/// A byte count for people: `812 B`, `36.1 KiB`, `45.0 MiB`, `1.2 GiB`.
+pub fn size_text(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn memory_text(memory: Option<Memory>) -> String {
     match memory {
-        Some(m) => format!("{} free of {}", mib(m.free), mib(m.total)),
+        Some(m) => format!("{} free of {}", size_text(m.free), size_text(m.total)),
         None => "free memory unknown".into(),
     }
 }
