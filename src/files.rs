@@ -71,6 +71,11 @@ fn missing_or_io(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
     }
 }
 
+/// Opens a file for reading.
+pub fn open(path: &Path) -> Result<File, FileError> {
+    File::open(path).map_err(missing_or_io(path))
+}
+
 /// Reads a whole file.
 pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     fs::read(path).map_err(missing_or_io(path))

@@ -181,7 +181,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Self, ShardError> {
-        let file = File::open(path).map_err(missing_or_io(path))?;
+        let file = files::open(path)?;
         let actual = file.metadata().map_err(io_err(path))?.len();
         if actual < HEADER_BYTES as u64 {
             return Err(ShardError::Size {

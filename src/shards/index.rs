@@ -1,6 +1,5 @@
 //! The Parquet files of a dataset: one index per shard (a row per record) and the rejects.
 
-use std::fs::{self};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -88,7 +87,7 @@ pub fn write_index(path: &Path, rows: &[IndexRow]) -> Result<String, ShardError>
 
 /// Reads a shard index written by `write_index`.
 pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, ShardError> {
-    let bytes = fs::read(path).map_err(missing_or_io(path))?;
+    let bytes = files::read(path)?;
     index_from_bytes(bytes, path)
 }
 

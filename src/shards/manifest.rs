@@ -1,7 +1,6 @@
 //! What a dataset directory holds: the manifest (written last), shard and part receipts, and
 //! readers over a whole split.
 
-use std::fs::{self};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -182,7 +181,7 @@ impl SplitContent {
         let mut all = Vec::new();
         for i in 0..shards {
             let path = ShardPaths::new(dataset, split, i).index;
-            let bytes = fs::read(&path).map_err(missing_or_io(&path))?;
+            let bytes = files::read(&path)?;
             content.index_checksums.push(files::file_checksum(&bytes));
             let rows = index_from_bytes(bytes, &path)?;
             content.shard_records.push(rows.len() as u64);

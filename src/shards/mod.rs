@@ -135,20 +135,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
     }
 }
 
-/// A missing file means an unfinished dataset (and says how to finish it); anything else is
-/// an I/O error on that file.
-fn missing_or_io(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
-    move |source| match source.kind() {
-        io::ErrorKind::NotFound => ShardError::Incomplete {
-            path: path.to_path_buf(),
-        },
-        _ => ShardError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    }
-}
-
 /// The two splits a dataset holds.
 #[derive(
     Debug,
