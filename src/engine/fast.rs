@@ -34,7 +34,7 @@ pub enum FastError {
         memory: Option<Memory>,
         suggested: usize,
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     #[error(
         "a kernel of the fast path failed: {0} (`alexnet check-fast` tests every kernel; \
@@ -314,7 +314,7 @@ impl<D: FastDevice> FastNet<D> {
             needed,
             memory,
             suggested,
-            source,
+            source: Box::new(source),
         }
     }
 
