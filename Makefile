@@ -40,13 +40,10 @@ help:
 	@echo "make test                 the whole test suite (CPU only)"
 	@echo "make bench                criterion benchmarks + preprocessing vs Pillow (generated and real photos)"
 
-# libjpeg-turbo is built from source into the binary: that needs cmake, nasm and a C compiler.
+# libjpeg-turbo is built from source into the binary: that needs cmake, nasm and a C compiler,
+# which the script installs where they are missing (or names the command that would).
 tools:
-	@missing=""; for t in cmake nasm cc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "building needs:$$missing (for libjpeg-turbo); on Debian/Ubuntu: sudo apt-get install cmake nasm gcc" >&2; \
-		exit 1; \
-	fi
+	@bash scripts/build-deps.sh
 
 build: tools
 	$(CARGO) build --release --locked $(FEATURES)
