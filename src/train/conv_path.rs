@@ -1,5 +1,5 @@
-//! Where the convolutional part of a step runs: on dfdx's ops (the reference, and the CPU's
-//! default), or on the fast path's kernels with the fully connected part still in dfdx.
+//! Where the convolutional part of a step runs: on dfdx's ops (the reference), or on the fast
+//! path's kernels (the default) with the fully connected part still in dfdx.
 //! Training, validation, the checkpoint probe and the benchmark all step through here.
 
 use dfdx::prelude::*;
@@ -42,7 +42,7 @@ impl<D: FastDevice> ConvPath<D> {
         model: &AlexNet<f32, D>,
         sgd: Option<&Sgd<D>>,
     ) -> Result<Self, FastError> {
-        if !compute.engine.is_fast(D::GPU) {
+        if !compute.engine.is_fast() {
             return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
         }
         let mut kernels = dev.fast_kernels(compute)?;
