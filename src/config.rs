@@ -149,6 +149,10 @@ pub struct TrainConfig {
     pub lr_patience: u64,
     /// The learning rate is never lowered below this.
     pub min_learning_rate: f64,
+    /// Linear warm-up (Goyal et al. 2017): over the first `lr_warmup_epochs` epochs (a
+    /// fraction allowed) the rate rises step by step from a small fraction of
+    /// `learning_rate` to all of it. 0, the paper's recipe, starts at full rate.
+    pub lr_warmup_epochs: f64,
     /// Seed of the weight initialisation and of the dropout masks.
     pub seed: u64,
     /// Also save a checkpoint every this many steps within an epoch (0: only at epoch ends).
@@ -199,6 +203,7 @@ impl Default for TrainConfig {
             lr_decay: 0.1,
             lr_patience: 3,
             min_learning_rate: 1e-5,
+            lr_warmup_epochs: 0.0,
             seed: 0,
             // ~25 minutes of a fast GPU; an ImageNet epoch is 10,009 steps of 128.
             checkpoint_every: 2000,
@@ -413,6 +418,12 @@ impl Pipeline {
                 t.learning_rate
             ));
         }
+        if !(t.lr_warmup_epochs >= 0.0 && t.lr_warmup_epochs.is_finite()) {
+            return Err(format!(
+                "train.lr_warmup_epochs = {} must be a finite number >= 0",
+                t.lr_warmup_epochs
+            ));
+        }
         if !(0.0..1.0).contains(&t.momentum) || !(0.0..1.0).contains(&t.lr_decay) {
             return Err("train.momentum and train.lr_decay must be in 0..1".into());
         }
@@ -489,6 +500,18 @@ mod tests {
         assert!(err.to_string().contains("train.epochs"), "{err}");
         let err = parse("[loader]\nthreads = 100000\n").unwrap_err();
         assert!(err.to_string().contains("loader.threads"), "{err}");
+    }
+
+    #[test]
+    fn warm_up_defaults_to_none_and_must_be_a_length() {
+        assert_eq!(parse("").unwrap().train.lr_warmup_epochs, 0.0);
+        let p = parse("[train]\nlr_warmup_epochs = 0.5\n").unwrap();
+        assert_eq!(p.train.lr_warmup_epochs, 0.5);
+        assert!(p.to_toml().contains("lr_warmup_epochs = 0.5"));
+        for bad in ["-1", "nan", "inf"] {
+            let err = parse(&format!("[train]\nlr_warmup_epochs = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("train.lr_warmup_epochs"), "{err}");
+        }
     }
 
     #[test]
