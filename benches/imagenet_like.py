@@ -6,7 +6,7 @@ ILSVRC-2012's training images are mostly baseline JPEGs of about 500x375 (500 px
 side, 333-375 on the shorter, landscape more often than portrait), with a few large photographs
 (some over 10 MP), a few progressive and grayscale files and 22 CMYK ones. The corpus has that
 shape, built here from the real photographs `make bench-photos` fetches (benches/real_photos.py),
-never committed: IMAGES (1000) re-encodings of random crops of them, at Flickr-like JPEG
+never committed: IMAGES (4000) re-encodings of random crops of them, at Flickr-like JPEG
 qualities (85-95):
 
   * 93%  baseline, 500 px on the longer side
@@ -19,7 +19,7 @@ Then, interleaved for REPEATS runs: wall time and CPU time of `alexnet preproces
 Pillow reference, the same parity check as the other benchmarks, and the projection of the
 1,281,167 training images of ILSVRC-2012 onto 16 and 64 cores from the measured rate per
 worker (assuming it scales with the cores and the disk keeps up: the read rate it would need
-is printed too). Environment: JOBS (2), REPEATS (3), IMAGES (1000), BENCH_DATA.
+is printed too). Environment: JOBS (2), REPEATS (3), IMAGES (4000), BENCH_DATA.
 """
 
 import os
@@ -33,12 +33,14 @@ from PIL import Image
 from bench_common import DATA, JOBS, REPEATS, SIZE, parity
 from real_photos import PACKAGES, fetch_originals, ours, pillow
 
-IMAGES = int(os.environ.get("IMAGES", "1000"))
+IMAGES = int(os.environ.get("IMAGES", "4000"))
 CLASSES = 10
 # One image in 25 goes to val/, as ImageNet's 50k val images are to its 1.28M training images.
 VAL_EVERY = 25
 IMAGENET_TRAIN = 1_281_167
 PROJECTED_CORES = (16, 64)
+# ILSVRC2012_img_train.tar: 147,897,477,120 bytes for the 1,281,167 images.
+IMAGENET_MEAN_BYTES = 147_897_477_120 / IMAGENET_TRAIN
 
 
 def kind_of(i):
@@ -127,13 +129,15 @@ def describe(corpus):
     return text, statistics.mean(sizes)
 
 
-def hours(images, rate):
+def duration(images, rate):
     seconds = images / rate
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def main():
-    corpus = os.path.join(DATA, "imagenet-like")
+    corpus = os.path.join(DATA, f"imagenet-like-{IMAGES}")
     build_corpus(corpus)
     text, mean_bytes = describe(corpus)
     print("corpus:", text)
@@ -155,7 +159,7 @@ def main():
     for name, (wall, cpu) in med.items():
         rate = images / wall
         per_worker = rate / JOBS
-        projected = "   ".join(f"{hours(IMAGENET_TRAIN, per_worker * c):>27}"
+        projected = "   ".join(f"{duration(IMAGENET_TRAIN, per_worker * c):>27}"
                                for c in PROJECTED_CORES)
         print(f"{name:<8} {rate:>8.1f} {wall:>8.2f} {cpu / images * 1e3:>9.2f}ms   {projected}")
     ratio = med["pillow"][0] / med["alexnet"][0]
@@ -164,7 +168,8 @@ def main():
     print("input read rate the projection needs: "
           + ", ".join(f"{rate * c * mean_bytes / 1e6:.0f} MB/s on {c} cores"
                       for c in PROJECTED_CORES)
-          + f" (at this corpus's mean file size)")
+          + f" (at this corpus's mean file size; ImageNet's training files average "
+          f"{IMAGENET_MEAN_BYTES / 1e3:.0f} kB)")
     print(f"parity: mean abs diff per image, median {match['mean_abs_diff_median']:.3f}, "
           f"max {match['mean_abs_diff_max']:.3f} levels of 255 "
           f"({match['images_under_1_level']:.1%} of images under 1 level)")
