@@ -62,7 +62,7 @@ preprocess: build $(if $(SRC),,sample)
 export: build
 	$(BIN) export --data $(OUT) --split val --out $(OUT)/export
 
-# The whole product on the sample data in about four minutes on 2 cores: preprocess, a short CPU
+# The whole product on the sample data in about two minutes on 2 cores: preprocess, a short CPU
 # training run that learns visibly, and the paper's evaluation. Run again, it resumes the same
 # run (one stopped before its first checkpoint starts over).
 demo: preprocess
