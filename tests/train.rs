@@ -24,7 +24,9 @@ fn metrics_without_timing(run: &Path) -> Vec<String> {
 #[test]
 fn a_resumed_run_repeats_the_uninterrupted_run_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
+    // With a warm-up that the interruption falls into, so that the resumed run must continue
+    // the ramp where it stopped.
+    let (data, pipeline) = tiny_setup(dir.path(), "lr_warmup_epochs = 2");
 
     let whole = dir.path().join("whole");
     let out = run_ok(&train_args(&data, &whole, &pipeline));
