@@ -183,7 +183,10 @@ fn the_default_engine_on_the_cpu_is_the_fast_path() {
     let out = common::run(&args);
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("with the fast path (host kernels)"), "{stderr}");
+    assert!(
+        stderr.contains("with the fast path (host kernels)"),
+        "{stderr}"
+    );
 
     let out = train(&data, &dir.path().join("dfdx"), &pipeline, "dfdx", &stop);
     assert_eq!(out.status.code(), Some(130), "{out:?}");

@@ -281,7 +281,10 @@ fn the_papers_initialisation_diverges_on_few_classes_and_the_printed_warm_up_let
 
     // The last section of the file is [train].
     let warm = pipeline("warm", &format!("{paper}lr_warmup_epochs = {warmup}\n"));
-    let caffe = pipeline("caffe", &paper.replace("init_bias = 1.0", "init_bias = 0.1"));
+    let caffe = pipeline(
+        "caffe",
+        &paper.replace("init_bias = 1.0", "init_bias = 0.1"),
+    );
     for (name, path) in [("warm", &warm), ("caffe", &caffe)] {
         let run_dir = dir.path().join(name);
         run_ok(&train_args(&data, &run_dir, path));
@@ -295,9 +298,15 @@ fn the_papers_initialisation_diverges_on_few_classes_and_the_printed_warm_up_let
         .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
         .collect();
     assert!(rates[0] <= 0.01 / 4.0, "{rates:?}");
-    assert!(rates.windows(2).all(|w| w[0] < w[1] || w[1] == 0.01), "{rates:?}");
+    assert!(
+        rates.windows(2).all(|w| w[0] < w[1] || w[1] == 0.01),
+        "{rates:?}"
+    );
     assert_eq!(*rates.last().unwrap(), 0.01, "{rates:?}");
     // The resolved pipeline saved with the run keeps the warm-up.
     let saved = read(&dir.path().join("warm/pipeline.toml"));
-    assert!(saved.contains(&format!("lr_warmup_epochs = {warmup:?}")), "{saved}");
+    assert!(
+        saved.contains(&format!("lr_warmup_epochs = {warmup:?}")),
+        "{saved}"
+    );
 }

@@ -132,7 +132,11 @@ pub fn plot_training(run: &RunDir, out_dir: &Path) -> Result<Vec<PathBuf>, PlotE
         Err(error) => return Err(error.into()),
     };
     let per_step = |f: fn(&StepRow) -> f64| -> Option<Vec<(f64, f64)>> {
-        let points: Vec<_> = steps.as_ref()?.iter().map(|r| (r.step as f64, f(r))).collect();
+        let points: Vec<_> = steps
+            .as_ref()?
+            .iter()
+            .map(|r| (r.step as f64, f(r)))
+            .collect();
         Some(downsample(&points, MAX_STEP_POINTS))
     };
     let mut loss_series = Vec::new();
@@ -903,7 +907,9 @@ mod tests {
         let chart = |steps_log: &str| {
             fs::write(run.steps(), steps_log).unwrap();
             plot_training(&run, &out).unwrap();
-            image::open(out.join("learning_rate.png")).unwrap().into_rgb8()
+            image::open(out.join("learning_rate.png"))
+                .unwrap()
+                .into_rgb8()
         };
         let (flat, warm) = (chart(&log(1)), chart(&log(10)));
         assert!(pixels_of(&warm, PALETTE[4]).len() > 50);

@@ -112,7 +112,10 @@ mod tests {
         }
         // None by default (the paper): the first step has the full rate.
         let paper = TrainConfig::default();
-        assert_eq!(Plateau::new(&paper).rate_at(&paper, 0, 8), paper.learning_rate);
+        assert_eq!(
+            Plateau::new(&paper).rate_at(&paper, 0, 8),
+            paper.learning_rate
+        );
         // Rounded to whole steps, at least one.
         let short = TrainConfig {
             lr_warmup_epochs: 0.01,
