@@ -3,16 +3,16 @@
 like it, beside the Pillow reference with the same number of workers.
 
 ILSVRC-2012's training images are mostly baseline JPEGs of about 500x375 (500 px on the longer
-side, 333-375 on the shorter, landscape more often than portrait), with a few large photographs
+side, mostly 333-375 on the shorter, landscape more often than portrait), with a few large photographs
 (some over 10 MP), a few progressive and grayscale files and 22 CMYK ones. The corpus has that
 shape, built here from the real photographs `make bench-photos` fetches (benches/real_photos.py),
 never committed: IMAGES (4000) re-encodings of random crops of them, at Flickr-like JPEG
 qualities (85-95):
 
-  * 93%  baseline, 500 px on the longer side
+  * 93%  baseline, 500 px on the longer side, 281-400 on the shorter
   *  2%  progressive, same sizes
   *  2%  grayscale, same sizes
-  *  3%  large baseline, 1600-4000 px on the longer side (decoded at 1/2 or 1/4 scale by us)
+  *  3%  large baseline, 1600-4000 px on the longer side (most decoded at 1/2 or 1/4 scale by us)
   *  2 files CMYK (0.002% in ImageNet; here so that the path is timed at all)
 
 Then, interleaved for REPEATS runs: wall time and CPU time of `alexnet preprocess` and of the
