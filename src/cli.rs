@@ -147,7 +147,8 @@ pub struct DeviceArg {
     #[arg(long = "device", value_name = "DEVICE", value_enum)]
     pub kind: Option<DeviceKind>,
     /// The convolutional layers on the fast path (own kernels: cuDNN and fused kernels on
-    /// CUDA) or on dfdx's ops [default: the pipeline's compute.engine; auto = fast on CUDA].
+    /// CUDA, plain loops on the CPU) or on dfdx's ops, the reference [default: the pipeline's
+    /// compute.engine; auto = fast].
     #[arg(long, value_enum)]
     pub engine: Option<crate::config::Engine>,
     /// Fast-path convolutions on CUDA: TF32 tensor cores or strict fp32 [default: the

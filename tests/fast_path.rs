@@ -169,3 +169,27 @@ fn check_fast_passes_on_the_papers_network_despite_pooling_ties() {
     assert!(out.contains("d features.0.weight"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
+
+/// `auto`, the default engine, takes the fast path on the CPU too (its host kernels are the
+/// faster ones there); `--engine dfdx` still selects the reference.
+#[test]
+fn the_default_engine_on_the_cpu_is_the_fast_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let stop = ["--stop-after-steps", "1"];
+    let auto = dir.path().join("auto");
+    let mut args = train_args(&data, &auto, &pipeline);
+    args.extend(stop);
+    let out = common::run(&args);
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("with the fast path (host kernels)"),
+        "{stderr}"
+    );
+
+    let out = train(&data, &dir.path().join("dfdx"), &pipeline, "dfdx", &stop);
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("with dfdx ops"), "{stderr}");
+}

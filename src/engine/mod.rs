@@ -1,9 +1,9 @@
 //! One step of the network — training, validation, evaluation, the checkpoint probe, the
 //! benchmark and the check all go through `StepEngine` — on one of two engines:
 //!
-//! - `dfdx`: the whole network on dfdx's ops (the reference, and the CPU's default);
-//! - `fast`: the convolutional part on the project's own kernels (`FastNet` over
-//!   `kernels::Kernels`), joined to dfdx at the flattened features.
+//! - `dfdx`: the whole network on dfdx's ops (the reference);
+//! - `fast` (the default): the convolutional part on the project's own kernels (`FastNet`
+//!   over `kernels::Kernels`), joined to dfdx at the flattened features.
 //!
 //! dfdx keeps a tensor's device memory private, so its ops cannot be mixed with cuDNN calls
 //! inside one layer. The network is split instead: the convolutional part (conv1 to pool3,
@@ -123,7 +123,7 @@ impl<D: FastDevice> StepEngine<D> {
         model: &AlexNet<f32, D>,
         sgd: Option<&Sgd<D>>,
     ) -> Result<Self, EngineError> {
-        if !compute.engine.is_fast(D::GPU) {
+        if !compute.engine.is_fast() {
             return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
         }
         let mut kernels = dev.fast_kernels(compute)?;

@@ -1,4 +1,5 @@
-//! The paper's learning-rate rule: divide by 10 when the validation error stops improving.
+//! The paper's learning-rate rule: divide by 10 when the validation error stops improving;
+//! optionally preceded by a linear warm-up.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,33 @@ impl Plateau {
     }
 }
 
+/// The warm-up's share of the rate for the step with index `step` (0 for the run's first):
+/// `(step + 1) / W` over the first `W` steps, then 1, where `W` is `lr_warmup_epochs` epochs
+/// in steps, rounded (at least one when there is any warm-up).
+/// A function of the step alone, like everything a resumed run recomputes, so a resume
+/// continues the ramp exactly where it stopped.
+pub fn warmup_factor(config: &TrainConfig, step: u64, steps_per_epoch: u64) -> f64 {
+    let warmup = config.lr_warmup_epochs;
+    let steps = if warmup > 0.0 {
+        ((warmup * steps_per_epoch as f64).round() as u64).max(1)
+    } else {
+        0
+    };
+    if step >= steps {
+        1.0
+    } else {
+        (step + 1) as f64 / steps as f64
+    }
+}
+
+impl Plateau {
+    /// The rate the step with index `step` trains with: the plateau rule's rate, scaled by
+    /// the warm-up.
+    pub fn rate_at(&self, config: &TrainConfig, step: u64, steps_per_epoch: u64) -> f64 {
+        self.learning_rate * warmup_factor(config, step, steps_per_epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +94,34 @@ mod tests {
         assert!((p.learning_rate - 1e-4).abs() < 1e-12);
         assert_eq!(p.reductions, 2);
         assert_eq!(p.best_error, Some(0.7));
+    }
+
+    #[test]
+    fn warm_up_rises_linearly_to_the_full_rate_then_stays() {
+        let config = TrainConfig {
+            learning_rate: 0.01,
+            lr_warmup_epochs: 0.5,
+            ..TrainConfig::default()
+        };
+        let p = Plateau::new(&config);
+        // Half an epoch of 8 steps: 4 warm-up steps.
+        let rates: Vec<f64> = (0..6).map(|step| p.rate_at(&config, step, 8)).collect();
+        let expected = [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01];
+        for (got, want) in rates.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-15, "{rates:?}");
+        }
+        // None by default (the paper): the first step has the full rate.
+        let paper = TrainConfig::default();
+        assert_eq!(
+            Plateau::new(&paper).rate_at(&paper, 0, 8),
+            paper.learning_rate
+        );
+        // Rounded to whole steps, at least one.
+        let short = TrainConfig {
+            lr_warmup_epochs: 0.01,
+            ..config
+        };
+        assert_eq!(warmup_factor(&short, 0, 8), 1.0);
+        assert_eq!(warmup_factor(&short, 0, 1000), 0.1);
     }
 }

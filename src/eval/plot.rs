@@ -17,7 +17,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::canvas::{self, Area, DrawError};
-use crate::run::{EpochRow, LogError, RunDir};
+use crate::run::{EpochRow, LogError, RunDir, StepRow};
 
 /// Distinct, colour-blind-friendly series colours (the "tab10" palette's first entries).
 const PALETTE: [RGBColor; 5] = [
@@ -126,21 +126,26 @@ pub fn plot_training(run: &RunDir, out_dir: &Path) -> Result<Vec<PathBuf>, PlotE
         x.iter().zip(y).map(|(&x, &y)| (x, y * factor)).collect()
     };
 
-    let mut loss_series = Vec::new();
-    match run.read_steps() {
-        Ok(rows) => {
-            let points: Vec<_> = rows
-                .iter()
-                .map(|r| (r.step as f64, f64::from(r.loss)))
-                .collect();
-            loss_series.push(Series {
-                name: "train loss (per step)",
-                points: downsample(&points, MAX_STEP_POINTS),
-                color: STEP_LOSS_COLOR,
-            });
-        }
-        Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+    let steps = match run.read_steps() {
+        Ok(rows) => Some(rows),
+        Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
         Err(error) => return Err(error.into()),
+    };
+    let per_step = |f: fn(&StepRow) -> f64| -> Option<Vec<(f64, f64)>> {
+        let points: Vec<_> = steps
+            .as_ref()?
+            .iter()
+            .map(|r| (r.step as f64, f(r)))
+            .collect();
+        Some(downsample(&points, MAX_STEP_POINTS))
+    };
+    let mut loss_series = Vec::new();
+    if let Some(points) = per_step(|r| f64::from(r.loss)) {
+        loss_series.push(Series {
+            name: "train loss (per step)",
+            points,
+            color: STEP_LOSS_COLOR,
+        });
     }
     loss_series.push(Series {
         name: "train loss (epoch mean)",
@@ -152,6 +157,19 @@ pub fn plot_training(run: &RunDir, out_dir: &Path) -> Result<Vec<PathBuf>, PlotE
         points: zip(step, &column(|r| r.val_loss), 1.0),
         color: PALETTE[1],
     });
+    // Each step's rate where the log has it: a warm-up changes the rate within an epoch.
+    let learning_rate = match per_step(|r| r.learning_rate) {
+        Some(points) => Series {
+            name: "learning rate (per step)",
+            points,
+            color: PALETTE[4],
+        },
+        None => Series {
+            name: "learning rate (per epoch)",
+            points: zip(step, &column(|r| r.learning_rate), 1.0),
+            color: PALETTE[4],
+        },
+    };
     let error = |name, f: fn(&EpochRow) -> f64, color| Series {
         name,
         points: zip(epoch, &column(f), 100.0),
@@ -186,13 +204,9 @@ pub fn plot_training(run: &RunDir, out_dir: &Path) -> Result<Vec<PathBuf>, PlotE
             "learning_rate.png",
             LineChart {
                 title: "Learning rate",
-                x_label: "epoch",
+                x_label: "step",
                 y_label: "learning rate",
-                series: vec![Series {
-                    name: "learning rate",
-                    points: zip(epoch, &column(|r| r.learning_rate), 1.0),
-                    color: PALETTE[4],
-                }],
+                series: vec![learning_rate],
                 log_y: true,
             },
         ),
@@ -874,6 +888,45 @@ mod tests {
         fs::write(run.steps(), &log).unwrap();
         plot_training(&run, &out).unwrap();
         assert!(pixels_of(&read("loss.png"), STEP_LOSS_COLOR).len() > 50);
+    }
+
+    #[test]
+    fn the_learning_rate_chart_draws_every_steps_rate_so_a_warm_up_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        fs::write(run.metrics(), METRICS).unwrap();
+        let log = |warmup_steps: u32| {
+            let mut log = String::from("step,epoch,loss,learning_rate,ms_per_step\n");
+            for step in 1..=30 {
+                let rate = 0.01 * f64::from(step.min(warmup_steps)) / f64::from(warmup_steps);
+                log.push_str(&format!("{step},{},2.0,{rate},5.0\n", (step - 1) / 10 + 1));
+            }
+            log
+        };
+        let out = dir.path().join("plots");
+        let chart = |steps_log: &str| {
+            fs::write(run.steps(), steps_log).unwrap();
+            plot_training(&run, &out).unwrap();
+            image::open(out.join("learning_rate.png"))
+                .unwrap()
+                .into_rgb8()
+        };
+        let (flat, warm) = (chart(&log(1)), chart(&log(10)));
+        assert!(pixels_of(&warm, PALETTE[4]).len() > 50);
+        assert_ne!(flat.as_raw(), warm.as_raw());
+        // A flat rate is a line a few pixels thick (with its markers); the ramp climbs through
+        // most of the plot's height (the legend, above the plot, is left out).
+        let rows = |image: &RgbImage| {
+            let mut ys: Vec<u32> = pixels_of(image, PALETTE[4])
+                .iter()
+                .map(|p| p.1)
+                .filter(|&y| y > HEADER_HEIGHT)
+                .collect();
+            ys.dedup();
+            ys.len()
+        };
+        assert!(rows(&flat) <= 10, "{}", rows(&flat));
+        assert!(rows(&warm) > 200, "{}", rows(&warm));
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub enum TrainError {
     AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
 }
 
+/// The warm-up the divergence message suggests, in epochs (tested to let the paper's
+/// initialisation start where it diverges without one).
+const WARMUP_HINT: f64 = 2.0;
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
@@ -244,8 +248,9 @@ where
     bar.start_epoch(&trainer.state, epochs);
     while let Some(batch) = loader.next() {
         let batch = batch?;
+        let lr = trainer.learning_rate(trainer.state.step);
         let loss = trainer.step(&batch)?;
-        bar.step(&trainer.state, loss);
+        bar.step(&trainer.state, loss, lr);
 
         if trainer.epoch_finished() {
             bar.finish_epoch();
@@ -512,6 +517,14 @@ impl<D: FastDevice> Trainer<D> {
         );
     }
 
+    /// The rate of the step with index `step` (the warm-up, then the plateau rule's rate).
+    fn learning_rate(&self, step: u64) -> f64 {
+        let config = &self.pipeline.train;
+        self.state
+            .schedule
+            .rate_at(config, step, self.steps_per_epoch)
+    }
+
     /// One SGD step on `batch`; returns its loss.
     fn step(&mut self, batch: &Batch) -> Result<f32, TrainError> {
         let n = batch.len();
@@ -522,7 +535,7 @@ impl<D: FastDevice> Trainer<D> {
             self.state.step,
             n,
         );
-        let lr = self.state.schedule.learning_rate;
+        let lr = self.learning_rate(self.state.step);
         let (model, sgd) = (&mut self.model, &mut self.sgd);
         let (value, host_logits) = self
             .engine
@@ -576,7 +589,7 @@ impl<D: FastDevice> Trainer<D> {
                  raise loader.batch_size), or check the data, then continue with --resume.",
                 path.display()
             ),
-            None => "No checkpoint was written yet; lower train.learning_rate.".into(),
+            None => self.early_divergence_hint(),
         };
         TrainError::Diverged {
             step,
@@ -584,6 +597,26 @@ impl<D: FastDevice> Trainer<D> {
             what,
             hint,
         }
+    }
+
+    /// What to change when a run diverges before its first checkpoint. That is what the
+    /// paper's initialisation (biases of 1 behind wide layers) does on datasets with few
+    /// classes, where the first steps' gradients all point the same way; a warm-up or
+    /// Caffe's smaller biases keep the rest of the recipe.
+    fn early_divergence_hint(&self) -> String {
+        let (train, model) = (&self.pipeline.train, &self.pipeline.model);
+        let warmup = WARMUP_HINT.max(2.0 * train.lr_warmup_epochs);
+        let mut hint = format!(
+            "No checkpoint was written yet; lower train.learning_rate, or warm it up from a \
+             small fraction with train.lr_warmup_epochs = {warmup}"
+        );
+        if model.init_bias > 0.1 {
+            hint += &format!(
+                ", or start the biases at model.init_bias = 0.1 (Caffe's choice) instead of {}",
+                model.init_bias
+            );
+        }
+        hint + "."
     }
 
     fn epoch_finished(&self) -> bool {
@@ -608,7 +641,8 @@ impl<D: FastDevice> Trainer<D> {
         let record = EpochRecord {
             epoch: self.state.epoch + 1,
             step: self.state.step,
-            learning_rate: self.state.schedule.learning_rate,
+            // During warm-up the rate changes every step: the epoch's last one is recorded.
+            learning_rate: self.learning_rate(self.state.step.saturating_sub(1)),
             train: self.state.epoch_tally,
             val,
             seconds: self.state.epoch_seconds,
@@ -816,7 +850,7 @@ impl EpochBar {
         self.started = Instant::now();
     }
 
-    fn step(&mut self, state: &TrainState, loss: f32) {
+    fn step(&mut self, state: &TrainState, loss: f32, lr: f64) {
         let smoothed = match self.smoothed_loss {
             Some(s) => 0.95 * s + 0.05 * loss,
             None => loss,
@@ -827,8 +861,7 @@ impl EpochBar {
         let images_per_sec = images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         if let Some(meter) = &mut self.meter {
             meter.set_message(format!(
-                "loss {smoothed:.4}, lr {}, {images_per_sec:.0} images/s",
-                state.schedule.learning_rate
+                "loss {smoothed:.4}, lr {lr}, {images_per_sec:.0} images/s"
             ));
             meter.set_position(in_epoch);
         }
