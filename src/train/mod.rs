@@ -606,16 +606,18 @@ impl<D: FastDevice> Trainer<D> {
     fn early_divergence_hint(&self) -> String {
         let (train, model) = (&self.pipeline.train, &self.pipeline.model);
         let warmup = WARMUP_HINT.max(2.0 * train.lr_warmup_epochs);
-        let mut hint = format!(
-            "No checkpoint was written yet; lower train.learning_rate, or warm it up from a \
-             small fraction with train.lr_warmup_epochs = {warmup}"
-        );
+        let mut hint = "No checkpoint was written yet; ".to_string();
+        // Caffe's biases are what let such a run learn; a warm-up only gets it past its start.
         if model.init_bias > 0.1 {
             hint += &format!(
-                ", or start the biases at model.init_bias = 0.1 (Caffe's choice) instead of {}",
+                "start the biases at model.init_bias = 0.1 (Caffe's choice) instead of {}, ",
                 model.init_bias
             );
         }
+        hint += &format!(
+            "lower train.learning_rate, or warm it up from a small fraction with \
+             train.lr_warmup_epochs = {warmup}"
+        );
         hint + "."
     }
 
