@@ -273,7 +273,8 @@ fn the_papers_initialisation_diverges_on_few_classes_and_the_printed_warm_up_let
     let warmup: f64 = err
         .split("train.lr_warmup_epochs = ")
         .nth(1)
-        .and_then(|rest| rest.split([',', ' ']).next())
+        .and_then(|rest| rest.split([',', ' ', '\n']).next())
+        .map(|n| n.trim_end_matches('.'))
         .unwrap_or_else(|| panic!("no warm-up suggested: {err}"))
         .parse()
         .unwrap();
