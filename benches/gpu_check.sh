@@ -96,8 +96,8 @@ lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
 if not lines:
     print("no report"); sys.exit()
 results = json.loads(lines[-1])["results"]
-kernel = max((c["relative_error"], c["name"]) for c, _ in results if c["name"].startswith("kernel"))
-net = max((c["relative_error"], c["name"]) for c, _ in results if not c["name"].startswith("kernel"))
+kernel = max((c["relative_error"], c["name"]) for c, _ in results if c["kind"] != "network")
+net = max((c["relative_error"], c["name"]) for c, _ in results if c["kind"] == "network")
 print(f"worst kernel {kernel[0]:.1e} ({kernel[1]}), worst step tensor {net[0]:.1e} ({net[1]})")
 PY
 )

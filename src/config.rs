@@ -97,7 +97,7 @@ impl Default for ComputeConfig {
 impl Engine {
     /// Whether the fast path runs. Besides CUDA's kernels, its host kernels also beat
     /// dfdx's gather-convolutions on the CPU (1.66× on the sample network, 2 cores), and they
-    /// are checked against the dfdx path (`fast::check`, tests/fast_path.rs), so `auto` takes
+    /// are checked against the dfdx path (`check`, tests/fast_path.rs), so `auto` takes
     /// them there too.
     pub fn is_fast(self) -> bool {
         match self {
