@@ -1,4 +1,4 @@
-"""What the preprocessing benchmarks (preprocess_vs_pillow.py, real_photos.py) share: where
+"""What the preprocessing benchmarks (preprocess_vs_pillow.py, real_photos.py, imagenet_like.py) share: where
 things are, the settings from the environment, and the Pillow reference's commands."""
 
 import json

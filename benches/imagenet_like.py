@@ -24,14 +24,13 @@ is printed too). Environment: JOBS (2), REPEATS (3), IMAGES (4000), BENCH_DATA.
 
 import os
 import random
-import shutil
 import statistics
 import sys
 
 from PIL import Image
 
 from bench_common import DATA, JOBS, REPEATS, SIZE, parity
-from real_photos import PACKAGES, fetch_originals, ours, pillow
+from real_photos import ours, pillow, start_corpus
 
 IMAGES = int(os.environ.get("IMAGES", "4000"))
 CLASSES = 10
@@ -76,14 +75,7 @@ def build_corpus(corpus):
     """ImageNet's layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
     if os.path.exists(os.path.join(corpus, "DONE")):
         return
-    shutil.rmtree(corpus, ignore_errors=True)
-    originals = fetch_originals(os.path.join(DATA, "debs"), os.path.join(DATA, "debs-extracted"))
-    if not originals:
-        sys.exit("no JPEG photographs found in " + ", ".join(PACKAGES))
-    wnids = [f"n{8000000 + c:08d}" for c in range(CLASSES)]
-    for split in ("train", "val"):
-        for wnid in wnids:
-            os.makedirs(os.path.join(corpus, split, wnid))
+    originals, wnids = start_corpus(corpus, CLASSES, 8000000)
     # Each photograph is decoded once, for every image cut from it.
     for source, path in enumerate(originals):
         with Image.open(path) as photo:

@@ -54,19 +54,26 @@ def fetch_originals(debs, extracted):
     return sorted(found, key=os.path.basename)
 
 
+def start_corpus(corpus, classes, first_wnid):
+    """An empty ImageNet layout in `corpus` (train/ and val/ with one folder per class) and
+    the photographs to cut it from: (originals, wnids)."""
+    shutil.rmtree(corpus, ignore_errors=True)
+    originals = fetch_originals(os.path.join(DATA, "debs"), os.path.join(DATA, "debs-extracted"))
+    if not originals:
+        sys.exit("no JPEG photographs found in " + ", ".join(PACKAGES))
+    wnids = [f"n{first_wnid + c:08d}" for c in range(classes)]
+    for split in ("train", "val"):
+        for wnid in wnids:
+            os.makedirs(os.path.join(corpus, split, wnid))
+    return originals, wnids
+
+
 def build_corpus(corpus):
     """ImageNet layout: train/<wnid>/*.JPEG (the photographs and their re-encodings) and
     val/<wnid>/ (one re-encoding per photograph)."""
     if os.path.exists(os.path.join(corpus, "DONE")):
         return
-    shutil.rmtree(corpus, ignore_errors=True)
-    originals = fetch_originals(os.path.join(DATA, "debs"), os.path.join(DATA, "debs-extracted"))
-    if not originals:
-        sys.exit("no JPEG photographs found in " + ", ".join(PACKAGES))
-    wnids = [f"n{9000000 + c:08d}" for c in range(CLASSES)]
-    for split in ("train", "val"):
-        for wnid in wnids:
-            os.makedirs(os.path.join(corpus, split, wnid))
+    originals, wnids = start_corpus(corpus, CLASSES, 9000000)
     k = 0
     for i, path in enumerate(originals):
         stem = os.path.splitext(os.path.basename(path))[0].replace(" ", "_")
