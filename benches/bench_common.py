@@ -1,5 +1,6 @@
-"""What the preprocessing benchmarks (preprocess_vs_pillow.py, real_photos.py, imagenet_like.py) share: where
-things are, the settings from the environment, and the Pillow reference's commands."""
+"""What the preprocessing benchmarks (preprocess_vs_pillow.py, real_photos.py,
+imagenet_like.py) share: where things are, the settings from the environment, and the Pillow
+reference's commands."""
 
 import json
 import os
