@@ -30,7 +30,7 @@ use crate::device::FastDevice;
 use crate::kernels::{InputBatch, KernelError, Kernels};
 use crate::loader::{Batch, LoaderData};
 use crate::model::join::join;
-use crate::model::{AlexNet, DropoutMasks, Mat};
+use crate::model::{AlexNet, DropoutMasks, Mat, CONV_BLOCKS};
 use fast::{FastError, FastNet};
 use input::{batch_bytes, InputStage, MeanRowTable};
 use loss::mean_cross_entropy;
@@ -205,7 +205,7 @@ impl<D: FastDevice> StepEngine<D> {
                             observe(stage(Phase::Backward, name))
                         })?;
                     fast.net.sgd_step(lr)?;
-                    sgd.step_layers(model, &grads, lr, 5..8);
+                    sgd.step_layers(model, &grads, lr, CONV_BLOCKS..8);
                     observe(stage(Phase::Update, "sgd"));
                 }
                 Ok((value, host_logits))

@@ -248,8 +248,7 @@ where
     bar.start_epoch(&trainer.state, epochs);
     while let Some(batch) = loader.next() {
         let batch = batch?;
-        let lr = trainer.learning_rate(trainer.state.step);
-        let loss = trainer.step(&batch)?;
+        let (loss, lr) = trainer.step(&batch)?;
         bar.step(&trainer.state, loss, lr);
 
         if trainer.epoch_finished() {
@@ -525,8 +524,8 @@ impl<D: FastDevice> Trainer<D> {
             .rate_at(config, step, self.steps_per_epoch)
     }
 
-    /// One SGD step on `batch`; returns its loss.
-    fn step(&mut self, batch: &Batch) -> Result<f32, TrainError> {
+    /// One SGD step on `batch`; returns its loss and the learning rate it took.
+    fn step(&mut self, batch: &Batch) -> Result<(f32, f64), TrainError> {
         let n = batch.len();
         let masks = DropoutMasks::draw(
             &self.dev,
@@ -560,7 +559,7 @@ impl<D: FastDevice> Trainer<D> {
             ms_per_step: (now - self.last_step_end).as_secs_f64() * 1e3,
         })?;
         self.last_step_end = now;
-        Ok(value)
+        Ok((value, lr))
     }
 
     /// The error for a step the engine could not take (a kernel failed, the device ran out of
