@@ -449,16 +449,7 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
         Case::Normalize { batch: BATCH, crop },
     )];
     for block in &blocks[..3] {
-        let w = block.conv;
-        let shape = ConvShape {
-            batch: BATCH,
-            in_channels: block.in_channels,
-            out_channels: block.out_channels,
-            size: w.size,
-            kernel: w.kernel,
-            stride: w.stride,
-            pad: w.pad,
-        };
+        let shape = block.conv_shape(BATCH);
         cases.push((block.names().0.to_string(), Case::Conv(shape)));
     }
     let first = blocks[0];
@@ -472,14 +463,7 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
         cases.push((format!("lrn {}", block.names().0), Case::Lrn(p, lrn)));
     }
     for block in [&blocks[0], &blocks[CONV_BLOCKS - 1]] {
-        if let Some(w) = block.pool {
-            let shape = PoolShape {
-                batch: BATCH,
-                channels: block.out_channels,
-                size: w.size,
-                kernel: w.kernel,
-                stride: w.stride,
-            };
+        if let Some(shape) = block.pool_shape(BATCH) {
             cases.push((block.names().2.to_string(), Case::Pool(shape)));
         }
     }

@@ -67,26 +67,11 @@ struct ConvParams<D: Storage<f32>> {
 
 impl<D: Storage<f32>> ConvParams<D> {
     fn shape(&self, batch: usize) -> ConvShape {
-        let w = self.block.conv;
-        ConvShape {
-            batch,
-            in_channels: self.block.in_channels,
-            out_channels: self.block.out_channels,
-            size: w.size,
-            kernel: w.kernel,
-            stride: w.stride,
-            pad: w.pad,
-        }
+        self.block.conv_shape(batch)
     }
 
     fn pool_shape(&self, batch: usize) -> Option<PoolShape> {
-        self.block.pool.map(|w| PoolShape {
-            batch,
-            channels: self.block.out_channels,
-            size: w.size,
-            kernel: w.kernel,
-            stride: w.stride,
-        })
+        self.block.pool_shape(batch)
     }
 
     fn layout(&self) -> TorchLayout {

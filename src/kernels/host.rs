@@ -2,7 +2,8 @@
 //! tested against, and what lets the CPU tests run everything around the kernels (the join
 //! to dfdx, parameter ownership, SGD, checkpoints, resume).
 //!
-//! Written for clarity first: convolutions as im2col and one matrix product per image.
+//! Written for clarity first (the arithmetic is `loops`, shared with the check's f64 replay):
+//! convolutions as im2col and one matrix product per image.
 //!
 //! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
 //! what a run does when a GPU kernel fails or the GPU runs out of memory.
@@ -10,6 +11,7 @@
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
 
+use super::loops;
 use super::{
     Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
     PoolShape, SgdStep,
@@ -197,19 +199,7 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_forward")?;
-        let (rows, pixels) = patch_matrix(s);
-        let mut cols = vec![0f32; rows * pixels];
-        for (b, y) in y.chunks_mut(s.out_channels * pixels).enumerate() {
-            im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
-            // y_b (O, P) = W (O, C·K·K) · cols (C·K·K, P)
-            matmul(
-                y,
-                (s.out_channels, pixels, rows),
-                (w, rows, 1),
-                (&cols, pixels, 1),
-                false,
-            );
-        }
+        loops::conv_forward(s, x, w, y);
         Ok(())
     }
 
@@ -221,20 +211,7 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_backward_data")?;
-        let (rows, pixels) = patch_matrix(s);
-        let mut cols = vec![0f32; rows * pixels];
-        for (b, dx) in dx.chunks_mut(s.in_channels * s.size * s.size).enumerate() {
-            let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
-            // cols (C·K·K, P) = Wᵀ (C·K·K, O) · dy_b (O, P), then every column back to its pixel.
-            matmul(
-                &mut cols,
-                (rows, pixels, s.out_channels),
-                (w, 1, rows),
-                (dy, pixels, 1),
-                false,
-            );
-            col2im(s, &cols, dx);
-        }
+        loops::conv_backward_data(s, dy, w, dx);
         Ok(())
     }
 
@@ -246,33 +223,13 @@ impl Kernels<Cpu> for HostKernels {
         dw: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_backward_filter")?;
-        let (rows, pixels) = patch_matrix(s);
-        let mut cols = vec![0f32; rows * pixels];
-        for b in 0..s.batch {
-            im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
-            let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
-            // dW (O, C·K·K) += dy_b (O, P) · cols_bᵀ (P, C·K·K)
-            matmul(
-                dw,
-                (s.out_channels, rows, pixels),
-                (dy, pixels, 1),
-                (&cols, 1, pixels),
-                b > 0,
-            );
-        }
+        loops::conv_backward_filter(s, x, dy, dw);
         Ok(())
     }
 
     fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) -> KernelResult {
         self.faults.enter("bias_relu")?;
-        y.par_chunks_mut(p.pixels)
-            .enumerate()
-            .for_each(|(plane, y)| {
-                let b = bias[plane % p.channels];
-                for v in y {
-                    *v = (*v + b).max(0.0);
-                }
-            });
+        loops::bias_relu(p, y, bias);
         Ok(())
     }
 
@@ -284,20 +241,7 @@ impl Kernels<Cpu> for HostKernels {
         db: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("relu_bias_backward")?;
-        for (g, &v) in dy.iter_mut().zip(y.iter()) {
-            if v <= 0.0 {
-                *g = 0.0;
-            }
-        }
-        for (c, db) in db.iter_mut().enumerate() {
-            let mut sum = 0f32;
-            for b in 0..p.batch {
-                sum += dy[(b * p.channels + c) * p.pixels..][..p.pixels]
-                    .iter()
-                    .sum::<f32>();
-            }
-            *db = sum;
-        }
+        loops::relu_bias_backward(p, y, dy, db);
         Ok(())
     }
 
@@ -310,19 +254,7 @@ impl Kernels<Cpu> for HostKernels {
         d: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("lrn_forward")?;
-        let half = lrn.size / 2;
-        for b in 0..p.batch {
-            for c in 0..p.channels {
-                let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
-                for i in 0..p.pixels {
-                    let at = |c: usize| (b * p.channels + c) * p.pixels + i;
-                    let sum: f32 = window.clone().map(|c| x[at(c)] * x[at(c)]).sum();
-                    let denominator = lrn.k + lrn.alpha * sum;
-                    d[at(c)] = denominator;
-                    y[at(c)] = x[at(c)] * denominator.powf(-lrn.beta);
-                }
-            }
-        }
+        loops::lrn_forward(p, lrn, x, y, d);
         Ok(())
     }
 
@@ -336,36 +268,13 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("lrn_backward")?;
-        let half = lrn.size / 2;
-        for b in 0..p.batch {
-            for c in 0..p.channels {
-                let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
-                for i in 0..p.pixels {
-                    let at = |c: usize| (b * p.channels + c) * p.pixels + i;
-                    let cross: f32 = window
-                        .clone()
-                        .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(-lrn.beta - 1.0))
-                        .sum();
-                    dx[at(c)] = dy[at(c)] * d[at(c)].powf(-lrn.beta)
-                        - 2.0 * lrn.alpha * lrn.beta * x[at(c)] * cross;
-                }
-            }
-        }
+        loops::lrn_backward(p, lrn, x, d, dy, dx);
         Ok(())
     }
 
     fn pool_forward(&mut self, s: &PoolShape, x: &Buf<Cpu>, y: &mut Buf<Cpu>) -> KernelResult {
         self.faults.enter("pool_forward")?;
-        let out = s.out_size();
-        for plane in 0..s.batch * s.channels {
-            let x = &x[plane * s.size * s.size..][..s.size * s.size];
-            for oy in 0..out {
-                for ox in 0..out {
-                    let (at, _) = window_max(s, x, oy, ox);
-                    y[(plane * out + oy) * out + ox] = x[at];
-                }
-            }
-        }
+        loops::pool_forward(s, x, y);
         Ok(())
     }
 
@@ -378,18 +287,7 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("pool_backward")?;
-        let out = s.out_size();
-        dx.fill(0.0);
-        for plane in 0..s.batch * s.channels {
-            let x = &x[plane * s.size * s.size..][..s.size * s.size];
-            let dx = &mut dx[plane * s.size * s.size..][..s.size * s.size];
-            for oy in 0..out {
-                for ox in 0..out {
-                    let (at, _) = window_max(s, x, oy, ox);
-                    dx[at] += dy[(plane * out + oy) * out + ox];
-                }
-            }
-        }
+        loops::pool_backward(s, x, dy, dx);
         Ok(())
     }
 
@@ -400,13 +298,7 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("flatten_channels_last")?;
-        for b in 0..p.batch {
-            for c in 0..p.channels {
-                for i in 0..p.pixels {
-                    y[(b * p.pixels + i) * p.channels + c] = x[(b * p.channels + c) * p.pixels + i];
-                }
-            }
-        }
+        loops::flatten_channels_last(p, x, y);
         Ok(())
     }
 
@@ -417,13 +309,7 @@ impl Kernels<Cpu> for HostKernels {
         x: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("unflatten_channels_last")?;
-        for b in 0..p.batch {
-            for c in 0..p.channels {
-                for i in 0..p.pixels {
-                    x[(b * p.channels + c) * p.pixels + i] = y[(b * p.pixels + i) * p.channels + c];
-                }
-            }
-        }
+        loops::unflatten_channels_last(p, y, x);
         Ok(())
     }
 
@@ -442,129 +328,6 @@ impl Kernels<Cpu> for HostKernels {
         }
         Ok(())
     }
-}
-
-/// `dst (m, n) [+]= lhs (m, k) · rhs (k, n)`, each operand given with its row and column
-/// strides (a transposed operand is just swapped strides).
-fn matmul(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
-    accumulate: bool,
-) {
-    assert!(dst.len() >= m * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let threads = rayon::current_num_threads();
-    // Safety: the asserts keep every index of the three operands in bounds, and `dst` is
-    // borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(threads),
-        );
-    }
-}
-
-/// `(rows, columns)` of one image's patch matrix: `(C·K·K, output pixels)`.
-fn patch_matrix(s: &ConvShape) -> (usize, usize) {
-    (
-        s.in_channels * s.kernel * s.kernel,
-        s.out_size() * s.out_size(),
-    )
-}
-
-/// The input patches of one image as a `(C·K·K, P)` matrix, rows in OIHW filter order
-/// `(c, ky, kx)`; taps in the padding read 0.
-fn im2col(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
-    let out = s.out_size();
-    cols.par_chunks_mut(out * out)
-        .enumerate()
-        .for_each(|(row, col)| {
-            let (c, ky, kx) = (
-                row / (s.kernel * s.kernel),
-                row / s.kernel % s.kernel,
-                row % s.kernel,
-            );
-            let plane = &x[c * s.size * s.size..][..s.size * s.size];
-            for oy in 0..out {
-                let iy = (oy * s.stride + ky)
-                    .checked_sub(s.pad)
-                    .filter(|&v| v < s.size);
-                for ox in 0..out {
-                    let ix = (ox * s.stride + kx)
-                        .checked_sub(s.pad)
-                        .filter(|&v| v < s.size);
-                    col[oy * out + ox] = match (iy, ix) {
-                        (Some(iy), Some(ix)) => plane[iy * s.size + ix],
-                        _ => 0.0,
-                    };
-                }
-            }
-        });
-}
-
-/// The adjoint of `im2col`: each patch value added back to the input pixel it came from.
-fn col2im(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
-    let out = s.out_size();
-    let k2 = s.kernel * s.kernel;
-    dx.par_chunks_mut(s.size * s.size)
-        .enumerate()
-        .for_each(|(c, plane)| {
-            plane.fill(0.0);
-            for tap in 0..k2 {
-                let (ky, kx) = (tap / s.kernel, tap % s.kernel);
-                let col = &cols[(c * k2 + tap) * out * out..][..out * out];
-                for oy in 0..out {
-                    let Some(iy) = (oy * s.stride + ky)
-                        .checked_sub(s.pad)
-                        .filter(|&v| v < s.size)
-                    else {
-                        continue;
-                    };
-                    for ox in 0..out {
-                        if let Some(ix) = (ox * s.stride + kx)
-                            .checked_sub(s.pad)
-                            .filter(|&v| v < s.size)
-                        {
-                            plane[iy * s.size + ix] += col[oy * out + ox];
-                        }
-                    }
-                }
-            }
-        });
-}
-
-/// Index (within one plane) and value of the first maximum of window `(oy, ox)`.
-fn window_max(s: &PoolShape, x: &[f32], oy: usize, ox: usize) -> (usize, f32) {
-    let mut best = (usize::MAX, f32::NEG_INFINITY);
-    for ky in 0..s.kernel {
-        for kx in 0..s.kernel {
-            let at = (oy * s.stride + ky) * s.size + ox * s.stride + kx;
-            if best.0 == usize::MAX || x[at] > best.1 {
-                best = (at, x[at]);
-            }
-        }
-    }
-    best
 }
 
 #[cfg(test)]

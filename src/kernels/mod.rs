@@ -13,6 +13,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
+pub mod loops;
 
 use dfdx::prelude::Storage;
 

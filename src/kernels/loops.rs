@@ -1,0 +1,377 @@
+//! The host kernels' arithmetic as plain loops, generic over the float type: `HostKernels`
+//! runs them in f32 (the reference the GPU kernels are held to) and the check's replay in f64
+//! (the exact arithmetic the fast path's backward pass is held to). One implementation of each
+//! operation, so the two references cannot drift apart.
+//!
+//! Layouts are `kernels`' (NCHW activations, OIHW filters). Every output is overwritten.
+
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Mul, Sub};
+
+use rayon::prelude::*;
+
+use super::{ConvShape, LrnParams, Planes, PoolShape};
+
+/// f32 or f64.
+pub trait Real:
+    Copy
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + AddAssign
+    + Sum
+{
+    fn from_f32(value: f32) -> Self;
+    fn powf(self, exponent: Self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+impl Real for f32 {
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+    fn powf(self, exponent: Self) -> Self {
+        f32::powf(self, exponent)
+    }
+    fn max(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
+}
+
+impl Real for f64 {
+    fn from_f32(value: f32) -> Self {
+        value as f64
+    }
+    fn powf(self, exponent: Self) -> Self {
+        f64::powf(self, exponent)
+    }
+    fn max(self, other: Self) -> Self {
+        f64::max(self, other)
+    }
+}
+
+/// `y = conv(x, w)`: per image, the patch matrix times the filters.
+pub fn conv_forward<T: Real>(s: &ConvShape, x: &[T], w: &[T], y: &mut [T]) {
+    let (rows, pixels) = patch_matrix(s);
+    let mut cols = vec![T::default(); rows * pixels];
+    for (b, y) in y[..s.output_len()]
+        .chunks_mut(s.out_channels * pixels)
+        .enumerate()
+    {
+        im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
+        // y_b (O, P) = W (O, C·K·K) · cols (C·K·K, P)
+        matmul(
+            y,
+            (s.out_channels, pixels, rows),
+            (w, rows, 1),
+            (&cols, pixels, 1),
+            false,
+        );
+    }
+}
+
+/// `dx = conv_backward_data(dy, w)`.
+pub fn conv_backward_data<T: Real>(s: &ConvShape, dy: &[T], w: &[T], dx: &mut [T]) {
+    let (rows, pixels) = patch_matrix(s);
+    let mut cols = vec![T::default(); rows * pixels];
+    for (b, dx) in dx[..s.input_len()]
+        .chunks_mut(s.in_channels * s.size * s.size)
+        .enumerate()
+    {
+        let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
+        // cols (C·K·K, P) = Wᵀ (C·K·K, O) · dy_b (O, P), then every column back to its pixel.
+        matmul(
+            &mut cols,
+            (rows, pixels, s.out_channels),
+            (w, 1, rows),
+            (dy, pixels, 1),
+            false,
+        );
+        col2im(s, &cols, dx);
+    }
+}
+
+/// `dw = conv_backward_filter(x, dy)`, summed over the batch.
+pub fn conv_backward_filter<T: Real>(s: &ConvShape, x: &[T], dy: &[T], dw: &mut [T]) {
+    let (rows, pixels) = patch_matrix(s);
+    let mut cols = vec![T::default(); rows * pixels];
+    for b in 0..s.batch {
+        im2col(s, &x[b * s.in_channels * s.size * s.size..], &mut cols);
+        let dy = &dy[b * s.out_channels * pixels..][..s.out_channels * pixels];
+        // dW (O, C·K·K) += dy_b (O, P) · cols_bᵀ (P, C·K·K)
+        matmul(
+            dw,
+            (s.out_channels, rows, pixels),
+            (dy, pixels, 1),
+            (&cols, 1, pixels),
+            b > 0,
+        );
+    }
+}
+
+/// `y ← max(y + bias[c], 0)`.
+pub fn bias_relu<T: Real>(p: &Planes, y: &mut [T], bias: &[T]) {
+    y[..p.len()]
+        .par_chunks_mut(p.pixels)
+        .enumerate()
+        .for_each(|(plane, y)| {
+            let b = bias[plane % p.channels];
+            for v in y {
+                *v = (*v + b).max(T::default());
+            }
+        });
+}
+
+/// `dy ← dy · [y > 0]` (the ReLU's gradient, from its output) and `db` its per-channel sum.
+pub fn relu_bias_backward<T: Real>(p: &Planes, y: &[T], dy: &mut [T], db: &mut [T]) {
+    for (g, &v) in dy.iter_mut().zip(y.iter()) {
+        if v <= T::default() {
+            *g = T::default();
+        }
+    }
+    for (c, db) in db[..p.channels].iter_mut().enumerate() {
+        let mut sum = T::default();
+        for b in 0..p.batch {
+            sum += dy[(b * p.channels + c) * p.pixels..][..p.pixels]
+                .iter()
+                .copied()
+                .sum::<T>();
+        }
+        *db = sum;
+    }
+}
+
+/// LRN across channels (see `LrnParams`): `y` and the denominators `d`.
+pub fn lrn_forward<T: Real>(p: &Planes, lrn: &LrnParams, x: &[T], y: &mut [T], d: &mut [T]) {
+    let half = lrn.size / 2;
+    let (k, alpha, beta) = (
+        T::from_f32(lrn.k),
+        T::from_f32(lrn.alpha),
+        T::from_f32(lrn.beta),
+    );
+    let zero = T::default();
+    for b in 0..p.batch {
+        for c in 0..p.channels {
+            let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
+            for i in 0..p.pixels {
+                let at = |c: usize| (b * p.channels + c) * p.pixels + i;
+                let sum: T = window.clone().map(|c| x[at(c)] * x[at(c)]).sum();
+                let denominator = k + alpha * sum;
+                d[at(c)] = denominator;
+                y[at(c)] = x[at(c)] * denominator.powf(zero - beta);
+            }
+        }
+    }
+}
+
+/// LRN's backward pass from its input `x`, denominators `d` and output gradient `dy`.
+pub fn lrn_backward<T: Real>(
+    p: &Planes,
+    lrn: &LrnParams,
+    x: &[T],
+    d: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) {
+    let half = lrn.size / 2;
+    let (alpha, beta, one, two) = (
+        T::from_f32(lrn.alpha),
+        T::from_f32(lrn.beta),
+        T::from_f32(1.0),
+        T::from_f32(2.0),
+    );
+    let zero = T::default();
+    for b in 0..p.batch {
+        for c in 0..p.channels {
+            let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
+            for i in 0..p.pixels {
+                let at = |c: usize| (b * p.channels + c) * p.pixels + i;
+                let cross: T = window
+                    .clone()
+                    .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(zero - beta - one))
+                    .sum();
+                dx[at(c)] = dy[at(c)] * d[at(c)].powf(zero - beta)
+                    - two * alpha * beta * x[at(c)] * cross;
+            }
+        }
+    }
+}
+
+/// Max pooling: each window's first maximum.
+pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) {
+    let out = s.out_size();
+    for plane in 0..s.batch * s.channels {
+        let x = &x[plane * s.size * s.size..][..s.size * s.size];
+        for oy in 0..out {
+            for ox in 0..out {
+                y[(plane * out + oy) * out + ox] = x[window_max(s, x, oy, ox)];
+            }
+        }
+    }
+}
+
+/// Max pooling's backward pass: each window's gradient to its first maximum in `x`.
+pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
+    let out = s.out_size();
+    dx[..s.input_len()].fill(T::default());
+    for plane in 0..s.batch * s.channels {
+        let x = &x[plane * s.size * s.size..][..s.size * s.size];
+        let dx = &mut dx[plane * s.size * s.size..][..s.size * s.size];
+        for oy in 0..out {
+            for ox in 0..out {
+                dx[window_max(s, x, oy, ox)] += dy[(plane * out + oy) * out + ox];
+            }
+        }
+    }
+}
+
+/// NCHW planes to channels-last rows, `(B, pixels · channels)`.
+pub fn flatten_channels_last<T: Real>(p: &Planes, x: &[T], y: &mut [T]) {
+    for b in 0..p.batch {
+        for c in 0..p.channels {
+            for i in 0..p.pixels {
+                y[(b * p.pixels + i) * p.channels + c] = x[(b * p.channels + c) * p.pixels + i];
+            }
+        }
+    }
+}
+
+/// The inverse of `flatten_channels_last`.
+pub fn unflatten_channels_last<T: Real>(p: &Planes, y: &[T], x: &mut [T]) {
+    for b in 0..p.batch {
+        for c in 0..p.channels {
+            for i in 0..p.pixels {
+                x[(b * p.channels + c) * p.pixels + i] = y[(b * p.pixels + i) * p.channels + c];
+            }
+        }
+    }
+}
+
+/// `dst (m, n) [+]= lhs (m, k) · rhs (k, n)`, each operand given with its row and column
+/// strides (a transposed operand is just swapped strides).
+fn matmul<T: Real>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let threads = rayon::current_num_threads();
+    let one = T::from_f32(1.0);
+    // Safety: the asserts keep every index of the three operands in bounds, and `dst` is
+    // borrowed mutably, so it aliases neither input. `gemm` takes f32 and f64.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
+}
+
+/// `(rows, columns)` of one image's patch matrix: `(C·K·K, output pixels)`.
+fn patch_matrix(s: &ConvShape) -> (usize, usize) {
+    (
+        s.in_channels * s.kernel * s.kernel,
+        s.out_size() * s.out_size(),
+    )
+}
+
+/// The input patches of one image as a `(C·K·K, P)` matrix, rows in OIHW filter order
+/// `(c, ky, kx)`; taps in the padding read 0.
+fn im2col<T: Real>(s: &ConvShape, x: &[T], cols: &mut [T]) {
+    let out = s.out_size();
+    cols.par_chunks_mut(out * out)
+        .enumerate()
+        .for_each(|(row, col)| {
+            let (c, ky, kx) = (
+                row / (s.kernel * s.kernel),
+                row / s.kernel % s.kernel,
+                row % s.kernel,
+            );
+            let plane = &x[c * s.size * s.size..][..s.size * s.size];
+            for oy in 0..out {
+                let iy = (oy * s.stride + ky)
+                    .checked_sub(s.pad)
+                    .filter(|&v| v < s.size);
+                for ox in 0..out {
+                    let ix = (ox * s.stride + kx)
+                        .checked_sub(s.pad)
+                        .filter(|&v| v < s.size);
+                    col[oy * out + ox] = match (iy, ix) {
+                        (Some(iy), Some(ix)) => plane[iy * s.size + ix],
+                        _ => T::default(),
+                    };
+                }
+            }
+        });
+}
+
+/// The adjoint of `im2col`: each patch value added back to the input pixel it came from.
+fn col2im<T: Real>(s: &ConvShape, cols: &[T], dx: &mut [T]) {
+    let out = s.out_size();
+    let k2 = s.kernel * s.kernel;
+    dx.par_chunks_mut(s.size * s.size)
+        .enumerate()
+        .for_each(|(c, plane)| {
+            plane.fill(T::default());
+            for tap in 0..k2 {
+                let (ky, kx) = (tap / s.kernel, tap % s.kernel);
+                let col = &cols[(c * k2 + tap) * out * out..][..out * out];
+                for oy in 0..out {
+                    let Some(iy) = (oy * s.stride + ky)
+                        .checked_sub(s.pad)
+                        .filter(|&v| v < s.size)
+                    else {
+                        continue;
+                    };
+                    for ox in 0..out {
+                        if let Some(ix) = (ox * s.stride + kx)
+                            .checked_sub(s.pad)
+                            .filter(|&v| v < s.size)
+                        {
+                            plane[iy * s.size + ix] += col[oy * out + ox];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Index (within one plane) of the first maximum of window `(oy, ox)`.
+pub fn window_max<T: Real>(s: &PoolShape, x: &[T], oy: usize, ox: usize) -> usize {
+    let mut best = oy * s.stride * s.size + ox * s.stride;
+    for ky in 0..s.kernel {
+        for kx in 0..s.kernel {
+            let at = (oy * s.stride + ky) * s.size + ox * s.stride + kx;
+            if x[at] > x[best] {
+                best = at;
+            }
+        }
+    }
+    best
+}
