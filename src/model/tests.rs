@@ -618,6 +618,27 @@ fn forward_gives_one_row_of_logits_per_image() {
     }
 }
 
+/// The counter-based masks: the rate is the configured one, a row depends on its image alone
+/// (a batch's first rows are a smaller batch's rows), and steps and layers get their own.
+#[test]
+fn dropout_masks_are_per_image_and_drop_at_the_configured_rate() {
+    let dev = Dev::default();
+    let spec = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
+    let draw = |step, batch| DropoutMasks::<f32, Dev>::draw(&dev, &spec, 5, step, batch).unwrap();
+    let (eight, four) = (draw(3, 8), draw(3, 4));
+    let (fc6, fc7) = (eight.fc6.as_vec(), eight.fc7.as_vec());
+    assert_eq!(four.fc6.as_vec(), fc6[..fc6.len() / 2]);
+    assert_eq!(four.fc7.as_vec(), fc7[..fc7.len() / 2]);
+    assert!(fc6.iter().chain(&fc7).all(|&v| v == 0.0 || v == 2.0));
+    let dropped = fc6.iter().filter(|&&v| v == 0.0).count() as f64 / fc6.len() as f64;
+    assert!((dropped - 0.5).abs() < 0.01, "dropped {dropped}");
+    // Rows of one mask, the two layers and two steps are all different draws.
+    let units = spec.config.fc_units;
+    assert_ne!(fc7[..units], fc7[units..2 * units]);
+    assert_ne!(fc6[..units], fc7[..units]);
+    assert_ne!(draw(4, 8).fc7.as_vec(), fc7);
+}
+
 // ---------------------------------------------------------------------------------------
 // Checkpoints.
 // ---------------------------------------------------------------------------------------
