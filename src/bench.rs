@@ -140,7 +140,6 @@ pub fn run<D: FastDevice>(
         dev.synchronize();
         let mut clock = Instant::now();
         let mut stage_index = 0;
-        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
         let mut observe = |stage: crate::engine::Stage| {
             dev.synchronize();
             let ms = clock.elapsed().as_secs_f64() * 1e3;
@@ -151,6 +150,12 @@ pub fn run<D: FastDevice>(
             stages[stage_index].2.push(ms);
             stage_index += 1;
         };
+        // Drawn by the training loop, not the engine, but part of every step's input.
+        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
+        observe(crate::engine::Stage {
+            phase: Phase::Input,
+            what: "dropout masks".into(),
+        });
         let masks = masks.as_ref();
         engine.train_step_observed(dev, &mut model, &mut sgd, &batch, masks, lr, &mut observe)?;
         loader.recycle(batch);
