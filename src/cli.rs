@@ -91,6 +91,16 @@ pub struct CheckFastArgs {
     /// Classes of the checked network.
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
+    /// Write the checked step's weights, input, labels and dropout masks (safetensors, PyTorch's
+    /// names) to this file and stop: what `benches/pytorch_precision.py` measures PyTorch's own
+    /// precision error on.
+    #[arg(long, value_name = "FILE")]
+    pub write_case: Option<PathBuf>,
+    /// PyTorch's own error on the same case in this precision (the JSON that
+    /// `benches/pytorch_precision.py` writes): each tensor of the step is then held to twice
+    /// PyTorch's error for it instead of the fixed tolerance.
+    #[arg(long, value_name = "FILE")]
+    pub reference_errors: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArg,
 }

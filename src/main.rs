@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use alexnet::bench::BenchJob;
-use alexnet::check::CheckJob;
+use alexnet::check::{CheckJob, ReferenceErrors};
 use alexnet::cli::*;
 use alexnet::config::{LoaderConfig, Pipeline};
 use alexnet::device::on_device;
@@ -239,10 +239,35 @@ fn run_check_fast(args: CheckFastArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     args.device.apply(&mut pipeline);
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    if let Some(path) = &args.write_case {
+        alexnet::check::write_case(&pipeline, args.batch_size, args.classes, path)?;
+        println!("wrote the checked step's case to {}", path.display());
+        return Ok(());
+    }
+    let reference = match &args.reference_errors {
+        Some(path) => {
+            let reference: ReferenceErrors = alexnet::files::read_json(path)
+                .with_context(|| format!("reading PyTorch's reference errors {}", path.display()))?;
+            let precision = format!("{:?}", pipeline.compute.precision).to_lowercase();
+            anyhow::ensure!(
+                reference.batch == args.batch_size && reference.precision == precision,
+                "{} holds PyTorch's {} errors at batch {}, but this check is {precision} at batch \
+                 {}: measure the same case (check-fast --write-case with these arguments, then \
+                 benches/pytorch_precision.py)",
+                path.display(),
+                reference.precision,
+                reference.batch,
+                args.batch_size
+            );
+            Some(reference)
+        }
+        None => None,
+    };
     let job = CheckJob {
         pipeline,
         batch: args.batch_size,
         classes: args.classes,
+        reference,
     };
     let report = on_device(args.device.kind, job.pipeline.train.seed, job)??;
     print!("{report}");

@@ -455,6 +455,49 @@ impl<D: FastDevice> FastNet<D> {
         Ok(())
     }
 
+    /// The latest step's input, activations, parameters and gradients, on the host.
+    pub fn record(&mut self) -> KernelResult<Recorded> {
+        let Some(a) = self.activations.last() else {
+            return Err(KernelError::Failed {
+                call: "record",
+                status: "no step has run".into(),
+            });
+        };
+        let batch = a.batch;
+        let k = &mut self.kernels;
+        // A device's allocator may hand out longer buffers than asked for: keep what is used.
+        let mut get = |buf: &Buf<D>, len: usize| -> KernelResult<Vec<f32>> {
+            let mut host = k.download(buf)?;
+            host.truncate(len);
+            Ok(host)
+        };
+        let mut blocks = Vec::with_capacity(CONV_BLOCKS);
+        for (p, b) in self.layers.iter().zip(&a.blocks) {
+            let shape = p.shape(batch);
+            let (conv, filter) = (shape.output_len(), shape.filter_len());
+            let pooled = p.pool_shape(batch).map_or(0, |s| s.output_len());
+            let channels = p.block.out_channels;
+            blocks.push(RecordedBlock {
+                block: p.block,
+                weight: get(&p.weight, filter)?,
+                bias: get(&p.bias, channels)?,
+                relu: get(&b.relu, conv)?,
+                lrn: b.lrn.as_ref().map(|(y, _)| get(y, conv)).transpose()?,
+                pool: b.pool.as_ref().map(|y| get(y, pooled)).transpose()?,
+                weight_grad: get(&p.weight_grad, filter)?,
+                bias_grad: get(&p.bias_grad, channels)?,
+                weight_velocity: get(&p.weight_velocity, filter)?,
+            });
+        }
+        let input = get(&a.input, self.layers[0].shape(batch).input_len())?;
+        Ok(Recorded {
+            batch,
+            lrn: self.lrn,
+            input,
+            blocks,
+        })
+    }
+
     /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer).
     pub fn gradients(&mut self) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
         let k = &mut self.kernels;
@@ -467,6 +510,31 @@ impl<D: FastDevice> FastNet<D> {
             })
             .collect()
     }
+}
+
+/// Host copies of what the latest training step left on the device: its input, every block's
+/// activations, parameters and gradients (filters OIHW). The check replays the backward pass
+/// from them.
+pub struct Recorded {
+    pub batch: usize,
+    pub lrn: LrnParams,
+    /// The normalised input, `[B, 3, S, S]`.
+    pub input: Vec<f32>,
+    pub blocks: Vec<RecordedBlock>,
+}
+
+pub struct RecordedBlock {
+    pub block: ConvBlock,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// After bias and ReLU; after LRN; after pooling (NCHW).
+    pub relu: Vec<f32>,
+    pub lrn: Option<Vec<f32>>,
+    pub pool: Option<Vec<f32>>,
+    pub weight_grad: Vec<f32>,
+    pub bias_grad: Vec<f32>,
+    /// The weights' momentum.
+    pub weight_velocity: Vec<f32>,
 }
 
 /// Bytes of the activations and gradients `FastNet` keeps for a batch of `batch` crops of a

@@ -206,6 +206,10 @@ pub trait Kernels<D: Storage<f32>> {
     fn synchronize(&mut self) -> KernelResult;
     /// The device's free and total memory, where it can be known.
     fn memory(&mut self) -> Option<Memory>;
+    /// The convolution algorithms chosen so far, one line per shape (for the check's report).
+    fn algorithms(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// The mean-row table `(rows, crop · 3)` that `normalize` cuts crops' means from; kept by
     /// the kernels (uploaded once per run).
