@@ -15,6 +15,8 @@ use crate::kernels::{ConvShape, KernelError, KernelResult};
 pub(super) struct Chosen {
     pub(super) algo: u32,
     pub(super) workspace: usize,
+    /// The math type the algorithm runs with (tensor-core TF32 or FMA).
+    pub(super) math: u32,
 }
 
 /// One pass of one shape. Each pass has its own convolution descriptor because in Tf32 mode
@@ -90,6 +92,24 @@ impl ConvPlan {
     }
 
     /// The descriptors `pass` runs with, and its algorithm once chosen.
+    /// The algorithm chosen for each pass so far, as `forward IMPLICIT_PRECOMP_GEMM (tensor
+    /// cores), ...`.
+    pub(super) fn describe(&self) -> String {
+        [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter]
+            .into_iter()
+            .filter_map(|pass| {
+                let chosen = self.directions[pass as usize].chosen?;
+                let api = pass.api();
+                let math = match chosen.math {
+                    ffi::MATH_TENSOR_OP => " (tensor cores)",
+                    _ => "",
+                };
+                Some(format!("{} {}{math}", api.name, api.algorithm_name(chosen.algo)))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub(super) fn pass(&self, pass: Pass) -> (Descriptors, Option<Chosen>) {
         let direction = &self.directions[pass as usize];
         let descriptors = Descriptors {
@@ -144,14 +164,24 @@ fn math_type(value: u32) -> Option<cudnnMathType_t> {
 /// reproduces an uninterrupted one. Tensor-core math that converts fp32 down to fp16/bf16 is
 /// never wanted (cuDNN should not offer it for fp32 without being asked; this makes sure);
 /// Strict also refuses plain tensor-op math (TF32), which its FMA math type already asks for.
-fn accept(results: &[ffi::AlgoPerf], precision: Precision) -> Option<ffi::AlgoPerf> {
+fn accept(
+    results: &[ffi::AlgoPerf],
+    precision: Precision,
+    api: &PassApi,
+) -> Option<ffi::AlgoPerf> {
     results.iter().copied().find(|r| {
         let math_ok = match r.math_type {
             ffi::MATH_TENSOR_OP_ALLOW_CONVERSION => false,
             ffi::MATH_TENSOR_OP => precision == Precision::Tf32,
             _ => true,
         };
-        r.status == ffi::STATUS_SUCCESS && r.determinism == ffi::DETERMINISTIC && math_ok
+        // Strict fp32 means the convolution's own products and sums, rounded as fp32 rounds
+        // them: FFT and Winograd transform the operands and lose accuracy on the way.
+        let arithmetic_ok = precision != Precision::Strict || api.is_direct(r.algo);
+        r.status == ffi::STATUS_SUCCESS
+            && r.determinism == ffi::DETERMINISTIC
+            && math_ok
+            && arithmetic_ok
     })
 }
 
@@ -161,6 +191,7 @@ fn accept(results: &[ffi::AlgoPerf], precision: Precision) -> Option<ffi::AlgoPe
 /// # Safety
 /// As for `choose`.
 unsafe fn search(
+    api: &PassApi,
     call: &Call<SearchFn>,
     handle: ffi::cudnnHandle_t,
     descriptors: &Descriptors,
@@ -180,7 +211,7 @@ unsafe fn search(
         return Err(status);
     }
     let returned = (returned.max(0) as usize).min(results.len());
-    Ok(accept(&results[..returned], precision))
+    Ok(accept(&results[..returned], precision, api))
 }
 
 /// Picks the algorithm of one pass, by measurement like PyTorch's benchmark mode, falling back
@@ -212,7 +243,7 @@ unsafe fn choose(
             String::from("measuring is off (compute.algorithms = \"heuristic\")"),
         )
     } else {
-        match search(&api.find, handle, descriptors, count, precision) {
+        match search(api, &api.find, handle, descriptors, count, precision) {
             Ok(Some(pick)) => (Some(pick), String::new()),
             Ok(None) => (
                 None,
@@ -226,7 +257,7 @@ unsafe fn choose(
     };
     let pick = match measured {
         Some(pick) => pick,
-        None => match search(&api.heuristic, handle, descriptors, count, precision) {
+        None => match search(api, &api.heuristic, handle, descriptors, count, precision) {
             Ok(Some(pick)) => pick,
             Ok(None) => {
                 why.push_str("; no heuristic candidate was either");
@@ -257,6 +288,7 @@ unsafe fn choose(
     Ok(Chosen {
         algo: pick.algo,
         workspace: bytes.max(pick.memory),
+        math: pick.math_type,
     })
 }
 

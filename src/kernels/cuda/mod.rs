@@ -236,6 +236,28 @@ fn dfdx_error(error: &CudaError) -> String {
 }
 
 impl Kernels<Cuda> for CudaKernels {
+    fn algorithms(&self) -> Vec<String> {
+        let mut shapes: Vec<&ConvShape> = self.convs.keys().collect();
+        shapes.sort_by_key(|s| (s.batch, s.in_channels, s.size, s.out_channels, s.kernel));
+        shapes
+            .into_iter()
+            .map(|s| {
+                format!(
+                    "{}×{}×{}² → {} ({}×{}, stride {}, pad {}): {}",
+                    s.batch,
+                    s.in_channels,
+                    s.size,
+                    s.out_channels,
+                    s.kernel,
+                    s.kernel,
+                    s.stride,
+                    s.pad,
+                    self.convs[s].describe()
+                )
+            })
+            .collect()
+    }
+
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<Cuda>> {
         const CALL: &str = "cuMemAlloc (alloc)";
         let bytes = len.saturating_mul(std::mem::size_of::<f32>());

@@ -108,6 +108,22 @@ pub(super) struct PassApi {
     pub(super) heuristic: Call<SearchFn>,
     pub(super) workspace_size: Call<WorkspaceFn>,
     pub(super) run: Call<RunFn>,
+    /// The pass's algorithms by number (`cudnn_ops.h`): name, and whether it computes the
+    /// convolution's own products and sums (`false` for FFT and Winograd, which transform the
+    /// operands first and round differently; strict fp32 leaves them out).
+    pub(super) algorithms: &'static [(&'static str, bool)],
+}
+
+impl PassApi {
+    /// The name of algorithm `algo` of this pass.
+    pub(super) fn algorithm_name(&self, algo: u32) -> &'static str {
+        self.algorithms.get(algo as usize).map_or("unknown", |a| a.0)
+    }
+
+    /// Whether algorithm `algo` computes in the convolution's own arithmetic.
+    pub(super) fn is_direct(&self, algo: u32) -> bool {
+        self.algorithms.get(algo as usize).is_some_and(|a| a.1)
+    }
 }
 
 // The scaling factors of every call: host f32s, the scaling type of f32 convolutions.
@@ -172,6 +188,16 @@ static PASSES: [PassApi; 3] = [
                 )
             },
         },
+        algorithms: &[
+            ("IMPLICIT_GEMM", true),
+            ("IMPLICIT_PRECOMP_GEMM", true),
+            ("GEMM", true),
+            ("DIRECT", true),
+            ("FFT", false),
+            ("FFT_TILING", false),
+            ("WINOGRAD", false),
+            ("WINOGRAD_NONFUSED", false),
+        ],
     },
     PassApi {
         name: "backward-data",
@@ -226,6 +252,14 @@ static PASSES: [PassApi; 3] = [
                 )
             },
         },
+        algorithms: &[
+            ("ALGO_0", true),
+            ("ALGO_1", true),
+            ("FFT", false),
+            ("FFT_TILING", false),
+            ("WINOGRAD", false),
+            ("WINOGRAD_NONFUSED", false),
+        ],
     },
     PassApi {
         name: "backward-filter",
@@ -282,5 +316,14 @@ static PASSES: [PassApi; 3] = [
                 )
             },
         },
+        algorithms: &[
+            ("ALGO_0", true),
+            ("ALGO_1", true),
+            ("FFT", false),
+            ("ALGO_3", true),
+            ("WINOGRAD", false),
+            ("WINOGRAD_NONFUSED", false),
+            ("FFT_TILING", false),
+        ],
     },
 ];
