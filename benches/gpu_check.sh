@@ -1,144 +1,206 @@
 #!/usr/bin/env bash
-# GPU checks, run from the project root on a CUDA machine that has no Rust toolchain:
-#   0. `check-fast`: every fast-path kernel against the host kernels, and one training step of
-#      the paper's network on the fast path against dfdx's ops (logits, all 16 gradients, SGD),
-#      in strict fp32 (1e-4) and TF32 (2e-2);
-#   1. `train --device cuda` (the fast path) against the CPU (dfdx) on the same pipeline and seed
-#      (first steps' losses), 200 steps of the fast path against 200 of the dfdx path on the
-#      GPU, `--resume` on the GPU against an uninterrupted GPU run, Ctrl-C saving, and
-#      `evaluate --device cuda` against `evaluate --device cpu` on the same checkpoint;
-#   2. a PyTorch-written checkpoint through `evaluate` on both devices;
-#   3. full AlexNet (paper widths, LRN), batch 128, 224 crops of 256 shards, loader feeding it:
-#      images/s, peak GPU memory and a per-stage profile (`alexnet bench-train`) for the fast
-#      path (strict, TF32, TF32 with measured cuDNN algorithms) and the dfdx path, beside the
-#      same network and step in PyTorch (fp32 with TF32 off, TF32, bf16 + channels_last) in
-#      the same run, and the loader alone on all cores.
-# A short table comes last. Build first, on a machine with the CUDA toolkit
-# (`cargo build --release --features cuda`), and strip the binary to carry it.
+# Every GPU check and benchmark in one run (a few minutes on an H200), ending with one table:
+#   check-fast   the fast path's kernels against the host kernels, and one training step of the
+#                paper's network against dfdx (logits), an f64 replay of its own backward pass
+#                (gradients) and SGD in f64, strict and TF32, at batches 2 to 128; TF32 held to
+#                2× PyTorch's own TF32 error on the same weights and batch
+#                (benches/pytorch_precision.py, measured here in the same run);
+#   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast and a few
+#                training steps (the sample network);
+#   training     the GPU against the CPU (first steps), the fast path against the dfdx path
+#                (200 steps), --resume against an uninterrupted run, Ctrl-C, evaluate on both
+#                devices, a PyTorch-written checkpoint;
+#   speed        `alexnet bench-train` (paper AlexNet, batch 128, loader-fed) strict, TF32, TF32
+#                with measured algorithms and the dfdx path, beside PyTorch (fp32, TF32, bf16) in
+#                the same run; the loader alone.
+# It never stops at a failure: each check's verdict goes into the table.
+# Build first, on a machine with the CUDA toolkit (`cargo build --release --features cuda`).
 # Usage: bash benches/gpu_check.sh [DIR]   (DIR holds the CUDA build of `alexnet`, default
 # target/release; a DIR with a run.sh wrapper, for machines without the toolkit, runs through it)
-# DEVICE=cpu BATCH=16 STEPS=2 run the same script on a CPU build, to check the script itself.
-set -euo pipefail
+# DEVICE=cpu BATCH=16 STEPS=2 CHECK_BATCHES="2 3" TRACK_STEPS=20 run the same script on a CPU
+# build, to check the script itself. LOGS=FILE.tgz keeps every log; TABLE=FILE keeps the table
+# as it grows (for a run that may be cut short).
+set -uo pipefail
 dir=${1:-target/release}
 device=${DEVICE:-cuda}
 batch=${BATCH:-128}
 steps=${STEPS:-30}
+check_batches=${CHECK_BATCHES:-2 8 16 128}
+work=$(mktemp -d)
+jobs=$(nproc)
+have_torch=$(python3 -c "import torch, safetensors" 2>/dev/null && echo 1 || echo 0)
+sanitizer=${SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
+table=${TABLE:-$work/table.tsv}
+: > "$table"
+started=$(date +%s)
+
 alexnet() {
     if [ -f "$dir/run.sh" ]; then bash "$dir/run.sh" "$dir/alexnet" "$@"; else "$dir/alexnet" "$@"; fi
 }
-work=$(mktemp -d)
-jobs=$(nproc)
-have_torch=$(python3 -c "import torch" 2>/dev/null && echo 1 || echo 0)
-results="$work/results.txt"
-: > "$results"
-note() { echo "$*" | tee -a "$results"; }
+# row SECTION CHECK VERDICT DETAIL: one line of the final table.
+row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$table"; echo "[$1] $2: $3 $4"; }
+seconds() { echo $(( $(date +%s) - $1 )); }
 
-# Peak GPU memory while a command runs (nvidia-smi sampled every 100 ms), in MiB.
-with_peak_memory() {
-    local log="$work/memory.log"
-    if command -v nvidia-smi >/dev/null && [ "$device" = cuda ]; then
-        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log" &
-        local sampler=$!
-        "$@"
-        kill "$sampler" 2>/dev/null || true
-        wait "$sampler" 2>/dev/null || true
-        sort -n "$log" | tail -1
-    else
-        "$@"
-        echo "n/a"
-    fi
+echo "== data"
+t=$(date +%s)
+alexnet sample --out "$work/src" --classes 10 --train-per-class 64 --val-per-class 8 \
+    --min-side 256 --max-side 480 --no-edge-cases >/dev/null 2>&1
+for p in alexnet sample; do
+    alexnet preprocess --input "$work/src" --output "$work/shards-$p" \
+        --pipeline "pipelines/$p.toml" --jobs "$jobs" > "$work/preprocess-$p.txt" 2>&1
+done
+row data "sample + preprocess" "$( [ -d "$work/shards-sample" ] && echo done || echo FAILED)" "$(seconds "$t") s"
+sample=(--data "$work/shards-sample" --pipeline pipelines/sample.toml)
+
+# The verdict and worst held / reported errors of one check-fast report.
+summarise_check() {
+    python3 - "$1" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+if not lines:
+    print("FAILED\tno report (see the log)"); sys.exit()
+r = json.loads(lines[-1])
+held = [(c, t) for c, t in r["results"] if t is not None]
+bad = [c["name"] for c, t in held if not c["relative_error"] <= t]
+def worst(pred):
+    cs = [c for c, t in r["results"] if pred(c)]
+    c = max(cs, key=lambda c: c["relative_error"], default=None)
+    return f"{c['relative_error']:.1e} {c['name']}" if c else "-"
+replay = worst(lambda c: c["kind"] == "replay")
+e2e = worst(lambda c: c["kind"] == "end_to_end" and c["name"].startswith("dfdx"))
+kernel = worst(lambda c: c["kind"].endswith("kernel"))
+differing = sum(d["differing"] for d in r["decisions"])
+verdict = "passed" if not bad else "FAILED (" + ", ".join(bad[:4]) + ")"
+print(f"{verdict}\tkernels {kernel}; logits {worst(lambda c: c['name'] == 'logits')}; "
+      f"replay {replay}; vs dfdx {e2e} (reported); {differing} decisions differ")
+PY
 }
+
+echo "== check-fast on $device: kernels, and one step against dfdx and the f64 replay"
+for b in $check_batches; do
+    t=$(date +%s)
+    alexnet check-fast --device "$device" --precision strict --batch-size "$b" \
+        > "$work/check-strict-$b.txt" 2>&1
+    IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-strict-$b.txt")
+    row check-fast "strict, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+    # TF32: PyTorch's own TF32 error on the same weights and batch sets the tolerance.
+    reference=()
+    if [ "$have_torch" = 1 ] && alexnet check-fast --batch-size "$b" \
+        --write-case "$work/case-$b.safetensors" > /dev/null 2>&1 &&
+        python3 benches/pytorch_precision.py "$work/case-$b.safetensors" --precision tf32 \
+            --out "$work/pytorch-tf32-$b.json" > "$work/pytorch-tf32-$b.txt" 2>&1; then
+        reference=(--reference-errors "$work/pytorch-tf32-$b.json")
+        row check-fast "PyTorch's own TF32 error, batch $b" measured "$(tail -1 "$work/pytorch-tf32-$b.txt")"
+    else
+        row check-fast "PyTorch's own TF32 error, batch $b" "not measured" \
+            "(no torch here, or it failed: $(tail -1 "$work/pytorch-tf32-$b.txt" 2>/dev/null)); fixed tolerance"
+    fi
+    t=$(date +%s)
+    alexnet check-fast --device "$device" --precision tf32 --batch-size "$b" "${reference[@]}" \
+        > "$work/check-tf32-$b.txt" 2>&1
+    IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-tf32-$b.txt")
+    row check-fast "tf32, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+done
+# The largest batch's decisions and cuDNN algorithms, for the record.
+sed -n '/^decisions/,/^{/p' "$work/check-strict-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /'
+sed -n '/^decisions/,/^{/p' "$work/check-tf32-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /' | tail -n +2
+
+echo "== compute-sanitizer over check-fast and a few training steps (sample network)"
+if [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
+    # The tools run side by side (each is bound by the CPU, which instruments every access).
+    sanitize() {
+        local tool=$1 log=$2
+        shift 2
+        timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$tool" --target-processes all \
+            --error-exitcode 9 bash "$dir/run.sh" "$dir/alexnet" "$@" > "$log" 2>&1
+        echo $? > "$log.status"
+    }
+    t=$(date +%s)
+    for tool in memcheck racecheck initcheck; do
+        sanitize "$tool" "$work/sanitizer-$tool.txt" check-fast --device cuda --batch-size 2 \
+            --pipeline pipelines/sample.toml &
+    done
+    sanitize memcheck "$work/sanitizer-train.txt" train "${sample[@]}" --run "$work/sanitized" \
+        --device cuda --stop-after-steps 3 &
+    wait
+    for tool in memcheck racecheck initcheck train; do
+        log="$work/sanitizer-$tool.txt"
+        status=$(cat "$log.status" 2>/dev/null || echo missing)
+        summary=$(grep -h "ERROR SUMMARY" "$log" | tail -1)
+        case $tool:$status in
+            *:0 | train:130) verdict=passed ;;
+            *:124) verdict="TIMED OUT" ;;
+            *) verdict="FAILED (exit $status)" ;;
+        esac
+        what=$( [ "$tool" = train ] && echo "memcheck, 3 training steps" || echo "$tool, check-fast")
+        row sanitizer "$what" "$verdict" "${summary:-no summary}"
+    done
+    row sanitizer "all four, side by side" "" "$(seconds "$t") s"
+else
+    row sanitizer "memcheck, racecheck, initcheck" skipped "(no GPU or no $sanitizer)"
+fi
 
 # The largest relative difference between the losses of the steps two runs share.
 compare_losses() {
     python3 - "$1" "$2" <<'PY'
 import csv, sys
 def losses(path):
-    return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(path))}
+    try:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(path))}
+    except OSError:
+        return {}
 a, b = losses(sys.argv[1]), losses(sys.argv[2])
 common = sorted(set(a) & set(b))
+if not common:
+    print("FAILED\tno common steps"); sys.exit()
 worst = max(abs(a[s] - b[s]) / max(abs(b[s]), 1e-12) for s in common)
-print(f"{len(common)} steps, max relative loss difference {worst:.2e}")
+print(f"{'passed' if worst <= float(sys.argv[3] if len(sys.argv) > 3 else 1e-2) else 'FAILED'}\t"
+      f"{len(common)} steps, max relative loss difference {worst:.2e}")
 PY
 }
 
-# A report's centre and ten-crop errors, for comparing two evaluations.
-errors() {
-    python3 - "$1" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
-print(" ".join("%s top-1 %.4f top-5 %.4f" % (k, report[k]["top1_error"], report[k]["top5_error"])
-               for k in ("center", "ten_crop")))
-PY
-}
+echo "== training on $device"
+t=$(date +%s)
+alexnet train "${sample[@]}" --run "$work/cpu-run" --device cpu --stop-after-steps 10 >/dev/null 2>&1
+alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --stop-after-steps 10 >/dev/null 2>&1
+IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-run/steps.csv" "$work/cpu-run/steps.csv")
+row training "first 10 steps, $device vs cpu" "$verdict" "$detail; $(seconds "$t") s"
 
-echo "== data"
-alexnet sample --out "$work/src" --classes 10 --train-per-class 64 --val-per-class 8 \
-    --min-side 256 --max-side 480 --no-edge-cases >/dev/null
-alexnet preprocess --input "$work/src" --output "$work/shards-256" \
-    --pipeline pipelines/alexnet.toml --jobs "$jobs" 2>&1 | tail -3
-alexnet preprocess --input "$work/src" --output "$work/shards-sample" \
-    --pipeline pipelines/sample.toml --jobs "$jobs" 2>&1 | tail -3
-sample=(--data "$work/shards-sample" --pipeline pipelines/sample.toml)
-
-echo "== check-fast on $device: kernels and one training step against the reference"
-for precision in strict tf32; do
-    if alexnet check-fast --pipeline pipelines/alexnet.toml --device "$device" \
-        --precision "$precision" > "$work/check-$precision.txt" 2>&1; then
-        verdict=passed
-    else
-        verdict=FAILED
-    fi
-    grep -E "FAIL|error" "$work/check-$precision.txt" | head -20 || true
-    worst=$(python3 - "$work/check-$precision.txt" <<'PY'
-import json, sys
-lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
-if not lines:
-    print("no report"); sys.exit()
-results = json.loads(lines[-1])["results"]
-kernel = max((c["relative_error"], c["name"]) for c, _ in results if c["kind"] != "network")
-net = max((c["relative_error"], c["name"]) for c, _ in results if c["kind"] == "network")
-print(f"worst kernel {kernel[0]:.1e} ({kernel[1]}), worst step tensor {net[0]:.1e} ({net[1]})")
-PY
-)
-    note "check-fast $precision on $device: $verdict; $worst"
-done
-
-echo "== train on $device against the CPU: same pipeline, same seed, first 10 steps"
-alexnet train "${sample[@]}" --run "$work/cpu-run" --device cpu --stop-after-steps 10 \
-    >/dev/null 2>&1 || [ $? -eq 130 ]
-alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --stop-after-steps 10 \
-    2>&1 | grep -E "^training" || true
-note "losses $device vs cpu: $(compare_losses "$work/dev-run/steps.csv" "$work/cpu-run/steps.csv")"
-
-echo "== 200 steps on $device: the fast path against the dfdx path"
+t=$(date +%s)
 for engine in fast dfdx; do
     alexnet train "${sample[@]}" --run "$work/track-$engine" --device "$device" --engine "$engine" \
-        --epochs 1000 --stop-after-steps "${TRACK_STEPS:-200}" >/dev/null 2>&1 || [ $? -eq 130 ]
+        --epochs 1000 --stop-after-steps "${TRACK_STEPS:-200}" >/dev/null 2>&1
 done
-note "fast vs dfdx on $device: $(python3 - "$work/track-fast/steps.csv" "$work/track-dfdx/steps.csv" <<'PY'
+IFS=$'\t' read -r verdict detail < <(python3 - "$work/track-fast/steps.csv" "$work/track-dfdx/steps.csv" <<'PY'
 import csv, sys
 def losses(path):
-    return [float(r["loss"]) for r in csv.DictReader(open(path))]
+    try:
+        return [float(r["loss"]) for r in csv.DictReader(open(path))]
+    except OSError:
+        return []
 a, b = losses(sys.argv[1]), losses(sys.argv[2])
 n = min(len(a), len(b))
+if n == 0:
+    print("FAILED\tno steps"); sys.exit()
 tail = max(1, n // 10)
 mean = lambda v: sum(v) / len(v)
-print(f"{n} steps, loss first {a[0]:.4f} vs {b[0]:.4f}, mean of the last {tail} "
-      f"{mean(a[n - tail:n]):.4f} vs {mean(b[n - tail:n]):.4f}, "
-      f"max |difference| {max(abs(x - y) for x, y in zip(a, b)):.3f}")
+fa, fb = mean(a[n - tail:n]), mean(b[n - tail:n])
+# Both learn, and alike. The bound is loose because the dfdx engine is not deterministic on
+# the GPU: two of its runs from one seed ended 200 steps at 1.34 and 1.67 (H200, 2026-12-04).
+ok = fa < 0.75 * a[0] and fb < 0.75 * b[0] and abs(fa - fb) <= 0.25 * fb
+print(f"{'passed' if ok else 'FAILED'}\t{n} steps, loss first {a[0]:.4f} vs {b[0]:.4f}, "
+      f"mean of the last {tail} {fa:.4f} vs {fb:.4f}")
 PY
-)"
+)
+row training "fast vs dfdx engine on $device" "$verdict" "$detail; $(seconds "$t") s"
 
-echo "== resume on $device: stopped at step 10, resumed, against an uninterrupted run"
-alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --resume --epochs 2 \
-    2>&1 | grep -E "^(epoch|done)"
-alexnet train "${sample[@]}" --run "$work/dev-whole" --device "$device" --epochs 2 \
-    2>&1 | grep -E "^(epoch|done)"
-note "resumed vs uninterrupted on $device: $(compare_losses "$work/dev-run/steps.csv" "$work/dev-whole/steps.csv")"
+t=$(date +%s)
+alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --resume --epochs 2 >/dev/null 2>&1
+alexnet train "${sample[@]}" --run "$work/dev-whole" --device "$device" --epochs 2 >/dev/null 2>&1
+IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-run/steps.csv" "$work/dev-whole/steps.csv" 0)
+row training "--resume vs uninterrupted" "$verdict" "$detail; $(seconds "$t") s"
 
-echo "== Ctrl-C on $device saves and exits 130"
-set +e
+t=$(date +%s)
 alexnet train "${sample[@]}" --run "$work/dev-int" --device "$device" --epochs 10 >/dev/null 2>&1 &
 trainer=$!
 # Interrupt once training is under way (a few steps logged), as a user at the terminal would.
@@ -155,95 +217,114 @@ for proc in /proc/[0-9]*; do
 done
 wait "$trainer"
 status=$?
-set -e
 saved=$(ls "$work/dev-int/checkpoints" 2>/dev/null | wc -l)
-note "Ctrl-C on $device: exit $status, $saved checkpoint(s) saved"
+verdict=$( [ $status -eq 130 ] && [ "$saved" -gt 0 ] && echo passed || echo FAILED)
+row training "Ctrl-C saves and exits 130" "$verdict" "exit $status, $saved checkpoint(s); $(seconds "$t") s"
 
-echo "== evaluate on $device against the CPU, same checkpoint"
-alexnet evaluate --data "$work/shards-sample" --run "$work/dev-whole" --device "$device" 2>&1 | tail -4
-cp "$work/dev-whole/eval/report.json" "$work/report-dev.json"
+# A report's centre and ten-crop errors.
+errors() {
+    python3 - "$1" <<'PY'
+import json, sys
+try:
+    report = json.load(open(sys.argv[1]))
+except OSError:
+    print("no report"); sys.exit()
+print(" ".join("%s %.4f/%.4f" % (k, report[k]["top1_error"], report[k]["top5_error"])
+               for k in ("center", "ten_crop")))
+PY
+}
+t=$(date +%s)
+alexnet evaluate --data "$work/shards-sample" --run "$work/dev-whole" --device "$device" >/dev/null 2>&1
+on_device=$(errors "$work/dev-whole/eval/report.json")
 alexnet evaluate --data "$work/shards-sample" --run "$work/dev-whole" --device cpu >/dev/null 2>&1
-note "evaluate $device: $(errors "$work/report-dev.json")"
-note "evaluate cpu:  $(errors "$work/dev-whole/eval/report.json")"
+on_cpu=$(errors "$work/dev-whole/eval/report.json")
+verdict=$( [ "$on_device" = "$on_cpu" ] && [ "$on_cpu" != "no report" ] && echo passed || echo FAILED)
+row training "evaluate $device vs cpu (top-1/top-5)" "$verdict" "$on_device | $on_cpu; $(seconds "$t") s"
 
-echo "== a checkpoint written by PyTorch evaluates (paper widths, 10 classes)"
-if [ "$have_torch" = 1 ] && python3 -c "import safetensors.torch" 2>/dev/null; then
-    python3 benches/pytorch_alexnet.py --classes 10 --save-checkpoint "$work/torch.safetensors"
+if [ "$have_torch" = 1 ]; then
+    t=$(date +%s)
+    python3 benches/pytorch_alexnet.py --classes 10 --save-checkpoint "$work/torch.safetensors" >/dev/null 2>&1
     for d in "$device" cpu; do
-        alexnet evaluate --data "$work/shards-256" --run "$work/torch-eval-$d" \
+        alexnet evaluate --data "$work/shards-alexnet" --run "$work/torch-eval-$d" \
             --pipeline pipelines/alexnet.toml --checkpoint "$work/torch.safetensors" \
             --device "$d" --batch-size 4 >/dev/null 2>&1
-        note "PyTorch checkpoint on $d: $(errors "$work/torch-eval-$d/eval/report.json")"
     done
-else
-    note "PyTorch checkpoint: skipped (this Python has no torch or no safetensors)"
+    a=$(errors "$work/torch-eval-$device/eval/report.json")
+    b=$(errors "$work/torch-eval-cpu/eval/report.json")
+    verdict=$( [ "$a" = "$b" ] && [ "$a" != "no report" ] && echo passed || echo FAILED)
+    row training "PyTorch checkpoint, $device vs cpu" "$verdict" "$a | $b; $(seconds "$t") s"
 fi
 
-echo "== alexnet bench-train ($device, batch $batch)"
+echo "== speed: alexnet bench-train ($device, batch $batch) beside PyTorch"
+# Peak GPU memory while a command runs (nvidia-smi sampled every 100 ms), in MiB.
+with_peak_memory() {
+    local log="$work/memory.log"
+    if command -v nvidia-smi >/dev/null && [ "$device" = cuda ]; then
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log" &
+        local sampler=$!
+        "$@"
+        kill "$sampler" 2>/dev/null
+        wait "$sampler" 2>/dev/null
+        sort -n "$log" | tail -1
+    else
+        "$@"
+        echo "n/a"
+    fi
+}
 bench_ours() {
-    alexnet bench-train --data "$work/shards-256" --pipeline pipelines/alexnet.toml \
+    alexnet bench-train --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml \
         --device "$device" --batch-size "$batch" --steps "$steps" --warmup 5 --profile-steps 5 \
-        "$@" | tail -1 > "$work/one.json"
+        "$@" 2>/dev/null | tail -1 > "$work/one.json"
 }
 : > "$work/ours.jsonl"
 for variant in "fast strict heuristic" "fast tf32 heuristic" "fast tf32 measure" "dfdx tf32 heuristic"; do
     set -- $variant
-    echo "-- $variant"
+    : > "$work/one.json"
     peak=$(with_peak_memory bench_ours --engine "$1" --precision "$2" --algorithms "$3")
-    python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" <<'PY'
+    if python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" 2>/dev/null <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 report["peak_memory_mib"], report["variant"] = sys.argv[2], sys.argv[3]
 print(json.dumps(report))
 PY
-    tail -1 "$work/ours.jsonl"
+    then
+        row speed "ours: $variant" "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(open(sys.argv[1]).readlines()[-1])['images_per_sec'])" "$work/ours.jsonl")" "peak $peak MiB"
+    else
+        row speed "ours: $variant" FAILED "no report"
+    fi
 done
-
-echo "== the loader alone, all $jobs cores (u8 crops, batch $batch)"
-alexnet bench-loader --data "$work/shards-256" --pipeline pipelines/alexnet.toml --output u8 \
-    --batch-size "$batch" --batches 100 | tail -1 > "$work/loader.json"
-
-: > "$work/torch.jsonl"
+alexnet bench-loader --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --output u8 \
+    --batch-size "$batch" --batches 100 2>/dev/null | tail -1 > "$work/loader.json"
+row speed "the loader alone, u8, $jobs threads" \
+    "$(python3 -c "import json,sys; print('%.0f img/s' % json.load(open(sys.argv[1]))['images_per_sec'])" "$work/loader.json" 2>/dev/null || echo FAILED)" ""
 if [ "$have_torch" = 1 ]; then
-    echo "== PyTorch reference (10 classes, as the data)"
     python3 benches/pytorch_alexnet.py --batch-size "$batch" --steps "$steps" --classes 10 \
-        --modes fp32,tf32,bf16 | tee "$work/torch.jsonl"
-    python3 benches/pytorch_alexnet.py --batch-size "$batch" --steps "$steps" --classes 10 \
-        --modes fp32 --no-lrn | tee -a "$work/torch.jsonl"
+        --modes fp32,tf32,bf16 > "$work/torch.jsonl" 2>/dev/null
+    while read -r line; do
+        row speed "PyTorch $(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['torch'], r['mode'])" "$line")" \
+            "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(sys.argv[1])['images_per_sec'])" "$line")" \
+            "peak $(python3 -c "import json,sys; print('%.0f' % json.loads(sys.argv[1])['peak_memory_mib'])" "$line") MiB (synthetic input)"
+    done < "$work/torch.jsonl"
 fi
 
-echo "== summary (images/s, batch $batch, full AlexNet with LRN unless noted)"
-cat "$results"
-python3 - "$work/ours.jsonl" "$work/torch.jsonl" "$work/loader.json" "$device" <<'PY'
+echo
+echo "== profile of the fast path (TF32), median ms per step"
+python3 - "$work/ours.jsonl" <<'PY'
 import json, sys
-variants = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
-loader = json.load(open(sys.argv[3]))
-device = sys.argv[4]
-names = {"fast strict heuristic": "fast path, strict fp32",
-         "fast tf32 heuristic": "fast path, TF32",
-         "fast tf32 measure": "fast path, TF32, measured algorithms",
-         "dfdx tf32 heuristic": "dfdx path (strict fp32 SGEMM)"}
-for v in variants:
-    name = f"ours: {names.get(v['variant'], v['variant'])}, loader-fed"
-    print(f"{name:52} {v['images_per_sec']:10.0f}   peak GPU memory {v['peak_memory_mib']} MiB")
-for r in rows:
-    name = f"PyTorch {r['torch']} {r['mode']}{'' if r['lrn'] else ', no LRN'}, synthetic"
-    memory = f"   peak {r['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in r else ""
-    print(f"{name:52} {r['images_per_sec']:10.0f}{memory}")
-print(f"{'the loader alone, u8, %d threads' % loader['threads']:44} {loader['images_per_sec']:10.0f}")
-best_torch = max((r for r in rows if r["lrn"]), key=lambda r: r["images_per_sec"], default=None)
-fp32 = next((r for r in rows if r["mode"] == "fp32" and r["lrn"]), None)
-by = {v["variant"]: v for v in variants}
-if fp32 and "fast strict heuristic" in by:
-    print(f"fast strict / PyTorch fp32: {by['fast strict heuristic']['images_per_sec'] / fp32['images_per_sec']:.2f}")
-if best_torch and "fast tf32 heuristic" in by:
-    print(f"fast tf32 / PyTorch best ({best_torch['mode']}): "
-          f"{by['fast tf32 heuristic']['images_per_sec'] / best_torch['images_per_sec']:.2f}")
-for v in variants:
-    print(f"profile of {v['variant']} ({v['path']}), median ms per step:")
-    for k, ms in v["phases_ms"].items():
-        print(f"  {k:30} {ms:8.2f}")
-    for k, ms in v["stages_ms"]:
-        print(f"    {k:28} {ms:8.2f}")
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    if v["variant"] == "fast tf32 heuristic":
+        for k, ms in v["stages_ms"]:
+            print(f"  {k:32} {ms:8.2f}")
 PY
+if [ -n "${LOGS:-}" ]; then
+    tar czf "$LOGS" -C "$work" --exclude='src' --exclude='shards-*' --exclude='*.safetensors' \
+        --exclude='cpu-run' --exclude='dev-*' --exclude='track-*' --exclude='torch-eval-*' . 2>/dev/null
+fi
+
+echo
+echo "== summary: $(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "$device"), $(seconds "$started") s in all"
+failed=$(awk -F'\t' '$3 ~ /FAIL|TIMED/' "$table" | wc -l)
+awk -F'\t' '{ printf "%-10s %-44s %-14s %s\n", $1, $2, $3, $4 }' "$table"
+echo "$failed check(s) failed"
+[ "$failed" -eq 0 ]

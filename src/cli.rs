@@ -98,7 +98,7 @@ pub struct CheckFastArgs {
     pub write_case: Option<PathBuf>,
     /// PyTorch's own error on the same case in this precision (the JSON that
     /// `benches/pytorch_precision.py` writes): each tensor of the step is then held to twice
-    /// PyTorch's error for it instead of the fixed tolerance.
+    /// PyTorch's error for it (never less than strict fp32's 1e-4) instead of the fixed one.
     #[arg(long, value_name = "FILE")]
     pub reference_errors: Option<PathBuf>,
     #[command(flatten)]
