@@ -246,8 +246,10 @@ fn run_check_fast(args: CheckFastArgs) -> Result<()> {
     }
     let reference = match &args.reference_errors {
         Some(path) => {
-            let reference: ReferenceErrors = alexnet::files::read_json(path)
-                .with_context(|| format!("reading PyTorch's reference errors {}", path.display()))?;
+            let reference: ReferenceErrors =
+                alexnet::files::read_json(path).with_context(|| {
+                    format!("reading PyTorch's reference errors {}", path.display())
+                })?;
             let precision = format!("{:?}", pipeline.compute.precision).to_lowercase();
             anyhow::ensure!(
                 reference.batch == args.batch_size && reference.precision == precision,

@@ -205,8 +205,18 @@ pub fn against_replay(rec: &Recorded, d_features: &[f32]) -> (Vec<Comparison>, V
     ] {
         for (b, (dw, db)) in rec.blocks.iter().zip(grads) {
             let name = b.block.names().0;
-            out.push(compare(kind, &format!("{how} d {name}.weight"), &b.weight_grad, dw));
-            out.push(compare(kind, &format!("{how} d {name}.bias"), &b.bias_grad, db));
+            out.push(compare(
+                kind,
+                &format!("{how} d {name}.weight"),
+                &b.weight_grad,
+                dw,
+            ));
+            out.push(compare(
+                kind,
+                &format!("{how} d {name}.bias"),
+                &b.bias_grad,
+                db,
+            ));
         }
     }
     (out, decisions(rec, &own, &exact))

@@ -195,8 +195,8 @@ pub fn lrn_backward<T: Real>(
                     .clone()
                     .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(zero - beta - one))
                     .sum();
-                dx[at(c)] = dy[at(c)] * d[at(c)].powf(zero - beta)
-                    - two * alpha * beta * x[at(c)] * cross;
+                dx[at(c)] =
+                    dy[at(c)] * d[at(c)].powf(zero - beta) - two * alpha * beta * x[at(c)] * cross;
             }
         }
     }

@@ -22,9 +22,9 @@ pub mod join;
 pub mod layers;
 
 use dfdx::prelude::*;
-use rayon::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::kernels::{ConvShape, PoolShape};

@@ -104,7 +104,11 @@ impl ConvPlan {
                     ffi::MATH_TENSOR_OP => " (tensor cores)",
                     _ => "",
                 };
-                Some(format!("{} {}{math}", api.name, api.algorithm_name(chosen.algo)))
+                Some(format!(
+                    "{} {}{math}",
+                    api.name,
+                    api.algorithm_name(chosen.algo)
+                ))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -164,11 +168,7 @@ fn math_type(value: u32) -> Option<cudnnMathType_t> {
 /// reproduces an uninterrupted one. Tensor-core math that converts fp32 down to fp16/bf16 is
 /// never wanted (cuDNN should not offer it for fp32 without being asked; this makes sure);
 /// Strict also refuses plain tensor-op math (TF32), which its FMA math type already asks for.
-fn accept(
-    results: &[ffi::AlgoPerf],
-    precision: Precision,
-    api: &PassApi,
-) -> Option<ffi::AlgoPerf> {
+fn accept(results: &[ffi::AlgoPerf], precision: Precision, api: &PassApi) -> Option<ffi::AlgoPerf> {
     results.iter().copied().find(|r| {
         let math_ok = match r.math_type {
             ffi::MATH_TENSOR_OP_ALLOW_CONVERSION => false,

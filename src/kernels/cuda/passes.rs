@@ -117,7 +117,9 @@ pub(super) struct PassApi {
 impl PassApi {
     /// The name of algorithm `algo` of this pass.
     pub(super) fn algorithm_name(&self, algo: u32) -> &'static str {
-        self.algorithms.get(algo as usize).map_or("unknown", |a| a.0)
+        self.algorithms
+            .get(algo as usize)
+            .map_or("unknown", |a| a.0)
     }
 
     /// Whether algorithm `algo` computes in the convolution's own arithmetic.
