@@ -126,7 +126,7 @@ if [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
     for tool in memcheck racecheck initcheck train; do
         log="$work/sanitizer-$tool.txt"
         status=$(cat "$log.status" 2>/dev/null || echo missing)
-        summary=$(grep -h "ERROR SUMMARY" "$log" | tail -1)
+        summary=$(grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
         case $tool:$status in
             *:0 | train:130) verdict=passed ;;
             *:124) verdict="TIMED OUT" ;;
