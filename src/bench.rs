@@ -12,7 +12,7 @@ use crate::device::{DeviceJob, FastDevice};
 use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, Phase, StepEngine};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Output};
-use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
+use crate::model::{AlexNet, ModelError, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -119,7 +119,7 @@ pub fn run<D: FastDevice>(
         }
         let started = Instant::now();
         let batch = loader.next().expect("the training stream is endless")?;
-        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
+        let masks = engine.dropout_masks(dev, &model.spec, seed, i as u64, batch.len())?;
         let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, masks.as_ref(), lr)?;
         if i >= warmup {
             step_times.push(started.elapsed().as_secs_f64() * 1e3);
@@ -151,7 +151,7 @@ pub fn run<D: FastDevice>(
             stage_index += 1;
         };
         // Drawn by the training loop, not the engine, but part of every step's input.
-        let masks = DropoutMasks::draw(dev, &model.spec, seed, i as u64, batch.len());
+        let masks = engine.dropout_masks(dev, &model.spec, seed, i as u64, batch.len())?;
         observe(crate::engine::Stage {
             phase: Phase::Input,
             what: "dropout masks".into(),

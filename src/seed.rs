@@ -4,6 +4,7 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// Mixes words into one seed (splitmix64 finaliser steps), so nearby inputs give unrelated
 /// streams.
@@ -27,6 +28,43 @@ pub fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The threshold of dropout rate `p`: a unit is kept when its draw (`dropout_draw`) is at
+/// least this (32-bit draws against a threshold: exact enough, and fast).
+pub fn dropout_threshold(p: f64) -> u64 {
+    (p * 4_294_967_296.0) as u64
+}
+
+/// The 32-bit draw of unit `unit` of image `image` in the dropout mask keyed `key`.
+/// Counter-based: each unit's draw is computed alone, in any order, on any device (the CUDA
+/// kernel `dropout_mask` computes the same).
+pub fn dropout_draw(key: u64, image: u64, unit: u64) -> u64 {
+    splitmix64(splitmix64(key ^ splitmix64(image)).wrapping_add(unit)) >> 32
+}
+
+/// An `images × units` dropout mask keyed `key`: 0 with probability `p`, else `keep`. Image
+/// `i`'s row depends only on `key` and `i`, so it is the same however a batch is cut.
+pub fn dropout_mask<T: Copy + Default + Send + Sync>(
+    key: u64,
+    p: f64,
+    images: usize,
+    units: usize,
+    keep: T,
+) -> Vec<T> {
+    let threshold = dropout_threshold(p);
+    let mut values = vec![T::default(); images * units];
+    values
+        .par_chunks_mut(units.max(1))
+        .enumerate()
+        .for_each(|(image, row)| {
+            for (unit, value) in row.iter_mut().enumerate() {
+                if dropout_draw(key, image as u64, unit as u64) >= threshold {
+                    *value = keep;
+                }
+            }
+        });
+    values
 }
 
 /// Box–Muller; two uniforms per normal keeps the stream simple and reproducible.

@@ -22,8 +22,8 @@ use crate::engine::loss::mean_cross_entropy;
 use crate::engine::sgd::Sgd;
 use crate::kernels::host::HostKernels;
 use crate::kernels::{
-    ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Planes, PoolShape,
-    SgdStep,
+    ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Planes,
+    PoolShape, SgdStep,
 };
 use crate::model::join::join;
 use crate::model::{Act, AlexNet, DropoutMasks, Spec, CONV_BLOCKS, TORCH_NAMES};
@@ -204,9 +204,11 @@ pub fn against_dfdx<D: FastDevice>(
     )?;
     net.kernels()
         .set_mean_table(&batch.mean_table, batch.crop * 3)?;
+    // The fast path draws its masks on the device: equal to the host's, or the logits differ.
+    let fast_masks = net.dropout_masks(spec, seed, 0, batch.batch)?;
     let features = net.forward(&batch.input())?;
     let (traced, joined) = join(features);
-    let logits = model.head(traced, masks.as_ref());
+    let logits = model.head(traced, fast_masks.as_ref());
     let mut out = vec![compare(
         Kind::Network,
         "logits",
@@ -382,6 +384,23 @@ mod tests {
         }
     }
 
+    /// The fast path draws its dropout masks with its kernels: the same values the dfdx path
+    /// draws on the host, step by step.
+    #[test]
+    fn the_fast_paths_dropout_masks_are_the_hosts() {
+        let dev = Cpu::default();
+        let spec = small_spec(true);
+        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
+        let kernels = dev.fast_kernels(&strict()).unwrap();
+        let mut net = FastNet::new(&dev, kernels, &model, None, 0.9, 5e-4).unwrap();
+        for step in [0, 1, 77] {
+            let fast = net.dropout_masks(&spec, 9, step, 5).unwrap().unwrap();
+            let host = DropoutMasks::<f32, Cpu>::draw(&dev, &spec, 9, step, 5).unwrap();
+            assert_eq!(fast.fc6.as_vec(), host.fc6.as_vec(), "step {step}");
+            assert_eq!(fast.fc7.as_vec(), host.fc7.as_vec(), "step {step}");
+        }
+    }
+
     /// A gradient off by 0.1% in one element of conv3's filter gradient fails conv3 alone.
     #[test]
     fn the_replay_catches_a_wrong_gradient() {
@@ -432,7 +451,7 @@ mod tests {
     fn every_kernel_case_produces_a_meaningful_output() {
         let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
         let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
-        assert_eq!(results.len(), 27);
+        assert_eq!(results.len(), 28);
         for r in &results {
             assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
             assert_eq!(r.relative_error, 0.0, "{}", r.name);
@@ -460,6 +479,7 @@ enum Case {
     Pool(PoolShape),
     ChannelsLast(Planes),
     Sgd(usize),
+    Dropout(DropoutMask),
 }
 
 /// Random values in `[lo, hi)`, the same for the same `seed`.
@@ -555,6 +575,11 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             k.sgd(&step, &mut w, &mut v, &g)?;
             vec![("weights", w), ("momentum", v)]
         }
+        Case::Dropout(mask) => {
+            let mut out = k.alloc(mask.len())?;
+            k.dropout_mask(&mask, &mut out)?;
+            vec![("mask", out)]
+        }
     };
     out.into_iter()
         .map(|(name, buf)| Ok((name.to_string(), k.download(&buf)?)))
@@ -607,6 +632,14 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
     cases.push(("flatten".into(), Case::ChannelsLast(features)));
     // An odd length, so that no kernel can rely on a multiple of its block size.
     cases.push(("sgd".into(), Case::Sgd(100_003)));
+    let mask = DropoutMask {
+        key: crate::model::dropout_key(3, 5, 6),
+        rate: spec.config.dropout.max(0.5) as f64,
+        keep: 2.0,
+        images: BATCH,
+        units: spec.fc6_inputs(),
+    };
+    cases.push(("dropout".into(), Case::Dropout(mask)));
     cases
 }
 

@@ -7,12 +7,14 @@ use dfdx::prelude::*;
 
 use crate::device::FastDevice;
 use crate::kernels::{
-    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
-    PoolShape, SgdStep,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
+    Planes, PoolShape, SgdStep,
 };
 use crate::model::checkpoint::{from_torch, to_torch};
 use crate::model::join::JoinedFeatures;
-use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
+use crate::model::{
+    dropout_key, Affine, AlexNet, ConvBlock, DropoutMasks, Mat, Spec, TorchLayout, CONV_BLOCKS,
+};
 
 /// The stage name `forward_observed` reports for normalising the input.
 pub const NORMALISE: &str = "normalise";
@@ -453,6 +455,38 @@ impl<D: FastDevice> FastNet<D> {
             k.sgd(&step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
         }
         Ok(())
+    }
+
+    /// The dropout masks of training step `step` for `batch` crops, drawn by the kernels
+    /// (the values `DropoutMasks::draw` draws on the host; nothing is uploaded).
+    pub fn dropout_masks(
+        &mut self,
+        spec: &Spec,
+        seed: u64,
+        step: u64,
+        batch: usize,
+    ) -> KernelResult<Option<DropoutMasks<f32, D>>> {
+        let rate = spec.config.dropout as f64;
+        if rate <= 0.0 {
+            return Ok(None);
+        }
+        let keep = (1.0 / (1.0 - rate)) as f32;
+        let mut mask = |layer: u64, units: usize| -> KernelResult<Mat<f32, D>> {
+            let mask = DropoutMask {
+                key: dropout_key(seed, step, layer),
+                rate,
+                keep,
+                images: batch,
+                units,
+            };
+            let mut buf = self.kernels.alloc(mask.len())?;
+            self.kernels.dropout_mask(&mask, &mut buf)?;
+            Ok(tensor_from_buffer(&self.dev, buf, (batch, units)))
+        };
+        Ok(Some(DropoutMasks {
+            fc6: mask(6, spec.fc6_inputs())?,
+            fc7: mask(7, spec.config.fc_units)?,
+        }))
     }
 
     /// The latest step's input, activations, parameters and gradients, on the host.

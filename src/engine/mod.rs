@@ -30,7 +30,7 @@ use crate::device::FastDevice;
 use crate::kernels::{InputBatch, KernelError, Kernels};
 use crate::loader::{Batch, LoaderData};
 use crate::model::join::join;
-use crate::model::{AlexNet, DropoutMasks, Mat, CONV_BLOCKS};
+use crate::model::{AlexNet, DropoutMasks, Mat, Spec, CONV_BLOCKS};
 use fast::{FastError, FastNet};
 use input::{batch_bytes, InputStage, MeanRowTable};
 use loss::mean_cross_entropy;
@@ -145,6 +145,22 @@ impl<D: FastDevice> StepEngine<D> {
             Self::Dfdx(_) => "dfdx ops".into(),
             Self::Fast(f) if D::GPU => format!("the fast path ({:?})", f.precision).to_lowercase(),
             Self::Fast(_) => "the fast path (host kernels)".into(),
+        }
+    }
+
+    /// The dropout masks of training step `step` for a batch of `batch` crops: drawn on the
+    /// host for the dfdx path, by the kernels on the fast path (the same values).
+    pub fn dropout_masks(
+        &mut self,
+        dev: &D,
+        spec: &Spec,
+        seed: u64,
+        step: u64,
+        batch: usize,
+    ) -> Result<Option<DropoutMasks<f32, D>>, EngineError> {
+        match self {
+            Self::Dfdx(_) => Ok(DropoutMasks::draw(dev, spec, seed, step, batch)),
+            Self::Fast(fast) => Ok(fast.net.dropout_masks(spec, seed, step, batch)?),
         }
     }
 

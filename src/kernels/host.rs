@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::loops;
 use super::{
-    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
-    PoolShape, SgdStep,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
+    Planes, PoolShape, SgdStep,
 };
 use crate::pixels;
 
@@ -310,6 +310,14 @@ impl Kernels<Cpu> for HostKernels {
     ) -> KernelResult {
         self.faults.enter("unflatten_channels_last")?;
         loops::unflatten_channels_last(p, y, x);
+        Ok(())
+    }
+
+    fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cpu>) -> KernelResult {
+        self.faults.enter("dropout_mask")?;
+        let values =
+            crate::seed::dropout_mask(mask.key, mask.rate, mask.images, mask.units, mask.keep);
+        out[..values.len()].copy_from_slice(&values);
         Ok(())
     }
 

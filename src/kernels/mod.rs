@@ -133,6 +133,27 @@ pub struct SgdStep {
     pub weight_decay: f32,
 }
 
+/// One dropout mask, `images × units` values: 0 where a unit is dropped (rate `rate`), else
+/// `keep`, drawn as `seed::dropout_mask` draws them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutMask {
+    pub key: u64,
+    pub rate: f64,
+    pub keep: f32,
+    pub images: usize,
+    pub units: usize,
+}
+
+impl DropoutMask {
+    pub fn len(&self) -> usize {
+        self.images * self.units
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Buffers of device `D`.
 pub type Buf<D> = <D as Storage<f32>>::Vec;
 
@@ -305,4 +326,7 @@ pub trait Kernels<D: Storage<f32>> {
 
     /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.
     fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>) -> KernelResult;
+
+    /// Writes dropout mask `mask` into `out` (drawn on the device, nothing uploaded).
+    fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<D>) -> KernelResult;
 }

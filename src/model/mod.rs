@@ -24,11 +24,10 @@ pub mod layers;
 use dfdx::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::kernels::{ConvShape, PoolShape};
-use crate::seed::{mix_seed, splitmix64, standard_normal};
+use crate::seed::{dropout_mask, mix_seed, standard_normal};
 pub use layers::{Act, Affine, Conv, LayerTape, Lrn, Mat, MaxPool, Window};
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +306,7 @@ pub struct DropoutMasks<E: Dtype, D: Device<E>> {
 }
 
 impl<E: Dtype, D: Device<E>> DropoutMasks<E, D> {
+    /// Drawn on the host (see `seed::dropout_mask`).
     pub fn draw(dev: &D, spec: &Spec, seed: u64, step: u64, batch: usize) -> Option<Self> {
         let p = spec.config.dropout as f64;
         if p <= 0.0 {
@@ -314,7 +314,7 @@ impl<E: Dtype, D: Device<E>> DropoutMasks<E, D> {
         }
         let keep = E::from_f64(1.0 / (1.0 - p)).unwrap();
         let mask = |layer: u64, units: usize| {
-            let values = dropout_mask(mix_seed(&[seed, step, layer]), p, batch, units, keep);
+            let values = dropout_mask(dropout_key(seed, step, layer), p, batch, units, keep);
             dev.tensor_from_vec(values, (batch, units))
         };
         Some(Self {
@@ -324,24 +324,9 @@ impl<E: Dtype, D: Device<E>> DropoutMasks<E, D> {
     }
 }
 
-/// `images × units` mask values, 0 with probability `p`, else `keep`; image `i`'s row depends
-/// only on `key` and `i`.
-fn dropout_mask<E: Dtype>(key: u64, p: f64, images: usize, units: usize, keep: E) -> Vec<E> {
-    // Compare 32-bit draws with a threshold: exact enough, and fast.
-    let threshold = (p * 4_294_967_296.0) as u64;
-    let mut values = vec![E::default(); images * units];
-    values
-        .par_chunks_mut(units.max(1))
-        .enumerate()
-        .for_each(|(image, row)| {
-            let row_key = splitmix64(key ^ splitmix64(image as u64));
-            for (unit, value) in row.iter_mut().enumerate() {
-                if splitmix64(row_key.wrapping_add(unit as u64)) >> 32 >= threshold {
-                    *value = keep;
-                }
-            }
-        });
-    values
+/// The key of the dropout mask in front of layer `layer` (6 or 7) at training step `step`.
+pub fn dropout_key(seed: u64, step: u64, layer: u64) -> u64 {
+    mix_seed(&[seed, step, layer])
 }
 
 /// One convolutional block on dfdx (see `ConvBlock`).

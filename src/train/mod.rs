@@ -16,7 +16,7 @@ use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, StepEngine};
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::CheckpointError;
-use crate::model::{AlexNet, DropoutMasks, ModelError, Spec};
+use crate::model::{AlexNet, ModelError, Spec};
 use crate::progress::{Meter, Progress};
 use crate::run::state::{self, StateError, TrainState};
 use crate::run::{CsvLog, EpochRow, LogError, RunDir, StepRow};
@@ -527,13 +527,16 @@ impl<D: FastDevice> Trainer<D> {
     /// One SGD step on `batch`; returns its loss and the learning rate it took.
     fn step(&mut self, batch: &Batch) -> Result<(f32, f64), TrainError> {
         let n = batch.len();
-        let masks = DropoutMasks::draw(
-            &self.dev,
-            &self.model.spec,
-            self.pipeline.train.seed,
-            self.state.step,
-            n,
-        );
+        let masks = self
+            .engine
+            .dropout_masks(
+                &self.dev,
+                &self.model.spec,
+                self.pipeline.train.seed,
+                self.state.step,
+                n,
+            )
+            .map_err(|e| self.engine_failed(e))?;
         let lr = self.learning_rate(self.state.step);
         let (model, sgd) = (&mut self.model, &mut self.sgd);
         let (value, host_logits) = self

@@ -256,3 +256,25 @@ extern "C" __global__ void sgd(
     v[i] = velocity;
     w[i] = weight - learning_rate * velocity;
 }
+
+// One SplitMix64 step (`seed::splitmix64`).
+__device__ unsigned long long splitmix64(unsigned long long x)
+{
+    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// out[image, unit] = keep if the unit's 32-bit draw is at least `threshold`, else 0: the draw
+// of `seed::dropout_draw`, so the host and the device draw the same masks.
+extern "C" __global__ void dropout_mask(
+    float *out, unsigned long long key, unsigned long long threshold, float keep,
+    unsigned int images, unsigned int units)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= images * units) return;
+    unsigned long long image = i / units, unit = i % units;
+    unsigned long long draw = splitmix64(splitmix64(key ^ splitmix64(image)) + unit) >> 32;
+    out[i] = draw >= threshold ? keep : 0.0f;
+}

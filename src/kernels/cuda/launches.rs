@@ -9,7 +9,9 @@ use dfdx::tensor::Cuda;
 use super::buffers::{self, at_least, count32, DeviceMeanTable, Staging};
 use super::check;
 use super::nvrtc::{grid, per_channel, Functions, Kernel};
-use crate::kernels::{Buf, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep};
+use crate::kernels::{
+    Buf, DropoutMask, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep,
+};
 
 pub(super) fn normalize(
     kernels: &Functions,
@@ -320,6 +322,29 @@ pub(super) fn sgd(
     );
     // SAFETY: matches `sgd`; lengths checked.
     unsafe { kernels.sgd.launch(grid(n), params) }
+}
+
+pub(super) fn dropout_mask(
+    kernels: &Functions,
+    mask: &DropoutMask,
+    out: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "dropout_mask";
+    at_least(CALL, "out", out.len(), mask.len())?;
+    let n = count32(CALL, "mask", mask.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (
+        &mut *out,
+        mask.key,
+        crate::seed::dropout_threshold(mask.rate),
+        mask.keep,
+        count32(CALL, "images", mask.images)?,
+        count32(CALL, "units", mask.units)?,
+    );
+    // SAFETY: matches `dropout_mask`; the output holds `images × units` values (checked).
+    unsafe { kernels.dropout_mask.launch(grid(n), params) }
 }
 
 /// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, which share their

@@ -45,8 +45,8 @@ use nvrtc::Functions;
 use passes::{Descriptors, Operands, Pass, Workspace};
 
 use super::{
-    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
-    PoolShape, SgdStep,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
+    Planes, PoolShape, SgdStep,
 };
 use crate::config::{Algorithms, ComputeConfig, Precision};
 
@@ -432,6 +432,10 @@ impl Kernels<Cuda> for CudaKernels {
         x: &mut Buf<Cuda>,
     ) -> KernelResult {
         launches::unflatten_channels_last(&self.functions, planes, y, x)
+    }
+
+    fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cuda>) -> KernelResult {
+        launches::dropout_mask(&self.functions, mask, out)
     }
 
     fn sgd(

@@ -19,7 +19,7 @@ const THREADS: u32 = 256;
 const RELU_BIAS_THREADS: u32 = 512;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 10] = [
+const KERNELS: [(&str, &str); 11] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
     ("relu_bias_backward", "cuLaunchKernel(relu_bias_backward)"),
@@ -30,6 +30,7 @@ const KERNELS: [(&str, &str); 10] = [
     ("to_channels_last", "cuLaunchKernel(to_channels_last)"),
     ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
     ("sgd", "cuLaunchKernel(sgd)"),
+    ("dropout_mask", "cuLaunchKernel(dropout_mask)"),
 ];
 
 /// One loaded kernel.
@@ -68,6 +69,7 @@ pub(super) struct Functions {
     pub(super) to_channels_last: Kernel,
     pub(super) from_channels_last: Kernel,
     pub(super) sgd: Kernel,
+    pub(super) dropout_mask: Kernel,
 }
 
 /// What to try when the kernels cannot be built or loaded.
@@ -121,6 +123,7 @@ impl Functions {
             to_channels_last: get("to_channels_last")?,
             from_channels_last: get("from_channels_last")?,
             sgd: get("sgd")?,
+            dropout_mask: get("dropout_mask")?,
         })
     }
 }
