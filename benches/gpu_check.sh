@@ -201,7 +201,7 @@ IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-run/steps.csv" "$
 row training "--resume vs uninterrupted" "$verdict" "$detail; $(seconds "$t") s"
 
 t=$(date +%s)
-alexnet train "${sample[@]}" --run "$work/dev-int" --device "$device" --epochs 10 >/dev/null 2>&1 &
+alexnet train "${sample[@]}" --run "$work/dev-int" --device "$device" --epochs 1000 >/dev/null 2>&1 &
 trainer=$!
 # Interrupt once training is under way (a few steps logged), as a user at the terminal would.
 for _ in $(seq 240); do
