@@ -155,18 +155,24 @@ pub fn lrn_forward<T: Real>(p: &Planes, lrn: &LrnParams, x: &[T], y: &mut [T], d
         T::from_f32(lrn.beta),
     );
     let zero = T::default();
-    for b in 0..p.batch {
-        for c in 0..p.channels {
-            let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
-            for i in 0..p.pixels {
-                let at = |c: usize| (b * p.channels + c) * p.pixels + i;
-                let sum: T = window.clone().map(|c| x[at(c)] * x[at(c)]).sum();
-                let denominator = k + alpha * sum;
-                d[at(c)] = denominator;
-                y[at(c)] = x[at(c)] * denominator.powf(zero - beta);
+    let image = p.channels * p.pixels;
+    // One image per task; each value is computed as in a plain loop.
+    y[..p.len()]
+        .par_chunks_mut(image)
+        .zip(d[..p.len()].par_chunks_mut(image))
+        .zip(x[..p.len()].par_chunks(image))
+        .for_each(|((y, d), x)| {
+            for c in 0..p.channels {
+                let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
+                for i in 0..p.pixels {
+                    let at = |c: usize| c * p.pixels + i;
+                    let sum: T = window.clone().map(|c| x[at(c)] * x[at(c)]).sum();
+                    let denominator = k + alpha * sum;
+                    d[at(c)] = denominator;
+                    y[at(c)] = x[at(c)] * denominator.powf(zero - beta);
+                }
             }
-        }
-    }
+        });
 }
 
 /// LRN's backward pass from its input `x`, denominators `d` and output gradient `dy`.
@@ -186,48 +192,64 @@ pub fn lrn_backward<T: Real>(
         T::from_f32(2.0),
     );
     let zero = T::default();
-    for b in 0..p.batch {
-        for c in 0..p.channels {
-            let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
-            for i in 0..p.pixels {
-                let at = |c: usize| (b * p.channels + c) * p.pixels + i;
-                let cross: T = window
-                    .clone()
-                    .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(zero - beta - one))
-                    .sum();
-                dx[at(c)] =
-                    dy[at(c)] * d[at(c)].powf(zero - beta) - two * alpha * beta * x[at(c)] * cross;
+    let image = p.channels * p.pixels;
+    dx[..p.len()]
+        .par_chunks_mut(image)
+        .enumerate()
+        .for_each(|(b, dx)| {
+            let (x, d, dy) = (
+                &x[b * image..][..image],
+                &d[b * image..][..image],
+                &dy[b * image..][..image],
+            );
+            for c in 0..p.channels {
+                let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
+                for i in 0..p.pixels {
+                    let at = |c: usize| c * p.pixels + i;
+                    let cross: T = window
+                        .clone()
+                        .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(zero - beta - one))
+                        .sum();
+                    dx[at(c)] = dy[at(c)] * d[at(c)].powf(zero - beta)
+                        - two * alpha * beta * x[at(c)] * cross;
+                }
             }
-        }
-    }
+        });
 }
 
 /// Max pooling: each window's first maximum.
 pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) {
     let out = s.out_size();
-    for plane in 0..s.batch * s.channels {
-        let x = &x[plane * s.size * s.size..][..s.size * s.size];
-        for oy in 0..out {
-            for ox in 0..out {
-                y[(plane * out + oy) * out + ox] = x[window_max(s, x, oy, ox)];
+    let plane = s.size * s.size;
+    y[..s.output_len()]
+        .par_chunks_mut(out * out)
+        .enumerate()
+        .for_each(|(p, y)| {
+            let x = &x[p * plane..][..plane];
+            for oy in 0..out {
+                for ox in 0..out {
+                    y[oy * out + ox] = x[window_max(s, x, oy, ox)];
+                }
             }
-        }
-    }
+        });
 }
 
 /// Max pooling's backward pass: each window's gradient to its first maximum in `x`.
 pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
     let out = s.out_size();
-    dx[..s.input_len()].fill(T::default());
-    for plane in 0..s.batch * s.channels {
-        let x = &x[plane * s.size * s.size..][..s.size * s.size];
-        let dx = &mut dx[plane * s.size * s.size..][..s.size * s.size];
-        for oy in 0..out {
-            for ox in 0..out {
-                dx[window_max(s, x, oy, ox)] += dy[(plane * out + oy) * out + ox];
+    let plane = s.size * s.size;
+    dx[..s.input_len()]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(p, dx)| {
+            dx.fill(T::default());
+            let x = &x[p * plane..][..plane];
+            for oy in 0..out {
+                for ox in 0..out {
+                    dx[window_max(s, x, oy, ox)] += dy[(p * out + oy) * out + ox];
+                }
             }
-        }
-    }
+        });
 }
 
 /// NCHW planes to channels-last rows, `(B, pixels · channels)`.
