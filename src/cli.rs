@@ -86,10 +86,10 @@ pub struct CheckFastArgs {
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
     /// Images in the checked training step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = batch_size)]
     pub batch_size: usize,
     /// Classes of the checked network.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000))]
     pub classes: usize,
     /// Write the checked step's weights, input, labels and dropout masks (safetensors, PyTorch's
     /// names) to this file and stop: what `benches/pytorch_precision.py` measures PyTorch's own
@@ -120,7 +120,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Images per batch; each is evaluated as ten crops [default: the pipeline's batch / 10].
-    #[arg(long)]
+    #[arg(long, value_parser = images_of_ten_crops)]
     pub batch_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArg,
@@ -135,7 +135,7 @@ pub struct BenchTrainArgs {
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
     /// Images per step [default: the pipeline's].
-    #[arg(long)]
+    #[arg(long, value_parser = batch_size)]
     pub batch_size: Option<usize>,
     /// Timed steps.
     #[arg(long, default_value_t = 20)]
@@ -280,6 +280,32 @@ pub struct PreprocessArgs {
 }
 
 /// A worker-thread count: 1 to `config::MAX_THREADS`.
+/// A batch size: 1 to `config::MAX_BATCH`.
+pub fn batch_size(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if (1..=crate::config::MAX_BATCH).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between 1 and {}",
+            crate::config::MAX_BATCH
+        ))
+    }
+}
+
+/// A batch of images of ten crops each: 1 to `config::MAX_BATCH / 10`.
+pub fn images_of_ten_crops(text: &str) -> Result<usize, String> {
+    let n = batch_size(text)?;
+    let most = crate::config::MAX_BATCH / 10;
+    if n <= most {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between 1 and {most} (each image is ten crops)"
+        ))
+    }
+}
+
 pub fn thread_count(text: &str) -> Result<usize, String> {
     let n: usize = text.parse().map_err(|e| format!("{e}"))?;
     if (1..=crate::config::MAX_THREADS).contains(&n) {
@@ -324,7 +350,7 @@ pub struct BenchLoaderArgs {
     #[arg(long, default_value_t = 200)]
     pub batches: usize,
     /// Images per batch [default: the pipeline's loader.batch_size].
-    #[arg(long)]
+    #[arg(long, value_parser = batch_size)]
     pub batch_size: Option<usize>,
     /// Seed of the sampler and augmentation [default: the pipeline's].
     #[arg(long)]

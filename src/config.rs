@@ -27,6 +27,11 @@ pub enum ConfigError {
 }
 
 /// More worker threads than this is a mistake, not a setting (each costs a stack and a
+/// The largest batch any command takes: 65,536 crops of 224² are 9.9 GB as bytes alone, more
+/// than an AlexNet step fits on any device; a larger value is a typo, refused before anything
+/// is allocated.
+pub const MAX_BATCH: usize = 65_536;
+
 /// share of memory bandwidth, and creating many can exhaust the process's thread limit).
 pub const MAX_THREADS: usize = 1024;
 
@@ -383,6 +388,12 @@ impl Pipeline {
         if l.batch_size == 0 || l.prefetch == 0 {
             return Err("loader.batch_size and loader.prefetch must be at least 1".into());
         }
+        if l.batch_size > MAX_BATCH {
+            return Err(format!(
+                "loader.batch_size = {} is more than {MAX_BATCH}",
+                l.batch_size
+            ));
+        }
         if l.threads > MAX_THREADS {
             return Err(format!(
                 "loader.threads = {} is more than {MAX_THREADS}; 0 means one per core",
@@ -500,6 +511,8 @@ mod tests {
         assert!(err.to_string().contains("train.epochs"), "{err}");
         let err = parse("[loader]\nthreads = 100000\n").unwrap_err();
         assert!(err.to_string().contains("loader.threads"), "{err}");
+        let err = parse("[loader]\nbatch_size = 1000000\n").unwrap_err();
+        assert!(err.to_string().contains("loader.batch_size"), "{err}");
     }
 
     #[test]

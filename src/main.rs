@@ -143,7 +143,6 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
         config.threads = threads;
     }
     if let Some(batch_size) = args.batch_size {
-        anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         config.batch_size = batch_size;
     }
     let data = open_training_data(&args.data)?;
@@ -213,7 +212,6 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     let batch_images = args
         .batch_size
         .unwrap_or_else(|| (pipeline.loader.batch_size / 10).max(1));
-    anyhow::ensure!(batch_images > 0, "--batch-size must be at least 1");
     let options = EvalOptions {
         data: args.data.clone(),
         run: args.run.clone(),
@@ -238,7 +236,6 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
 fn run_check_fast(args: CheckFastArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     args.device.apply(&mut pipeline);
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     if let Some(path) = &args.write_case {
         alexnet::check::write_case(&pipeline, args.batch_size, args.classes, path)?;
         println!("wrote the checked step's case to {}", path.display());
@@ -286,7 +283,6 @@ fn run_check_fast(args: CheckFastArgs) -> Result<()> {
 fn run_bench_train(args: BenchTrainArgs) -> Result<()> {
     let mut pipeline = load_pipeline(args.pipeline.as_deref())?;
     if let Some(batch_size) = args.batch_size {
-        anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         pipeline.loader.batch_size = batch_size;
     }
     args.device.apply(&mut pipeline);

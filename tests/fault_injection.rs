@@ -267,6 +267,61 @@ fn a_damaged_checkpoint_is_refused_and_moving_it_aside_resumes() {
     );
 }
 
+/// Editing a field of a checkpoint's saved state (here `"step":6` to 7) was accepted on
+/// `--resume`: the run skipped a step and diverged from the uninterrupted one.
+#[test]
+fn an_edited_step_in_a_checkpoint_is_refused_on_resume_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "6");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let latest = latest_checkpoint(&run_dir);
+    let mut bytes = std::fs::read(&latest).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let needle = br#"\"step\":6"#;
+    let at = bytes[8..8 + header_len]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the saved state names its step");
+    bytes[8 + at + needle.len() - 1] = b'7';
+    std::fs::write(&latest, &bytes).unwrap();
+
+    let mut resume = train_args(&data, &run_dir, &pipeline);
+    resume.push("--resume");
+    let err = run_err(&resume);
+    assert!(err.contains("metadata") && err.contains("edited"), "{err}");
+    let err = run_err(&evaluate_args(&data, &run_dir, &[]));
+    assert!(err.contains("metadata"), "evaluate checks too: {err}");
+}
+
+/// A checkpoint copied to a later step's name (`cp step-4 step-9`) was taken as the latest on
+/// every resume: the run redid the same steps and pruned real checkpoints around the copy.
+#[test]
+fn a_checkpoint_copied_to_a_later_name_is_refused_and_removing_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "4");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let latest = latest_checkpoint(&run_dir);
+    let copy = run_dir.join("checkpoints/step-000000009.safetensors");
+    std::fs::copy(&latest, &copy).unwrap();
+
+    let mut resume = train_args(&data, &run_dir, &pipeline);
+    resume.push("--resume");
+    let err = run_err(&resume);
+    assert!(
+        err.contains("its name says step 9") && err.contains("step-000000004.safetensors"),
+        "{err}"
+    );
+    assert!(latest.exists(), "nothing is pruned around the copy");
+    // The advice works.
+    std::fs::remove_file(&copy).unwrap();
+    let out = run(&resume);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {
@@ -348,6 +403,52 @@ fn resuming_on_a_different_dataset_with_the_same_classes_is_refused() {
     args.push("--resume");
     let err = run_err(&args);
     assert!(err.contains("trained on other data"), "{err}");
+}
+
+/// A class mismatch said "trained on 4 classes (…), but the data has 4": it names the classes
+/// that differ now.
+#[test]
+fn resuming_on_other_classes_names_the_classes_that_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let other_src = dir.path().join("other-src");
+    run_ok(&[
+        "sample",
+        "--out",
+        s(&other_src),
+        "--classes",
+        "5",
+        "--train-per-class",
+        "6",
+        "--val-per-class",
+        "2",
+        "--max-side",
+        "300",
+    ]);
+    let other = dir.path().join("other");
+    assert!(preprocess_tiny(&other_src, &other, &pipeline, &[])
+        .status
+        .success());
+    let run_dir = dir.path().join("run");
+    assert_eq!(
+        train_steps(&data, &run_dir, &pipeline, "2").status.code(),
+        Some(130)
+    );
+    let extra = Manifest::read(&other)
+        .unwrap()
+        .classes
+        .last()
+        .unwrap()
+        .wnid
+        .clone();
+    let mut args = train_args(&other, &run_dir, &pipeline);
+    args.push("--resume");
+    let err = run_err(&args);
+    assert!(
+        err.contains("4 classes, the data has 5")
+            && err.contains(&format!("only the data has {extra}")),
+        "{err}"
+    );
 }
 
 // --- Hangs, runaway memory, panics ----------------------------------------------------------
@@ -464,6 +565,36 @@ fn absurd_flag_values_are_refused_with_a_message() {
         (
             strings(&["bench-loader", "--data", s(&data), "--threads", "100000"]),
             "--threads",
+        ),
+        // Sizes that once went on to an allocation failure and a backtrace.
+        (
+            strings(&["check-fast", "--device", "cpu", "--batch-size", "1000000"]),
+            "--batch-size",
+        ),
+        (
+            strings(&["check-fast", "--device", "cpu", "--classes", "1000000000"]),
+            "--classes",
+        ),
+        (
+            with(
+                evaluate_args(&data, &run_dir, &[]),
+                &["--batch-size", "100000"],
+            ),
+            "--batch-size",
+        ),
+        (
+            strings(&["bench-train", "--data", s(&data), "--batch-size", "1000000"]),
+            "--batch-size",
+        ),
+        (
+            strings(&[
+                "bench-loader",
+                "--data",
+                s(&data),
+                "--batch-size",
+                "1000000",
+            ]),
+            "--batch-size",
         ),
     ];
     for (args, flag) in cases {
@@ -792,8 +923,12 @@ fn equal_states_write_checkpoints_with_equal_headers() {
             run_ok(&train_args(&data, &run_dir, &pipeline));
             let bytes = std::fs::read(latest_checkpoint(&run_dir)).unwrap();
             let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
-            // Timings differ between runs; everything else, key order included, may not.
+            let mut header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
+            // Timings differ between runs, and with them the metadata's checksum; everything
+            // else, key order included, may not.
+            let key = "\"metadata_checksum\":\"";
+            let sum = header.find(key).expect("a metadata checksum") + key.len();
+            header.replace_range(sum..sum + 16, &"0".repeat(16));
             let state_at = header.find("\"state\"").unwrap();
             let state_end = state_at + header[state_at..].find("\"},\"").unwrap();
             // (The padding after the JSON follows the state's length.)

@@ -74,10 +74,20 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path}: {message}: the file is damaged or was not written by this tool")]
     Checksums { path: PathBuf, message: String },
+    #[error(
+        "checkpoint {path}: its metadata (training state, pipeline, classes) does not match the \
+         checksum stored with it: the file was edited or damaged. Move it aside to use the run's \
+         previous checkpoint, or start over"
+    )]
+    Metadata { path: PathBuf },
 }
 
 /// Metadata key of the per-tensor checksums every file written here carries.
 pub const CHECKSUMS_KEY: &str = "checksums";
+/// Metadata key of the checksum of all the other metadata (the training state, the pipeline,
+/// the classes, the tensor checksums), so that an edited field is caught as a flipped weight
+/// is. Files written before it existed have none and are read without it.
+pub const METADATA_CHECKSUM_KEY: &str = "metadata_checksum";
 
 /// Named f32 tensors and string metadata: the contents of one safetensors file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +108,7 @@ impl TensorFile {
         self.check_finite(path)?;
         let mut metadata = self.metadata.clone();
         metadata.insert(CHECKSUMS_KEY.into(), self.checksums_json());
+        metadata.insert(METADATA_CHECKSUM_KEY.into(), metadata_checksum(&metadata));
         let mut header = serde_json::Map::new();
         header.insert(
             "__metadata__".into(),
@@ -186,6 +197,13 @@ impl TensorFile {
 
     /// Checks the stored checksums (when the file has them) and that every value is finite.
     pub fn verify(&self, path: &Path) -> Result<(), CheckpointError> {
+        if let Some(stored) = self.metadata.get(METADATA_CHECKSUM_KEY) {
+            if *stored != metadata_checksum(&self.metadata) {
+                return Err(CheckpointError::Metadata {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
         if let Some(stored) = self.metadata.get(CHECKSUMS_KEY) {
             let bad = |message: String| CheckpointError::Checksums {
                 path: path.to_path_buf(),
@@ -267,6 +285,17 @@ impl TensorFile {
 }
 
 /// xxh3-64 of a tensor's little-endian bytes, as 16 hex digits.
+/// The checksum of `metadata` without its own key and without the non-f32 dtype notes
+/// `from_bytes` adds: xxh3 of the entries as one JSON object, keys sorted.
+fn metadata_checksum(metadata: &BTreeMap<String, String>) -> String {
+    let covered: BTreeMap<&String, &String> = metadata
+        .iter()
+        .filter(|(k, _)| *k != METADATA_CHECKSUM_KEY && !k.starts_with("__dtype__"))
+        .collect();
+    let json = serde_json::to_vec(&covered).expect("strings serialise");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+}
+
 fn tensor_checksum(data: &[f32]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(f32_bytes(data)))
 }
@@ -441,7 +470,15 @@ mod tests {
         assert!(back.metadata.contains_key(CHECKSUMS_KEY));
         let mut without = back.clone();
         without.metadata.remove(CHECKSUMS_KEY);
+        without.metadata.remove(METADATA_CHECKSUM_KEY);
         assert_eq!(without, file);
+        // An edited metadata field fails; a file from before metadata checksums passes.
+        let mut edited = back.clone();
+        edited.metadata.insert("state".into(), "{\"step\":1}".into());
+        let err = edited.verify(path).unwrap_err().to_string();
+        assert!(err.contains("metadata") && err.contains("edited"), "{err}");
+        edited.metadata.remove(METADATA_CHECKSUM_KEY);
+        edited.verify(path).unwrap();
         assert_eq!(back.get(path, "a.weight", &[2, 3]).unwrap()[5], 5.0);
         let err = back.get(path, "a.weight", &[3, 2]).unwrap_err().to_string();
         assert!(err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");

@@ -121,6 +121,42 @@ pub fn saved_state(file: &TensorFile) -> Option<TrainState> {
     serde_json::from_str(file.metadata.get("state")?).ok()
 }
 
+/// What differs between the classes a checkpoint was trained on and the data's, briefly.
+fn class_difference(trained: &[String], data: &[String]) -> String {
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|c| !b.contains(c)).cloned().collect()
+    };
+    let list = |names: Vec<String>| {
+        let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+        let more = names.len().saturating_sub(shown.len());
+        match more {
+            0 => shown.join(", "),
+            n => format!("{} and {n} more", shown.join(", ")),
+        }
+    };
+    let (missing, new) = (only(trained, data), only(data, trained));
+    match (missing.is_empty(), new.is_empty()) {
+        (true, true) => "the same classes in another order".into(),
+        (false, true) => format!("only the checkpoint has {}", list(missing)),
+        (true, false) => format!("only the data has {}", list(new)),
+        (false, false) => format!(
+            "only the checkpoint has {}; only the data has {}",
+            list(missing),
+            list(new)
+        ),
+    }
+}
+
+/// The step in a checkpoint's file name (`step-000000042.safetensors`), if it has one.
+fn step_in_name(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
 /// A training checkpoint read back.
 pub struct Restored<D: Device<f32>> {
     pub model: AlexNet<f32, D>,
@@ -162,17 +198,27 @@ pub fn load<D: Device<f32>, E: From<StateError>>(
     };
     let state: TrainState =
         serde_json::from_str(meta("state")?).map_err(|e| bad(format!("bad state: {e}")))?;
+    if let Some(named) = step_in_name(path) {
+        if named != state.step {
+            return Err(bad(format!(
+                "its name says step {named}, but it holds the state after step {}: it was copied \
+                 or renamed. Move it out of the run's checkpoints (the others are used), or \
+                 rename it step-{:09}.safetensors",
+                state.step, state.step
+            ))
+            .into());
+        }
+    }
     let pipeline =
         Pipeline::parse(meta("pipeline")?, path).map_err(|e| bad(format!("bad pipeline: {e}")))?;
     let saved_classes: Vec<String> =
         serde_json::from_str(meta("classes")?).map_err(|e| bad(format!("bad classes: {e}")))?;
     if saved_classes != classes {
         return Err(bad(format!(
-            "it was trained on {} classes ({}…), the data has {} ({}…) — a different dataset",
+            "it was trained on {} classes, the data has {}: {} — a different dataset",
             saved_classes.len(),
-            saved_classes.first().map_or("", |s| s.as_str()),
             classes.len(),
-            classes.first().map_or("", |s| s.as_str()),
+            class_difference(&saved_classes, classes)
         ))
         .into());
     }
@@ -199,4 +245,40 @@ pub fn load<D: Device<f32>, E: From<StateError>>(
         state,
         pipeline,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_class_mismatch_names_what_differs() {
+        let trained = names(&["cat", "dog", "eel", "fox"]);
+        assert_eq!(
+            class_difference(&trained, &names(&["cat", "dog", "eel", "gnu"])),
+            "only the checkpoint has fox; only the data has gnu"
+        );
+        assert_eq!(
+            class_difference(&trained, &names(&["dog", "cat", "eel", "fox"])),
+            "the same classes in another order"
+        );
+        let many: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            class_difference(&trained[..1], &many),
+            "only the checkpoint has cat; only the data has c0, c1, c2, c3, c4 and 4 more"
+        );
+    }
+
+    #[test]
+    fn the_step_is_read_from_a_checkpoint_name() {
+        assert_eq!(
+            step_in_name(Path::new("run/checkpoints/step-000000042.safetensors")),
+            Some(42)
+        );
+        assert_eq!(step_in_name(Path::new("weights.safetensors")), None);
+    }
 }
