@@ -328,6 +328,11 @@ impl LoaderConfig {
     }
 }
 
+/// A setting's value as TOML writes it (`missing` when absent).
+fn show(value: Option<&toml::Value>) -> String {
+    value.map_or_else(|| "missing".into(), |v| v.to_string())
+}
+
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -356,6 +361,43 @@ impl Pipeline {
     /// The resolved configuration as TOML, for saving next to a stage's outputs.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("pipeline config always serialises")
+    }
+
+    /// The settings of `keys` (whole sections like `"model"`, or single keys like
+    /// `"loader.crop_size"`) in which `other` differs from `self`, each as
+    /// `"model.lrn = true and false"` (this pipeline's value first).
+    pub fn differences(&self, other: &Pipeline, keys: &[&str]) -> Vec<String> {
+        let table = |p: &Pipeline| toml::Value::try_from(p).expect("pipeline config serialises");
+        let (a, b) = (table(self), table(other));
+        let lookup = |v: &toml::Value, key: &str| -> Option<toml::Value> {
+            key.split('.').try_fold(v, |v, k| v.get(k)).cloned()
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let (x, y) = (lookup(&a, key), lookup(&b, key));
+            match (&x, &y) {
+                (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                    let names: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for name in names {
+                        if x.get(name) != y.get(name) {
+                            out.push(format!(
+                                "{key}.{name} = {} and {}",
+                                show(x.get(name)),
+                                show(y.get(name))
+                            ));
+                        }
+                    }
+                }
+                _ if x != y => out.push(format!(
+                    "{key} = {} and {}",
+                    show(x.as_ref()),
+                    show(y.as_ref())
+                )),
+                _ => {}
+            }
+        }
+        out
     }
 
     fn validate(&self) -> Result<(), String> {

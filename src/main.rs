@@ -196,6 +196,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         stop,
         stop_after_steps: args.stop_after_steps,
         device_name: String::new(),
+        pipeline_given: args.pipeline.is_some(),
     };
     let outcome = on_device(args.device.kind, seed, options)?
         .with_context(|| format!("training run {}", args.run.display()))?;
@@ -216,6 +217,7 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         data: args.data.clone(),
         run: args.run.clone(),
         pipeline,
+        pipeline_given: args.pipeline.is_some(),
         checkpoint: args.checkpoint.clone(),
         batch_images,
         progress: Progress::for_stderr(),

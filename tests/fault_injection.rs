@@ -322,6 +322,63 @@ fn a_checkpoint_copied_to_a_later_name_is_refused_and_removing_it_resumes() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `evaluate --pipeline P` with another network than the checkpoint's reported other numbers
+/// without a word, and so did an edited `RUN/pipeline.toml`; a deleted one was reported as a
+/// crop that does not fit. The checkpoint carries its pipeline, and evaluate uses it.
+#[test]
+fn evaluate_uses_the_checkpoints_pipeline_and_refuses_a_conflicting_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "2");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let report = || std::fs::read_to_string(run_dir.join("eval/report.json")).unwrap();
+    let errors = |text: String| {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (v["center"].clone(), v["ten_crop"].clone())
+    };
+    run_ok(&evaluate_args(
+        &data,
+        &run_dir,
+        &["--pipeline", s(&pipeline)],
+    ));
+    let expected = errors(report());
+
+    let narrower = dir.path().join("narrower.toml");
+    std::fs::write(
+        &narrower,
+        std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace("fc_units = 16", "fc_units = 8"),
+    )
+    .unwrap();
+    let err = run_err(&evaluate_args(
+        &data,
+        &run_dir,
+        &["--pipeline", s(&narrower)],
+    ));
+    assert!(
+        err.contains("model.fc_units = 16 and 8") && err.contains("omit --pipeline"),
+        "{err}"
+    );
+
+    // An edited RUN/pipeline.toml is noted and overruled; a deleted one is not needed.
+    let own = run_dir.join("pipeline.toml");
+    let text = std::fs::read_to_string(&own).unwrap();
+    std::fs::write(&own, text.replace("fc_units = 16", "fc_units = 8")).unwrap();
+    let out = run(&evaluate_args(&data, &run_dir, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("model.fc_units = 16 and 8"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(errors(report()), expected);
+    std::fs::remove_file(&own).unwrap();
+    run_ok(&evaluate_args(&data, &run_dir, &[]));
+    assert_eq!(errors(report()), expected);
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

@@ -132,6 +132,27 @@ fn runs_are_not_overwritten_and_resume_checks_what_it_continues() {
     args.push("--resume");
     let err = run_err(&args);
     assert!(err.contains("[model]"), "{err}");
+    assert!(err.contains("model.fc_units = 16 and 32"), "{err}");
+    assert!(err.contains("omit --pipeline"), "{err}");
+
+    // The same edit in the run's own pipeline.toml, resumed without --pipeline: the advice
+    // to omit --pipeline would not help (it was omitted).
+    let own = run_dir.join("pipeline.toml");
+    std::fs::write(&own, read(&own).replace("fc_units = 16", "fc_units = 32")).unwrap();
+    let err = run_err(&[
+        "train",
+        "--data",
+        s(&data),
+        "--run",
+        s(&run_dir),
+        "--device",
+        "cpu",
+        "--resume",
+    ]);
+    assert!(
+        err.contains("was edited") && !err.contains("omit --pipeline"),
+        "{err}"
+    );
 
     // Missing shards name the directory.
     let missing = dir.path().join("no-such-shards");

@@ -51,6 +51,11 @@ pub enum EvalError {
     #[error("{run} has no checkpoints; train first, or name a file with --checkpoint")]
     NoCheckpoint { run: PathBuf },
     #[error(
+        "checkpoint {path} was trained with other settings than --pipeline gives ({differences}, \
+         as trained and as given): omit --pipeline to evaluate with the checkpoint's own"
+    )]
+    PipelineConflict { path: PathBuf, differences: String },
+    #[error(
         "checkpoint {path} was trained on {trained} classes ({first}…), but the data has \
          {found}; evaluate it on the shards it was trained on"
     )]
@@ -82,8 +87,12 @@ pub enum EvalError {
 pub struct EvalOptions {
     pub data: PathBuf,
     pub run: PathBuf,
-    /// The pipeline the model was trained with (it fixes the widths and the crop size).
+    /// The pipeline the model was trained with (it fixes the widths and the crop size). A
+    /// checkpoint of ours carries its own, which is used instead (see `pipeline_given`).
     pub pipeline: Pipeline,
+    /// Whether `pipeline` was named with --pipeline: it must then agree with the
+    /// checkpoint's; otherwise (the run's pipeline.toml, or the paper's) the checkpoint's wins.
+    pub pipeline_given: bool,
     /// The weights to evaluate; `None` takes the run's latest checkpoint.
     pub checkpoint: Option<PathBuf>,
     /// Images per batch (each is ten views).
@@ -219,14 +228,6 @@ impl crate::device::DeviceJob for EvalOptions {
 /// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
 pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
     let run = RunDir::new(&options.run);
-    let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
-    let pipeline = &options.pipeline;
-    data.check_crop(pipeline.loader.crop_size)?;
-    let spec = Spec::new(
-        &pipeline.model,
-        pipeline.loader.crop_size as usize,
-        data.classes.len(),
-    )?;
     let checkpoint = match &options.checkpoint {
         Some(path) => path.clone(),
         None => run
@@ -240,6 +241,14 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
             })?,
     };
     let file = TensorFile::read(&checkpoint)?;
+    let pipeline = &trained_pipeline(&options, &file, &checkpoint, &run)?;
+    let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
+    data.check_crop(pipeline.loader.crop_size)?;
+    let spec = Spec::new(
+        &pipeline.model,
+        pipeline.loader.crop_size as usize,
+        data.classes.len(),
+    )?;
     check_classes(&file, &checkpoint, &data)?;
     let layers = import_layers(&file, &checkpoint, "", &spec, &dev)?;
     let mut model = AlexNet::from_layers(&dev, spec, layers);
@@ -350,6 +359,47 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
 }
 
 /// A checkpoint of ours names its classes; they must be the data's.
+/// What defines the evaluated network and its crops.
+const TRAINED_SETTINGS: [&str; 3] = ["model", "loader.crop_size", "loader.normalize"];
+
+/// The pipeline to evaluate with: the one the checkpoint was trained with, if it carries it
+/// (with this invocation's device settings); a `--pipeline` that disagrees with it is refused,
+/// a run's `pipeline.toml` that does is noted and overruled.
+fn trained_pipeline(
+    options: &EvalOptions,
+    file: &TensorFile,
+    path: &Path,
+    run: &RunDir,
+) -> Result<Pipeline, EvalError> {
+    let Some(saved) = file
+        .metadata
+        .get("pipeline")
+        .and_then(|text| Pipeline::parse(text, path).ok())
+    else {
+        return Ok(options.pipeline.clone()); // a foreign checkpoint: the pipeline decides
+    };
+    let differences = saved.differences(&options.pipeline, &TRAINED_SETTINGS);
+    if options.pipeline_given && !differences.is_empty() {
+        return Err(EvalError::PipelineConflict {
+            path: path.to_path_buf(),
+            differences: differences.join(", "),
+        });
+    }
+    if !differences.is_empty() && run.pipeline().exists() {
+        eprintln!(
+            "note: {} differs from the settings checkpoint {} was trained with ({}, as trained \
+             and in the file); evaluating with the checkpoint's",
+            run.pipeline().display(),
+            path.display(),
+            differences.join(", ")
+        );
+    }
+    Ok(Pipeline {
+        compute: options.pipeline.compute,
+        ..saved
+    })
+}
+
 fn check_classes(file: &TensorFile, path: &Path, data: &LoaderData) -> Result<(), EvalError> {
     let Some(saved) = file.metadata.get("classes") else {
         return Ok(()); // a foreign checkpoint: only the shapes can be checked

@@ -474,7 +474,9 @@ mod tests {
         assert_eq!(without, file);
         // An edited metadata field fails; a file from before metadata checksums passes.
         let mut edited = back.clone();
-        edited.metadata.insert("state".into(), "{\"step\":1}".into());
+        edited
+            .metadata
+            .insert("state".into(), "{\"step\":1}".into());
         let err = edited.verify(path).unwrap_err().to_string();
         assert!(err.contains("metadata") && err.contains("edited"), "{err}");
         edited.metadata.remove(METADATA_CHECKSUM_KEY);

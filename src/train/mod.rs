@@ -47,10 +47,15 @@ pub enum TrainError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(
-        "the pipeline's [{section}] settings differ from those run {run} was trained with; \
-         resume with the run's own pipeline (omit --pipeline, or pass {run}/pipeline.toml)"
+        "the pipeline's [{section}] settings differ from those run {run} was trained with \
+         ({differences}, as trained and now); {advice}"
     )]
-    PipelineChanged { run: PathBuf, section: String },
+    PipelineChanged {
+        run: PathBuf,
+        section: String,
+        differences: String,
+        advice: String,
+    },
     #[error("the training and validation shards disagree: {0}; preprocess them together")]
     DataMismatch(String),
     #[error(
@@ -108,6 +113,9 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<u64>,
     /// Names the device in the header line.
     pub device_name: String,
+    /// Whether the pipeline was named on the command line (else it is the run's own file),
+    /// for the advice when it conflicts with the run's checkpoints.
+    pub pipeline_given: bool,
 }
 
 /// One epoch's results, as written to `metrics.csv`.
@@ -410,7 +418,8 @@ impl<D: FastDevice> Trainer<D> {
                 (model, sgd, TrainState::new(&pipeline), None)
             }
             (true, Some(path)) => {
-                let check = |saved: &Pipeline| check_resumable(saved, &pipeline, &run);
+                let given = options.pipeline_given;
+                let check = |saved: &Pipeline| check_resumable(saved, &pipeline, &run, given);
                 let restored = state::load(&path, &spec, &classes, &dataset, &dev, check)?;
                 let t = &pipeline.train;
                 let sgd = Sgd {
@@ -784,29 +793,45 @@ impl EpochRecord {
 }
 
 /// A run's settings may change on resume except those that define what is being trained.
-fn check_resumable(saved: &Pipeline, now: &Pipeline, run: &RunDir) -> Result<(), TrainError> {
-    let changed = |section: &str| {
+fn check_resumable(
+    saved: &Pipeline,
+    now: &Pipeline,
+    run: &RunDir,
+    pipeline_given: bool,
+) -> Result<(), TrainError> {
+    let changed = |section: &str, compared: &Pipeline| {
+        let advice = if pipeline_given {
+            "omit --pipeline to resume with the run's own settings".to_string()
+        } else {
+            format!(
+                "{} was edited after the checkpoint was written: undo the edit, or start a new \
+                 --run",
+                run.pipeline().display()
+            )
+        };
         Err(TrainError::PipelineChanged {
             run: run.root.clone(),
             section: section.into(),
+            differences: saved.differences(compared, &[section]).join(", "),
+            advice,
         })
     };
     if saved.model != now.model {
-        return changed("model");
+        return changed("model", now);
     }
     // Threads and prefetch change speed, not the stream.
-    let mut loader = now.loader.clone();
-    loader.threads = saved.loader.threads;
-    loader.prefetch = saved.loader.prefetch;
-    if saved.loader != loader {
-        return changed("loader");
+    let mut compared = now.clone();
+    compared.loader.threads = saved.loader.threads;
+    compared.loader.prefetch = saved.loader.prefetch;
+    if saved.loader != compared.loader {
+        return changed("loader", &compared);
     }
-    let mut train = now.train.clone();
+    let train = &mut compared.train;
     train.epochs = saved.train.epochs;
     train.checkpoint_every = saved.train.checkpoint_every;
     train.keep_checkpoints = saved.train.keep_checkpoints;
-    if saved.train != train {
-        return changed("train");
+    if saved.train != compared.train {
+        return changed("train", &compared);
     }
     Ok(())
 }
