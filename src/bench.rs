@@ -102,7 +102,7 @@ pub fn run<D: FastDevice>(
     let mut model = AlexNet::<f32, D>::new(dev, spec, pipeline.train.seed);
     let t = &pipeline.train;
     let mut sgd = Sgd::new(dev, &model, t.momentum, t.weight_decay);
-    data.check_crop(loader_cfg.crop_size)?;
+    data.check_pipeline(pipeline)?;
     let compute = &pipeline.compute;
     let mut engine = StepEngine::new(dev, compute, &data, loader_cfg, &model, Some(&sgd))?;
     eprintln!("the convolutional part runs on {}", engine.describe());

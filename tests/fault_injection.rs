@@ -565,19 +565,37 @@ fn first_class(src: &Path) -> String {
 fn a_crop_larger_than_the_stored_images_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = tiny_setup(dir.path(), "");
-    // The sample pipeline crops 112: the tiny shards store 72.
+    // The sample pipeline stores 128 and crops 112: the tiny shards store 72. (Once a panic;
+    // then a crop error; training a pipeline of another image size on shards whose crops
+    // happened to fit went through without a word.)
     let sample = repo_file("pipelines/sample.toml");
     for args in [
         train_args(&data, &dir.path().join("run"), &sample),
-        evaluate_args(&data, &dir.path().join("run"), &["--pipeline", s(&sample)]),
+        vec![
+            "bench-train",
+            "--data",
+            s(&data),
+            "--pipeline",
+            s(&sample),
+            "--device",
+            "cpu",
+        ],
     ] {
         let err = run_err(&args);
         assert_no_panic(&err);
         assert!(
-            err.contains("crop size 112") && err.contains("72×72"),
+            err.contains("preprocess.image_size is 128") && err.contains("72×72"),
             "{err}"
         );
     }
+    // Evaluate takes the network from the checkpoint; with none there is nothing to mismatch.
+    let err = run_err(&evaluate_args(
+        &data,
+        &dir.path().join("run"),
+        &["--pipeline", s(&sample)],
+    ));
+    assert_no_panic(&err);
+    assert!(err.contains("no checkpoints"), "{err}");
 }
 
 #[test]

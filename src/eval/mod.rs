@@ -243,7 +243,7 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
     let file = TensorFile::read(&checkpoint)?;
     let pipeline = &trained_pipeline(&options, &file, &checkpoint, &run)?;
     let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
-    data.check_crop(pipeline.loader.crop_size)?;
+    data.check_pipeline(pipeline)?;
     let spec = Spec::new(
         &pipeline.model,
         pipeline.loader.crop_size as usize,

@@ -182,6 +182,21 @@ impl LoaderData {
     }
 
     /// Refuses crops that don't fit the stored images.
+    /// Whether `pipeline` is the one these shards were made for: its stored image size (crops
+    /// of another scale would train and evaluate without a word) and its crop.
+    pub fn check_pipeline(&self, pipeline: &crate::config::Pipeline) -> Result<(), LoaderError> {
+        let expected = pipeline.preprocess.image_size;
+        if expected != self.image_size {
+            return Err(LoaderError::Settings(format!(
+                "the pipeline's preprocess.image_size is {expected}, but the shards hold \
+                 {0}×{0} images: pass the pipeline the data was preprocessed with (--pipeline), \
+                 or preprocess the data with this one",
+                self.image_size
+            )));
+        }
+        self.check_crop(pipeline.loader.crop_size)
+    }
+
     pub fn check_crop(&self, crop_size: u32) -> Result<(), LoaderError> {
         if crop_size == 0 || crop_size > self.image_size {
             return Err(LoaderError::Settings(format!(

@@ -216,7 +216,7 @@ where
 {
     let (train_data, val_data) = open_data(&options.data)?;
     let pipeline = &options.pipeline;
-    train_data.check_crop(pipeline.loader.crop_size)?;
+    train_data.check_pipeline(pipeline)?;
     let spec = Spec::new(
         &pipeline.model,
         pipeline.loader.crop_size as usize,
