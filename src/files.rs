@@ -95,11 +95,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(name);
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_error(path))
+    let written = (|| {
+        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        file.write_all(bytes).map_err(io_error(&tmp))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(io_error(path))
+    })();
+    if written.is_err() {
+        // A full disk must not also leave the half-written copy behind.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Makes renames inside `dir` durable.
@@ -246,6 +253,18 @@ pub fn npy_f32_from_bytes(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: a directory holds the final name.
+        let target = dir.path().join("out.bin");
+        std::fs::create_dir(&target).unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the directory is left: {names:?}");
+    }
+
     use super::*;
 
     #[test]

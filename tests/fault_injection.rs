@@ -379,6 +379,29 @@ fn evaluate_uses_the_checkpoints_pipeline_and_refuses_a_conflicting_one() {
     assert_eq!(errors(report()), expected);
 }
 
+/// A full disk while a checkpoint was written left its `*.tmp` copy (2.2 MB) behind, and later
+/// runs leaked more. A failed write removes its own; a run removes those of crashed writers.
+#[test]
+fn unfinished_checkpoint_writes_are_removed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 3");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "2");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let stale = run_dir.join("checkpoints/step-000000003.safetensors.4242.tmp");
+    std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+    let mut resume = train_args(&data, &run_dir, &pipeline);
+    resume.extend(["--resume", "--stop-after-steps", "3"]);
+    assert_eq!(run(&resume).status.code(), Some(130));
+    assert!(!stale.exists(), "the unfinished write is gone");
+    let left: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

@@ -92,6 +92,26 @@ impl RunDir {
         Ok(self.list_checkpoints()?.pop())
     }
 
+    /// Removes the temporary files of checkpoint writes that never finished (a crash or a
+    /// kill mid-write); only while the run is locked, so no writer is still at work.
+    pub fn remove_unfinished_checkpoints(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(self.checkpoints()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("step-") && name.contains(".safetensors.") && name.ends_with(".tmp")
+            {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes all but the newest `keep` checkpoints.
     pub fn prune(&self, keep: usize) -> std::io::Result<()> {
         let all = self.list_checkpoints()?;

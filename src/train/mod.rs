@@ -431,6 +431,8 @@ impl<D: FastDevice> Trainer<D> {
             }
         };
         std::fs::create_dir_all(run.checkpoints()).map_err(io_error(&run.checkpoints()))?;
+        run.remove_unfinished_checkpoints()
+            .map_err(io_error(&run.checkpoints()))?;
         let pipeline_path = run.pipeline();
         crate::files::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(|e| {
             TrainError::Io {
