@@ -336,10 +336,13 @@ fn show(value: Option<&toml::Value>) -> String {
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // A pipeline is a page of TOML: a megabyte is plenty.
+        let text = crate::files::check_readable(path, 1 << 20)
+            .and_then(|_| std::fs::read_to_string(path))
+            .map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text, path)
     }
 

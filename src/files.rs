@@ -71,13 +71,66 @@ fn missing_or_io(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
     }
 }
 
-/// Opens a file for reading.
+/// The most any file is read whole or streamed here (checkpoints are the largest, ~0.5 GB).
+pub const READ_LIMIT: u64 = 16 << 30;
+
+/// Refuses what must not be read: anything but a regular file (opening a FIFO blocks until a
+/// writer comes, `/dev/zero` never ends) and a file of more than `limit` bytes. Symlinks are
+/// followed. Returns the file's length.
+pub fn check_readable(path: &Path, limit: u64) -> io::Result<u64> {
+    let meta = fs::metadata(path)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            special_kind(&kind).unwrap_or("a special file")
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a regular file"),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "it holds {} bytes, more than the {limit} such a file may have",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(meta.len())
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> Option<&'static str> {
+    None
+}
+
+/// Opens a regular file for reading.
 pub fn open(path: &Path) -> Result<File, FileError> {
+    check_readable(path, READ_LIMIT).map_err(missing_or_io(path))?;
     File::open(path).map_err(missing_or_io(path))
 }
 
-/// Reads a whole file.
+/// Reads a whole regular file.
 pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    check_readable(path, READ_LIMIT).map_err(missing_or_io(path))?;
     fs::read(path).map_err(missing_or_io(path))
 }
 

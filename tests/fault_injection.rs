@@ -575,6 +575,77 @@ fn fifos_and_device_symlinks_named_jpeg_are_rejected_without_hanging() {
     assert_eq!(not_files, ["fifo.JPEG", "urandom.JPEG", "zero.JPEG"]);
 }
 
+/// Runs `args` with a time limit: a command that hangs fails the test instead of the suite.
+fn run_within(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("{args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A checkpoint that was `/dev/zero` (or a run's latest checkpoint linked to it) was read until
+/// the OOM killer came; a FIFO as the checkpoint or as `--pipeline` hung; `--val-labels
+/// /dev/zero` aborted with an allocation failure. Every file is now checked to be a regular one
+/// of a sane size before it is opened.
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_as_checkpoints_pipelines_or_labels_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "2");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let limit = Duration::from_secs(60);
+    let refused = |args: &[&str], what: &str| {
+        let out = run_within(args, limit);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_no_panic(&err);
+        assert!(
+            err.contains(what) && err.contains("not a regular file"),
+            "{err}"
+        );
+    };
+    for bad in [fifo.as_path(), Path::new("/dev/zero")] {
+        let name = bad.to_str().unwrap();
+        refused(
+            &evaluate_args(&data, &run_dir, &["--checkpoint", name]),
+            name,
+        );
+        refused(&evaluate_args(&data, &run_dir, &["--pipeline", name]), name);
+    }
+    // The run's latest checkpoint linked to /dev/zero.
+    let link = run_dir.join("checkpoints/step-000000009.safetensors");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    let mut resume = train_args(&data, &run_dir, &pipeline);
+    resume.push("--resume");
+    refused(&resume, "step-000000009");
+    std::fs::remove_file(&link).unwrap();
+    // Validation labels that are a device.
+    std::fs::create_dir_all(dir.path().join("s")).unwrap();
+    let src = small_sample(&dir.path().join("s"), &[]);
+    let out_dir = dir.path().join("o");
+    let args = preprocess_with(&src, &out_dir, &pipeline, &["--val-labels", "/dev/zero"]);
+    refused(&args, "/dev/zero");
+}
+
 fn first_class(src: &Path) -> String {
     let mut classes: Vec<_> = std::fs::read_dir(src.join("train"))
         .unwrap()

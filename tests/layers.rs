@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground floor",
         &[
-            "seed", "config", "pixels", "progress", "files", "lock", "canvas",
+            "files", "seed", "config", "pixels", "progress", "lock", "canvas",
         ],
     ),
     ("kernels", &["kernels"]),

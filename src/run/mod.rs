@@ -178,10 +178,12 @@ impl Stepped for StepRow {
 
 /// Reads every row of a run log.
 pub fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, LogError> {
-    let file = File::open(path).map_err(|source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = crate::files::check_readable(path, crate::files::READ_LIMIT)
+        .and_then(|_| File::open(path))
+        .map_err(|source| LogError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     csv::Reader::from_reader(std::io::BufReader::new(file))
         .deserialize()
         .collect::<Result<Vec<T>, _>>()
