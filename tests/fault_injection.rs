@@ -402,6 +402,51 @@ fn unfinished_checkpoint_writes_are_removed_by_the_next_run() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A `metrics.csv` or `steps.csv` cut short (a crash mid-row) blocked resume and evaluate with
+/// a raw `UnequalLengths { pos: … }`, and evaluate exited 1 after writing its report.
+#[test]
+fn a_log_cut_short_resumes_and_evaluates_and_a_damaged_one_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 3");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "12");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let steps = run_dir.join("steps.csv");
+    let text = std::fs::read_to_string(&steps).unwrap();
+    std::fs::write(&steps, &text[..text.len() - 7]).unwrap();
+    let metrics = run_dir.join("metrics.csv");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(&metrics, &text[..text.len() - 5]).unwrap();
+
+    run_ok(&evaluate_args(&data, &run_dir, &[]));
+    let mut resume = train_args(&data, &run_dir, &pipeline);
+    resume.push("--resume");
+    let out = run(&resume);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&steps).unwrap().ends_with('\n'));
+
+    // A damaged line in the middle is named, with a fix; evaluate still reports.
+    let text = std::fs::read_to_string(&steps).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[3] = "3,1";
+    std::fs::write(&steps, lines.join("\n") + "\n").unwrap();
+    let mut again = train_args(&data, &run_dir, &pipeline);
+    again.extend(["--resume", "--epochs", "4"]);
+    let err = run_err(&again);
+    assert!(err.contains("steps.csv") && err.contains("line 4"), "{err}");
+    assert!(
+        err.contains("cut it back") && !err.contains("UnequalLengths"),
+        "{err}"
+    );
+    let out = run(&evaluate_args(&data, &run_dir, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no training curves"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

@@ -451,7 +451,11 @@ fn write_outputs(
     bars.truncate(shown);
     plot::per_class_chart(&bars, &title, &dir.join("per_class.png"))?;
     if run.metrics().exists() {
-        plot::plot_training(run, &dir)?;
+        // The curves are an extra: a damaged training log must not fail an evaluation whose
+        // report is written.
+        if let Err(error) = plot::plot_training(run, &dir) {
+            eprintln!("warning: no training curves: {error}");
+        }
     }
     Ok(())
 }

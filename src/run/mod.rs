@@ -24,7 +24,11 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error(
+        "{path}: {message}. The log is damaged: cut it back to its last good line (the rows after \
+         the latest checkpoint are rewritten on --resume), or move it aside (training starts a \
+         new one; the plots then lack the earlier epochs)"
+    )]
     Csv { path: PathBuf, message: String },
 }
 
@@ -176,15 +180,24 @@ impl Stepped for StepRow {
     }
 }
 
-/// Reads every row of a run log.
+/// Reads every row of a run log. A last line without its newline is a row whose writing was
+/// cut short (a crash, a full disk) and is left out; on `--resume`, `CsvLog::open` rewrites the
+/// file without it.
 pub fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, LogError> {
-    let file = crate::files::check_readable(path, crate::files::READ_LIMIT)
-        .and_then(|_| File::open(path))
+    let mut bytes = crate::files::check_readable(path, crate::files::READ_LIMIT)
+        .and_then(|_| std::fs::read(path))
         .map_err(|source| LogError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    csv::Reader::from_reader(std::io::BufReader::new(file))
+    if bytes.last().is_some_and(|&b| b != b'\n') {
+        let complete = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        bytes.truncate(complete);
+    }
+    csv::Reader::from_reader(bytes.as_slice())
         .deserialize()
         .collect::<Result<Vec<T>, _>>()
         .map_err(|e| csv_error(path, e))
@@ -199,6 +212,17 @@ fn csv_error(path: &Path, e: csv::Error) -> LogError {
         csv::ErrorKind::Deserialize { pos, err } => LogError::Csv {
             path: path.to_path_buf(),
             message: format!("line {}: {err}", pos.map_or(0, |p| p.line())),
+        },
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => LogError::Csv {
+            path: path.to_path_buf(),
+            message: format!(
+                "line {} has {len} fields where the header has {expected_len}",
+                pos.map_or(0, |p| p.line())
+            ),
         },
         other => LogError::Csv {
             path: path.to_path_buf(),
