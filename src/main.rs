@@ -162,6 +162,15 @@ fn run_bench_loader(args: BenchLoaderArgs) -> Result<()> {
 }
 
 fn run_contact_sheet(args: ContactSheetArgs) -> Result<()> {
+    let png = args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    anyhow::ensure!(
+        png,
+        "--out {}: a contact sheet is written as PNG; name a .png file",
+        args.out.display()
+    );
     let config = loader_config(args.pipeline.as_deref(), args.seed)?;
     let data = open_training_data(&args.data)?;
     let mut options = LoaderOptions::train(&config, Output::U8);

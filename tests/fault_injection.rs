@@ -780,6 +780,10 @@ fn absurd_flag_values_are_refused_with_a_message() {
             strings(&["bench-loader", "--data", s(&data), "--threads", "100000"]),
             "--threads",
         ),
+        (
+            strings(&["contact-sheet", "--data", s(&data), "--out", "sheet.bin"]),
+            "--out sheet.bin",
+        ),
         // Sizes that once went on to an allocation failure and a backtrace.
         (
             strings(&["check-fast", "--device", "cpu", "--batch-size", "1000000"]),
