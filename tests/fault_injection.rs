@@ -447,6 +447,28 @@ fn a_log_cut_short_resumes_and_evaluates_and_a_damaged_one_names_its_line() {
     );
 }
 
+/// `--part 0/70000` with 11 shards was accepted, and a later message listed 69,999 parts on
+/// one line.
+#[test]
+fn more_parts_than_shards_are_refused_with_a_short_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, pipeline) = tiny_setup(dir.path(), "");
+    let src = dir.path().join("src");
+    let out = dir.path().join("parts");
+    let err = run_err(&preprocess_with(
+        &src,
+        &out,
+        &pipeline,
+        &["--part", "0/70000"],
+    ));
+    assert!(
+        err.contains("--part 0/70000") && err.contains("at most"),
+        "{err}"
+    );
+    assert!(err.len() < 600, "a short message: {err}");
+    assert!(!out.join("parts").exists(), "nothing was started");
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

@@ -74,6 +74,13 @@ pub enum PreprocessError {
     Threads { threads: usize, message: String },
     #[error("parts {parts} have not finished (no receipt in parts/); run them (--part I/N with the same arguments), then merge")]
     PartsMissing { parts: String },
+    #[error("--part {part}: the input makes {train} training and {val} validation shards, so at most {most} parts have work; split it into at most {most} parts (--part I/{most})")]
+    TooManyParts {
+        part: Part,
+        train: usize,
+        val: usize,
+        most: usize,
+    },
     #[error("part {part} is out of date: {why}; run it again (--part {part} with the same arguments), then merge")]
     PartStale { part: Part, why: String },
     #[error("{split} shard {shard} is missing or can't be kept ({why}); {fix}")]
@@ -198,6 +205,20 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
     let config = &pipeline.preprocess;
     plan::check_output_outside_input(&opts.input, &opts.output)?;
     let source = ingest::scan(&opts.input, opts.val_labels.as_deref())?;
+    if let Some(part) = opts.part {
+        let shards =
+            |split| plan::plan_shards(source.split(split).len(), config.shard_images).len();
+        let (train, val) = (shards(Split::Train), shards(Split::Val));
+        let most = train.max(val).max(1);
+        if part.count as usize > most {
+            return Err(PreprocessError::TooManyParts {
+                part,
+                train,
+                val,
+                most,
+            });
+        }
+    }
     let access = opts.part.map_or(Access::Whole, Access::Part);
     let locks = plan::prepare_output(&opts.output, &Plan::new(config), access)?;
     let output = &opts.output;

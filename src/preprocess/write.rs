@@ -568,9 +568,14 @@ pub fn check_parts_present(output: &Path, parts: u32) -> Result<(), PreprocessEr
 }
 
 fn parts_missing(parts: &[Part]) -> PreprocessError {
-    let parts: Vec<String> = parts.iter().map(Part::to_string).collect();
+    // Named one by one up to a handful: a list of thousands helps nobody.
+    const SHOWN: usize = 8;
+    let mut names: Vec<String> = parts.iter().take(SHOWN).map(Part::to_string).collect();
+    if parts.len() > SHOWN {
+        names.push(format!("and {} more", parts.len() - SHOWN));
+    }
     PreprocessError::PartsMissing {
-        parts: parts.join(", "),
+        parts: names.join(", "),
     }
 }
 
