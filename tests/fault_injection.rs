@@ -469,6 +469,92 @@ fn more_parts_than_shards_are_refused_with_a_short_message() {
     assert!(!out.join("parts").exists(), "nothing was started");
 }
 
+/// A safetensors file of `file`'s tensors with exactly `metadata` (no checksums added).
+fn write_with_metadata(path: &Path, file: &TensorFile, metadata: &[(&str, &str)]) {
+    let raw: Vec<(String, Vec<u8>, Vec<usize>)> = file
+        .tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), bytes, shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+        .iter()
+        .map(|(name, bytes, shape)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::tensor::Dtype::F32,
+                shape.clone(),
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let metadata: std::collections::HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
+}
+
+/// `evaluate` accepted a file claiming this project's format with an unknown `format_version`
+/// and no checksums, and a PyTorch-style file with extra tensors, without a word.
+#[test]
+fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, "2");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let file = TensorFile::read(&latest_checkpoint(&run_dir)).unwrap();
+    let evaluate = |path: &Path| {
+        run(&evaluate_args(
+            &data,
+            &dir.path().join("e"),
+            &["--checkpoint", s(path), "--pipeline", s(&pipeline)],
+        ))
+    };
+    let forged = dir.path().join("forged.safetensors");
+    write_with_metadata(
+        &forged,
+        &file,
+        &[
+            ("format", "alexnet-train-checkpoint"),
+            ("format_version", "99"),
+        ],
+    );
+    let err = stderr(&evaluate(&forged));
+    assert!(err.contains("format version 99"), "{err}");
+    write_with_metadata(
+        &forged,
+        &file,
+        &[
+            ("format", "alexnet-train-checkpoint"),
+            ("format_version", "1"),
+        ],
+    );
+    let err = stderr(&evaluate(&forged));
+    assert!(err.contains("lacks the per-tensor checksums"), "{err}");
+
+    let mut foreign = file.clone();
+    foreign
+        .tensors
+        .retain(|name, _| !name.starts_with("momentum."));
+    foreign
+        .tensors
+        .insert("extra.weight".into(), (vec![2], vec![1.0, 2.0]));
+    let path = dir.path().join("foreign.safetensors");
+    write_foreign_checkpoint(&path, &foreign);
+    let out = evaluate(&path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not AlexNet's (extra.weight)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

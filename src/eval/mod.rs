@@ -43,6 +43,8 @@ pub enum EvalError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
+    State(#[from] crate::run::state::StateError),
+    #[error(transparent)]
     Shards(#[from] ShardError),
     #[error(transparent)]
     File(#[from] crate::files::FileError),
@@ -241,6 +243,21 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
             })?,
     };
     let file = TensorFile::read(&checkpoint)?;
+    crate::run::state::check_format(&file, &checkpoint)?;
+    let unexpected = crate::run::state::unexpected_tensors(&file);
+    if !unexpected.is_empty() {
+        eprintln!(
+            "warning: {} holds tensors that are not AlexNet's ({}{}); they are ignored",
+            checkpoint.display(),
+            unexpected
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if unexpected.len() > 5 { ", …" } else { "" }
+        );
+    }
     let pipeline = &trained_pipeline(&options, &file, &checkpoint, &run)?;
     let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
     data.check_pipeline(pipeline)?;

@@ -15,8 +15,10 @@ use crate::engine::metrics::Tally;
 use crate::engine::schedule::Plateau;
 use crate::engine::sgd::Sgd;
 use crate::loader::Position;
-use crate::model::checkpoint::{export_layers, import_layers, CheckpointError, TensorFile};
-use crate::model::{AlexNet, Spec};
+use crate::model::checkpoint::{
+    export_layers, import_layers, CheckpointError, TensorFile, CHECKSUMS_KEY,
+};
+use crate::model::{AlexNet, Spec, TORCH_NAMES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -24,6 +26,8 @@ pub enum StateError {
     Checkpoint(#[from] CheckpointError),
     #[error("cannot resume from {path}: {reason}")]
     NotResumable { path: PathBuf, reason: String },
+    #[error("checkpoint {path} cannot be used: {reason}")]
+    Format { path: PathBuf, reason: String },
 }
 
 /// Marks our training checkpoints (PyTorch-only files lack it).
@@ -116,6 +120,54 @@ pub fn save<D: Device<f32>>(
     Ok(())
 }
 
+/// Checks a file that claims this project's checkpoint format: a version this build reads,
+/// and the per-tensor checksums every such file is written with. Files of other tools (no
+/// `format` metadata) pass; `TensorFile::read` checks what they do carry.
+pub fn check_format(file: &TensorFile, path: &Path) -> Result<(), StateError> {
+    let Some(format) = file.metadata.get("format") else {
+        return Ok(());
+    };
+    let bad = |reason: String| StateError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if format != FORMAT {
+        return Err(bad(format!("its format is `{format}`, not `{FORMAT}`")));
+    }
+    match file.metadata.get("format_version") {
+        Some(v) if v == FORMAT_VERSION => {}
+        other => {
+            return Err(bad(format!(
+                "it claims format version {}, and this build reads version {FORMAT_VERSION} \
+                 (a newer alexnet wrote it, or it was edited)",
+                other.map_or("(none)", |v| v.as_str())
+            )))
+        }
+    }
+    if !file.metadata.contains_key(CHECKSUMS_KEY) {
+        return Err(bad(
+            "it lacks the per-tensor checksums every checkpoint of this format is written with"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Tensors of `file` that are neither the network's weights nor their momentum: a sign that it
+/// holds another network (evaluate names them).
+pub fn unexpected_tensors(file: &TensorFile) -> Vec<String> {
+    file.tensors
+        .keys()
+        .filter(|name| {
+            let name = name.strip_prefix(MOMENTUM_PREFIX).unwrap_or(name);
+            !TORCH_NAMES
+                .iter()
+                .any(|layer| *name == format!("{layer}.weight") || *name == format!("{layer}.bias"))
+        })
+        .cloned()
+        .collect()
+}
+
 /// The training state a checkpoint of ours carries (`None` for a weights-only file).
 pub fn saved_state(file: &TensorFile) -> Option<TrainState> {
     serde_json::from_str(file.metadata.get("state")?).ok()
@@ -177,6 +229,7 @@ pub fn load<D: Device<f32>, E: From<StateError>>(
     check_pipeline: impl FnOnce(&Pipeline) -> Result<(), E>,
 ) -> Result<Restored<D>, E> {
     let file = TensorFile::read(path).map_err(StateError::from)?;
+    check_format(&file, path)?;
     let meta = |key: &str| {
         file.metadata
             .get(key)
