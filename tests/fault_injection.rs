@@ -41,6 +41,16 @@ fn train_steps(data: &Path, run_dir: &Path, pipeline: &Path, steps: &str) -> std
     run(&args)
 }
 
+/// The tiny setup in `dir` with `overrides`, trained for `steps` steps and stopped there (a
+/// checkpoint saved): `(data, pipeline, run directory)`.
+fn stopped_tiny_run(dir: &Path, overrides: &str, steps: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, pipeline) = tiny_setup(dir, overrides);
+    let run_dir = dir.join("run");
+    let out = train_steps(&data, &run_dir, &pipeline, steps);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    (data, pipeline, run_dir)
+}
+
 fn source_path_of(data: &Path, split: Split, shard: usize, record: usize) -> String {
     let rows = read_index(&ShardPaths::new(data, split, shard).index).unwrap();
     rows[record].source_path.clone()
@@ -218,10 +228,7 @@ fn zeroed_bytes_in_a_val_shard_stop_evaluate_export_and_training() {
 #[test]
 fn a_damaged_checkpoint_is_refused_and_moving_it_aside_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "6");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 2", "6");
     let latest = latest_checkpoint(&run_dir);
 
     // A flipped exponent byte in features.0.weight (its first value's high byte).
@@ -272,10 +279,7 @@ fn a_damaged_checkpoint_is_refused_and_moving_it_aside_resumes() {
 #[test]
 fn an_edited_step_in_a_checkpoint_is_refused_on_resume_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "6");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 2", "6");
     let latest = latest_checkpoint(&run_dir);
     let mut bytes = std::fs::read(&latest).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -300,10 +304,7 @@ fn an_edited_step_in_a_checkpoint_is_refused_on_resume_and_evaluate() {
 #[test]
 fn a_checkpoint_copied_to_a_later_name_is_refused_and_removing_it_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "4");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 2", "4");
     let latest = latest_checkpoint(&run_dir);
     let copy = run_dir.join("checkpoints/step-000000009.safetensors");
     std::fs::copy(&latest, &copy).unwrap();
@@ -328,10 +329,7 @@ fn a_checkpoint_copied_to_a_later_name_is_refused_and_removing_it_resumes() {
 #[test]
 fn evaluate_uses_the_checkpoints_pipeline_and_refuses_a_conflicting_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "2");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "", "2");
     let report = || std::fs::read_to_string(run_dir.join("eval/report.json")).unwrap();
     let errors = |text: String| {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -384,10 +382,7 @@ fn evaluate_uses_the_checkpoints_pipeline_and_refuses_a_conflicting_one() {
 #[test]
 fn unfinished_checkpoint_writes_are_removed_by_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 3");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "2");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 3", "2");
     let stale = run_dir.join("checkpoints/step-000000003.safetensors.4242.tmp");
     std::fs::write(&stale, vec![0u8; 1000]).unwrap();
     let mut resume = train_args(&data, &run_dir, &pipeline);
@@ -407,10 +402,7 @@ fn unfinished_checkpoint_writes_are_removed_by_the_next_run() {
 #[test]
 fn a_log_cut_short_resumes_and_evaluates_and_a_damaged_one_names_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 3");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "12");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 3", "12");
     let steps = run_dir.join("steps.csv");
     let text = std::fs::read_to_string(&steps).unwrap();
     std::fs::write(&steps, &text[..text.len() - 7]).unwrap();
@@ -469,44 +461,12 @@ fn more_parts_than_shards_are_refused_with_a_short_message() {
     assert!(!out.join("parts").exists(), "nothing was started");
 }
 
-/// A safetensors file of `file`'s tensors with exactly `metadata` (no checksums added).
-fn write_with_metadata(path: &Path, file: &TensorFile, metadata: &[(&str, &str)]) {
-    let raw: Vec<(String, Vec<u8>, Vec<usize>)> = file
-        .tensors
-        .iter()
-        .map(|(name, (shape, data))| {
-            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), bytes, shape.clone())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
-        .iter()
-        .map(|(name, bytes, shape)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::tensor::Dtype::F32,
-                shape.clone(),
-                bytes,
-            )
-            .unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    let metadata: std::collections::HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
-}
-
 /// `evaluate` accepted a file claiming this project's format with an unknown `format_version`
 /// and no checksums, and a PyTorch-style file with extra tensors, without a word.
 #[test]
 fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "2");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "", "2");
     let file = TensorFile::read(&latest_checkpoint(&run_dir)).unwrap();
     let evaluate = |path: &Path| {
         run(&evaluate_args(
@@ -516,7 +476,7 @@ fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_na
         ))
     };
     let forged = dir.path().join("forged.safetensors");
-    write_with_metadata(
+    write_safetensors(
         &forged,
         &file,
         &[
@@ -526,7 +486,7 @@ fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_na
     );
     let err = stderr(&evaluate(&forged));
     assert!(err.contains("format version 99"), "{err}");
-    write_with_metadata(
+    write_safetensors(
         &forged,
         &file,
         &[
@@ -755,10 +715,7 @@ fn run_within(args: &[&str], limit: Duration) -> std::process::Output {
 #[test]
 fn fifos_and_devices_as_checkpoints_pipelines_or_labels_are_refused_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
-    let run_dir = dir.path().join("run");
-    let out = train_steps(&data, &run_dir, &pipeline, "2");
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let (data, pipeline, run_dir) = stopped_tiny_run(dir.path(), "epochs = 2", "2");
     let fifo = dir.path().join("fifo");
     assert!(Command::new("mkfifo")
         .arg(&fifo)

@@ -196,6 +196,16 @@ pub fn latest_checkpoint(run: &Path) -> PathBuf {
 /// Writes `file`'s tensors as a PyTorch user would (`safetensors` with no metadata at all:
 /// no checksums, no training state), with the `safetensors` crate rather than our writer.
 pub fn write_foreign_checkpoint(path: &Path, file: &alexnet::model::checkpoint::TensorFile) {
+    write_safetensors(path, file, &[]);
+}
+
+/// `file`'s tensors as a safetensors file with exactly `metadata`, written by the `safetensors`
+/// crate (no checksums added).
+pub fn write_safetensors(
+    path: &Path,
+    file: &alexnet::model::checkpoint::TensorFile,
+    metadata: &[(&str, &str)],
+) {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = file
         .tensors
         .iter()
@@ -216,7 +226,13 @@ pub fn write_foreign_checkpoint(path: &Path, file: &alexnet::model::checkpoint::
             (name.clone(), view)
         })
         .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::HashMap<_, _>>()
+    });
+    std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
 }
 
 /// Overwrites `len` bytes of `path` at `offset` in place (same inode, as a failing disk
