@@ -150,7 +150,7 @@ pub fn run<D: FastDevice>(
             stages[stage_index].2.push(ms);
             stage_index += 1;
         };
-        // Drawn by the training loop, not the engine, but part of every step's input.
+        // Drawn before the step itself, and part of its input.
         let masks = engine.dropout_masks(dev, &model.spec, seed, i as u64, batch.len())?;
         observe(crate::engine::Stage {
             phase: Phase::Input,
