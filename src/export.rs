@@ -42,6 +42,7 @@ pub fn export(
         path: dir.clone(),
         source,
     })?;
+    remove_stale_images(&dir, n)?;
     let size = data.image_size;
     (0..n).into_par_iter().try_for_each(|i| {
         let path = dir.join(format!("{i}.png"));
@@ -65,6 +66,28 @@ pub fn export(
     }
     csv.flush().map_err(write_error)?;
     Ok(n)
+}
+
+/// Removes `<index>.png` files of an earlier, larger export of the same split (index ≥ `n`),
+/// which would otherwise sit beside the new ones as if `index.csv` described them.
+fn remove_stale_images(dir: &Path, n: usize) -> Result<(), ExportError> {
+    let error = |source| ExportError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in fs::read_dir(dir).map_err(error)? {
+        let entry = entry.map_err(error)?;
+        let name = entry.file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".png"))
+            .filter(|stem| stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<usize>().ok());
+        if index.is_some_and(|i| i >= n) {
+            fs::remove_file(entry.path()).map_err(error)?;
+        }
+    }
+    Ok(())
 }
 
 /// `DIR/<split>/index.csv`: which stored record (and source file) each PNG is.

@@ -515,6 +515,62 @@ fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_na
     );
 }
 
+/// A NaN written into `mean.npy`, with the manifest's checksum updated to match, passed
+/// `--verify`, and training then blamed the learning rate for the NaN loss.
+#[test]
+fn a_nan_mean_image_with_a_matching_checksum_is_refused_and_preprocess_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 1");
+    let mean = data.join("mean.npy");
+    let mut bytes = std::fs::read(&mean).unwrap();
+    let at = bytes.len() - 4 * 10;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let manifest = data.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let old = alexnet::files::file_checksum(&std::fs::read(&mean).unwrap());
+    std::fs::write(&mean, &bytes).unwrap();
+    let new = alexnet::files::file_checksum(&bytes);
+    std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
+
+    let err = run_err(&train_args(&data, &dir.path().join("run"), &pipeline));
+    assert!(err.contains("mean.npy") && err.contains("NaN"), "{err}");
+    assert!(!err.contains("learning rate"), "{err}");
+    // The advice works: the same preprocess command rebuilds the mean image.
+    let src = dir.path().join("src");
+    run_ok(&preprocess_with(&src, &data, &pipeline, &["--verify"]));
+    run_ok(&train_args(&data, &dir.path().join("run"), &pipeline));
+}
+
+/// `export` into a folder holding an older, larger export left the old PNGs beside the new.
+#[test]
+fn export_over_a_larger_earlier_export_leaves_only_its_own_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = tiny_setup(dir.path(), "");
+    let out = dir.path().join("export");
+    let export = |limit: &str| {
+        run_ok(&[
+            "export",
+            "--data",
+            s(&data),
+            "--split",
+            "val",
+            "--out",
+            s(&out),
+            "--limit",
+            limit,
+        ])
+    };
+    export("6");
+    export("2");
+    let mut pngs: Vec<String> = std::fs::read_dir(out.join("val"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    pngs.sort();
+    assert_eq!(pngs, ["0.png", "1.png"]);
+}
+
 /// Where tensor `name` starts in the data section of a file written by `TensorFile::write`
 /// (tensors in name order).
 fn data_offset(file: &TensorFile, name: &str) -> usize {

@@ -211,10 +211,20 @@ impl SplitContent {
 
 /// Reads the mean image, checked against the manifest's checksum: (shape, values).
 pub fn read_mean(path: &Path, stats: &MeanStats) -> Result<(Vec<usize>, Vec<f32>), ShardError> {
-    Ok(files::npy_f32_from_bytes(
-        &files::read_checked(path, &stats.checksum)?,
-        path,
-    )?)
+    let (shape, mean) =
+        files::npy_f32_from_bytes(&files::read_checked(path, &stats.checksum)?, path)?;
+    // A checksum vouches for the bytes, not for what they say: a mean of pixels lies in 0..=255.
+    if let Some((at, value)) = mean
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(0.0..=255.0).contains(*v))
+    {
+        return Err(ShardError::Index {
+            path: path.to_path_buf(),
+            message: format!("element {at} is {value}, but a mean of pixels lies in 0..=255"),
+        });
+    }
+    Ok((shape, mean))
 }
 
 /// All shards of one split, addressed by a global record index.
