@@ -210,3 +210,31 @@ fn a_running_part_excludes_itself_and_whole_runs_but_not_other_parts() {
     ));
     assert!(err.contains("0 <= I < N"), "{err}");
 }
+
+/// A damaged part file (`parts/part-1-of-2.sums`) got "re-run with the same arguments", which
+/// failed the same way; the fix that works is running that part again, and the error says so.
+#[test]
+fn a_damaged_part_file_names_the_part_to_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, pipeline) = setup(dir.path());
+    let merged = dir.path().join("merged");
+    let own = |i: usize| dir.path().join(format!("machine-{i}"));
+    for (i, part) in ["0/2", "1/2"].iter().enumerate() {
+        run_ok(&args(&src, &own(i), &pipeline, &["--part", part]));
+    }
+    copy_tree(&own(0), &merged);
+    copy_tree(&own(1), &merged);
+    let sums = merged.join("parts/part-1-of-2.sums");
+    let mut bytes = std::fs::read(&sums).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&sums, bytes).unwrap();
+    let err = run_err(&args(&src, &merged, &pipeline, &["--merge"]));
+    assert!(
+        err.contains("part-1-of-2.sums") && err.contains("--part 1/2"),
+        "{err}"
+    );
+    // The advice works: part 1 again, in the merged directory, finishes last and merges.
+    let said = run_ok(&args(&src, &merged, &pipeline, &["--part", "1/2"]));
+    assert!(said.contains("merged all 2 parts"), "{said}");
+    assert_same_tree(&single_machine(dir.path(), &src, &pipeline), &merged);
+}

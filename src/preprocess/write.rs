@@ -610,15 +610,18 @@ pub fn merged_mean(
             count: parts,
         };
         let (receipt_path, sums_path) = PartReceipt::paths(output, index, parts);
+        let stale = |why: String| PreprocessError::PartStale { part, why };
+        // A damaged receipt or sums file is the part's own: running that part again rewrites
+        // both (running the whole job again would only meet them again).
+        let damaged = |path: &Path| stale(format!("{} is damaged", path.display()));
         let receipt: PartReceipt = match shards::read_json(&receipt_path) {
             Ok(r) => r,
             Err(ShardError::Incomplete { .. }) => {
                 missing.push(part);
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(_) => return Err(damaged(&receipt_path)),
         };
-        let stale = |why: String| PreprocessError::PartStale { part, why };
         for work in works {
             let expected: Vec<PartShard> = work
                 .plans
@@ -633,7 +636,8 @@ pub fn merged_mean(
                 )));
             }
         }
-        let bytes = files::read_checked(&sums_path, &receipt.sums_checksum)?;
+        let bytes = files::read_checked(&sums_path, &receipt.sums_checksum)
+            .map_err(|_| damaged(&sums_path))?;
         let sums = MeanAccumulator::from_bytes(&bytes, size)
             .ok_or_else(|| stale(format!("{} is not a sums file", sums_path.display())))?;
         mean.merge(&sums);
