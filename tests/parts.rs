@@ -195,9 +195,15 @@ fn a_running_part_excludes_itself_and_whole_runs_but_not_other_parts() {
         err.contains("in use by another `alexnet preprocess`"),
         "{err}"
     );
+    // The refused duplicate left the holder's name alone: the next refusal still names the
+    // running holder (this process), not the duplicate that has exited.
     let err = run_err(&args(&src, &out, &pipeline, &[]));
     assert!(
         err.contains("in use by another `alexnet preprocess`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {} ", std::process::id())),
         "{err}"
     );
     let said = run_ok(&args(&src, &out, &pipeline, &["--part", "0/3"]));

@@ -208,10 +208,14 @@ pub fn prepare_output(
     let what = "`alexnet preprocess`";
     let locks = match access {
         Access::Whole => vec![DirLock::acquire(output, what)?],
-        Access::Part(part) => vec![
-            DirLock::acquire_named(output, LOCK_FILE, lock::Mode::Shared, what)?,
-            DirLock::acquire_named(output, &part.lock_name(), lock::Mode::Exclusive, what)?,
-        ],
+        // The part's own lock first: a duplicate of a running part is refused before it joins
+        // the shared directory lock, whose file names the holder for the next refusal.
+        Access::Part(part) => {
+            let own =
+                DirLock::acquire_named(output, &part.lock_name(), lock::Mode::Exclusive, what)?;
+            let shared = DirLock::acquire_named(output, LOCK_FILE, lock::Mode::Shared, what)?;
+            vec![shared, own]
+        }
     };
     let plan_path = output.join(PLAN_FILE);
     if plan_path.exists() {
