@@ -244,3 +244,16 @@ fn a_damaged_part_file_names_the_part_to_run_again() {
     assert!(said.contains("merged all 2 parts"), "{said}");
     assert_same_tree(&single_machine(dir.path(), &src, &pipeline), &merged);
 }
+
+/// `--part 1/3` on an output a single run had finished said that the other parts had not
+/// finished, and left `parts/` behind.
+#[test]
+fn a_part_in_a_finished_output_has_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, pipeline) = setup(dir.path());
+    let out = single_machine(dir.path(), &src, &pipeline);
+    let said = run_ok(&args(&src, &out, &pipeline, &["--part", "1/3"]));
+    assert!(said.contains("already complete"), "{said}");
+    assert!(!said.contains("have not finished"), "{said}");
+    assert!(!out.join("parts").exists());
+}

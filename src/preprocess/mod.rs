@@ -264,6 +264,12 @@ pub fn run(pipeline: &Pipeline, opts: &PreprocessOptions) -> Result<Summary, Pre
         plan::add_kept_to_mean(output, &mut works[0], &mut mean);
     }
     let rebuilding = works.iter().any(SplitWork::has_todo);
+    // A part in a directory that is complete (a single run's, or merged) has nothing to add:
+    // a receipt from it would only wait for the other parts.
+    if let (Access::Part(_), Some(_), false) = (access, &previous, rebuilding) {
+        summary.already_complete = true;
+        return Ok(summary);
+    }
     if rebuilding && previous.is_some() {
         // Not complete until the new manifest is written.
         remove_file(&output.join(MANIFEST_FILE))?;
