@@ -810,6 +810,18 @@ fn fifos_and_devices_as_checkpoints_pipelines_or_labels_are_refused_without_hang
     let out_dir = dir.path().join("o");
     let args = preprocess_with(&src, &out_dir, &pipeline, &["--val-labels", "/dev/zero"]);
     refused(&args, "/dev/zero");
+    // A FIFO where the labels file is looked for: named, not "not found in …".
+    let labels = src.join("LOC_val_solution.csv");
+    std::fs::remove_file(&labels).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&labels)
+        .status()
+        .unwrap()
+        .success());
+    refused(
+        &preprocess_with(&src, &out_dir, &pipeline, &[]),
+        "LOC_val_solution.csv",
+    );
 }
 
 fn first_class(src: &Path) -> String {

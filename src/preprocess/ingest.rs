@@ -249,7 +249,7 @@ fn scan_val(
         let csv = match val_labels {
             Some(path) => path.to_path_buf(),
             None => find_label_file(root, VAL_LABELS_FILE)
-                .or_else(|| Some(val_dir.join(VAL_LABELS_FILE)).filter(|p| p.is_file()))
+                .or_else(|| Some(val_dir.join(VAL_LABELS_FILE)).filter(|p| p.exists()))
                 .ok_or_else(|| IngestError::MissingValLabels {
                     val: val_dir.to_path_buf(),
                     searched: searched_dirs(root),
@@ -379,16 +379,28 @@ pub fn path_text(name: &OsStr) -> String {
     out
 }
 
+/// The nearest `name` in `root` or its parents. Anything of that name counts (a FIFO too):
+/// reading it then says what is wrong with it, instead of "not found".
 fn find_label_file(root: &Path, name: &str) -> Option<PathBuf> {
+    label_dirs(root)
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+}
+
+/// The directories searched for a label file: `root` and its parents, absolute.
+fn label_dirs(root: &Path) -> Vec<PathBuf> {
+    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     root.ancestors()
         .take(LABEL_SEARCH_DEPTH + 1)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 fn searched_dirs(root: &Path) -> String {
-    root.ancestors()
-        .take(LABEL_SEARCH_DEPTH + 1)
+    label_dirs(root)
+        .iter()
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
