@@ -51,6 +51,17 @@ fn spawn(args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Parts 0/2 and 1/2 run each in a directory of its own (as on two machines); returns where
+/// part `i`'s output is.
+fn two_parts_on_their_own(dir: &Path, src: &Path, pipeline: &Path) -> impl Fn(usize) -> PathBuf {
+    let dir = dir.to_path_buf();
+    let own = move |i: usize| dir.join(format!("machine-{i}"));
+    for (i, part) in ["0/2", "1/2"].iter().enumerate() {
+        run_ok(&args(src, &own(i), pipeline, &["--part", part]));
+    }
+    own
+}
+
 fn single_machine(dir: &Path, src: &Path, pipeline: &Path) -> PathBuf {
     let out = dir.join("single");
     run_ok(&args(src, &out, pipeline, &[]));
@@ -144,10 +155,7 @@ fn a_part_whose_inputs_changed_is_named_and_rerunning_it_fixes_the_merge() {
     let dir = tempfile::tempdir().unwrap();
     let (src, pipeline) = setup(dir.path());
     let merged = dir.path().join("merged");
-    let own = |i: usize| dir.path().join(format!("machine-{i}"));
-    for (i, part) in ["0/2", "1/2"].iter().enumerate() {
-        run_ok(&args(&src, &own(i), &pipeline, &["--part", part]));
-    }
+    let own = two_parts_on_their_own(dir.path(), &src, &pipeline);
     // An input of train shard 2 (part 0) changes after part 0 ran.
     let class = src
         .join("train")
@@ -224,10 +232,7 @@ fn a_damaged_part_file_names_the_part_to_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (src, pipeline) = setup(dir.path());
     let merged = dir.path().join("merged");
-    let own = |i: usize| dir.path().join(format!("machine-{i}"));
-    for (i, part) in ["0/2", "1/2"].iter().enumerate() {
-        run_ok(&args(&src, &own(i), &pipeline, &["--part", part]));
-    }
+    let own = two_parts_on_their_own(dir.path(), &src, &pipeline);
     copy_tree(&own(0), &merged);
     copy_tree(&own(1), &merged);
     let sums = merged.join("parts/part-1-of-2.sums");
