@@ -337,9 +337,8 @@ impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         // A pipeline is a page of TOML: a megabyte is plenty.
-        let text = crate::files::check_readable(path, 1 << 20)
-            .and_then(|_| std::fs::read_to_string(path))
-            .map_err(|source| ConfigError::Read {
+        let text =
+            crate::files::read_regular_text(path, 1 << 20).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -122,16 +122,33 @@ fn special_kind(_: &fs::FileType) -> Option<&'static str> {
     None
 }
 
+/// Opens a regular file of at most `limit` bytes (`check_readable`), with the plain I/O
+/// error, for readers that wrap it in errors of their own.
+pub fn open_regular(path: &Path, limit: u64) -> io::Result<File> {
+    check_readable(path, limit)?;
+    File::open(path)
+}
+
+/// Reads a whole regular file of at most `limit` bytes, as `open_regular`.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    check_readable(path, limit)?;
+    fs::read(path)
+}
+
+/// Reads a whole regular text file of at most `limit` bytes, as `open_regular`.
+pub fn read_regular_text(path: &Path, limit: u64) -> io::Result<String> {
+    check_readable(path, limit)?;
+    fs::read_to_string(path)
+}
+
 /// Opens a regular file for reading.
 pub fn open(path: &Path) -> Result<File, FileError> {
-    check_readable(path, READ_LIMIT).map_err(missing_or_io(path))?;
-    File::open(path).map_err(missing_or_io(path))
+    open_regular(path, READ_LIMIT).map_err(missing_or_io(path))
 }
 
 /// Reads a whole regular file.
 pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
-    check_readable(path, READ_LIMIT).map_err(missing_or_io(path))?;
-    fs::read(path).map_err(missing_or_io(path))
+    read_regular(path, READ_LIMIT).map_err(missing_or_io(path))
 }
 
 /// `name.ext` → `name.ext.tmp`, the name files carry until they are complete.

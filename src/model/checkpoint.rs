@@ -150,11 +150,12 @@ impl TensorFile {
     /// Reads and checks a file: every tensor against its stored checksum (files written by
     /// other tools have none) and every value for being finite.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = crate::files::check_readable(path, crate::files::READ_LIMIT)
-            .and_then(|_| std::fs::read(path))
-            .map_err(|source| CheckpointError::Read {
-                path: path.to_path_buf(),
-                source,
+        let bytes =
+            crate::files::read_regular(path, crate::files::READ_LIMIT).map_err(|source| {
+                CheckpointError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })?;
         let file = Self::from_bytes(&bytes, path)?;
         file.verify(path)?;

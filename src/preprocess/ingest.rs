@@ -410,12 +410,10 @@ fn searched_dirs(root: &Path) -> String {
 /// prediction string (`n01751748 1 2 3 4 n01751748 ...`). Returns image id → wnid. The header
 /// row is optional; a byte-order mark and quoted fields are fine.
 fn read_val_labels(path: &Path) -> Result<BTreeMap<String, String>, IngestError> {
-    let file = crate::files::check_readable(path, 1 << 30)
-        .and_then(|_| fs::File::open(path))
-        .map_err(|source| IngestError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let file = crate::files::open_regular(path, 1 << 30).map_err(|source| IngestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -465,9 +463,8 @@ fn read_val_labels(path: &Path) -> Result<BTreeMap<String, String>, IngestError>
 
 /// `LOC_synset_mapping.txt`: `<wnid> <names>` per line. Returns wnid → names.
 fn read_synset_names(path: &Path) -> Result<HashMap<String, String>, IngestError> {
-    let text = crate::files::check_readable(path, 1 << 30)
-        .and_then(|_| fs::read_to_string(path))
-        .map_err(|source| IngestError::Io {
+    let text =
+        crate::files::read_regular_text(path, 1 << 30).map_err(|source| IngestError::Io {
             path: path.to_path_buf(),
             source,
         })?;

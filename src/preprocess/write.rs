@@ -582,12 +582,10 @@ fn parts_missing(parts: &[Part]) -> PreprocessError {
 /// A part's record of one of its shards: the shard and the checksum of its receipt file.
 fn part_shard(output: &Path, split: Split, shard: u32) -> Result<PartShard, ShardError> {
     let done = ShardPaths::new(output, split, shard as usize).done;
-    let bytes = crate::files::check_readable(&done, 1 << 20)
-        .and_then(|_| fs::read(&done))
-        .map_err(|source| ShardError::Io {
-            path: done.clone(),
-            source,
-        })?;
+    let bytes = files::read_regular(&done, 1 << 20).map_err(|source| ShardError::Io {
+        path: done.clone(),
+        source,
+    })?;
     Ok(PartShard {
         shard,
         receipt_checksum: files::file_checksum(&bytes),

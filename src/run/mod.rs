@@ -184,11 +184,12 @@ impl Stepped for StepRow {
 /// cut short (a crash, a full disk) and is left out; on `--resume`, `CsvLog::open` rewrites the
 /// file without it.
 pub fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, LogError> {
-    let mut bytes = crate::files::check_readable(path, crate::files::READ_LIMIT)
-        .and_then(|_| std::fs::read(path))
-        .map_err(|source| LogError::Io {
-            path: path.to_path_buf(),
-            source,
+    let mut bytes =
+        crate::files::read_regular(path, crate::files::READ_LIMIT).map_err(|source| {
+            LogError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
     if bytes.last().is_some_and(|&b| b != b'\n') {
         let complete = bytes
