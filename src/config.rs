@@ -27,6 +27,9 @@ pub enum ConfigError {
 }
 
 /// More worker threads than this is a mistake, not a setting (each costs a stack and a
+/// The widest LRN window the GPU kernels keep in registers (`LRN_RING` − 1 in `kernels.cu`).
+pub const MAX_LRN_SIZE: usize = 15;
+
 /// The largest batch any command takes: 65,536 crops of 224² are 9.9 GB as bytes alone, more
 /// than an AlexNet step fits on any device; a larger value is a typo, refused before anything
 /// is allocated.
@@ -463,6 +466,13 @@ impl Pipeline {
                 m.lrn_size
             ));
         }
+        if m.lrn && m.lrn_size > MAX_LRN_SIZE {
+            return Err(format!(
+                "model.lrn_size = {} is wider than the GPU kernels' {MAX_LRN_SIZE} channels \
+                 (the paper's is 5)",
+                m.lrn_size
+            ));
+        }
         if !(m.init_std > 0.0 && m.init_std.is_finite()) {
             return Err(format!("model.init_std = {} must be positive", m.init_std));
         }
@@ -557,6 +567,18 @@ mod tests {
         assert!(err.to_string().contains("loader.threads"), "{err}");
         let err = parse("[loader]\nbatch_size = 1000000\n").unwrap_err();
         assert!(err.to_string().contains("loader.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn lrn_windows_are_odd_and_no_wider_than_the_gpu_kernels_keep() {
+        let err = parse("[model]\nlrn_size = 4\n").unwrap_err();
+        assert!(err.to_string().contains("must be odd"), "{err}");
+        let err = parse(&format!("[model]\nlrn_size = {}\n", MAX_LRN_SIZE + 2)).unwrap_err();
+        assert!(err.to_string().contains("model.lrn_size"), "{err}");
+        let p = parse(&format!("[model]\nlrn_size = {MAX_LRN_SIZE}\n")).unwrap();
+        assert_eq!(p.model.lrn_size, MAX_LRN_SIZE);
+        // Without LRN the size is not used.
+        assert!(parse("[model]\nlrn = false\nlrn_size = 99\n").is_ok());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Device buffers as the kernels see them: raw pointers for cuDNN, the host-side checks that
 //! keep every kernel inside its buffers (lengths, 32-bit counts, shapes whose arithmetic
-//! would divide by zero or wrap), and the device copies `normalize` reads (the mean-row
-//! table, the per-batch staging buffers).
+//! would divide by zero or wrap), and the mean-row table `normalize` reads (its per-batch
+//! inputs go up through `upload`).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -175,24 +175,3 @@ impl DeviceMeanTable {
         })
     }
 }
-
-/// Per-batch inputs of `normalize`, kept and reused while they are large enough.
-#[derive(Default)]
-pub(super) struct Staging {
-    pub(super) pixels: Option<CudaSlice<u8>>,
-    pub(super) mean_rows: Option<CudaSlice<u32>>,
-    pub(super) lighting: Option<CudaSlice<f32>>,
-}
-
-pub(super) const PIXELS: Upload = Upload {
-    alloc: "cuMemAlloc (normalize: crop pixels)",
-    copy: "cuMemcpyHtoD (normalize: crop pixels)",
-};
-pub(super) const MEAN_ROWS: Upload = Upload {
-    alloc: "cuMemAlloc (normalize: mean rows)",
-    copy: "cuMemcpyHtoD (normalize: mean rows)",
-};
-pub(super) const LIGHTING: Upload = Upload {
-    alloc: "cuMemAlloc (normalize: lighting)",
-    copy: "cuMemcpyHtoD (normalize: lighting)",
-};

@@ -8,7 +8,8 @@
 // Element counts are 32-bit (the Rust side checks they fit); indices into the mean table, which
 // multiply a row by its length, are 64-bit.
 
-#define RELU_BIAS_THREADS 512
+#define RELU_BIAS_THREADS 256
+#define RELU_BIAS_CHUNK 8192
 
 // x[b, c, y, x] = (pixel[b, y, x, c] - mean[row(b, y)][x*3 + c] + lighting[b, c]) * scale[c],
 // one thread per output value so the f32 writes are coalesced (the u8 reads stride by 3).
@@ -51,20 +52,27 @@ extern "C" __global__ void bias_relu(
     y[i] = fmaxf(y[i] + bias[c], 0.0f);
 }
 
-// One block per channel: masks that channel's gradient by the ReLU (dy <- 0 where y <= 0) and
-// reduces it to db[c]. Each thread sums a fixed strided subset, then a fixed tree combines the
-// partial sums, so the result does not depend on scheduling (no atomics): a resumed run
-// reproduces an uninterrupted one. Launched with exactly RELU_BIAS_THREADS threads.
-extern "C" __global__ void relu_bias_backward(
-    float *dy, const float *y, float *db,
-    unsigned int batch, unsigned int channels, unsigned int pixels)
+// Masks the gradient by the ReLU (dy <- 0 where y <= 0) and reduces each channel's share to
+// partial sums: block (s, c) takes the channel's values [s * RELU_BIAS_CHUNK, (s + 1) *
+// RELU_BIAS_CHUNK) in (image, pixel) order, each thread a fixed strided subset of them, then a
+// fixed tree combines the threads' sums into partial[c * splits + s]. The split depends only on
+// the shape, and there are no atomics, so the result does not depend on scheduling: a resumed
+// run reproduces an uninterrupted one. Launched with exactly RELU_BIAS_THREADS threads; as many
+// blocks per channel as the channel has chunks, so a large layer fills the GPU (one block per
+// channel left conv1's 96 channels on 96 of the H200's 132 SMs).
+extern "C" __global__ void relu_bias_partials(
+    float *dy, const float *y, float *partial,
+    unsigned int batch, unsigned int channels, unsigned int pixels, unsigned int splits)
 {
-    __shared__ float partial[RELU_BIAS_THREADS];
-    unsigned int c = blockIdx.x;
+    __shared__ float sums[RELU_BIAS_THREADS];
+    unsigned int s = blockIdx.x;
+    unsigned int c = blockIdx.y;
     unsigned int tid = threadIdx.x;
     unsigned int count = batch * pixels;
+    unsigned int begin = s * RELU_BIAS_CHUNK;
+    unsigned int end = min(count, begin + RELU_BIAS_CHUNK);
     float sum = 0.0f;
-    for (unsigned int j = tid; j < count; j += RELU_BIAS_THREADS) {
+    for (unsigned int j = begin + tid; j < end; j += RELU_BIAS_THREADS) {
         unsigned int b = j / pixels;
         unsigned int p = j - b * pixels;
         unsigned int at = (b * channels + c) * pixels + p;
@@ -75,19 +83,36 @@ extern "C" __global__ void relu_bias_backward(
         }
         sum += g;
     }
-    partial[tid] = sum;
+    sums[tid] = sum;
     __syncthreads();
-    for (unsigned int s = RELU_BIAS_THREADS / 2; s > 0; s >>= 1) {
-        if (tid < s) partial[tid] += partial[tid + s];
+    for (unsigned int half = RELU_BIAS_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) sums[tid] += sums[tid + half];
         __syncthreads();
     }
-    if (tid == 0) db[c] = partial[0];
+    if (tid == 0) partial[c * splits + s] = sums[0];
 }
+
+// db[c] = the channel's partial sums added in split order (one thread per channel).
+extern "C" __global__ void sum_partials(
+    const float *partial, float *db, unsigned int channels, unsigned int splits)
+{
+    unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    float sum = 0.0f;
+    for (unsigned int s = 0; s < splits; ++s) sum += partial[c * splits + s];
+    db[c] = sum;
+}
+
+// LRN's window slides along the channels, so each thread keeps the terms of the channels in
+// its window in a ring (indexed by channel mod LRN_RING) and computes every term once instead
+// of once per window that holds it. Each window's sum is still taken afresh, in ascending
+// channel order, from the same terms, so it rounds exactly like the reference's loop. Windows
+// of up to LRN_RING channels (size / 2 <= 7); the Rust side refuses larger ones.
+#define LRN_RING 16
 
 // d_c = k + alpha * sum_{|c'-c| <= half} x_c'^2 and y_c = x_c * d_c^-beta. One thread per
 // (image, pixel) walking the channels: neighbouring threads read neighbouring pixels of the
-// same plane, so every access is coalesced. The window sum is taken afresh per channel, in
-// ascending channel order, to round like the reference rather than as a running sum would.
+// same plane, so every access is coalesced.
 extern "C" __global__ void lrn_forward(
     const float *x, float *y, float *d,
     unsigned int batch, unsigned int channels, unsigned int pixels,
@@ -101,14 +126,17 @@ extern "C" __global__ void lrn_forward(
     float *ys = y + (size_t)b * channels * pixels + p;
     float *ds = d + (size_t)b * channels * pixels + p;
     int last = (int)channels - 1;
+    float squares[LRN_RING];
+    int next = 0; // the first channel not yet in the ring
     for (int c = 0; c <= last; ++c) {
         int lo = c - half < 0 ? 0 : c - half;
         int hi = c + half > last ? last : c + half;
-        float sum = 0.0f;
-        for (int j = lo; j <= hi; ++j) {
-            float v = xs[(size_t)j * pixels];
-            sum += v * v;
+        for (; next <= hi; ++next) {
+            float v = xs[(size_t)next * pixels];
+            squares[next & (LRN_RING - 1)] = v * v;
         }
+        float sum = 0.0f;
+        for (int j = lo; j <= hi; ++j) sum += squares[j & (LRN_RING - 1)];
         float denominator = k + alpha * sum;
         ds[(size_t)c * pixels] = denominator;
         ys[(size_t)c * pixels] = xs[(size_t)c * pixels] * powf(denominator, -beta);
@@ -116,7 +144,7 @@ extern "C" __global__ void lrn_forward(
 }
 
 // dx_c = dy_c * d_c^-beta - 2 alpha beta x_c * sum_{|c'-c| <= half} dy_c' x_c' d_c'^(-beta-1),
-// laid out and ordered as lrn_forward.
+// laid out and ordered as lrn_forward, the cross terms kept in a ring as the squares there.
 extern "C" __global__ void lrn_backward(
     const float *x, const float *d, const float *dy, float *dx,
     unsigned int batch, unsigned int channels, unsigned int pixels,
@@ -133,14 +161,17 @@ extern "C" __global__ void lrn_backward(
     float *out = dx + base;
     int last = (int)channels - 1;
     float exponent = -beta - 1.0f;
+    float terms[LRN_RING];
+    int next = 0;
     for (int c = 0; c <= last; ++c) {
         int lo = c - half < 0 ? 0 : c - half;
         int hi = c + half > last ? last : c + half;
-        float cross = 0.0f;
-        for (int j = lo; j <= hi; ++j) {
-            size_t at = (size_t)j * pixels;
-            cross += gs[at] * xs[at] * powf(ds[at], exponent);
+        for (; next <= hi; ++next) {
+            size_t at = (size_t)next * pixels;
+            terms[next & (LRN_RING - 1)] = gs[at] * xs[at] * powf(ds[at], exponent);
         }
+        float cross = 0.0f;
+        for (int j = lo; j <= hi; ++j) cross += terms[j & (LRN_RING - 1)];
         size_t at = (size_t)c * pixels;
         out[at] = gs[at] * powf(ds[at], -beta) - 2.0f * alpha * beta * xs[at] * cross;
     }

@@ -3,20 +3,21 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaDevice, DeviceSlice};
+use cudarc::driver::{CudaDevice, CudaSlice, DeviceSlice};
 use dfdx::tensor::Cuda;
 
-use super::buffers::{self, at_least, count32, DeviceMeanTable, Staging};
+use super::buffers::{self, at_least, count32, DeviceMeanTable};
+use super::upload::Uploads;
 use super::check;
-use super::nvrtc::{grid, per_channel, Functions, Kernel};
+use super::nvrtc::{grid, per_chunk, relu_bias_splits, Functions, Kernel};
+use crate::config::MAX_LRN_SIZE;
 use crate::kernels::{
     Buf, DropoutMask, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep,
 };
 
 pub(super) fn normalize(
     kernels: &Functions,
-    dev: &Arc<CudaDevice>,
-    staging: &mut Staging,
+    uploads: &mut Uploads,
     table: Option<&DeviceMeanTable>,
     input: &InputBatch,
     x: &mut Buf<Cuda>,
@@ -55,30 +56,13 @@ pub(super) fn normalize(
     if n == 0 {
         return Ok(());
     }
-    buffers::upload_into(dev, &mut staging.pixels, input.pixels, &buffers::PIXELS)?;
-    buffers::upload_into(
-        dev,
-        &mut staging.mean_rows,
-        input.mean_rows,
-        &buffers::MEAN_ROWS,
-    )?;
-    buffers::upload_into(
-        dev,
-        &mut staging.lighting,
-        input.lighting,
-        &buffers::LIGHTING,
-    )?;
-    let (Some(pixels), Some(mean_rows), Some(lighting)) =
-        (&staging.pixels, &staging.mean_rows, &staging.lighting)
-    else {
-        return Err(check::failed(CALL, "inputs missing after upload".into()));
-    };
+    let staged = uploads.stage(input)?;
     let params = (
         &mut *x,
-        pixels,
+        staged.pixels,
         &table.data,
-        mean_rows,
-        lighting,
+        staged.mean_rows,
+        staged.lighting,
         input.scale[0],
         input.scale[1],
         input.scale[2],
@@ -87,7 +71,8 @@ pub(super) fn normalize(
         row_len,
     );
     // SAFETY: the parameters match `normalize` in the CUDA source; lengths checked above.
-    unsafe { kernels.normalize.launch(grid(n), params) }
+    unsafe { kernels.normalize.launch(grid(n), params) }?;
+    uploads.consumed()
 }
 
 pub(super) fn bias_relu(
@@ -114,8 +99,12 @@ pub(super) fn bias_relu(
     unsafe { kernels.bias_relu.launch(grid(n), params) }
 }
 
+/// The ReLU's mask and the bias gradient in two launches: per-chunk partial sums into
+/// `partials` (grown here when too short), then their sum per channel (see `kernels.cu`).
 pub(super) fn relu_bias_backward(
     kernels: &Functions,
+    dev: &Arc<CudaDevice>,
+    partials: &mut Option<CudaSlice<f32>>,
     planes: &Planes,
     y: &Buf<Cuda>,
     dy: &mut Buf<Cuda>,
@@ -130,20 +119,38 @@ pub(super) fn relu_bias_backward(
         return Ok(());
     }
     let channels = count32(CALL, "channels", planes.channels)?;
+    let splits = relu_bias_splits(planes.batch * planes.pixels);
+    let needed = planes.channels * splits as usize;
+    if partials.as_ref().is_none_or(|p| p.len() < needed) {
+        // Dropping the old one frees it in stream order, after the work that used it.
+        *partials = None;
+        let grown = dev.alloc_zeros::<f32>(needed).map_err(|e| {
+            check::allocation(dev, "cuMemAlloc (relu_bias_backward: partial sums)", needed * 4, e)
+        })?;
+        *partials = Some(grown);
+    }
+    let Some(partials) = partials.as_mut() else {
+        return Err(check::failed(CALL, "no partial sums after allocating".into()));
+    };
     let params = (
         &mut *dy,
         y,
-        &mut *db,
+        &mut *partials,
         planes.batch as u32,
-        planes.channels as u32,
+        channels,
         planes.pixels as u32,
+        splits,
     );
-    // SAFETY: matches `relu_bias_backward`, launched with RELU_BIAS_THREADS threads.
+    // SAFETY: matches `relu_bias_partials`, launched with RELU_BIAS_THREADS threads and
+    // `splits × channels` blocks; `partials` holds `channels × splits` values.
     unsafe {
         kernels
-            .relu_bias_backward
-            .launch(per_channel(channels), params)
-    }
+            .relu_bias_partials
+            .launch(per_chunk(splits, channels), params)
+    }?;
+    let params = (&*partials, &mut *db, channels, splits);
+    // SAFETY: matches `sum_partials`; `partials` and `db` checked above.
+    unsafe { kernels.sum_partials.launch(grid(channels), params) }
 }
 
 pub(super) fn lrn_forward(
@@ -375,7 +382,14 @@ fn permute(
 }
 
 /// The LRN window's half-width as the kernels' `int`.
+/// Half of LRN's window, which the kernels keep in a ring of at most `MAX_LRN_SIZE` channels
+/// (the pipeline's check refuses wider windows before a run starts).
 fn lrn_half(call: &'static str, lrn: &LrnParams) -> KernelResult<i32> {
-    i32::try_from(lrn.size / 2)
-        .map_err(|_| check::failed(call, format!("LRN size {} too large", lrn.size)))
+    if lrn.size > MAX_LRN_SIZE {
+        return Err(check::failed(
+            call,
+            format!("LRN window of {} channels wider than the kernels' {MAX_LRN_SIZE}", lrn.size),
+        ));
+    }
+    Ok((lrn.size / 2) as i32)
 }

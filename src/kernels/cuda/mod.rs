@@ -20,6 +20,7 @@
 //! - `nvrtc`: compiling and loading the kernels of `kernels.cu`; launch configurations.
 //! - `launches`: each of those kernels' checks, parameters and launch.
 //! - `buffers`: device pointers, length and shape checks, uploads.
+//! - `upload`: each batch's inputs on a copy stream of their own, overlapping the compute.
 
 mod algorithms;
 mod buffers;
@@ -29,6 +30,7 @@ mod ffi;
 mod launches;
 mod nvrtc;
 mod passes;
+mod upload;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -39,10 +41,11 @@ use dfdx::prelude::Storage;
 use dfdx::tensor::{Cuda, CudaError};
 
 use algorithms::{Chosen, ConvPlan};
-use buffers::{at_least, device_ptr, device_ptr_mut, DeviceMeanTable, Staging};
+use buffers::{at_least, device_ptr, device_ptr_mut, DeviceMeanTable};
 use ffi::cudnnMathType_t;
 use nvrtc::Functions;
 use passes::{Descriptors, Operands, Pass, Workspace};
+use upload::Uploads;
 
 use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
@@ -67,8 +70,10 @@ pub struct CudaKernels {
     functions: Functions,
     /// Shared by every convolution (they run one at a time on one stream), grown on demand.
     workspace: Option<CudaSlice<u8>>,
+    /// `relu_bias_backward`'s per-chunk sums, grown on demand.
+    partials: Option<CudaSlice<f32>>,
     mean_table: Option<DeviceMeanTable>,
-    staging: Staging,
+    uploads: Uploads,
     /// dfdx's device, for buffers of dfdx's own type (`alloc`, `upload`).
     dfdx: Cuda,
     /// The driver device behind dfdx's buffers: same context, same stream.
@@ -118,8 +123,9 @@ impl CudaKernels {
             measure,
             functions,
             workspace: None,
+            partials: None,
             mean_table: None,
-            staging: Staging::default(),
+            uploads: Uploads::new(&dev)?,
             dfdx: dfdx.clone(),
             dev,
         })
@@ -317,8 +323,7 @@ impl Kernels<Cuda> for CudaKernels {
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cuda>) -> KernelResult {
         launches::normalize(
             &self.functions,
-            &self.dev,
-            &mut self.staging,
+            &mut self.uploads,
             self.mean_table.as_ref(),
             input,
             x,
@@ -367,7 +372,15 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &mut Buf<Cuda>,
         db: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::relu_bias_backward(&self.functions, planes, y, dy, db)
+        launches::relu_bias_backward(
+            &self.functions,
+            &self.dev,
+            &mut self.partials,
+            planes,
+            y,
+            dy,
+            db,
+        )
     }
 
     fn lrn_forward(

@@ -16,13 +16,16 @@ const SOURCE: &str = include_str!("kernels.cu");
 const THREADS: u32 = 256;
 /// Must equal `RELU_BIAS_THREADS` in the CUDA source: the kernel's shared-memory tree is
 /// sized by it.
-const RELU_BIAS_THREADS: u32 = 512;
+const RELU_BIAS_THREADS: u32 = 256;
+/// Must equal `RELU_BIAS_CHUNK` in the CUDA source: the values of a channel one block sums.
+const RELU_BIAS_CHUNK: usize = 8192;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 11] = [
+const KERNELS: [(&str, &str); 12] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
-    ("relu_bias_backward", "cuLaunchKernel(relu_bias_backward)"),
+    ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
+    ("sum_partials", "cuLaunchKernel(sum_partials)"),
     ("lrn_forward", "cuLaunchKernel(lrn_forward)"),
     ("lrn_backward", "cuLaunchKernel(lrn_backward)"),
     ("pool_forward", "cuLaunchKernel(pool_forward)"),
@@ -61,7 +64,8 @@ impl Kernel {
 pub(super) struct Functions {
     pub(super) normalize: Kernel,
     pub(super) bias_relu: Kernel,
-    pub(super) relu_bias_backward: Kernel,
+    pub(super) relu_bias_partials: Kernel,
+    pub(super) sum_partials: Kernel,
     pub(super) lrn_forward: Kernel,
     pub(super) lrn_backward: Kernel,
     pub(super) pool_forward: Kernel,
@@ -115,7 +119,8 @@ impl Functions {
         Ok(Self {
             normalize: get("normalize")?,
             bias_relu: get("bias_relu")?,
-            relu_bias_backward: get("relu_bias_backward")?,
+            relu_bias_partials: get("relu_bias_partials")?,
+            sum_partials: get("sum_partials")?,
             lrn_forward: get("lrn_forward")?,
             lrn_backward: get("lrn_backward")?,
             pool_forward: get("pool_forward")?,
@@ -148,11 +153,17 @@ pub(super) fn grid(n: u32) -> LaunchConfig {
     }
 }
 
-/// `relu_bias_backward`'s launch: one block of exactly `RELU_BIAS_THREADS` threads per
-/// channel (each block its own fixed reduction tree: deterministic without atomics).
-pub(super) fn per_channel(channels: u32) -> LaunchConfig {
+/// How many blocks `relu_bias_partials` gives each channel of `count` values (a function of
+/// the shape alone, so the sums' order, and their rounding, never changes).
+pub(super) fn relu_bias_splits(count: usize) -> u32 {
+    count.div_ceil(RELU_BIAS_CHUNK).max(1) as u32
+}
+
+/// `relu_bias_partials`'s launch: `splits × channels` blocks of exactly `RELU_BIAS_THREADS`
+/// threads (each block its own fixed reduction tree: deterministic without atomics).
+pub(super) fn per_chunk(splits: u32, channels: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (channels, 1, 1),
+        grid_dim: (splits, channels, 1),
         block_dim: (RELU_BIAS_THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
