@@ -549,9 +549,13 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 up(s.input_len(), (-1.0, 1.0), 10)?,
                 up(s.output_len(), (-1.0, 1.0), 11)?,
             );
-            let (mut y, mut dx) = (k.alloc(s.output_len())?, k.alloc(s.input_len())?);
-            k.pool_forward(&s, &x, &mut y)?;
-            k.pool_backward(&s, &x, &y, &dy, &mut dx)?;
+            let (mut y, mut argmax, mut dx) = (
+                k.alloc(s.output_len())?,
+                k.alloc(s.output_len())?,
+                k.alloc(s.input_len())?,
+            );
+            k.pool_forward(&s, &x, &mut y, &mut argmax)?;
+            k.pool_backward(&s, &argmax, &dy, &mut dx)?;
             vec![("forward", y), ("backward", dx)]
         }
         Case::ChannelsLast(p) => {

@@ -25,6 +25,7 @@ pub trait Real:
     + Mul<Output = Self>
     + AddAssign
     + Sum
+    + Into<f64>
 {
     fn from_f32(value: f32) -> Self;
     fn powf(self, exponent: Self) -> Self;
@@ -217,25 +218,33 @@ pub fn lrn_backward<T: Real>(
         });
 }
 
-/// Max pooling: each window's first maximum.
-pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) {
+/// Max pooling: each window's first maximum, and in `argmax` that maximum's index within its
+/// input plane (`iy · size + ix`), the choice `pool_backward` routes the gradient by. Exact
+/// for planes of up to 2^24 values (`MAX_POOL_PLANE`), in f64 as in f32.
+pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T], argmax: &mut [T]) {
     let out = s.out_size();
     let plane = s.size * s.size;
     y[..s.output_len()]
         .par_chunks_mut(out * out)
+        .zip(argmax[..s.output_len()].par_chunks_mut(out * out))
         .enumerate()
-        .for_each(|(p, y)| {
+        .for_each(|(p, (y, argmax))| {
             let x = &x[p * plane..][..plane];
             for oy in 0..out {
                 for ox in 0..out {
-                    y[oy * out + ox] = x[window_max(s, x, oy, ox)];
+                    let at = window_max(s, x, oy, ox);
+                    y[oy * out + ox] = x[at];
+                    argmax[oy * out + ox] = T::from_f32(at as f32);
                 }
             }
         });
 }
 
-/// Max pooling's backward pass: each window's gradient to its first maximum in `x`.
-pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
+/// Max pooling's backward pass: each window's gradient to the input its `argmax` (from
+/// `pool_forward`) names, windows visited row by row so that every input's sum is added up in
+/// one fixed order. An index outside its window routes nowhere, as in the CUDA kernel, which
+/// looks for each input's index among the windows covering it.
+pub fn pool_backward<T: Real>(s: &PoolShape, argmax: &[T], dy: &[T], dx: &mut [T]) {
     let out = s.out_size();
     let plane = s.size * s.size;
     dx[..s.input_len()]
@@ -243,10 +252,17 @@ pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
         .enumerate()
         .for_each(|(p, dx)| {
             dx.fill(T::default());
-            let x = &x[p * plane..][..plane];
+            let windows = p * out * out..(p + 1) * out * out;
+            let (argmax, dy) = (&argmax[windows.clone()], &dy[windows]);
+            let covers = |o: usize, i: usize| (o * s.stride..o * s.stride + s.kernel).contains(&i);
             for oy in 0..out {
                 for ox in 0..out {
-                    dx[window_max(s, x, oy, ox)] += dy[(p * out + oy) * out + ox];
+                    let w = oy * out + ox;
+                    // Saturating, as the CUDA kernel's conversion is: NaN reads as 0.
+                    let at = Into::<f64>::into(argmax[w]) as usize;
+                    if at < plane && covers(oy, at / s.size) && covers(ox, at % s.size) {
+                        dx[at] += dy[w];
+                    }
                 }
             }
         });
