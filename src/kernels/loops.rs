@@ -413,3 +413,74 @@ pub fn window_max<T: Real>(s: &PoolShape, x: &[T], oy: usize, ox: usize) -> usiz
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two 5×5 planes, 3×3 windows at stride 2 (2×2 windows, overlapping in row and column 2).
+    const SHAPE: PoolShape = PoolShape {
+        batch: 1,
+        channels: 2,
+        size: 5,
+        kernel: 3,
+        stride: 2,
+    };
+
+    /// Tied maxima go to the first in row-major order; a NaN is kept only where it comes first
+    /// in its window; an input chosen by several windows gets their gradients added in window
+    /// order.
+    #[test]
+    fn pooling_keeps_the_first_maximum_and_routes_the_gradient_to_it() {
+        let nan = f32::NAN;
+        #[rustfmt::skip]
+        let x = [
+            // Ties: 2 at 1, 2, 6, 10, 12 in the first window, 5 at 9 and 14.
+            1.0, 2.0, 2.0, 0.0, 0.0,
+            0.0, 2.0, 0.0, 0.0, 5.0,
+            2.0, 0.0, 2.0, 0.0, 5.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 1.0,
+            // NaN first in the first window; 9 at 12 the maximum of the other three.
+            nan, 1.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 9.0, 0.0, nan,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            3.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let (mut y, mut argmax) = ([0.0; 8], [0.0; 8]);
+        pool_forward(&SHAPE, &x, &mut y, &mut argmax);
+        assert_eq!(argmax, [1.0, 9.0, 10.0, 14.0, 0.0, 12.0, 12.0, 12.0]);
+        assert_eq!(y[..4], [2.0, 5.0, 2.0, 5.0]);
+        assert!(y[4].is_nan());
+        assert_eq!(y[5..], [9.0, 9.0, 9.0]);
+
+        // Added in another order (1e8 + 1 first), the three gradients at 12 would cancel to 0.
+        let dy = [1.0, 2.0, 3.0, 4.0, 0.5, 1e8, -1e8, 1.0];
+        let mut dx = [f32::NAN; 50];
+        pool_backward(&SHAPE, &argmax, &dy, &mut dx);
+        let mut want = [0.0; 50];
+        (want[1], want[9], want[10], want[14]) = (1.0, 2.0, 3.0, 4.0);
+        (want[25], want[25 + 12]) = (0.5, 1.0);
+        assert_eq!(dx, want);
+    }
+
+    /// An index outside its window, which `pool_forward` never writes, routes nowhere (as the
+    /// CUDA kernel's gather finds it in no window covering it) instead of indexing out of
+    /// bounds.
+    #[test]
+    fn an_index_outside_its_window_routes_no_gradient() {
+        let shape = PoolShape {
+            channels: 1,
+            ..SHAPE
+        };
+        let argmax = [4.0, 2.0, 1e9, f32::NAN];
+        let mut dx = [f32::NAN; 25];
+        pool_backward(&shape, &argmax, &[1.0, 2.0, 3.0, 4.0], &mut dx);
+        let mut want = [0.0; 25];
+        // Only window (0, 1) covers its index. Window (0, 0) names 4, in its row but not its
+        // columns; 1e9 lies outside the plane; NaN reads as 0, far from window (1, 1).
+        want[2] = 2.0;
+        assert_eq!(dx, want);
+    }
+}
