@@ -35,6 +35,9 @@ use crate::pixels;
 pub enum Kind {
     /// An elementwise kernel (normalise, bias/ReLU, LRN, pooling, layout, SGD): float rounding.
     ElementwiseKernel,
+    /// A kernel output that is a decision, not arithmetic (the input each pooling window
+    /// chose): held to exact equality, since one differing index barely moves a relative error.
+    ExactKernel,
     /// A convolution kernel: the device's convolution arithmetic (TF32 where allowed).
     ConvolutionKernel,
     /// A tensor of the whole network's forward pass (the logits), downstream of convolutions.
@@ -451,7 +454,7 @@ mod tests {
     fn every_kernel_case_produces_a_meaningful_output() {
         let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
         let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
-        assert_eq!(results.len(), 28);
+        assert_eq!(results.len(), 30);
         for r in &results {
             assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
             assert_eq!(r.relative_error, 0.0, "{}", r.name);
@@ -481,6 +484,9 @@ enum Case {
     Sgd(usize),
     Dropout(DropoutMask),
 }
+
+/// The output of `Case::Pool` holding each window's choice.
+const ARGMAX: &str = "argmax";
 
 /// Random values in `[lo, hi)`, the same for the same `seed`.
 fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
@@ -549,10 +555,14 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 up(s.input_len(), (-1.0, 1.0), 10)?,
                 up(s.output_len(), (-1.0, 1.0), 11)?,
             );
-            let (mut y, mut dx) = (k.alloc(s.output_len())?, k.alloc(s.input_len())?);
-            k.pool_forward(&s, &x, &mut y)?;
-            k.pool_backward(&s, &x, &y, &dy, &mut dx)?;
-            vec![("forward", y), ("backward", dx)]
+            let (mut y, mut argmax, mut dx) = (
+                k.alloc(s.output_len())?,
+                k.alloc(s.output_len())?,
+                k.alloc(s.input_len())?,
+            );
+            k.pool_forward(&s, &x, &mut y, &mut argmax)?;
+            k.pool_backward(&s, &argmax, &dy, &mut dx)?;
+            vec![("forward", y), (ARGMAX, argmax), ("backward", dx)]
         }
         Case::ChannelsLast(p) => {
             let x = up(p.len(), (-1.0, 1.0), 12)?;
@@ -654,13 +664,14 @@ pub fn kernels_against_host<D: FastDevice>(
     let mut host = HostKernels::new(&Cpu::default())?;
     let mut out = Vec::new();
     for (name, case) in cases(spec) {
-        let kind = match case {
-            Case::Conv(_) => Kind::ConvolutionKernel,
-            _ => Kind::ElementwiseKernel,
-        };
         let ours = run_case(&mut device, case)?;
         let reference = run_case(&mut host, case)?;
         for ((output, a), (_, b)) in ours.iter().zip(&reference) {
+            let kind = match (case, output.as_str()) {
+                (Case::Conv(_), _) => Kind::ConvolutionKernel,
+                (Case::Pool(_), ARGMAX) => Kind::ExactKernel,
+                _ => Kind::ElementwiseKernel,
+            };
             out.push(compare(kind, &format!("kernel {name} {output}"), a, b));
         }
     }
@@ -669,10 +680,11 @@ pub fn kernels_against_host<D: FastDevice>(
 
 /// The tolerance a comparison is held to, `None` for one that is only reported: convolution
 /// outputs and everything downstream of them get `conv`; elementwise kernels must agree to
-/// float rounding.
+/// float rounding, and decisions exactly.
 pub fn tolerance(kind: Kind, conv: f64) -> Option<f64> {
     match kind {
         Kind::ElementwiseKernel => Some(1e-5),
+        Kind::ExactKernel => Some(0.0),
         Kind::ConvolutionKernel | Kind::Network | Kind::Replay => Some(conv),
         Kind::EndToEnd => None,
     }

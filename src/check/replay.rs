@@ -12,7 +12,7 @@
 
 use super::{compare, Comparison, Kind};
 use crate::engine::fast::Recorded;
-use crate::kernels::{loops, LrnParams, Planes};
+use crate::kernels::{loops, LrnParams, Planes, PoolShape};
 
 /// One block's activations in f64.
 pub struct BlockTrace {
@@ -72,11 +72,10 @@ impl Trace {
             loops::conv_forward(&shape, x, &wide(&b.weight), &mut relu);
             loops::bias_relu(&planes, &mut relu, &wide(&b.bias));
             let lrn = b.block.lrn.then(|| lrn_forward(&planes, &rec.lrn, &relu).0);
-            let pool = b.block.pool_shape(rec.batch).map(|s| {
-                let mut y = vec![0.0; s.output_len()];
-                loops::pool_forward(&s, lrn.as_deref().unwrap_or(&relu), &mut y);
-                y
-            });
+            let pool = b
+                .block
+                .pool_shape(rec.batch)
+                .map(|s| pool_forward(&s, lrn.as_deref().unwrap_or(&relu)).0);
             blocks.push(BlockTrace { relu, lrn, pool });
         }
         Self { input, blocks }
@@ -88,6 +87,13 @@ fn lrn_forward(planes: &Planes, lrn: &LrnParams, x: &[f64]) -> (Vec<f64>, Vec<f6
     let (mut y, mut d) = (vec![0.0; x.len()], vec![0.0; x.len()]);
     loops::lrn_forward(planes, lrn, x, &mut y, &mut d);
     (y, d)
+}
+
+/// Pooling's output and each window's choice (see `loops::pool_forward`).
+fn pool_forward(shape: &PoolShape, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut argmax) = (vec![0.0; shape.output_len()], vec![0.0; shape.output_len()]);
+    loops::pool_forward(shape, x, &mut y, &mut argmax);
+    (y, argmax)
 }
 
 /// Every block's gradients `(weight OIHW, bias)`: the fast path's backward pass in f64, its
@@ -113,8 +119,11 @@ pub fn backward(rec: &Recorded, trace: &Trace, d_features: &[f32]) -> Vec<(Vec<f
         // Back through the pooling and LRN to the ReLU's output.
         let mut d = match b.block.pool_shape(batch) {
             Some(s) => {
+                // The windows' choices made again from the recorded input by the forward's own
+                // rule: the fast path's decisions.
+                let (_, argmax) = pool_forward(&s, t.pool_input());
                 let mut dx = vec![0.0; s.input_len()];
-                loops::pool_backward(&s, t.pool_input(), &d_output, &mut dx);
+                loops::pool_backward(&s, &argmax, &d_output, &mut dx);
                 dx
             }
             None => std::mem::take(&mut d_output),

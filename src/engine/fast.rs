@@ -92,7 +92,8 @@ struct BlockActivations<D: Storage<f32>> {
     relu: Buf<D>,
     /// After LRN, and LRN's denominators.
     lrn: Option<(Buf<D>, Buf<D>)>,
-    pool: Option<Buf<D>>,
+    /// After pooling, and each window's choice (see `Kernels::pool_forward`).
+    pool: Option<(Buf<D>, Buf<D>)>,
     d_relu: Buf<D>,
     d_lrn: Option<Buf<D>>,
     d_pool: Option<Buf<D>>,
@@ -102,7 +103,7 @@ impl<D: Storage<f32>> BlockActivations<D> {
     /// What the next block reads: the last stage's output.
     fn output(&self) -> &Buf<D> {
         match (&self.pool, &self.lrn) {
-            (Some(pool), _) => pool,
+            (Some((pool, _)), _) => pool,
             (None, Some((y, _))) => y,
             (None, None) => &self.relu,
         }
@@ -271,7 +272,10 @@ impl<D: FastDevice> FastNet<D> {
                 } else {
                     None
                 },
-                pool: pool.map(|n| k.alloc(n)).transpose()?,
+                pool: match pool {
+                    Some(n) => Some((k.alloc(n)?, k.alloc(n)?)),
+                    None => None,
+                },
                 d_relu: k.alloc(conv)?,
                 d_lrn: lrn.then(|| k.alloc(conv)).transpose()?,
                 d_pool: pool.map(|n| k.alloc(n)).transpose()?,
@@ -350,9 +354,9 @@ impl<D: FastDevice> FastNet<D> {
                 k.lrn_forward(&planes, &self.lrn, &b.relu, y, d)?; //       [B, C_out, S_conv, S_conv]
                 observe(lrn);
             }
-            if let (Some(shape), Some(y)) = (p.pool_shape(batch), &mut b.pool) {
+            if let (Some(shape), Some((y, argmax))) = (p.pool_shape(batch), &mut b.pool) {
                 let x = b.lrn.as_ref().map_or(&b.relu, |(y, _)| y);
-                k.pool_forward(&shape, x, y)?; //                           [B, C_out, S_out, S_out]
+                k.pool_forward(&shape, x, y, argmax)?; //                   [B, C_out, S_out, S_out]
                 observe(pool);
             }
         }
@@ -420,12 +424,14 @@ impl<D: FastDevice> FastNet<D> {
             let (below, this) = a.blocks.split_at_mut(i);
             let b = &mut this[0];
             // Back through the pool and LRN to the ReLU's output, in d_relu.
-            if let (Some(shape), Some(y), Some(dy)) = (p.pool_shape(batch), &b.pool, &b.d_pool) {
-                let (x, dx) = match (&b.lrn, &mut b.d_lrn) {
-                    (Some((lrn_y, _)), Some(d_lrn)) => (lrn_y, d_lrn),
-                    _ => (&b.relu, &mut b.d_relu),
+            if let (Some(shape), Some((_, argmax)), Some(dy)) =
+                (p.pool_shape(batch), &b.pool, &b.d_pool)
+            {
+                let dx = match &mut b.d_lrn {
+                    Some(d_lrn) => d_lrn,
+                    None => &mut b.d_relu,
                 };
-                k.pool_backward(&shape, x, y, dy, dx)?; //                  [B, C_out, S_conv, S_conv]
+                k.pool_backward(&shape, argmax, dy, dx)?; //                [B, C_out, S_conv, S_conv]
             }
             if let (Some((_, d)), Some(d_lrn)) = (&b.lrn, &b.d_lrn) {
                 k.lrn_backward(&planes, &self.lrn, &b.relu, d, d_lrn, &mut b.d_relu)?;
@@ -517,7 +523,7 @@ impl<D: FastDevice> FastNet<D> {
                 bias: get(&p.bias, channels)?,
                 relu: get(&b.relu, conv)?,
                 lrn: b.lrn.as_ref().map(|(y, _)| get(y, conv)).transpose()?,
-                pool: b.pool.as_ref().map(|y| get(y, pooled)).transpose()?,
+                pool: b.pool.as_ref().map(|(y, _)| get(y, pooled)).transpose()?,
                 weight_grad: get(&p.weight_grad, filter)?,
                 bias_grad: get(&p.bias_grad, channels)?,
                 weight_velocity: get(&p.weight_velocity, filter)?,
@@ -582,10 +588,11 @@ pub fn activation_bytes(blocks: &[ConvBlock], batch: usize) -> usize {
         .iter()
         .map(|b| {
             let conv = batch * b.out_channels * b.conv_side() * b.conv_side();
-            // ReLU output and its gradient; LRN output, denominators and gradient.
+            // ReLU output and its gradient; LRN output, denominators and gradient; pooled
+            // output, each window's choice and gradient.
             let lrn = if b.lrn { 3 * conv } else { 0 };
             let pooled = batch * b.out_channels * b.out_side() * b.out_side();
-            let pool = if b.pool.is_some() { 2 * pooled } else { 0 };
+            let pool = if b.pool.is_some() { 3 * pooled } else { 0 };
             2 * conv + lrn + pool
         })
         .sum();

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::loops;
 use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
-    Planes, PoolShape, SgdStep,
+    Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
 };
 use crate::pixels;
 
@@ -272,22 +272,42 @@ impl Kernels<Cpu> for HostKernels {
         Ok(())
     }
 
-    fn pool_forward(&mut self, s: &PoolShape, x: &Buf<Cpu>, y: &mut Buf<Cpu>) -> KernelResult {
-        self.faults.enter("pool_forward")?;
-        loops::pool_forward(s, x, y);
+    fn pool_forward(
+        &mut self,
+        s: &PoolShape,
+        x: &Buf<Cpu>,
+        y: &mut Buf<Cpu>,
+        argmax: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        const CALL: &str = "pool_forward";
+        self.faults.enter(CALL)?;
+        // Larger planes' indices would be rounded in f32, routing gradients to wrong inputs.
+        if s.size
+            .checked_mul(s.size)
+            .is_none_or(|n| n > MAX_POOL_PLANE)
+        {
+            return Err(KernelError::Failed {
+                call: CALL,
+                status: format!(
+                    "{0}×{0} planes: f32 arg-max indices are exact only for planes of up to \
+                     {MAX_POOL_PLANE} values",
+                    s.size
+                ),
+            });
+        }
+        loops::pool_forward(s, x, y, argmax);
         Ok(())
     }
 
     fn pool_backward(
         &mut self,
         s: &PoolShape,
-        x: &Buf<Cpu>,
-        _y: &Buf<Cpu>,
+        argmax: &Buf<Cpu>,
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("pool_backward")?;
-        loops::pool_backward(s, x, dy, dx);
+        loops::pool_backward(s, argmax, dy, dx);
         Ok(())
     }
 

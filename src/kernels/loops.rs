@@ -25,6 +25,7 @@ pub trait Real:
     + Mul<Output = Self>
     + AddAssign
     + Sum
+    + Into<f64>
 {
     fn from_f32(value: f32) -> Self;
     fn powf(self, exponent: Self) -> Self;
@@ -217,25 +218,33 @@ pub fn lrn_backward<T: Real>(
         });
 }
 
-/// Max pooling: each window's first maximum.
-pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) {
+/// Max pooling: each window's first maximum, and in `argmax` that maximum's index within its
+/// input plane (`iy · size + ix`), the choice `pool_backward` routes the gradient by. Exact
+/// for planes of up to 2^24 values (`MAX_POOL_PLANE`), in f64 as in f32.
+pub fn pool_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T], argmax: &mut [T]) {
     let out = s.out_size();
     let plane = s.size * s.size;
     y[..s.output_len()]
         .par_chunks_mut(out * out)
+        .zip(argmax[..s.output_len()].par_chunks_mut(out * out))
         .enumerate()
-        .for_each(|(p, y)| {
+        .for_each(|(p, (y, argmax))| {
             let x = &x[p * plane..][..plane];
             for oy in 0..out {
                 for ox in 0..out {
-                    y[oy * out + ox] = x[window_max(s, x, oy, ox)];
+                    let at = window_max(s, x, oy, ox);
+                    y[oy * out + ox] = x[at];
+                    argmax[oy * out + ox] = T::from_f32(at as f32);
                 }
             }
         });
 }
 
-/// Max pooling's backward pass: each window's gradient to its first maximum in `x`.
-pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
+/// Max pooling's backward pass: each window's gradient to the input its `argmax` (from
+/// `pool_forward`) names, windows visited row by row so that every input's sum is added up in
+/// one fixed order. An index outside its window routes nowhere, as in the CUDA kernel, which
+/// looks for each input's index among the windows covering it.
+pub fn pool_backward<T: Real>(s: &PoolShape, argmax: &[T], dy: &[T], dx: &mut [T]) {
     let out = s.out_size();
     let plane = s.size * s.size;
     dx[..s.input_len()]
@@ -243,10 +252,17 @@ pub fn pool_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) {
         .enumerate()
         .for_each(|(p, dx)| {
             dx.fill(T::default());
-            let x = &x[p * plane..][..plane];
+            let windows = p * out * out..(p + 1) * out * out;
+            let (argmax, dy) = (&argmax[windows.clone()], &dy[windows]);
+            let covers = |o: usize, i: usize| (o * s.stride..o * s.stride + s.kernel).contains(&i);
             for oy in 0..out {
                 for ox in 0..out {
-                    dx[window_max(s, x, oy, ox)] += dy[(p * out + oy) * out + ox];
+                    let w = oy * out + ox;
+                    // Saturating, as the CUDA kernel's conversion is: NaN reads as 0.
+                    let at = Into::<f64>::into(argmax[w]) as usize;
+                    if at < plane && covers(oy, at / s.size) && covers(ox, at % s.size) {
+                        dx[at] += dy[w];
+                    }
                 }
             }
         });
@@ -396,4 +412,75 @@ pub fn window_max<T: Real>(s: &PoolShape, x: &[T], oy: usize, ox: usize) -> usiz
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two 5×5 planes, 3×3 windows at stride 2 (2×2 windows, overlapping in row and column 2).
+    const SHAPE: PoolShape = PoolShape {
+        batch: 1,
+        channels: 2,
+        size: 5,
+        kernel: 3,
+        stride: 2,
+    };
+
+    /// Tied maxima go to the first in row-major order; a NaN is kept only where it comes first
+    /// in its window; an input chosen by several windows gets their gradients added in window
+    /// order.
+    #[test]
+    fn pooling_keeps_the_first_maximum_and_routes_the_gradient_to_it() {
+        let nan = f32::NAN;
+        #[rustfmt::skip]
+        let x = [
+            // Ties: 2 at 1, 2, 6, 10, 12 in the first window, 5 at 9 and 14.
+            1.0, 2.0, 2.0, 0.0, 0.0,
+            0.0, 2.0, 0.0, 0.0, 5.0,
+            2.0, 0.0, 2.0, 0.0, 5.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 1.0,
+            // NaN first in the first window; 9 at 12 the maximum of the other three.
+            nan, 1.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 9.0, 0.0, nan,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            3.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let (mut y, mut argmax) = ([0.0; 8], [0.0; 8]);
+        pool_forward(&SHAPE, &x, &mut y, &mut argmax);
+        assert_eq!(argmax, [1.0, 9.0, 10.0, 14.0, 0.0, 12.0, 12.0, 12.0]);
+        assert_eq!(y[..4], [2.0, 5.0, 2.0, 5.0]);
+        assert!(y[4].is_nan());
+        assert_eq!(y[5..], [9.0, 9.0, 9.0]);
+
+        // Added in another order (1e8 + 1 first), the three gradients at 12 would cancel to 0.
+        let dy = [1.0, 2.0, 3.0, 4.0, 0.5, 1e8, -1e8, 1.0];
+        let mut dx = [f32::NAN; 50];
+        pool_backward(&SHAPE, &argmax, &dy, &mut dx);
+        let mut want = [0.0; 50];
+        (want[1], want[9], want[10], want[14]) = (1.0, 2.0, 3.0, 4.0);
+        (want[25], want[25 + 12]) = (0.5, 1.0);
+        assert_eq!(dx, want);
+    }
+
+    /// An index outside its window, which `pool_forward` never writes, routes nowhere (as the
+    /// CUDA kernel's gather finds it in no window covering it) instead of indexing out of
+    /// bounds.
+    #[test]
+    fn an_index_outside_its_window_routes_no_gradient() {
+        let shape = PoolShape {
+            channels: 1,
+            ..SHAPE
+        };
+        let argmax = [4.0, 2.0, 1e9, f32::NAN];
+        let mut dx = [f32::NAN; 25];
+        pool_backward(&shape, &argmax, &[1.0, 2.0, 3.0, 4.0], &mut dx);
+        let mut want = [0.0; 25];
+        // Only window (0, 1) covers its index. Window (0, 0) names 4, in its row but not its
+        // columns; 1e9 lies outside the plane; NaN reads as 0, far from window (1, 1).
+        want[2] = 2.0;
+        assert_eq!(dx, want);
+    }
 }

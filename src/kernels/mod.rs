@@ -99,6 +99,10 @@ impl PoolShape {
     }
 }
 
+/// The most values a pooled plane may hold: pooling's arg-max indices are kept in f32
+/// buffers, exact up to 2^24.
+pub const MAX_POOL_PLANE: usize = 1 << 24;
+
 /// Local response normalisation across channels, the paper's (and the dfdx path's) formula:
 /// `b_c = a_c / d_c^β` with `d_c = k + α Σ_{|c'−c| ≤ size/2} a_c'²` (α not divided by size).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -296,15 +300,24 @@ pub trait Kernels<D: Storage<f32>> {
         dx: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// Window maxima.
-    fn pool_forward(&mut self, shape: &PoolShape, x: &Buf<D>, y: &mut Buf<D>) -> KernelResult;
-    /// Routes each window's gradient to its first maximal input (row-major window order);
-    /// inputs that no window chose get 0. `x` and `y` are the forward's input and output.
-    fn pool_backward(
+    /// Window maxima `y`, and in `argmax` (`y`'s shape) each window's choice for the backward
+    /// pass: the index within its input plane (`iy · size + ix`) of the window's first maximum
+    /// in row-major order, replaced only by a strictly greater value (so a NaN is chosen only
+    /// as a window's first value). Stored as f32, exact since a plane holds at most 2^24
+    /// values (`MAX_POOL_PLANE`; larger planes are refused).
+    fn pool_forward(
         &mut self,
         shape: &PoolShape,
         x: &Buf<D>,
-        y: &Buf<D>,
+        y: &mut Buf<D>,
+        argmax: &mut Buf<D>,
+    ) -> KernelResult;
+    /// Each input gets the sum of `dy` over the windows whose `argmax` (from `pool_forward`)
+    /// chose it, added in window order (rows, then columns); inputs that no window chose get 0.
+    fn pool_backward(
+        &mut self,
+        shape: &PoolShape,
+        argmax: &Buf<D>,
         dy: &Buf<D>,
         dx: &mut Buf<D>,
     ) -> KernelResult;

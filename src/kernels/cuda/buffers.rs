@@ -12,7 +12,7 @@ use cudarc::driver::{
 use dfdx::tensor::Cuda;
 
 use super::check;
-use crate::kernels::{Buf, ConvShape, KernelResult, PoolShape};
+use crate::kernels::{Buf, ConvShape, KernelResult, PoolShape, MAX_POOL_PLANE};
 
 pub(super) fn device_ptr(buf: &Buf<Cuda>) -> *const c_void {
     *buf.device_ptr() as *const c_void
@@ -80,6 +80,26 @@ pub(super) fn pool_geometry(call: &'static str, shape: &PoolShape) -> KernelResu
         return Err(check::failed(
             call,
             format!("no output size for {shape:?} (zero stride or window wider than the input)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails for pooled planes whose arg-max indices an f32 cannot hold exactly: the backward
+/// pass would route gradients to the wrong inputs.
+pub(super) fn pool_plane(call: &'static str, shape: &PoolShape) -> KernelResult {
+    if shape
+        .size
+        .checked_mul(shape.size)
+        .is_none_or(|n| n > MAX_POOL_PLANE)
+    {
+        return Err(check::failed(
+            call,
+            format!(
+                "{0}×{0} planes: f32 arg-max indices are exact only for planes of up to \
+                 {MAX_POOL_PLANE} values",
+                shape.size
+            ),
         ));
     }
     Ok(())

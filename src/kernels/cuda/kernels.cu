@@ -198,9 +198,10 @@ __device__ __forceinline__ unsigned int window_argmax(
     return best_at;
 }
 
-// One thread per output value.
+// One thread per output value. The choice is kept for pool_backward as its index within the
+// plane, exact as a float: the launch refuses planes of more than 2^24 values.
 extern "C" __global__ void pool_forward(
-    const float *x, float *y,
+    const float *x, float *y, float *argmax,
     unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
     unsigned int out)
 {
@@ -211,15 +212,17 @@ extern "C" __global__ void pool_forward(
     unsigned int oy = t % out;
     unsigned int plane = t / out;
     const float *xs = x + (size_t)plane * size * size;
-    y[i] = xs[window_argmax(xs, size, kernel, stride, oy, ox)];
+    unsigned int at = window_argmax(xs, size, kernel, stride, oy, ox);
+    y[i] = xs[at];
+    argmax[i] = (float)at;
 }
 
-// Gather form, one thread per input value: it sums the gradients of the windows that chose it,
-// re-deciding each window's choice exactly as pool_forward did. Every value is written by one
-// thread and the windows are visited in the reference's order (rows, then columns), so there
-// are no atomics and the sums round identically. Values no window chose get 0.
+// Gather form, one thread per input value: it sums the gradients of the windows whose stored
+// choice is this value. Every value is written by one thread and the windows are visited in
+// the reference's order (rows, then columns), so there are no atomics and the sums round
+// identically. Values no window chose get 0.
 extern "C" __global__ void pool_backward(
-    const float *x, const float *dy, float *dx,
+    const float *argmax, const float *dy, float *dx,
     unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
     unsigned int out)
 {
@@ -229,7 +232,7 @@ extern "C" __global__ void pool_backward(
     unsigned int t = i / size;
     unsigned int iy = t % size;
     unsigned int plane = t / size;
-    const float *xs = x + (size_t)plane * size * size;
+    const float *chosen = argmax + (size_t)plane * out * out;
     const float *gs = dy + (size_t)plane * out * out;
     unsigned int self_at = iy * size + ix;
     // Windows oy with oy*stride <= iy < oy*stride + kernel, likewise for columns.
@@ -240,8 +243,9 @@ extern "C" __global__ void pool_backward(
     float sum = 0.0f;
     for (unsigned int oy = oy_lo; oy <= oy_hi; ++oy) {
         for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
-            if (window_argmax(xs, size, kernel, stride, oy, ox) == self_at) {
-                sum += gs[oy * out + ox];
+            unsigned int w = oy * out + ox;
+            if ((unsigned int)chosen[w] == self_at) {
+                sum += gs[w];
             }
         }
     }

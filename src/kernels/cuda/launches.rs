@@ -228,11 +228,14 @@ pub(super) fn pool_forward(
     shape: &PoolShape,
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
+    argmax: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "pool_forward";
     buffers::pool_geometry(CALL, shape)?;
+    buffers::pool_plane(CALL, shape)?;
     at_least(CALL, "x", x.len(), shape.input_len())?;
     at_least(CALL, "y", y.len(), shape.output_len())?;
+    at_least(CALL, "argmax", argmax.len(), shape.output_len())?;
     count32(CALL, "x", shape.input_len())?;
     let n = count32(CALL, "y", shape.output_len())?;
     if n == 0 {
@@ -241,6 +244,7 @@ pub(super) fn pool_forward(
     let params = (
         x,
         &mut *y,
+        &mut *argmax,
         (shape.batch * shape.channels) as u32,
         shape.size as u32,
         shape.kernel as u32,
@@ -251,18 +255,18 @@ pub(super) fn pool_forward(
     unsafe { kernels.pool_forward.launch(grid(n), params) }
 }
 
-/// Routes each window's gradient to the input the forward chose (see `CudaKernels`'s
-/// `pool_backward`: the choice is re-derived from `x`).
+/// Routes each window's gradient to the input `pool_forward` stored as its choice.
 pub(super) fn pool_backward(
     kernels: &Functions,
     shape: &PoolShape,
-    x: &Buf<Cuda>,
+    argmax: &Buf<Cuda>,
     dy: &Buf<Cuda>,
     dx: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "pool_backward";
     buffers::pool_geometry(CALL, shape)?;
-    at_least(CALL, "x", x.len(), shape.input_len())?;
+    buffers::pool_plane(CALL, shape)?;
+    at_least(CALL, "argmax", argmax.len(), shape.output_len())?;
     at_least(CALL, "dy", dy.len(), shape.output_len())?;
     at_least(CALL, "dx", dx.len(), shape.input_len())?;
     let n = count32(CALL, "dx", shape.input_len())?;
@@ -270,7 +274,7 @@ pub(super) fn pool_backward(
         return Ok(());
     }
     let params = (
-        x,
+        argmax,
         dy,
         &mut *dx,
         (shape.batch * shape.channels) as u32,

@@ -411,22 +411,19 @@ impl Kernels<Cuda> for CudaKernels {
         shape: &PoolShape,
         x: &Buf<Cuda>,
         y: &mut Buf<Cuda>,
+        argmax: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_forward(&self.functions, shape, x, y)
+        launches::pool_forward(&self.functions, shape, x, y, argmax)
     }
 
-    /// Re-derives each window's choice from `x` with the forward's own rule rather than
-    /// matching values against `y`, so the routing is the forward's by construction; `y` is
-    /// not needed.
     fn pool_backward(
         &mut self,
         shape: &PoolShape,
-        x: &Buf<Cuda>,
-        _y: &Buf<Cuda>,
+        argmax: &Buf<Cuda>,
         dy: &Buf<Cuda>,
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_backward(&self.functions, shape, x, dy, dx)
+        launches::pool_backward(&self.functions, shape, argmax, dy, dx)
     }
 
     fn flatten_channels_last(
