@@ -163,11 +163,14 @@ pub fn lrn_forward<T: Real>(p: &Planes, lrn: &LrnParams, x: &[T], y: &mut [T], d
         .zip(d[..p.len()].par_chunks_mut(image))
         .zip(x[..p.len()].par_chunks(image))
         .for_each(|((y, d), x)| {
+            // Each square once, not once per window holding it; every window's sum is still
+            // taken afresh in ascending channel order, so the values are a plain loop's.
+            let squares: Vec<T> = x.iter().map(|&v| v * v).collect();
             for c in 0..p.channels {
                 let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
                 for i in 0..p.pixels {
                     let at = |c: usize| c * p.pixels + i;
-                    let sum: T = window.clone().map(|c| x[at(c)] * x[at(c)]).sum();
+                    let sum: T = window.clone().map(|c| squares[at(c)]).sum();
                     let denominator = k + alpha * sum;
                     d[at(c)] = denominator;
                     y[at(c)] = x[at(c)] * denominator.powf(zero - beta);
@@ -203,14 +206,17 @@ pub fn lrn_backward<T: Real>(
                 &d[b * image..][..image],
                 &dy[b * image..][..image],
             );
+            // Each cross term (a power) once, not once per window holding it; as in the forward,
+            // every window's sum is taken afresh in ascending channel order.
+            let exponent = zero - beta - one;
+            let terms: Vec<T> = (0..image)
+                .map(|at| dy[at] * x[at] * d[at].powf(exponent))
+                .collect();
             for c in 0..p.channels {
                 let window = c.saturating_sub(half)..(c + half + 1).min(p.channels);
                 for i in 0..p.pixels {
                     let at = |c: usize| c * p.pixels + i;
-                    let cross: T = window
-                        .clone()
-                        .map(|c| dy[at(c)] * x[at(c)] * d[at(c)].powf(zero - beta - one))
-                        .sum();
+                    let cross: T = window.clone().map(|c| terms[at(c)]).sum();
                     dx[at(c)] = dy[at(c)] * d[at(c)].powf(zero - beta)
                         - two * alpha * beta * x[at(c)] * cross;
                 }
