@@ -393,11 +393,14 @@ impl<D: FastDevice> FastNet<D> {
         self.backward_observed(grads, features, &mut |_| {})
     }
 
+    /// `backward`, calling `observe(stage)` after each stage: `pool1`, `lrn1`, then per
+    /// convolution its ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`) and input
+    /// (`conv2 data`) gradients, so that a profile shows each kernel's share.
     pub fn backward_observed(
         &mut self,
         grads: &mut Gradients<f32, D>,
         features: &JoinedFeatures<f32, D>,
-        observe: &mut dyn FnMut(&'static str),
+        observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let mut a = self.activations.pop().expect("backward follows forward");
         let result = self.backward_from(&mut a, grads, features, observe);
@@ -410,7 +413,7 @@ impl<D: FastDevice> FastNet<D> {
         a: &mut Activations<D>,
         grads: &mut Gradients<f32, D>,
         features: &JoinedFeatures<f32, D>,
-        observe: &mut dyn FnMut(&'static str),
+        observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;
         let planes = self.final_planes(batch);
@@ -418,7 +421,9 @@ impl<D: FastDevice> FastNet<D> {
         let d_features = features.gradient_buffer(grads);
         let last = a.blocks.last_mut().expect("five blocks");
         k.unflatten_channels_last(&planes, d_features, last.d_output())?;
+        observe("flatten");
         for (i, p) in self.layers.iter_mut().enumerate().rev() {
+            let (conv, lrn, pool) = p.block.names();
             let shape = p.shape(batch);
             let planes = shape.output_planes();
             let (below, this) = a.blocks.split_at_mut(i);
@@ -432,18 +437,22 @@ impl<D: FastDevice> FastNet<D> {
                     None => &mut b.d_relu,
                 };
                 k.pool_backward(&shape, argmax, dy, dx)?; //                [B, C_out, S_conv, S_conv]
+                observe(pool);
             }
             if let (Some((_, d)), Some(d_lrn)) = (&b.lrn, &b.d_lrn) {
                 k.lrn_backward(&planes, &self.lrn, &b.relu, d, d_lrn, &mut b.d_relu)?;
+                observe(lrn);
             }
             k.relu_bias_backward(&planes, &b.relu, &mut b.d_relu, &mut p.bias_grad)?;
+            observe(&format!("{conv} relu+bias"));
             let x = below.last().map_or(&a.input, |b| b.output());
             k.conv_backward_filter(&shape, x, &b.d_relu, &mut p.weight_grad)?;
+            observe(&format!("{conv} filter"));
             // The gradient of the block below's output (the input needs none).
             if let Some(below) = below.last_mut() {
                 k.conv_backward_data(&shape, &b.d_relu, &p.weight, below.d_output())?;
+                observe(&format!("{conv} data"));
             }
-            observe(p.block.names().0);
         }
         Ok(())
     }

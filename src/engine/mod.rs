@@ -221,8 +221,9 @@ impl<D: FastDevice> StepEngine<D> {
                             observe(stage(Phase::Backward, name))
                         })?;
                     fast.net.sgd_step(lr)?;
+                    observe(stage(Phase::Update, "conv sgd"));
                     sgd.step_layers(model, &grads, lr, CONV_BLOCKS..8);
-                    observe(stage(Phase::Update, "sgd"));
+                    observe(stage(Phase::Update, "fc sgd"));
                 }
                 Ok((value, host_logits))
             }
