@@ -10,15 +10,18 @@
 #   training     the GPU against the CPU (first steps), the fast path against the dfdx path
 #                (200 steps), --resume against an uninterrupted run, Ctrl-C, evaluate on both
 #                devices, a PyTorch-written checkpoint;
-#   speed        `alexnet bench-train` (paper AlexNet, batch 128, loader-fed) strict, TF32, TF32
-#                with measured algorithms and the dfdx path, beside PyTorch (fp32, TF32, bf16) in
-#                the same run; the loader alone.
+#   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) strict,
+#                TF32, TF32 with measured algorithms and the dfdx path, with peak GPU memory,
+#                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run; the
+#                loader alone; the fast path's per-stage profile and each kernel's GPU time in
+#                one step (Nsight Compute, benches/ncu_step.py).
 # It never stops at a failure: each check's verdict goes into the table.
 # Build first, on a machine with the CUDA toolkit (`cargo build --release --features cuda`).
 # Usage: bash benches/gpu_check.sh [DIR]   (DIR holds the CUDA build of `alexnet`, default
 # target/release; a DIR with a run.sh wrapper, for machines without the toolkit, runs through it)
-# DEVICE=cpu BATCH=16 STEPS=2 CHECK_BATCHES="2 3" TRACK_STEPS=20 run the same script on a CPU
-# build, to check the script itself. LOGS=FILE.tgz keeps every log; TABLE=FILE keeps the table
+# DEVICE=cpu BATCH=16 STEPS=2 CHECK_BATCHES="2 3" TRACK_STEPS=20 SPEED_BATCHES=16 run the same
+# script on a CPU build, to check the script itself. TORCH_MODES and TORCH_COMPILE choose
+# PyTorch's settings (default fp32,tf32,bf16 and none,default). LOGS=FILE.tgz keeps every log; TABLE=FILE keeps the table
 # as it grows (for a run that may be cut short).
 set -uo pipefail
 dir=${1:-target/release}
@@ -26,6 +29,10 @@ device=${DEVICE:-cuda}
 batch=${BATCH:-128}
 steps=${STEPS:-30}
 check_batches=${CHECK_BATCHES:-2 8 16 128}
+speed_batches=${SPEED_BATCHES:-$batch 256}
+torch_modes=${TORCH_MODES:-fp32,tf32,bf16}
+torch_compile=${TORCH_COMPILE:-none,default}
+ncu=${NCU:-/usr/local/cuda/bin/ncu}
 work=$(mktemp -d)
 jobs=$(nproc)
 have_torch=$(python3 -c "import torch, safetensors" 2>/dev/null && echo 1 || echo 0)
@@ -255,7 +262,7 @@ if [ "$have_torch" = 1 ]; then
     row training "PyTorch checkpoint, $device vs cpu" "$verdict" "$a | $b; $(seconds "$t") s"
 fi
 
-echo "== speed: alexnet bench-train ($device, batch $batch) beside PyTorch"
+echo "== speed: alexnet bench-train ($device, batches $speed_batches) beside PyTorch"
 # Peak GPU memory while a command runs (nvidia-smi sampled every 100 ms), in MiB.
 with_peak_memory() {
     local log="$work/memory.log"
@@ -272,51 +279,73 @@ with_peak_memory() {
     fi
 }
 bench_ours() {
+    local b=$1
+    shift
     alexnet bench-train --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml \
-        --device "$device" --batch-size "$batch" --steps "$steps" --warmup 5 --profile-steps 5 \
+        --device "$device" --batch-size "$b" --steps "$steps" --warmup 5 --profile-steps 5 \
         "$@" 2>/dev/null | tail -1 > "$work/one.json"
 }
 : > "$work/ours.jsonl"
-for variant in "fast strict heuristic" "fast tf32 heuristic" "fast tf32 measure" "dfdx tf32 heuristic"; do
-    set -- $variant
-    : > "$work/one.json"
-    peak=$(with_peak_memory bench_ours --engine "$1" --precision "$2" --algorithms "$3")
-    if python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" 2>/dev/null <<'PY'
+for b in $speed_batches; do
+    variants=("fast strict heuristic" "fast tf32 heuristic" "fast tf32 measure")
+    # The dfdx engine once, as the reference point.
+    [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic")
+    for variant in "${variants[@]}"; do
+        set -- $variant
+        : > "$work/one.json"
+        peak=$(with_peak_memory bench_ours "$b" --engine "$1" --precision "$2" --algorithms "$3")
+        if python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" 2>/dev/null <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 report["peak_memory_mib"], report["variant"] = sys.argv[2], sys.argv[3]
 print(json.dumps(report))
 PY
-    then
-        row speed "ours: $variant" "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(open(sys.argv[1]).readlines()[-1])['images_per_sec'])" "$work/ours.jsonl")" "peak $peak MiB"
-    else
-        row speed "ours: $variant" FAILED "no report"
+        then
+            row speed "ours, batch $b: $variant" "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(open(sys.argv[1]).readlines()[-1])['images_per_sec'])" "$work/ours.jsonl")" "peak $peak MiB"
+        else
+            row speed "ours, batch $b: $variant" FAILED "no report"
+        fi
+    done
+    if [ "$have_torch" = 1 ]; then
+        # Eager and torch.compile (its warm-up, compilation included, is timed apart).
+        python3 benches/pytorch_alexnet.py --batch-size "$b" --steps "$steps" --classes 10 \
+            --modes "$torch_modes" --compile "$torch_compile" > "$work/torch-$b.jsonl" 2>/dev/null
+        while read -r line; do
+            row speed "PyTorch, batch $b: $(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['torch'], r['mode'], 'eager' if r['compile'] == 'none' else 'compile ' + r['compile'])" "$line")" \
+                "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(sys.argv[1])['images_per_sec'])" "$line")" \
+                "$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print('peak %.0f MiB, warm-up %.0f s (synthetic input)' % (r['peak_memory_mib'], r['warmup_s']))" "$line")"
+        done < "$work/torch-$b.jsonl"
     fi
 done
 alexnet bench-loader --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --output u8 \
     --batch-size "$batch" --batches 100 2>/dev/null | tail -1 > "$work/loader.json"
 row speed "the loader alone, u8, $jobs threads" \
     "$(python3 -c "import json,sys; print('%.0f img/s' % json.load(open(sys.argv[1]))['images_per_sec'])" "$work/loader.json" 2>/dev/null || echo FAILED)" ""
-if [ "$have_torch" = 1 ]; then
-    python3 benches/pytorch_alexnet.py --batch-size "$batch" --steps "$steps" --classes 10 \
-        --modes fp32,tf32,bf16 > "$work/torch.jsonl" 2>/dev/null
-    while read -r line; do
-        row speed "PyTorch $(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['torch'], r['mode'])" "$line")" \
-            "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(sys.argv[1])['images_per_sec'])" "$line")" \
-            "peak $(python3 -c "import json,sys; print('%.0f' % json.loads(sys.argv[1])['peak_memory_mib'])" "$line") MiB (synthetic input)"
-    done < "$work/torch.jsonl"
-fi
 
 echo
-echo "== profile of the fast path (TF32), median ms per step"
-python3 - "$work/ours.jsonl" <<'PY'
+echo "== profile of the fast path (TF32, batch $batch), median ms per stage, device synchronised"
+python3 - "$work/ours.jsonl" "$batch" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    if v["variant"] == "fast tf32 heuristic":
+    if v["variant"] == "fast tf32 heuristic" and v["batch_size"] == int(sys.argv[2]):
         for k, ms in v["stages_ms"]:
             print(f"  {k:32} {ms:8.2f}")
 PY
+# Each kernel of one unsynchronised step (Nsight Compute, one metric, clocks and caches left
+# alone), grouped by kernel: where the GPU time goes, beside PyTorch's own per-kernel profile
+# (benches/pytorch_alexnet.py --profile).
+if [ "$device" = cuda ] && [ -x "$ncu" ]; then
+    t=$(date +%s)
+    timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+        --csv --log-file "$work/ncu.csv" bash "$dir/run.sh" "$dir/alexnet" bench-train \
+        --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --device cuda \
+        --batch-size "$batch" --steps 2 --warmup 2 --profile-steps 0 > "$work/ncu-run.txt" 2>&1
+    python3 benches/ncu_step.py "$work/ncu.csv" > "$work/ncu-step.txt" 2>&1
+    verdict=$(head -1 "$work/ncu-step.txt")
+    row speed "GPU time of one step (ncu)" "$verdict" "$(seconds "$t") s; by kernel in ncu-step.txt"
+    sed -n '/^by kernel/,$p' "$work/ncu-step.txt" | head -25 | sed 's/^/  /'
+fi
 if [ -n "${LOGS:-}" ]; then
     tar czf "$LOGS" -C "$work" --exclude='src' --exclude='shards-*' --exclude='*.safetensors' \
         --exclude='cpu-run' --exclude='dev-*' --exclude='track-*' --exclude='torch-eval-*' . 2>/dev/null
