@@ -454,7 +454,7 @@ mod tests {
     fn every_kernel_case_produces_a_meaningful_output() {
         let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
         let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
-        assert_eq!(results.len(), 30);
+        assert_eq!(results.len(), 35);
         for r in &results {
             assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
             assert_eq!(r.relative_error, 0.0, "{}", r.name);
@@ -502,11 +502,22 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
     let mut up = |len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
     let out = match case {
         Case::Normalize { batch, crop } => {
-            let data = TestBatch::random(batch, crop, 10, 1);
-            let mut x = k.alloc(batch * 3 * crop * crop)?;
-            k.set_mean_table(&data.mean_table, crop * 3)?;
-            k.normalize(&data.input(), &mut x)?;
-            vec![("normalize", x)]
+            // Three batches back to back, read only at the end: a larger one in the middle and
+            // the first size again, so that a device which stages uploads must keep each batch's
+            // inputs until its own normalisation has read them, grow its buffers, and reuse them.
+            let names = ["normalize", "normalize, next batch larger", "normalize, third batch"];
+            let mut outputs = Vec::with_capacity(names.len());
+            for (i, (name, images)) in names.into_iter().zip([batch, batch + 1, batch]).enumerate() {
+                let data = TestBatch::random(images, crop, 10, 1 + i as u64);
+                if i == 0 {
+                    // Every test batch indexes the same number of rows of the same length.
+                    k.set_mean_table(&data.mean_table, crop * 3)?;
+                }
+                let mut x = k.alloc(images * 3 * crop * crop)?;
+                k.normalize(&data.input(), &mut x)?;
+                outputs.push((name, x));
+            }
+            outputs
         }
         Case::Conv(s) => {
             let (x, w, dy) = (
@@ -628,6 +639,14 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
         format!("bias/relu {}", first.names().0),
         Case::BiasRelu(relu),
     ));
+    // More values per channel than one block of the GPU's bias reduction sums (8192), with a
+    // partial last chunk.
+    let wide = Planes {
+        batch: 3,
+        channels: 5,
+        pixels: 5_001,
+    };
+    cases.push(("bias/relu, several chunks".into(), Case::BiasRelu(wide)));
     for block in blocks.iter().filter(|b| b.lrn) {
         let p = planes(block.out_channels, block.conv_side());
         cases.push((format!("lrn {}", block.names().0), Case::Lrn(p, lrn)));
