@@ -505,9 +505,14 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             // Three batches back to back, read only at the end: a larger one in the middle and
             // the first size again, so that a device which stages uploads must keep each batch's
             // inputs until its own normalisation has read them, grow its buffers, and reuse them.
-            let names = ["normalize", "normalize, next batch larger", "normalize, third batch"];
+            let names = [
+                "normalize",
+                "normalize, next batch larger",
+                "normalize, third batch",
+            ];
             let mut outputs = Vec::with_capacity(names.len());
-            for (i, (name, images)) in names.into_iter().zip([batch, batch + 1, batch]).enumerate() {
+            for (i, (name, images)) in names.into_iter().zip([batch, batch + 1, batch]).enumerate()
+            {
                 let data = TestBatch::random(images, crop, 10, 1 + i as u64);
                 if i == 0 {
                     // Every test batch indexes the same number of rows of the same length.
