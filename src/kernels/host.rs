@@ -13,10 +13,26 @@ use rayon::prelude::*;
 
 use super::loops;
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
-    Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
+    Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
 };
 use crate::pixels;
+
+/// Fails unless there is one label per row, each below `classes` (an index past the logits
+/// would be read out of bounds).
+pub(crate) fn check_labels(rows: usize, classes: usize, labels: &[u32]) -> KernelResult {
+    let failed = |status: String| KernelError::Failed {
+        call: "softmax_cross_entropy",
+        status,
+    };
+    if labels.len() != rows {
+        return Err(failed(format!("{} labels for {rows} rows", labels.len())));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(failed(format!("label {bad} outside the {classes} classes")));
+    }
+    Ok(())
+}
 
 /// The environment variable that injects faults into the host kernels.
 pub const FAULT_VARIABLE: &str = "ALEXNET_HOST_FAULT";
@@ -330,6 +346,87 @@ impl Kernels<Cpu> for HostKernels {
     ) -> KernelResult {
         self.faults.enter("unflatten_channels_last")?;
         loops::unflatten_channels_last(p, y, x);
+        Ok(())
+    }
+
+    fn matmul(
+        &mut self,
+        mm: &MatMul,
+        a: &Buf<Cpu>,
+        b: &Buf<Cpu>,
+        c: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("matmul")?;
+        let short = [
+            ("a", a.len(), mm.a_len()),
+            ("b", b.len(), mm.b_len()),
+            ("c", c.len(), mm.c_len()),
+        ]
+        .into_iter()
+        .find(|&(_, len, needed)| len < needed);
+        if let Some((name, len, needed)) = short {
+            return Err(KernelError::Failed {
+                call: "matmul",
+                status: format!("buffer {name} holds {len} values, {mm:?} needs {needed}"),
+            });
+        }
+        loops::dense_matmul(mm, a, b, c);
+        Ok(())
+    }
+
+    fn bias_add(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        y: &mut Buf<Cpu>,
+        bias: &Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("bias_add")?;
+        loops::bias_add(rows, columns, y, bias);
+        Ok(())
+    }
+
+    fn bias_backward(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        dy: &Buf<Cpu>,
+        db: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("bias_backward")?;
+        loops::bias_backward(rows, columns, dy, db);
+        Ok(())
+    }
+
+    fn multiply(
+        &mut self,
+        len: usize,
+        x: &Buf<Cpu>,
+        m: &Buf<Cpu>,
+        y: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("multiply")?;
+        for ((y, &x), &m) in y[..len].iter_mut().zip(&x[..len]).zip(&m[..len]) {
+            *y = x * m;
+        }
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        rows: usize,
+        classes: usize,
+        logits: &Buf<Cpu>,
+        labels: &[u32],
+        losses: &mut Buf<Cpu>,
+        dlogits: &mut Buf<Cpu>,
+    ) -> KernelResult {
+        self.faults.enter("softmax_cross_entropy")?;
+        check_labels(rows, classes, labels)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        loops::softmax_cross_entropy(classes, logits, labels, losses, dlogits);
         Ok(())
     }
 

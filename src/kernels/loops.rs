@@ -10,7 +10,7 @@ use std::ops::{Add, AddAssign, Mul, Sub};
 
 use rayon::prelude::*;
 
-use super::{ConvShape, LrnParams, Planes, PoolShape};
+use super::{ConvShape, LrnParams, MatMul, Planes, PoolShape};
 
 /// f32 or f64.
 pub trait Real:
@@ -30,6 +30,9 @@ pub trait Real:
     fn from_f32(value: f32) -> Self;
     fn powf(self, exponent: Self) -> Self;
     fn max(self, other: Self) -> Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn div(self, other: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -42,6 +45,15 @@ impl Real for f32 {
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
     }
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn ln(self) -> Self {
+        f32::ln(self)
+    }
+    fn div(self, other: Self) -> Self {
+        self / other
+    }
 }
 
 impl Real for f64 {
@@ -53,6 +65,15 @@ impl Real for f64 {
     }
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
+    }
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+    fn div(self, other: Self) -> Self {
+        self / other
     }
 }
 
@@ -292,6 +313,78 @@ pub fn unflatten_channels_last<T: Real>(p: &Planes, y: &[T], x: &mut [T]) {
             for i in 0..p.pixels {
                 x[(b * p.channels + c) * p.pixels + i] = y[(b * p.pixels + i) * p.channels + c];
             }
+        }
+    }
+}
+
+/// `c = op(a) · op(b)` (see `MatMul`).
+pub fn dense_matmul<T: Real>(mm: &MatMul, a: &[T], b: &[T], c: &mut [T]) {
+    let (m, n, k) = (mm.m, mm.n, mm.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].fill(T::default());
+        return;
+    }
+    // A transposed operand is the stored matrix read with its strides swapped.
+    let a_strides = if mm.a_transposed { (1, m) } else { (k, 1) };
+    let b_strides = if mm.b_transposed { (1, k) } else { (n, 1) };
+    matmul(
+        c,
+        (m, n, k),
+        (a, a_strides.0, a_strides.1),
+        (b, b_strides.0, b_strides.1),
+        false,
+    );
+}
+
+/// `y[r, c] += bias[c]` over `rows × columns`.
+pub fn bias_add<T: Real>(rows: usize, columns: usize, y: &mut [T], bias: &[T]) {
+    for row in y[..rows * columns].chunks_mut(columns.max(1)) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `db[c] = Σ_r dy[r, c]`, rows in order.
+pub fn bias_backward<T: Real>(rows: usize, columns: usize, dy: &[T], db: &mut [T]) {
+    db[..columns].fill(T::default());
+    for row in dy[..rows * columns].chunks(columns.max(1)) {
+        for (d, &g) in db.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+}
+
+/// Each row's softmax cross-entropy loss `ln Σ exp(z − max) − (z[label] − max)` and the
+/// gradient of the rows' mean, `(softmax(z) − onehot(label)) / rows`. Labels are trusted to
+/// be below `classes` (the kernels check them).
+pub fn softmax_cross_entropy<T: Real>(
+    classes: usize,
+    logits: &[T],
+    labels: &[u32],
+    losses: &mut [T],
+    dlogits: &mut [T],
+) {
+    let rows = labels.len();
+    let scale = T::from_f32(1.0).div(T::from_f32(rows as f32));
+    let one = T::from_f32(1.0);
+    for (r, &label) in labels.iter().enumerate() {
+        let z = &logits[r * classes..][..classes];
+        let g = &mut dlogits[r * classes..][..classes];
+        let max = z.iter().copied().fold(z[0], T::max);
+        let mut sum = T::default();
+        for (g, &v) in g.iter_mut().zip(z) {
+            *g = (v - max).exp();
+            sum += *g;
+        }
+        let label = label as usize;
+        losses[r] = sum.ln() - (z[label] - max);
+        for (c, g) in g.iter_mut().enumerate() {
+            let p = g.div(sum);
+            *g = if c == label { p - one } else { p } * scale;
         }
     }
 }

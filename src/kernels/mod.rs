@@ -129,6 +129,32 @@ pub struct InputBatch<'a> {
     pub crop: usize,
 }
 
+/// A row-major matrix product `c (m × n) = op(a) · op(b)` (the fully connected layers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatMul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `a` is stored `(k, m)` and used transposed; else it is stored `(m, k)`.
+    pub a_transposed: bool,
+    /// `b` is stored `(n, k)` and used transposed; else it is stored `(k, n)`.
+    pub b_transposed: bool,
+}
+
+impl MatMul {
+    pub fn a_len(&self) -> usize {
+        self.m * self.k
+    }
+
+    pub fn b_len(&self) -> usize {
+        self.k * self.n
+    }
+
+    pub fn c_len(&self) -> usize {
+        self.m * self.n
+    }
+}
+
 /// Momentum SGD with weight decay, PyTorch's formulation (see `engine::sgd`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdStep {
@@ -335,6 +361,42 @@ pub trait Kernels<D: Storage<f32>> {
         planes: &Planes,
         y: &Buf<D>,
         x: &mut Buf<D>,
+    ) -> KernelResult;
+
+    /// `c = op(a) · op(b)` (see `MatMul`), in the pipeline's precision (TF32 products where
+    /// it is `tf32` and the device has them).
+    fn matmul(&mut self, mm: &MatMul, a: &Buf<D>, b: &Buf<D>, c: &mut Buf<D>) -> KernelResult;
+    /// `y[r, c] += bias[c]` over `rows × columns` (a layer without ReLU; `bias_relu` with one
+    /// pixel per channel is the one with).
+    fn bias_add(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        y: &mut Buf<D>,
+        bias: &Buf<D>,
+    ) -> KernelResult;
+    /// `db[c] = Σ_r dy[r, c]`, rows added in order.
+    fn bias_backward(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        dy: &Buf<D>,
+        db: &mut Buf<D>,
+    ) -> KernelResult;
+    /// `y = x ⊙ m` over the first `len` values (dropout, forward and backward).
+    fn multiply(&mut self, len: usize, x: &Buf<D>, m: &Buf<D>, y: &mut Buf<D>) -> KernelResult;
+    /// Softmax cross-entropy of `rows × classes` logits against `labels` (each below
+    /// `classes`, else an error): each row's loss `logsumexp(z) − z[label]` into `losses`, and
+    /// the gradient of their mean, `(softmax(z) − onehot(label)) / rows`, into `dlogits`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy(
+        &mut self,
+        rows: usize,
+        classes: usize,
+        logits: &Buf<D>,
+        labels: &[u32],
+        losses: &mut Buf<D>,
+        dlogits: &mut Buf<D>,
     ) -> KernelResult;
 
     /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.

@@ -7,9 +7,9 @@ use cudarc::driver::{CudaDevice, CudaSlice, DeviceSlice};
 use dfdx::tensor::Cuda;
 
 use super::buffers::{self, at_least, count32, DeviceMeanTable};
-use super::upload::Uploads;
 use super::check;
 use super::nvrtc::{grid, per_chunk, relu_bias_splits, Functions, Kernel};
+use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
 use crate::kernels::{
     Buf, DropoutMask, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep,
@@ -125,12 +125,20 @@ pub(super) fn relu_bias_backward(
         // Dropping the old one frees it in stream order, after the work that used it.
         *partials = None;
         let grown = dev.alloc_zeros::<f32>(needed).map_err(|e| {
-            check::allocation(dev, "cuMemAlloc (relu_bias_backward: partial sums)", needed * 4, e)
+            check::allocation(
+                dev,
+                "cuMemAlloc (relu_bias_backward: partial sums)",
+                needed * 4,
+                e,
+            )
         })?;
         *partials = Some(grown);
     }
     let Some(partials) = partials.as_mut() else {
-        return Err(check::failed(CALL, "no partial sums after allocating".into()));
+        return Err(check::failed(
+            CALL,
+            "no partial sums after allocating".into(),
+        ));
     };
     let params = (
         &mut *dy,
@@ -392,7 +400,10 @@ fn lrn_half(call: &'static str, lrn: &LrnParams) -> KernelResult<i32> {
     if lrn.size > MAX_LRN_SIZE {
         return Err(check::failed(
             call,
-            format!("LRN window of {} channels wider than the kernels' {MAX_LRN_SIZE}", lrn.size),
+            format!(
+                "LRN window of {} channels wider than the kernels' {MAX_LRN_SIZE}",
+                lrn.size
+            ),
         ));
     }
     Ok((lrn.size / 2) as i32)
