@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::Pipeline;
 use crate::device::{DeviceJob, FastDevice};
+use crate::engine::head::DropoutKey;
 use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, Phase, StepEngine};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Output};
@@ -119,8 +120,11 @@ pub fn run<D: FastDevice>(
         }
         let started = Instant::now();
         let batch = loader.next().expect("the training stream is endless")?;
-        let masks = engine.dropout_masks(dev, &model.spec, seed, i as u64, batch.len())?;
-        let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, masks.as_ref(), lr)?;
+        let dropout = Some(DropoutKey {
+            seed,
+            step: i as u64,
+        });
+        let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, dropout, lr)?;
         if i >= warmup {
             step_times.push(started.elapsed().as_secs_f64() * 1e3);
         }
@@ -150,14 +154,11 @@ pub fn run<D: FastDevice>(
             stages[stage_index].2.push(ms);
             stage_index += 1;
         };
-        // Drawn before the step itself, and part of its input.
-        let masks = engine.dropout_masks(dev, &model.spec, seed, i as u64, batch.len())?;
-        observe(crate::engine::Stage {
-            phase: Phase::Input,
-            what: "dropout masks".into(),
+        let dropout = Some(DropoutKey {
+            seed,
+            step: i as u64,
         });
-        let masks = masks.as_ref();
-        engine.train_step_observed(dev, &mut model, &mut sgd, &batch, masks, lr, &mut observe)?;
+        engine.train_step_observed(dev, &mut model, &mut sgd, &batch, dropout, lr, &mut observe)?;
         loader.recycle(batch);
     }
     let mut phases_ms: BTreeMap<String, f64> = BTreeMap::new();

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::ComputeConfig;
 use crate::device::FastDevice;
 use crate::engine::fast::{FastError, FastNet};
+use crate::engine::head::DropoutKey;
 use crate::engine::loss::mean_cross_entropy;
 use crate::engine::sgd::Sgd;
 use crate::kernels::host::HostKernels;
@@ -25,7 +26,6 @@ use crate::kernels::{
     ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Planes,
     PoolShape, SgdStep,
 };
-use crate::model::join::join;
 use crate::model::{Act, AlexNet, DropoutMasks, Spec, CONV_BLOCKS, TORCH_NAMES};
 use crate::pixels;
 
@@ -198,7 +198,6 @@ pub fn against_dfdx<D: FastDevice>(
 
     let sgd = Sgd::new(dev, &model, momentum, decay);
     let mut net = FastNet::new(
-        dev,
         dev.fast_kernels(compute)?,
         &model,
         Some(&sgd.velocity),
@@ -208,46 +207,31 @@ pub fn against_dfdx<D: FastDevice>(
     net.kernels()
         .set_mean_table(&batch.mean_table, batch.crop * 3)?;
     // The fast path draws its masks on the device: equal to the host's, or the logits differ.
-    let fast_masks = net.dropout_masks(spec, seed, 0, batch.batch)?;
-    let features = net.forward(&batch.input())?;
-    let (traced, joined) = join(features);
-    let logits = model.head(traced, fast_masks.as_ref());
+    net.forward(&batch.input(), Some(DropoutKey { seed, step: 0 }))?;
+    net.loss(&batch.labels)?;
     let mut out = vec![compare(
         Kind::Network,
         "logits",
-        &logits.as_vec(),
+        &net.logits()?,
         &reference_logits,
     )];
-    let mut grads = mean_cross_entropy(logits, &batch.labels).backward();
-    net.backward(&mut grads, &joined)?;
+    net.backward()?;
 
-    let conv = net.gradients()?;
-    for (i, [weight, bias]) in reference.iter().enumerate() {
-        let (fast_weight, fast_bias) = match conv.get(i) {
-            Some((w, b)) => (w.clone(), b.clone()),
-            None => {
-                let layer = model.layers()[i].1;
-                (
-                    grads.get(&layer.weight).as_vec(),
-                    grads.get(&layer.bias).as_vec(),
-                )
-            }
-        };
+    let fast = net.gradients()?;
+    for (i, ([weight, bias], (fast_weight, fast_bias))) in reference.iter().zip(&fast).enumerate() {
         let name = |what| format!("dfdx d {}.{what}", TORCH_NAMES[i]);
         out.push(compare(
             Kind::EndToEnd,
             &name("weight"),
-            &fast_weight,
+            fast_weight,
             weight,
         ));
-        out.push(compare(Kind::EndToEnd, &name("bias"), &fast_bias, bias));
+        out.push(compare(Kind::EndToEnd, &name("bias"), fast_bias, bias));
     }
 
     let before = net.record()?;
-    let features_len = batch.batch * spec.fc6_inputs();
-    let mut d_features = net.kernels().download(joined.gradient_buffer(&mut grads))?;
-    d_features.truncate(features_len);
-    let (replayed, decisions) = replay::against_replay(&before, &d_features);
+    out.extend(replay::against_head_replay(&before, &batch.labels));
+    let (replayed, decisions) = replay::against_replay(&before, &before.d_features);
     out.extend(replayed);
 
     net.sgd_step(lr)?;
@@ -257,20 +241,40 @@ pub fn against_dfdx<D: FastDevice>(
         momentum: momentum as f32,
         weight_decay: decay as f32,
     };
-    for (b, a) in before.blocks.iter().zip(&after.blocks) {
-        let (weight, velocity) = sgd_in_f64(&step, &b.weight, &b.weight_velocity, &b.weight_grad);
+    let conv = before.blocks.iter().zip(&after.blocks).map(|(b, a)| {
         let name = b.block.names().0;
+        (
+            name,
+            [&b.weight, &b.weight_velocity, &b.weight_grad],
+            [&a.weight, &a.weight_velocity],
+        )
+    });
+    let head = before
+        .head
+        .iter()
+        .zip(&after.head)
+        .enumerate()
+        .map(|(i, (b, a))| {
+            let name = TORCH_NAMES[CONV_BLOCKS + i];
+            (
+                name,
+                [&b.weight, &b.weight_velocity, &b.weight_grad],
+                [&a.weight, &a.weight_velocity],
+            )
+        });
+    for (name, [w, v, g], [new_weight, new_velocity]) in conv.chain(head) {
+        let (weight, velocity) = sgd_in_f64(&step, w, v, g);
         let kind = Kind::ElementwiseKernel;
         out.push(compare(
             kind,
             &format!("sgd momentum {name}.weight"),
-            &a.weight_velocity,
+            new_velocity,
             &velocity,
         ));
         out.push(compare(
             kind,
             &format!("sgd updated {name}.weight"),
-            &a.weight,
+            new_weight,
             &weight,
         ));
     }
@@ -342,8 +346,9 @@ mod tests {
         let spec = small_spec(lrn);
         let batch = TestBatch::random(3, spec.input, spec.classes, 11);
         let step = against_dfdx(&dev, &strict(), &spec, &batch, 5).unwrap();
-        // Logits, 16 gradients against dfdx, 10 replayed, 10 from exact decisions, 10 SGD.
-        assert_eq!(step.comparisons.len(), 1 + 16 + 10 + 10 + 10);
+        // Logits, 16 gradients against dfdx, 6 replayed in the head and the features', 10
+        // replayed in the convolutions, 10 from exact decisions, 16 SGD.
+        assert_eq!(step.comparisons.len(), 1 + 16 + 7 + 10 + 10 + 16);
         for r in &step.comparisons {
             assert!(
                 r.norm > 1e-6,
@@ -395,12 +400,27 @@ mod tests {
         let spec = small_spec(true);
         let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
         let kernels = dev.fast_kernels(&strict()).unwrap();
-        let mut net = FastNet::new(&dev, kernels, &model, None, 0.9, 5e-4).unwrap();
+        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
+        let batch = TestBatch::random(5, spec.input, spec.classes, 2);
+        net.kernels()
+            .set_mean_table(&batch.mean_table, batch.crop * 3)
+            .unwrap();
         for step in [0, 1, 77] {
-            let fast = net.dropout_masks(&spec, 9, step, 5).unwrap().unwrap();
+            net.forward(&batch.input(), Some(DropoutKey { seed: 9, step }))
+                .unwrap();
+            let rec = net.record().unwrap();
             let host = DropoutMasks::<f32, Cpu>::draw(&dev, &spec, 9, step, 5).unwrap();
-            assert_eq!(fast.fc6.as_vec(), host.fc6.as_vec(), "step {step}");
-            assert_eq!(fast.fc7.as_vec(), host.fc7.as_vec(), "step {step}");
+            assert_eq!(
+                rec.head[0].mask.as_ref(),
+                Some(&host.fc6.as_vec()),
+                "step {step}"
+            );
+            assert_eq!(
+                rec.head[1].mask.as_ref(),
+                Some(&host.fc7.as_vec()),
+                "step {step}"
+            );
+            assert_eq!(rec.head[2].mask, None);
         }
     }
 
@@ -412,17 +432,15 @@ mod tests {
         let batch = TestBatch::random(4, spec.input, spec.classes, 3);
         let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
         let kernels = dev.fast_kernels(&strict()).unwrap();
-        let mut net = FastNet::new(&dev, kernels, &model, None, 0.9, 5e-4).unwrap();
+        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
         net.kernels()
             .set_mean_table(&batch.mean_table, batch.crop * 3)
             .unwrap();
-        let features = net.forward(&batch.input()).unwrap();
-        let (traced, joined) = join(features);
-        let logits = model.head(traced, None);
-        let mut grads = mean_cross_entropy(logits, &batch.labels).backward();
-        net.backward(&mut grads, &joined).unwrap();
-        let d_features = joined.gradient(&mut grads).unwrap().as_vec();
+        net.forward(&batch.input(), None).unwrap();
+        net.loss(&batch.labels).unwrap();
+        net.backward().unwrap();
         let mut rec = net.record().unwrap();
+        let d_features = rec.d_features.clone();
         let held = |rec: &crate::engine::fast::Recorded| -> Vec<(String, f64)> {
             let (comparisons, _) = replay::against_replay(rec, &d_features);
             comparisons

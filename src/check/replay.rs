@@ -12,7 +12,8 @@
 
 use super::{compare, Comparison, Kind};
 use crate::engine::fast::Recorded;
-use crate::kernels::{loops, LrnParams, Planes, PoolShape};
+use crate::kernels::{loops, LrnParams, MatMul, Planes, PoolShape};
+use crate::model::{CONV_BLOCKS, TORCH_NAMES};
 
 /// One block's activations in f64.
 pub struct BlockTrace {
@@ -229,4 +230,85 @@ pub fn against_replay(rec: &Recorded, d_features: &[f32]) -> (Vec<Comparison>, V
         }
     }
     (out, decisions(rec, &own, &exact))
+}
+
+/// The fully connected part's backward pass replayed in f64 from the fast path's own
+/// activations (its ReLU decisions and dropout masks) and the step's `labels`: each layer's
+/// weight and bias gradient and the features' gradient, held against the fast path's.
+pub fn against_head_replay(rec: &Recorded, labels: &[u32]) -> Vec<Comparison> {
+    let batch = rec.batch;
+    let head = &rec.head;
+    let Some(last) = head.last() else {
+        return Vec::new();
+    };
+    // The gradient of the mean loss with respect to the fast path's logits.
+    let classes = last.outputs;
+    let mut losses = vec![0.0; batch];
+    let mut d_out = vec![0.0; batch * classes];
+    loops::softmax_cross_entropy(classes, &wide(&last.out), labels, &mut losses, &mut d_out);
+    let mut out = Vec::new();
+    let features = wide(&rec.features);
+    let mut d_features = Vec::new();
+    for (i, layer) in head.iter().enumerate().rev() {
+        let (inputs, outputs) = (layer.inputs, layer.outputs);
+        if layer.relu {
+            let y = &layer.out;
+            for (g, &v) in d_out.iter_mut().zip(y) {
+                if v <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        }
+        let mut db = vec![0.0; outputs];
+        loops::bias_backward(batch, outputs, &d_out, &mut db);
+        // What the layer read: the features or the layer below's output, times its mask.
+        let mut x = match i {
+            0 => features.clone(),
+            _ => wide(&head[i - 1].out),
+        };
+        if let Some(mask) = &layer.mask {
+            x.iter_mut().zip(mask).for_each(|(x, &m)| *x *= m as f64);
+        }
+        let mut dw = vec![0.0; inputs * outputs];
+        let weight = MatMul {
+            m: inputs,
+            n: outputs,
+            k: batch,
+            a_transposed: true,
+            b_transposed: false,
+        };
+        loops::dense_matmul(&weight, &x, &d_out, &mut dw);
+        let mut dx = vec![0.0; batch * inputs];
+        let data = MatMul {
+            m: batch,
+            n: inputs,
+            k: outputs,
+            a_transposed: false,
+            b_transposed: true,
+        };
+        loops::dense_matmul(&data, &d_out, &wide(&layer.weight), &mut dx);
+        if let Some(mask) = &layer.mask {
+            dx.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m as f64);
+        }
+        let name = TORCH_NAMES[CONV_BLOCKS + i];
+        let what = |t| format!("replayed d {name}.{t}");
+        out.push(compare(
+            Kind::Replay,
+            &what("weight"),
+            &layer.weight_grad,
+            &dw,
+        ));
+        out.push(compare(Kind::Replay, &what("bias"), &layer.bias_grad, &db));
+        d_out = dx;
+        if i == 0 {
+            d_features = std::mem::take(&mut d_out);
+        }
+    }
+    out.push(compare(
+        Kind::Replay,
+        "replayed d features",
+        &rec.d_features,
+        &d_features,
+    ));
+    out
 }

@@ -5,16 +5,14 @@
 
 use dfdx::prelude::*;
 
+use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
 use crate::device::FastDevice;
 use crate::kernels::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
-    Planes, PoolShape, SgdStep,
+    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
+    PoolShape, SgdStep,
 };
 use crate::model::checkpoint::{from_torch, to_torch};
-use crate::model::join::JoinedFeatures;
-use crate::model::{
-    dropout_key, Affine, AlexNet, ConvBlock, DropoutMasks, Mat, Spec, TorchLayout, CONV_BLOCKS,
-};
+use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
 
 /// The stage name `forward_observed` reports for normalising the input.
 pub const NORMALISE: &str = "normalise";
@@ -125,13 +123,18 @@ struct Activations<D: Storage<f32>> {
     /// The normalised input, `[B, 3, S, S]`.
     input: Buf<D>,
     blocks: Vec<BlockActivations<D>>,
+    /// pool3's output flattened channels-last, `[B, S_out²·C_out]` (FC6's input), and its
+    /// gradient.
+    features: Buf<D>,
+    d_features: Buf<D>,
+    head: HeadActivations<D>,
 }
 
-/// The convolutional part on the fast path. See the module documentation of `engine`.
+/// The whole network on the fast path. See the module documentation of `engine`.
 pub struct FastNet<D: FastDevice> {
     kernels: D::Kernels,
-    dev: D,
     layers: [ConvParams<D>; CONV_BLOCKS],
+    head: Head<D>,
     lrn: LrnParams,
     /// Kept for the last two batch sizes (training's, and an evaluation pass's short last
     /// batch), newest last.
@@ -141,10 +144,9 @@ pub struct FastNet<D: FastDevice> {
 }
 
 impl<D: FastDevice> FastNet<D> {
-    /// Takes over the convolutional parameters of `model` and their momentum `velocity`
-    /// (the first five of the optimiser's eight; `None` for zeros, e.g. to evaluate).
+    /// Takes over the parameters of `model` and their momentum `velocity` (`None` for zeros,
+    /// e.g. to evaluate).
     pub fn new(
-        dev: &D,
         mut kernels: D::Kernels,
         model: &AlexNet<f32, D>,
         velocity: Option<&[Affine<f32, D>; 8]>,
@@ -173,10 +175,11 @@ impl<D: FastDevice> FastNet<D> {
             });
         }
         let cfg = &spec.config;
+        let head = Head::new(&mut kernels, model, velocity)?;
         Ok(Self {
             kernels,
-            dev: dev.clone(),
             layers: params.try_into().unwrap_or_else(|_| unreachable!()),
+            head,
             lrn: LrnParams {
                 size: cfg.lrn_size,
                 k: cfg.lrn_k,
@@ -213,12 +216,13 @@ impl<D: FastDevice> FastNet<D> {
             v.weight.copy_from(&filters(k, &p.weight_velocity)?);
             v.bias.copy_from(&k.download(&p.bias_velocity)?);
         }
-        Ok(())
+        self.head.export(&mut self.kernels, model, velocity)
     }
 
     /// Bytes of activations and gradients a batch of `batch` crops needs.
     pub fn activation_bytes(&self, batch: usize) -> usize {
         activation_bytes(&self.layers.each_ref().map(|p| p.block), batch)
+            + self.head.activation_bytes(batch)
     }
 
     /// The buffers for `batch`, allocated on first use. A batch whose activations cannot fit
@@ -258,6 +262,7 @@ impl<D: FastDevice> FastNet<D> {
         if self.activations.len() == 2 {
             self.activations.remove(0);
         }
+        let features = self.final_planes(batch).len();
         let k = &mut self.kernels;
         let input = k.alloc(self.layers[0].shape(batch).input_len())?;
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
@@ -285,6 +290,9 @@ impl<D: FastDevice> FastNet<D> {
             batch,
             input,
             blocks,
+            features: k.alloc(features)?,
+            d_features: k.alloc(features)?,
+            head: self.head.allocate(k, batch)?,
         })
     }
 
@@ -309,32 +317,62 @@ impl<D: FastDevice> FastNet<D> {
         }
     }
 
-    /// Normalises `input` on the device and runs conv1..pool3; returns the flattened
-    /// features `(B, final_side² · conv5 channels)`, channels-last, as a dfdx tensor.
-    pub fn forward(&mut self, input: &InputBatch) -> Result<Mat<f32, D>, FastError> {
-        self.forward_observed(input, &mut |_| {})
+    /// Normalises `input` on the device and runs the whole network, with the dropout masks of
+    /// `dropout` (none to evaluate). The logits and everything the backward pass needs stay on
+    /// the device (`loss`, `logits`, `backward`).
+    pub fn forward(
+        &mut self,
+        input: &InputBatch,
+        dropout: Option<DropoutKey>,
+    ) -> Result<(), FastError> {
+        self.forward_observed(input, dropout, &mut |_| {})
     }
 
     /// `forward`, calling `observe(stage)` after each stage (for profiling).
     pub fn forward_observed(
         &mut self,
         input: &InputBatch,
-        observe: &mut dyn FnMut(&'static str),
-    ) -> Result<Mat<f32, D>, FastError> {
+        dropout: Option<DropoutKey>,
+        observe: &mut dyn FnMut(&str),
+    ) -> Result<(), FastError> {
         let batch = input.batch;
         let mut a = self.activations(batch)?;
-        let result = self.forward_into(&mut a, input, observe);
+        let result = self.features_into(&mut a, input, observe).and_then(|()| {
+            let (k, features) = (&mut self.kernels, &a.features);
+            self.head
+                .forward(k, &mut a.head, features, dropout, observe)
+        });
         // Kept even after a failure: the buffers are good for the next try.
         self.activations.push(a);
         Ok(result?)
     }
 
-    fn forward_into(
+    /// The latest forward pass's mean softmax cross-entropy against `labels`; its gradient is
+    /// kept for `backward`.
+    pub fn loss(&mut self, labels: &[u32]) -> KernelResult<f32> {
+        let Some(a) = self.activations.last_mut() else {
+            return Err(no_step("loss"));
+        };
+        self.head.loss(&mut self.kernels, &mut a.head, labels)
+    }
+
+    /// The latest forward pass's logits on the host, `(batch, classes)` row-major.
+    pub fn logits(&mut self) -> KernelResult<Vec<f32>> {
+        let Some(a) = self.activations.last() else {
+            return Err(no_step("logits"));
+        };
+        let len = a.batch * self.head.classes();
+        let mut host = self.kernels.download(self.head.logits(&a.head))?;
+        host.truncate(len);
+        Ok(host)
+    }
+
+    fn features_into(
         &mut self,
         a: &mut Activations<D>,
         input: &InputBatch,
-        observe: &mut dyn FnMut(&'static str),
-    ) -> KernelResult<Mat<f32, D>> {
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
         let batch = a.batch;
         let final_planes = self.final_planes(batch);
         let k = &mut self.kernels;
@@ -360,17 +398,10 @@ impl<D: FastDevice> FastNet<D> {
                 observe(pool);
             }
         }
-        let planes = final_planes;
-        let mut features = k.alloc(planes.len())?;
         let last = a.blocks.last().expect("five blocks");
-        k.flatten_channels_last(&planes, last.output(), &mut features)?; // [B, S_out²·C_out]
-        let features = tensor_from_buffer(
-            &self.dev,
-            features,
-            (batch, planes.channels * planes.pixels),
-        );
+        k.flatten_channels_last(&final_planes, last.output(), &mut a.features)?; // [B, S_out²·C_out]
         observe("flatten");
-        Ok(features)
+        Ok(())
     }
 
     /// conv5's pooled output as planes (what FC6 reads, flattened).
@@ -383,27 +414,28 @@ impl<D: FastDevice> FastNet<D> {
         }
     }
 
-    /// The backward pass of the latest `forward`, from the features' gradient that dfdx's
-    /// backward pass left in `grads`; fills every parameter's gradient.
-    pub fn backward(
-        &mut self,
-        grads: &mut Gradients<f32, D>,
-        features: &JoinedFeatures<f32, D>,
-    ) -> KernelResult {
-        self.backward_observed(grads, features, &mut |_| {})
+    /// The backward pass of the latest `forward` and `loss`: fills every parameter's gradient.
+    pub fn backward(&mut self) -> KernelResult {
+        self.backward_observed(&mut |_| {})
     }
 
-    /// `backward`, calling `observe(stage)` after each stage: `pool1`, `lrn1`, then per
-    /// convolution its ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`) and input
-    /// (`conv2 data`) gradients, so that a profile shows each kernel's share.
-    pub fn backward_observed(
-        &mut self,
-        grads: &mut Gradients<f32, D>,
-        features: &JoinedFeatures<f32, D>,
-        observe: &mut dyn FnMut(&str),
-    ) -> KernelResult {
-        let mut a = self.activations.pop().expect("backward follows forward");
-        let result = self.backward_from(&mut a, grads, features, observe);
+    /// `backward`, calling `observe(stage)` after each stage: `fc8` to `fc6`, `pool3`, then
+    /// per block its pooling, LRN, ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`)
+    /// and input (`conv2 data`) gradients, so that a profile shows each kernel's share.
+    pub fn backward_observed(&mut self, observe: &mut dyn FnMut(&str)) -> KernelResult {
+        let Some(mut a) = self.activations.pop() else {
+            return Err(no_step("backward"));
+        };
+        let result = self
+            .head
+            .backward(
+                &mut self.kernels,
+                &mut a.head,
+                &a.features,
+                &mut a.d_features,
+                observe,
+            )
+            .and_then(|()| self.backward_from(&mut a, observe));
         self.activations.push(a);
         result
     }
@@ -411,16 +443,13 @@ impl<D: FastDevice> FastNet<D> {
     fn backward_from(
         &mut self,
         a: &mut Activations<D>,
-        grads: &mut Gradients<f32, D>,
-        features: &JoinedFeatures<f32, D>,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;
         let planes = self.final_planes(batch);
         let k = &mut self.kernels;
-        let d_features = features.gradient_buffer(grads);
         let last = a.blocks.last_mut().expect("five blocks");
-        k.unflatten_channels_last(&planes, d_features, last.d_output())?;
+        k.unflatten_channels_last(&planes, &a.d_features, last.d_output())?;
         observe("flatten");
         for (i, p) in self.layers.iter_mut().enumerate().rev() {
             let (conv, lrn, pool) = p.block.names();
@@ -457,7 +486,7 @@ impl<D: FastDevice> FastNet<D> {
         Ok(())
     }
 
-    /// One SGD update of the convolutional parameters from the gradients of `backward`.
+    /// One SGD update of every parameter from the gradients of `backward`.
     pub fn sgd_step(&mut self, learning_rate: f64) -> KernelResult {
         let step = SgdStep {
             learning_rate: learning_rate as f32,
@@ -469,50 +498,16 @@ impl<D: FastDevice> FastNet<D> {
             k.sgd(&step, &mut p.weight, &mut p.weight_velocity, &p.weight_grad)?;
             k.sgd(&step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
         }
-        Ok(())
-    }
-
-    /// The dropout masks of training step `step` for `batch` crops, drawn by the kernels
-    /// (the values `DropoutMasks::draw` draws on the host; nothing is uploaded).
-    pub fn dropout_masks(
-        &mut self,
-        spec: &Spec,
-        seed: u64,
-        step: u64,
-        batch: usize,
-    ) -> KernelResult<Option<DropoutMasks<f32, D>>> {
-        let rate = spec.config.dropout as f64;
-        if rate <= 0.0 {
-            return Ok(None);
-        }
-        let keep = (1.0 / (1.0 - rate)) as f32;
-        let mut mask = |layer: u64, units: usize| -> KernelResult<Mat<f32, D>> {
-            let mask = DropoutMask {
-                key: dropout_key(seed, step, layer),
-                rate,
-                keep,
-                images: batch,
-                units,
-            };
-            let mut buf = self.kernels.alloc(mask.len())?;
-            self.kernels.dropout_mask(&mask, &mut buf)?;
-            Ok(tensor_from_buffer(&self.dev, buf, (batch, units)))
-        };
-        Ok(Some(DropoutMasks {
-            fc6: mask(6, spec.fc6_inputs())?,
-            fc7: mask(7, spec.config.fc_units)?,
-        }))
+        self.head.sgd_step(&mut self.kernels, &step)
     }
 
     /// The latest step's input, activations, parameters and gradients, on the host.
     pub fn record(&mut self) -> KernelResult<Recorded> {
         let Some(a) = self.activations.last() else {
-            return Err(KernelError::Failed {
-                call: "record",
-                status: "no step has run".into(),
-            });
+            return Err(no_step("record"));
         };
         let batch = a.batch;
+        let head = self.head.record(&mut self.kernels, &a.head)?;
         let k = &mut self.kernels;
         // A device's allocator may hand out longer buffers than asked for: keep what is used.
         let mut get = |buf: &Buf<D>, len: usize| -> KernelResult<Vec<f32>> {
@@ -539,37 +534,49 @@ impl<D: FastDevice> FastNet<D> {
             });
         }
         let input = get(&a.input, self.layers[0].shape(batch).input_len())?;
+        let features_len = batch * self.head.inputs();
         Ok(Recorded {
             batch,
             lrn: self.lrn,
             input,
             blocks,
+            features: get(&a.features, features_len)?,
+            d_features: get(&a.d_features, features_len)?,
+            head,
         })
     }
 
-    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer).
+    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer; all
+    /// eight layers).
     pub fn gradients(&mut self) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
         let k = &mut self.kernels;
-        self.layers
+        let mut out = self
+            .layers
             .iter()
             .map(|p| {
                 let (inputs, outputs) = (p.block.weight_rows(), p.block.out_channels);
                 let w = from_torch(p.layout(), &k.download(&p.weight_grad)?, inputs, outputs);
                 Ok((w, k.download(&p.bias_grad)?))
             })
-            .collect()
+            .collect::<KernelResult<Vec<_>>>()?;
+        out.extend(self.head.gradients(k)?);
+        Ok(out)
     }
 }
 
 /// Host copies of what the latest training step left on the device: its input, every block's
-/// activations, parameters and gradients (filters OIHW). The check replays the backward pass
-/// from them.
+/// activations, parameters and gradients (filters OIHW), the features and their gradient, and
+/// the fully connected layers'. The check replays the backward pass from them.
 pub struct Recorded {
     pub batch: usize,
     pub lrn: LrnParams,
     /// The normalised input, `[B, 3, S, S]`.
     pub input: Vec<f32>,
     pub blocks: Vec<RecordedBlock>,
+    /// FC6's input `(B, features)` and the gradient the fully connected part gave it.
+    pub features: Vec<f32>,
+    pub d_features: Vec<f32>,
+    pub head: Vec<RecordedDense>,
 }
 
 pub struct RecordedBlock {
@@ -618,16 +625,10 @@ fn device_name<D: FastDevice>() -> &'static str {
     }
 }
 
-/// A dfdx tensor holding `buffer`. dfdx builds tensors only from host data or from its own
-/// ops; a gradient buffer parked under a stand-in tensor's id and read back with
-/// `Gradients::get` is the one public way in (a single device-to-device copy).
-pub fn tensor_from_buffer<D: Device<f32>>(
-    dev: &D,
-    buffer: Buf<D>,
-    shape: (usize, usize),
-) -> Mat<f32, D> {
-    let stand_in: Mat<f32, D> = dev.zeros_like(&shape);
-    let mut parking = Gradients::leaky();
-    *parking.get_or_alloc_mut(&stand_in).expect("allocation") = buffer;
-    parking.get(&stand_in)
+/// The error of a call that needs a step first.
+fn no_step(call: &'static str) -> KernelError {
+    KernelError::Failed {
+        call,
+        status: "no step has run".into(),
+    }
 }

@@ -1,22 +1,19 @@
 //! One step of the network — training, validation, evaluation, the checkpoint probe, the
 //! benchmark and the check all go through `StepEngine` — on one of two engines:
 //!
-//! - `dfdx`: the whole network on dfdx's ops (the reference);
-//! - `fast` (the default): the convolutional part on the project's own kernels (`FastNet`
-//!   over `kernels::Kernels`), joined to dfdx at the flattened features.
+//! - `dfdx`: the whole network on dfdx's ops and autodiff (the reference);
+//! - `fast` (the default): the whole step on the project's own kernels (`FastNet` over
+//!   `kernels::Kernels`): input normalisation, the convolutional part (`fast`), FC6 to FC8
+//!   with dropout, softmax cross-entropy, the backward pass and SGD (`head`), on buffers it
+//!   owns — weights, momentum, activations. Only the loss and the logits come back to the
+//!   host. The model and optimiser that dfdx holds are brought up to date from them before
+//!   anything reads them (`export`: checkpoints, the dfdx path).
 //!
-//! dfdx keeps a tensor's device memory private, so its ops cannot be mixed with cuDNN calls
-//! inside one layer. The network is split instead: the convolutional part (conv1 to pool3,
-//! ~95% of the arithmetic) runs on kernels over buffers `FastNet` owns — weights, momentum,
-//! activations — and hands its output to dfdx as a traced input (`model::join`). FC6 to FC8,
-//! dropout, the loss and their autodiff stay in dfdx. After dfdx's backward pass the features'
-//! gradient is read straight from dfdx's gradient buffer and pushed back through the
-//! convolutional part, and SGD updates its parameters in place.
-//!
-//! Everything except the kernels — the join, parameter ownership, SGD, checkpoints and resume —
-//! is the same code on every device, so the CPU tests exercise it with the host kernels.
+//! Everything except the kernels — parameter ownership, SGD, checkpoints and resume — is the
+//! same code on every device, so the CPU tests exercise it with the host kernels.
 
 pub mod fast;
+pub mod head;
 pub mod input;
 pub mod loss;
 pub mod metrics;
@@ -29,9 +26,9 @@ use crate::config::{ComputeConfig, LoaderConfig, Precision};
 use crate::device::FastDevice;
 use crate::kernels::{InputBatch, KernelError, Kernels};
 use crate::loader::{Batch, LoaderData};
-use crate::model::join::join;
-use crate::model::{AlexNet, DropoutMasks, Mat, Spec, CONV_BLOCKS};
+use crate::model::{AlexNet, DropoutMasks};
 use fast::{FastError, FastNet};
+use head::DropoutKey;
 use input::{batch_bytes, InputStage, MeanRowTable};
 use loss::mean_cross_entropy;
 use sgd::Sgd;
@@ -131,7 +128,7 @@ impl<D: FastDevice> StepEngine<D> {
         kernels.set_mean_table(&rows, table.row_len())?;
         let (momentum, decay) = sgd.map_or((0.0, 0.0), |s| (s.momentum, s.weight_decay));
         let velocity = sgd.map(|s| &s.velocity);
-        let net = FastNet::new(dev, kernels, model, velocity, momentum, decay)?;
+        let net = FastNet::new(kernels, model, velocity, momentum, decay)?;
         Ok(Self::Fast(Box::new(Fast {
             net,
             table,
@@ -148,35 +145,19 @@ impl<D: FastDevice> StepEngine<D> {
         }
     }
 
-    /// The dropout masks of training step `step` for a batch of `batch` crops: drawn on the
-    /// host for the dfdx path, by the kernels on the fast path (the same values).
-    pub fn dropout_masks(
-        &mut self,
-        dev: &D,
-        spec: &Spec,
-        seed: u64,
-        step: u64,
-        batch: usize,
-    ) -> Result<Option<DropoutMasks<f32, D>>, EngineError> {
-        match self {
-            Self::Dfdx(_) => Ok(DropoutMasks::draw(dev, spec, seed, step, batch)),
-            Self::Fast(fast) => Ok(fast.net.dropout_masks(spec, seed, step, batch)?),
-        }
-    }
-
-    /// One SGD step: forward with dropout, cross-entropy, backward, update. Returns the loss
-    /// and the logits (on the host, for accuracy). With a non-finite loss the weights are
-    /// left as they were.
+    /// One SGD step: forward with the dropout masks of `dropout` (none: no dropout),
+    /// cross-entropy, backward, update. Returns the loss and the logits (on the host, for
+    /// accuracy). With a non-finite loss the weights are left as they were.
     pub fn train_step(
         &mut self,
         dev: &D,
         model: &mut AlexNet<f32, D>,
         sgd: &mut Sgd<D>,
         batch: &Batch,
-        masks: Option<&DropoutMasks<f32, D>>,
+        dropout: Option<DropoutKey>,
         lr: f64,
     ) -> Result<(f32, Vec<f32>), EngineError> {
-        self.train_step_observed(dev, model, sgd, batch, masks, lr, &mut |_| {})
+        self.train_step_observed(dev, model, sgd, batch, dropout, lr, &mut |_| {})
     }
 
     /// `train_step`, calling `observe` after each stage (for profiling).
@@ -187,12 +168,16 @@ impl<D: FastDevice> StepEngine<D> {
         model: &mut AlexNet<f32, D>,
         sgd: &mut Sgd<D>,
         batch: &Batch,
-        masks: Option<&DropoutMasks<f32, D>>,
+        dropout: Option<DropoutKey>,
         lr: f64,
         observe: Observer,
     ) -> Result<(f32, Vec<f32>), EngineError> {
         match self {
             Self::Dfdx(input) => {
+                let masks = dropout.and_then(|key| {
+                    DropoutMasks::draw(dev, &model.spec, key.seed, key.step, batch.len())
+                });
+                observe(stage(Phase::Input, "dropout masks"));
                 let x = input.prepare(dev, batch);
                 observe(stage(Phase::Input, "upload+normalise"));
                 Ok(dfdx_train_step(
@@ -200,30 +185,21 @@ impl<D: FastDevice> StepEngine<D> {
                     sgd,
                     x,
                     &batch.labels,
-                    masks,
+                    masks.as_ref(),
                     lr,
                     observe,
                 ))
             }
             Self::Fast(fast) => {
-                let features = fast.features(batch, observe)?;
-                let (traced, joined) = join(features);
-                let logits = model.head(traced, masks);
-                let host_logits = logits.as_vec();
-                let loss = mean_cross_entropy(logits, &batch.labels);
-                let value = loss.as_vec()[0];
-                observe(stage(Phase::Forward, "fc6-fc8+loss"));
+                fast.forward(batch, dropout, observe)?;
+                let value = fast.net.loss(&batch.labels)?;
+                let host_logits = fast.net.logits()?;
+                observe(stage(Phase::Forward, "loss"));
                 if value.is_finite() {
-                    let mut grads = loss.backward();
-                    observe(stage(Phase::Backward, "fc8-fc6"));
                     fast.net
-                        .backward_observed(&mut grads, &joined, &mut |name| {
-                            observe(stage(Phase::Backward, name))
-                        })?;
+                        .backward_observed(&mut |name| observe(stage(Phase::Backward, name)))?;
                     fast.net.sgd_step(lr)?;
-                    observe(stage(Phase::Update, "conv sgd"));
-                    sgd.step_layers(model, &grads, lr, CONV_BLOCKS..8);
-                    observe(stage(Phase::Update, "fc sgd"));
+                    observe(stage(Phase::Update, "sgd"));
                 }
                 Ok((value, host_logits))
             }
@@ -243,8 +219,8 @@ impl<D: FastDevice> StepEngine<D> {
                 Ok(model.forward(x, None).as_vec())
             }
             Self::Fast(fast) => {
-                let features = fast.features(batch, &mut |_| {})?;
-                Ok(model.head(features, None).as_vec())
+                fast.forward(batch, None, &mut |_| {})?;
+                Ok(fast.net.logits()?)
             }
         }
     }
@@ -264,8 +240,13 @@ impl<D: FastDevice> StepEngine<D> {
 }
 
 impl<D: FastDevice> Fast<D> {
-    /// The convolutional part's output for `batch`, as dfdx's input to FC6.
-    fn features(&mut self, batch: &Batch, observe: Observer) -> Result<Mat<f32, D>, FastError> {
+    /// The whole forward pass of `batch` on the device, with the masks of `dropout`.
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        dropout: Option<DropoutKey>,
+        observe: Observer,
+    ) -> Result<(), FastError> {
         let rows = self.table.batch_rows(batch);
         let lighting = MeanRowTable::batch_lighting(batch);
         let input = InputBatch {
@@ -276,7 +257,7 @@ impl<D: FastDevice> Fast<D> {
             batch: batch.crops.len(),
             crop: self.table.crop(),
         };
-        self.net.forward_observed(&input, &mut |name| {
+        self.net.forward_observed(&input, dropout, &mut |name| {
             let phase = if name == fast::NORMALISE {
                 Phase::Input
             } else {

@@ -18,7 +18,6 @@
 //! Widths and the input size come from the pipeline, the number of classes from the data.
 
 pub mod checkpoint;
-pub mod join;
 pub mod layers;
 
 use dfdx::prelude::*;

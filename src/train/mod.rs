@@ -11,6 +11,7 @@ use indicatif::HumanCount;
 
 use crate::config::Pipeline;
 use crate::device::{self, FastDevice};
+use crate::engine::head::DropoutKey;
 use crate::engine::metrics::Tally;
 use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, StepEngine};
@@ -537,22 +538,15 @@ impl<D: FastDevice> Trainer<D> {
 
     /// One SGD step on `batch`; returns its loss and the learning rate it took.
     fn step(&mut self, batch: &Batch) -> Result<(f32, f64), TrainError> {
-        let n = batch.len();
-        let masks = self
-            .engine
-            .dropout_masks(
-                &self.dev,
-                &self.model.spec,
-                self.pipeline.train.seed,
-                self.state.step,
-                n,
-            )
-            .map_err(|e| self.engine_failed(e))?;
+        let dropout = Some(DropoutKey {
+            seed: self.pipeline.train.seed,
+            step: self.state.step,
+        });
         let lr = self.learning_rate(self.state.step);
         let (model, sgd) = (&mut self.model, &mut self.sgd);
         let (value, host_logits) = self
             .engine
-            .train_step(&self.dev, model, sgd, batch, masks.as_ref(), lr)
+            .train_step(&self.dev, model, sgd, batch, dropout, lr)
             .map_err(|e| self.engine_failed(e))?;
         if let Some(what) = self.guard.observe(value) {
             return Err(self.diverged(self.state.step + 1, what));

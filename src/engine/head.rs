@@ -1,0 +1,425 @@
+//! The fully connected part of AlexNet on `Kernels`: FC6 and FC7 with ReLU, each behind
+//! dropout, and FC8; softmax cross-entropy; their backward pass and SGD — the rest of a
+//! training step once the convolutional part (`fast`) has produced the flattened features.
+//!
+//! Weights keep dfdx's layout, `(inputs, outputs)`, so that a layer is `y = x · W + b` in
+//! row-major matrices and checkpoints cross between the two engines by plain copies.
+//! Dropout masks are drawn on the device from the same counter-based hash as the dfdx path's
+//! (`seed::dropout_mask`), keyed by the run's seed, the step and the layer.
+
+use dfdx::prelude::Storage;
+
+use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, MatMul, Planes, SgdStep};
+use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
+
+/// Which masks a forward pass draws: training step `step` of a run seeded with `seed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropoutKey {
+    pub seed: u64,
+    pub step: u64,
+}
+
+/// One fully connected layer's parameters, their momentum and their last gradients.
+struct Dense<D: Storage<f32>> {
+    inputs: usize,
+    outputs: usize,
+    /// FC6 and FC7 end in a ReLU; FC8 gives the logits.
+    relu: bool,
+    /// The dropout mask in front of the layer, as `dropout_key` numbers it (6, 7); FC8 has none.
+    dropout_layer: Option<u64>,
+    weight: Buf<D>,
+    bias: Buf<D>,
+    weight_velocity: Buf<D>,
+    bias_velocity: Buf<D>,
+    weight_grad: Buf<D>,
+    bias_grad: Buf<D>,
+}
+
+/// One layer's activations for one batch and their gradients, `(batch, units)` row-major.
+struct DenseActivations<D: Storage<f32>> {
+    /// The dropout mask of the layer's input, and the input times it (absent when the layer
+    /// has no dropout, or a pass runs without: the layer then reads its input directly).
+    mask: Option<Buf<D>>,
+    dropped: Option<Buf<D>>,
+    /// After bias (and ReLU).
+    out: Buf<D>,
+    d_out: Buf<D>,
+    /// The gradient of `dropped`, before the mask routes it to the input.
+    d_dropped: Option<Buf<D>>,
+}
+
+/// What one batch size needs: each layer's activations, the rows' losses.
+pub struct HeadActivations<D: Storage<f32>> {
+    batch: usize,
+    layers: Vec<DenseActivations<D>>,
+    losses: Option<Buf<D>>,
+    /// Whether the latest forward pass applied dropout (the backward pass follows it).
+    dropout: bool,
+}
+
+/// The fully connected part's parameters.
+pub struct Head<D: Storage<f32>> {
+    layers: Vec<Dense<D>>,
+    dropout: f64,
+}
+
+impl<D: Storage<f32>> Head<D> {
+    /// Takes over FC6 to FC8 of `model` and their momentum (`None` for zeros).
+    pub fn new<K: Kernels<D>>(
+        k: &mut K,
+        model: &AlexNet<f32, D>,
+        velocity: Option<&[Affine<f32, D>; 8]>,
+    ) -> KernelResult<Self>
+    where
+        D: dfdx::prelude::Device<f32>,
+    {
+        let layers = model.layers();
+        let mut dense = Vec::with_capacity(3);
+        for (i, layer) in (CONV_BLOCKS..8).zip([Some(6), Some(7), None]) {
+            let affine = layers[i].1;
+            let (inputs, outputs) = (affine.inputs(), affine.outputs());
+            let (weight_velocity, bias_velocity) = match velocity {
+                Some(v) => (v[i].weight.as_vec(), v[i].bias.as_vec()),
+                None => (vec![0.0; inputs * outputs], vec![0.0; outputs]),
+            };
+            dense.push(Dense {
+                inputs,
+                outputs,
+                relu: layer.is_some(),
+                dropout_layer: layer,
+                weight: k.upload(&affine.weight.as_vec())?,
+                bias: k.upload(&affine.bias.as_vec())?,
+                weight_velocity: k.upload(&weight_velocity)?,
+                bias_velocity: k.upload(&bias_velocity)?,
+                weight_grad: k.alloc(inputs * outputs)?,
+                bias_grad: k.alloc(outputs)?,
+            });
+        }
+        Ok(Self {
+            layers: dense,
+            dropout: model.spec.config.dropout as f64,
+        })
+    }
+
+    /// Writes the parameters and their momentum back into `model` and `velocity`.
+    pub fn export<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        model: &mut AlexNet<f32, D>,
+        velocity: &mut [Affine<f32, D>; 8],
+    ) -> KernelResult
+    where
+        D: dfdx::prelude::Device<f32>,
+    {
+        let layers = model.layers_mut();
+        for ((i, affine), p) in layers
+            .into_iter()
+            .enumerate()
+            .skip(CONV_BLOCKS)
+            .zip(&self.layers)
+        {
+            affine
+                .weight
+                .copy_from(&get(k, &p.weight, p.inputs * p.outputs)?);
+            affine.bias.copy_from(&get(k, &p.bias, p.outputs)?);
+            let v = &mut velocity[i];
+            v.weight
+                .copy_from(&get(k, &p.weight_velocity, p.inputs * p.outputs)?);
+            v.bias.copy_from(&get(k, &p.bias_velocity, p.outputs)?);
+        }
+        Ok(())
+    }
+
+    /// The number of classes (FC8's outputs).
+    pub fn classes(&self) -> usize {
+        self.layers[2].outputs
+    }
+
+    /// The features' width (FC6's inputs).
+    pub fn inputs(&self) -> usize {
+        self.layers[0].inputs
+    }
+
+    /// Bytes of activations and gradients a batch of `batch` rows needs.
+    pub fn activation_bytes(&self, batch: usize) -> usize {
+        head_activation_bytes(self.inputs(), self.layers[0].outputs, self.classes(), batch)
+    }
+
+    /// The buffers for `batch` rows.
+    pub fn allocate<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        batch: usize,
+    ) -> KernelResult<HeadActivations<D>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for p in &self.layers {
+            let with_dropout = p.dropout_layer.is_some() && self.dropout > 0.0;
+            let input = batch * p.inputs;
+            let optional = |k: &mut K| -> KernelResult<Option<Buf<D>>> {
+                with_dropout.then(|| k.alloc(input)).transpose()
+            };
+            layers.push(DenseActivations {
+                mask: optional(k)?,
+                dropped: optional(k)?,
+                out: k.alloc(batch * p.outputs)?,
+                d_out: k.alloc(batch * p.outputs)?,
+                d_dropped: optional(k)?,
+            });
+        }
+        Ok(HeadActivations {
+            batch,
+            layers,
+            losses: Some(k.alloc(batch.max(1))?),
+            dropout: false,
+        })
+    }
+
+    /// FC6 to FC8 from `features` (`(batch, inputs)`), with the dropout masks of `dropout`
+    /// (none to evaluate); the logits stay in `a` (see `logits`).
+    pub fn forward<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        a: &mut HeadActivations<D>,
+        features: &Buf<D>,
+        dropout: Option<DropoutKey>,
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
+        let batch = a.batch;
+        let keep = (1.0 / (1.0 - self.dropout)) as f32;
+        a.dropout = dropout.is_some() && self.dropout > 0.0;
+        for (i, p) in self.layers.iter().enumerate() {
+            let (below, this) = a.layers.split_at_mut(i);
+            let l = &mut this[0];
+            let mut x = below.last().map_or(features, |b| &b.out);
+            if let (true, Some(key), Some(layer), Some(mask), Some(dropped)) = (
+                a.dropout,
+                dropout,
+                p.dropout_layer,
+                &mut l.mask,
+                &mut l.dropped,
+            ) {
+                let draw = DropoutMask {
+                    key: dropout_key(key.seed, key.step, layer),
+                    rate: self.dropout,
+                    keep,
+                    images: batch,
+                    units: p.inputs,
+                };
+                k.dropout_mask(&draw, mask)?;
+                k.multiply(batch * p.inputs, x, mask, dropped)?; //         [B, inputs]
+                x = dropped;
+            }
+            let mm = MatMul {
+                m: batch,
+                n: p.outputs,
+                k: p.inputs,
+                a_transposed: false,
+                b_transposed: false,
+            };
+            k.matmul(&mm, x, &p.weight, &mut l.out)?; //                   [B, outputs]
+            if p.relu {
+                k.bias_relu(&rows(batch, p.outputs), &mut l.out, &p.bias)?;
+            } else {
+                k.bias_add(batch, p.outputs, &mut l.out, &p.bias)?;
+            }
+            observe(NAMES[i]);
+        }
+        Ok(())
+    }
+
+    /// The latest forward pass's logits, `(batch, classes)`.
+    pub fn logits<'a>(&self, a: &'a HeadActivations<D>) -> &'a Buf<D> {
+        &a.layers[self.layers.len() - 1].out
+    }
+
+    /// Softmax cross-entropy of the latest logits against `labels`: the rows' mean loss
+    /// (summed in f64 on the host, in row order), leaving its gradient for `backward`.
+    pub fn loss<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        a: &mut HeadActivations<D>,
+        labels: &[u32],
+    ) -> KernelResult<f32> {
+        let batch = a.batch;
+        let (Some(last), Some(losses)) = (a.layers.last_mut(), a.losses.as_mut()) else {
+            return Err(crate::kernels::KernelError::Failed {
+                call: "loss",
+                status: "no forward pass has run".into(),
+            });
+        };
+        let classes = self.classes();
+        k.softmax_cross_entropy(batch, classes, &last.out, labels, losses, &mut last.d_out)?;
+        let losses = get(k, losses, batch)?;
+        let sum: f64 = losses.iter().map(|&l| l as f64).sum();
+        Ok((sum / batch.max(1) as f64) as f32)
+    }
+
+    /// The backward pass of the latest `forward` and `loss`: every parameter's gradient, and
+    /// the features' gradient into `d_features`.
+    pub fn backward<K: Kernels<D>>(
+        &mut self,
+        k: &mut K,
+        a: &mut HeadActivations<D>,
+        features: &Buf<D>,
+        d_features: &mut Buf<D>,
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
+        let batch = a.batch;
+        for (i, p) in self.layers.iter_mut().enumerate().rev() {
+            let (below, this) = a.layers.split_at_mut(i);
+            let l = &mut this[0];
+            // The gradient before the bias and ReLU, in place, and the bias's.
+            if p.relu {
+                k.relu_bias_backward(
+                    &rows(batch, p.outputs),
+                    &l.out,
+                    &mut l.d_out,
+                    &mut p.bias_grad,
+                )?;
+            } else {
+                k.bias_backward(batch, p.outputs, &l.d_out, &mut p.bias_grad)?;
+            }
+            // The layer's input and where its gradient goes: the previous layer's output, or
+            // the features.
+            let (input, d_input) = match below.last_mut() {
+                Some(b) => (&b.out, &mut b.d_out),
+                None => (features, &mut *d_features),
+            };
+            // What the layer read: its input, or the input times the mask.
+            let dropped = match (a.dropout, &l.dropped) {
+                (true, Some(dropped)) => Some(dropped),
+                _ => None,
+            };
+            let x = dropped.unwrap_or(input);
+            // dW (inputs, outputs) = xᵀ · dy
+            let weight = MatMul {
+                m: p.inputs,
+                n: p.outputs,
+                k: batch,
+                a_transposed: true,
+                b_transposed: false,
+            };
+            k.matmul(&weight, x, &l.d_out, &mut p.weight_grad)?;
+            // dx (B, inputs) = dy · Wᵀ, through the mask when there is one.
+            let data = MatMul {
+                m: batch,
+                n: p.inputs,
+                k: p.outputs,
+                a_transposed: false,
+                b_transposed: true,
+            };
+            match (dropped.is_some(), &l.mask, &mut l.d_dropped) {
+                (true, Some(mask), Some(d_dropped)) => {
+                    k.matmul(&data, &l.d_out, &p.weight, d_dropped)?;
+                    k.multiply(batch * p.inputs, d_dropped, mask, d_input)?;
+                }
+                _ => k.matmul(&data, &l.d_out, &p.weight, d_input)?,
+            }
+            observe(NAMES[i]);
+        }
+        Ok(())
+    }
+
+    /// One SGD update of every fully connected parameter from the gradients of `backward`.
+    pub fn sgd_step<K: Kernels<D>>(&mut self, k: &mut K, step: &SgdStep) -> KernelResult {
+        for p in &mut self.layers {
+            k.sgd(step, &mut p.weight, &mut p.weight_velocity, &p.weight_grad)?;
+            k.sgd(step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
+        }
+        Ok(())
+    }
+
+    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer).
+    pub fn gradients<K: Kernels<D>>(&self, k: &mut K) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
+        self.layers
+            .iter()
+            .map(|p| {
+                Ok((
+                    get(k, &p.weight_grad, p.inputs * p.outputs)?,
+                    get(k, &p.bias_grad, p.outputs)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Host copies of the latest step's activations, masks, parameters and gradients.
+    pub fn record<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        a: &HeadActivations<D>,
+    ) -> KernelResult<Vec<RecordedDense>> {
+        let batch = a.batch;
+        self.layers
+            .iter()
+            .zip(&a.layers)
+            .map(|(p, l)| {
+                let input = batch * p.inputs;
+                let mask = match (a.dropout, &l.mask) {
+                    (true, Some(m)) => Some(get(k, m, input)?),
+                    _ => None,
+                };
+                Ok(RecordedDense {
+                    inputs: p.inputs,
+                    outputs: p.outputs,
+                    relu: p.relu,
+                    mask,
+                    out: get(k, &l.out, batch * p.outputs)?,
+                    weight: get(k, &p.weight, p.inputs * p.outputs)?,
+                    weight_grad: get(k, &p.weight_grad, p.inputs * p.outputs)?,
+                    bias_grad: get(k, &p.bias_grad, p.outputs)?,
+                    weight_velocity: get(k, &p.weight_velocity, p.inputs * p.outputs)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Host copies of one fully connected layer's step (see `Head::record`).
+pub struct RecordedDense {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub relu: bool,
+    /// The dropout mask of the layer's input, when the step applied one.
+    pub mask: Option<Vec<f32>>,
+    /// After bias (and ReLU), `(batch, outputs)`.
+    pub out: Vec<f32>,
+    /// `(inputs, outputs)`.
+    pub weight: Vec<f32>,
+    pub weight_grad: Vec<f32>,
+    pub bias_grad: Vec<f32>,
+    pub weight_velocity: Vec<f32>,
+}
+
+/// The stage names of the three layers, for profiles.
+const NAMES: [&str; 3] = ["fc6", "fc7", "fc8"];
+
+/// A `(rows, units)` matrix as planes of one pixel per channel (the bias and ReLU kernels').
+fn rows(batch: usize, units: usize) -> Planes {
+    Planes {
+        batch,
+        channels: units,
+        pixels: 1,
+    }
+}
+
+/// The first `len` values of `buf` on the host (a device may allocate longer buffers).
+fn get<D: Storage<f32>, K: Kernels<D>>(
+    k: &mut K,
+    buf: &Buf<D>,
+    len: usize,
+) -> KernelResult<Vec<f32>> {
+    let mut host = k.download(buf)?;
+    host.truncate(len);
+    Ok(host)
+}
+
+/// Bytes of the fully connected part's activations and gradients for `batch` rows of
+/// `inputs` features, `units` hidden units and `classes` outputs (dropout buffers included).
+pub fn head_activation_bytes(inputs: usize, units: usize, classes: usize, batch: usize) -> usize {
+    // FC6: mask, dropped and its gradient on the inputs; out and its gradient. FC7 likewise on
+    // `units`. FC8: logits and their gradient; the losses.
+    let fc6 = 3 * inputs + 2 * units;
+    let fc7 = 3 * units + 2 * units;
+    let fc8 = 2 * classes;
+    (batch * (fc6 + fc7 + fc8) + batch) * std::mem::size_of::<f32>()
+}
