@@ -1,7 +1,7 @@
-//! The convolutional part of AlexNet on `Kernels`: its parameters and momentum, the
-//! activations one training step keeps, the forward and backward passes and the SGD update.
-//! Both passes are a loop over the model's blocks (`Spec::blocks`), so the network's layout
-//! is written once, in `model`.
+//! AlexNet on `Kernels`: the convolutional part here — its parameters and momentum, the
+//! activations one training step keeps, the forward and backward passes and the SGD update —
+//! and the fully connected part in `head`, which `FastNet` drives. Both passes are a loop over
+//! the model's blocks (`Spec::blocks`), so the network's layout is written once, in `model`.
 
 use dfdx::prelude::*;
 
