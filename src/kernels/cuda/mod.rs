@@ -77,6 +77,8 @@ pub struct CudaKernels {
     workspace: Option<CudaSlice<u8>>,
     /// `relu_bias_backward`'s per-chunk sums, grown on demand.
     partials: Option<CudaSlice<f32>>,
+    /// `softmax_cross_entropy`'s labels, grown on demand.
+    labels: Option<CudaSlice<u32>>,
     mean_table: Option<DeviceMeanTable>,
     uploads: Uploads,
     /// dfdx's device, for buffers of dfdx's own type (`alloc`, `upload`).
@@ -136,6 +138,7 @@ impl CudaKernels {
             functions,
             workspace: None,
             partials: None,
+            labels: None,
             mean_table: None,
             uploads: Uploads::new(&dev)?,
             dfdx: dfdx.clone(),
@@ -465,6 +468,58 @@ impl Kernels<Cuda> for CudaKernels {
     ) -> KernelResult {
         self.bind()?;
         cublas::matmul(&self.cublas, mm, a, b, c)
+    }
+
+    fn bias_add(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        y: &mut Buf<Cuda>,
+        bias: &Buf<Cuda>,
+    ) -> KernelResult {
+        launches::bias_add(&self.functions, rows, columns, y, bias)
+    }
+
+    fn bias_backward(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        dy: &Buf<Cuda>,
+        db: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::bias_backward(&self.functions, rows, columns, dy, db)
+    }
+
+    fn multiply(
+        &mut self,
+        len: usize,
+        x: &Buf<Cuda>,
+        m: &Buf<Cuda>,
+        y: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::multiply(&self.functions, len, x, m, y)
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        rows: usize,
+        classes: usize,
+        logits: &Buf<Cuda>,
+        labels: &[u32],
+        losses: &mut Buf<Cuda>,
+        dlogits: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::softmax_cross_entropy(
+            &self.functions,
+            &self.dev,
+            &mut self.labels,
+            rows,
+            classes,
+            logits,
+            labels,
+            losses,
+            dlogits,
+        )
     }
 
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cuda>) -> KernelResult {
