@@ -185,7 +185,7 @@ fn check_fast_passes_at_a_batch_where_the_paths_decide_a_relu_differently() {
 }
 
 /// Outputs of `check-fast`'s kernel cases (every kernel on the network's shapes).
-const KERNEL_CASES: usize = 35;
+const KERNEL_CASES: usize = 43;
 
 /// `auto`, the default engine, takes the fast path on the CPU too (its host kernels are the
 /// faster ones there); `--engine dfdx` still selects the reference.

@@ -23,8 +23,8 @@ use crate::engine::loss::mean_cross_entropy;
 use crate::engine::sgd::Sgd;
 use crate::kernels::host::HostKernels;
 use crate::kernels::{
-    ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Planes,
-    PoolShape, SgdStep,
+    ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
+    Planes, PoolShape, SgdStep,
 };
 use crate::model::{Act, AlexNet, DropoutMasks, Spec, CONV_BLOCKS, TORCH_NAMES};
 use crate::pixels;
@@ -33,12 +33,14 @@ use crate::pixels;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
-    /// An elementwise kernel (normalise, bias/ReLU, LRN, pooling, layout, SGD): float rounding.
+    /// An elementwise kernel (normalise, bias/ReLU, LRN, pooling, layout, SGD, the head's bias,
+    /// mask product and softmax cross-entropy): float rounding.
     ElementwiseKernel,
     /// A kernel output that is a decision, not arithmetic (the input each pooling window
     /// chose): held to exact equality, since one differing index barely moves a relative error.
     ExactKernel,
-    /// A convolution kernel: the device's convolution arithmetic (TF32 where allowed).
+    /// A convolution kernel or matrix product: the device's arithmetic for them (TF32 where
+    /// allowed).
     ConvolutionKernel,
     /// A tensor of the whole network's forward pass (the logits), downstream of convolutions.
     Network,
@@ -472,7 +474,7 @@ mod tests {
     fn every_kernel_case_produces_a_meaningful_output() {
         let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
         let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
-        assert_eq!(results.len(), 35);
+        assert_eq!(results.len(), 43);
         for r in &results {
             assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
             assert_eq!(r.relative_error, 0.0, "{}", r.name);
@@ -493,7 +495,10 @@ mod tests {
 /// One kernel call on random inputs, run on two kernel sets and compared.
 #[derive(Debug, Clone, Copy)]
 enum Case {
-    Normalize { batch: usize, crop: usize },
+    Normalize {
+        batch: usize,
+        crop: usize,
+    },
     Conv(ConvShape),
     BiasRelu(Planes),
     Lrn(Planes, LrnParams),
@@ -501,6 +506,17 @@ enum Case {
     ChannelsLast(Planes),
     Sgd(usize),
     Dropout(DropoutMask),
+    MatMul(MatMul),
+    /// `bias_add`, then `bias_backward` of an independent gradient.
+    Bias {
+        rows: usize,
+        columns: usize,
+    },
+    Multiply(usize),
+    SoftmaxCrossEntropy {
+        rows: usize,
+        classes: usize,
+    },
 }
 
 /// The output of `Case::Pool` holding each window's choice.
@@ -624,6 +640,42 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             k.dropout_mask(&mask, &mut out)?;
             vec![("mask", out)]
         }
+        Case::MatMul(mm) => {
+            let (a, b) = (
+                up(mm.a_len(), (-1.0, 1.0), 16)?,
+                up(mm.b_len(), (-1.0, 1.0), 17)?,
+            );
+            let mut c = k.alloc(mm.c_len())?;
+            k.matmul(&mm, &a, &b, &mut c)?;
+            vec![("product", c)]
+        }
+        Case::Bias { rows, columns } => {
+            let (mut y, bias, dy) = (
+                up(rows * columns, (-1.0, 1.0), 18)?,
+                up(columns, (-0.5, 0.5), 19)?,
+                up(rows * columns, (-1.0, 1.0), 20)?,
+            );
+            let mut db = k.alloc(columns)?;
+            k.bias_add(rows, columns, &mut y, &bias)?;
+            k.bias_backward(rows, columns, &dy, &mut db)?;
+            vec![("bias add", y), ("bias gradient", db)]
+        }
+        Case::Multiply(n) => {
+            let (x, m) = (up(n, (-1.0, 1.0), 21)?, up(n, (0.0, 2.0), 22)?);
+            let mut y = k.alloc(n)?;
+            k.multiply(n, &x, &m, &mut y)?;
+            vec![("product", y)]
+        }
+        Case::SoftmaxCrossEntropy { rows, classes } => {
+            let logits = up(rows * classes, (-10.0, 10.0), 23)?;
+            // The first and the last class among them, so that both ends of a row are read.
+            let labels: Vec<u32> = (0..rows)
+                .map(|r| (r * (classes - 1) / (rows - 1).max(1)) as u32)
+                .collect();
+            let (mut losses, mut dlogits) = (k.alloc(rows)?, k.alloc(rows * classes)?);
+            k.softmax_cross_entropy(rows, classes, &logits, &labels, &mut losses, &mut dlogits)?;
+            vec![("losses", losses), ("dlogits", dlogits)]
+        }
     };
     out.into_iter()
         .map(|(name, buf)| Ok((name.to_string(), k.download(&buf)?)))
@@ -692,6 +744,40 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
         units: spec.fc6_inputs(),
     };
     cases.push(("dropout".into(), Case::Dropout(mask)));
+    // The three forms of product the fully connected layers' forward and backward passes take,
+    // on sizes that are multiples of nothing.
+    let (m, n, k) = (3, 11, 37);
+    for (name, a_transposed, b_transposed) in [
+        ("matmul", false, false),
+        ("matmul, a transposed", true, false),
+        ("matmul, b transposed", false, true),
+    ] {
+        let mm = MatMul {
+            m,
+            n,
+            k,
+            a_transposed,
+            b_transposed,
+        };
+        cases.push((name.into(), Case::MatMul(mm)));
+    }
+    // More columns than one block of threads, and not a multiple of it.
+    cases.push((
+        "fc bias".into(),
+        Case::Bias {
+            rows: 7,
+            columns: 1_001,
+        },
+    ));
+    cases.push(("multiply".into(), Case::Multiply(10_007)));
+    // Rows wider than the GPU's block, whose stride then leaves a partial last step.
+    cases.push((
+        "softmax cross-entropy".into(),
+        Case::SoftmaxCrossEntropy {
+            rows: 5,
+            classes: 1_003,
+        },
+    ));
     cases
 }
 
@@ -710,7 +796,7 @@ pub fn kernels_against_host<D: FastDevice>(
         let reference = run_case(&mut host, case)?;
         for ((output, a), (_, b)) in ours.iter().zip(&reference) {
             let kind = match (case, output.as_str()) {
-                (Case::Conv(_), _) => Kind::ConvolutionKernel,
+                (Case::Conv(_) | Case::MatMul(_), _) => Kind::ConvolutionKernel,
                 (Case::Pool(_), ARGMAX) => Kind::ExactKernel,
                 _ => Kind::ElementwiseKernel,
             };

@@ -1,6 +1,7 @@
-//! Every CUDA driver, cuDNN and NVRTC call is checked, and a failure becomes a `KernelError`
-//! that names the call (the idea of llm.c's `cudaCheck`/`cudnnCheck`, but returned instead of
-//! exiting, so that a run can stop cleanly and keep its last good checkpoint):
+//! Every CUDA driver, cuDNN, cuBLAS and NVRTC call is checked, and a failure becomes a
+//! `KernelError` that names the call (the idea of llm.c's `cudaCheck`/`cudnnCheck`, but
+//! returned instead of exiting, so that a run can stop cleanly and keep its last good
+//! checkpoint):
 //!
 //! - `Failed { call, status }`: `call` is the API function, with what it was for where the
 //!   name alone would not say (`cudnnConvolutionForward`, `cuMemcpyHtoD (upload)`,
@@ -19,6 +20,7 @@
 
 use std::ffi::{c_char, CStr};
 
+use cudarc::cublas::sys::{self as cublas_sys, cublasStatus_t};
 use cudarc::driver::{result::DriverError, sys::CUresult, CudaDevice};
 
 use super::ffi;
@@ -60,6 +62,41 @@ pub(super) fn cudnn(call: &'static str, status: ffi::Status) -> KernelResult {
         Err(KernelError::Failed {
             call,
             status: cudnn_status(status),
+        })
+    }
+}
+
+/// cuBLAS's name, number and description of `status`.
+pub(super) fn cublas_status(status: cublasStatus_t) -> String {
+    let text = |ptr: *const c_char| {
+        if ptr.is_null() {
+            String::from("unknown status")
+        } else {
+            // SAFETY: non-null results of cuBLAS's status queries are static C strings.
+            unsafe { CStr::from_ptr(ptr) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    // SAFETY: plain queries of static strings for a status cuBLAS returned.
+    let (name, description) = unsafe {
+        (
+            text(cublas_sys::cublasGetStatusName(status)),
+            text(cublas_sys::cublasGetStatusString(status)),
+        )
+    };
+    format!("{name} ({}): {description}", status as u32)
+}
+
+/// A cuBLAS call's status: `Ok` on success, else `Failed` naming `call`. (cudarc's
+/// `cublasStatus_t` is a Rust enum; it holds every status cuBLAS 13 defines.)
+pub(super) fn cublas(call: &'static str, status: cublasStatus_t) -> KernelResult {
+    if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(KernelError::Failed {
+            call,
+            status: cublas_status(status),
         })
     }
 }

@@ -313,3 +313,92 @@ extern "C" __global__ void dropout_mask(
     unsigned long long draw = splitmix64(splitmix64(key ^ splitmix64(image)) + unit) >> 32;
     out[i] = draw >= threshold ? keep : 0.0f;
 }
+
+// y[r, c] += bias[c] over rows x columns (a fully connected layer without ReLU).
+extern "C" __global__ void bias_add(
+    float *y, const float *bias, unsigned int n, unsigned int columns)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    y[i] += bias[i % columns];
+}
+
+// db[c] = dy[0, c] + dy[1, c] + ... in row order, one thread per column: the reference's order,
+// so the sums round identically, and neighbouring threads read neighbouring values of a row.
+// A fully connected layer has batch-many rows, too few to be worth splitting into partial sums.
+extern "C" __global__ void bias_backward(
+    const float *dy, float *db, unsigned int rows, unsigned int columns)
+{
+    unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= columns) return;
+    float sum = 0.0f;
+    for (unsigned int r = 0; r < rows; ++r) sum += dy[r * columns + c];
+    db[c] = sum;
+}
+
+// y = x * m (dropout's mask, forward and backward).
+extern "C" __global__ void multiply(const float *x, const float *m, float *y, unsigned int n)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    y[i] = x[i] * m[i];
+}
+
+#define SOFTMAX_THREADS 256
+
+// The block's values combined by a fixed tree (deterministic); every thread gets the result.
+// Launched with exactly SOFTMAX_THREADS threads. `op` 0: maximum, 1: sum.
+__device__ __forceinline__ float softmax_block_reduce(float *tree, float value, int op)
+{
+    unsigned int tid = threadIdx.x;
+    tree[tid] = value;
+    __syncthreads();
+    for (unsigned int half = SOFTMAX_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            float other = tree[tid + half];
+            tree[tid] = op == 0 ? fmaxf(tree[tid], other) : tree[tid] + other;
+        }
+        __syncthreads();
+    }
+    float result = tree[0];
+    // The tree is reused by the next reduction: everyone reads the result first.
+    __syncthreads();
+    return result;
+}
+
+// One block per row of `classes` logits z: loss = ln sum exp(z - max) - (z[label] - max) and
+// dlogits = (softmax(z) - onehot(label)) * scale, scale = 1 / rows. Each thread walks the row
+// with the block's stride, so every pass is coalesced and rows of any width fit one block. The
+// maximum starts from z[0] as the reference's does (fmaxf, like f32::max, passes over NaN), so
+// it is the reference's value exactly; the sum differs from its sequential one by rounding
+// only. The exponentials are kept in dlogits between the passes, each read back by the thread
+// that wrote it. Labels are checked on the host (below `classes`).
+extern "C" __global__ void softmax_cross_entropy(
+    const float *logits, const unsigned int *labels, float *losses, float *dlogits,
+    unsigned int classes, float scale)
+{
+    __shared__ float tree[SOFTMAX_THREADS];
+    unsigned int r = blockIdx.x;
+    unsigned int tid = threadIdx.x;
+    const float *z = logits + (size_t)r * classes;
+    float *g = dlogits + (size_t)r * classes;
+
+    float zmax = z[0];
+    for (unsigned int c = tid; c < classes; c += SOFTMAX_THREADS) zmax = fmaxf(zmax, z[c]);
+    zmax = softmax_block_reduce(tree, zmax, 0);
+
+    float sum = 0.0f;
+    for (unsigned int c = tid; c < classes; c += SOFTMAX_THREADS) {
+        float e = expf(z[c] - zmax);
+        g[c] = e;
+        sum += e;
+    }
+    sum = softmax_block_reduce(tree, sum, 1);
+
+    unsigned int label = labels[r];
+    if (tid == 0) losses[r] = logf(sum) - (z[label] - zmax);
+    for (unsigned int c = tid; c < classes; c += SOFTMAX_THREADS) {
+        float p = g[c] / sum;
+        g[c] = (c == label ? p - 1.0f : p) * scale;
+    }
+}

@@ -8,7 +8,9 @@ use dfdx::tensor::Cuda;
 
 use super::buffers::{self, at_least, count32, DeviceMeanTable};
 use super::check;
-use super::nvrtc::{grid, per_chunk, relu_bias_splits, Functions, Kernel};
+use super::nvrtc::{
+    grid, per_chunk, per_row, relu_bias_splits, Functions, Kernel, SOFTMAX_THREADS,
+};
 use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
 use crate::kernels::{
@@ -364,6 +366,151 @@ pub(super) fn dropout_mask(
     );
     // SAFETY: matches `dropout_mask`; the output holds `images × units` values (checked).
     unsafe { kernels.dropout_mask.launch(grid(n), params) }
+}
+
+pub(super) fn bias_add(
+    kernels: &Functions,
+    rows: usize,
+    columns: usize,
+    y: &mut Buf<Cuda>,
+    bias: &Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "bias_add";
+    let len = matrix_len(CALL, "y", rows, columns)?;
+    at_least(CALL, "y", y.len(), len)?;
+    at_least(CALL, "bias", bias.len(), columns)?;
+    let n = count32(CALL, "y", len)?;
+    if n == 0 {
+        return Ok(());
+    }
+    // A count that fits 32 bits has factors that fit too.
+    let params = (&mut *y, bias, n, columns as u32);
+    // SAFETY: matches `bias_add`; `y` holds `n` values and `bias` `columns` (checked), and
+    // `columns` is not 0 when `n` is not.
+    unsafe { kernels.bias_add.launch(grid(n), params) }
+}
+
+/// One thread per column summing its rows in order: the trait's order, without atomics.
+pub(super) fn bias_backward(
+    kernels: &Functions,
+    rows: usize,
+    columns: usize,
+    dy: &Buf<Cuda>,
+    db: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "bias_backward";
+    let len = matrix_len(CALL, "dy", rows, columns)?;
+    at_least(CALL, "dy", dy.len(), len)?;
+    at_least(CALL, "db", db.len(), columns)?;
+    count32(CALL, "dy", len)?;
+    let columns = count32(CALL, "columns", columns)?;
+    if columns == 0 {
+        return Ok(());
+    }
+    // Without rows the kernel writes zeros, the sum of nothing.
+    let rows = count32(CALL, "rows", rows)?;
+    let params = (dy, &mut *db, rows, columns);
+    // SAFETY: matches `bias_backward`; the kernel reads `dy` below `rows × columns` (which fits
+    // 32 bits, checked) and writes `db` below `columns`, both checked.
+    unsafe { kernels.bias_backward.launch(grid(columns), params) }
+}
+
+pub(super) fn multiply(
+    kernels: &Functions,
+    len: usize,
+    x: &Buf<Cuda>,
+    m: &Buf<Cuda>,
+    y: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "multiply";
+    at_least(CALL, "x", x.len(), len)?;
+    at_least(CALL, "m", m.len(), len)?;
+    at_least(CALL, "y", y.len(), len)?;
+    let n = count32(CALL, "y", len)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = (x, m, &mut *y, n);
+    // SAFETY: matches `multiply`; all three buffers hold at least `n` values (checked).
+    unsafe { kernels.multiply.launch(grid(n), params) }
+}
+
+const LABELS: buffers::Upload = buffers::Upload {
+    alloc: "cuMemAlloc (softmax_cross_entropy: labels)",
+    copy: "cuMemcpyHtoD (softmax_cross_entropy: labels)",
+};
+
+/// Checks the labels on the host (the kernel reads `logits[label]` unchecked), uploads them
+/// into `device_labels` (grown here when too short) and launches one block per row.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn softmax_cross_entropy(
+    kernels: &Functions,
+    dev: &Arc<CudaDevice>,
+    device_labels: &mut Option<CudaSlice<u32>>,
+    rows: usize,
+    classes: usize,
+    logits: &Buf<Cuda>,
+    labels: &[u32],
+    losses: &mut Buf<Cuda>,
+    dlogits: &mut Buf<Cuda>,
+) -> KernelResult {
+    const CALL: &str = "softmax_cross_entropy";
+    crate::kernels::host::check_labels(rows, classes, labels)?;
+    let len = matrix_len(CALL, "logits", rows, classes)?;
+    at_least(CALL, "logits", logits.len(), len)?;
+    at_least(CALL, "losses", losses.len(), rows)?;
+    at_least(CALL, "dlogits", dlogits.len(), len)?;
+    count32(CALL, "logits", len)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    // Each thread steps through its row by the block's width: a 32-bit index near the top
+    // would wrap and never end the loop.
+    if classes > (u32::MAX - SOFTMAX_THREADS) as usize {
+        return Err(check::failed(
+            CALL,
+            format!("{classes} classes exceed the kernel's 32-bit indexing"),
+        ));
+    }
+    // One block per row, and a grid holds at most 2^31 − 1 blocks.
+    let grid_rows = u32::try_from(rows)
+        .ok()
+        .filter(|&r| r <= i32::MAX as u32)
+        .ok_or_else(|| {
+            check::failed(
+                CALL,
+                format!("{rows} rows exceed the grid's 2^31 − 1 blocks"),
+            )
+        })?;
+    buffers::upload_into(dev, device_labels, labels, &LABELS)?;
+    let Some(device_labels) = device_labels.as_ref() else {
+        return Err(check::failed(CALL, "no labels after uploading".into()));
+    };
+    // The host reference's factor, computed the same way.
+    let scale = 1.0f32 / rows as f32;
+    let params = (
+        logits,
+        device_labels,
+        &mut *losses,
+        &mut *dlogits,
+        classes as u32,
+        scale,
+    );
+    // SAFETY: matches `softmax_cross_entropy`, launched with SOFTMAX_THREADS threads and one
+    // block per row: `logits` and `dlogits` hold `rows × classes` values, `losses` and the
+    // uploaded labels `rows`, and every label is below `classes` (all checked above).
+    unsafe {
+        kernels
+            .softmax_cross_entropy
+            .launch(per_row(grid_rows), params)
+    }
+}
+
+/// `rows × columns`, or `Failed` if the product overflows (the length checks would then pass
+/// for buffers far too short).
+fn matrix_len(call: &'static str, what: &str, rows: usize, columns: usize) -> KernelResult<usize> {
+    rows.checked_mul(columns)
+        .ok_or_else(|| check::failed(call, format!("{what}: {rows} × {columns} values overflow")))
 }
 
 /// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, which share their

@@ -1,5 +1,6 @@
-//! The fast path's kernels on an NVIDIA GPU: cuDNN for the three convolution passes, small
-//! NVRTC-compiled kernels (`kernels.cu`) for everything else.
+//! The fast path's kernels on an NVIDIA GPU: cuDNN for the three convolution passes, cuBLAS
+//! for the fully connected layers' matrix products, small NVRTC-compiled kernels
+//! (`kernels.cu`) for everything else.
 //!
 //! Everything runs on dfdx's own `CudaDevice` — the one behind every dfdx buffer — and on its
 //! stream, so this work and dfdx's are ordered without any extra synchronisation and the
@@ -15,6 +16,7 @@
 //! - `ffi`: cuDNN 9's convolution API, declared here (cudarc's bindings are cuDNN 8's).
 //! - `check`: statuses and driver errors into `KernelError`s; free memory.
 //! - `cudnn`: the cuDNN handle and descriptors, destroyed when dropped.
+//! - `cublas`: the cuBLAS handle and the matrix product.
 //! - `passes`: the three convolution passes as one table of cuDNN functions.
 //! - `algorithms`: choosing each pass's algorithm; the per-shape plans.
 //! - `nvrtc`: compiling and loading the kernels of `kernels.cu`; launch configurations.
@@ -25,6 +27,7 @@
 mod algorithms;
 mod buffers;
 mod check;
+mod cublas;
 mod cudnn;
 mod ffi;
 mod launches;
@@ -48,8 +51,8 @@ use passes::{Descriptors, Operands, Pass, Workspace};
 use upload::Uploads;
 
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory,
-    Planes, PoolShape, SgdStep,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
+    Memory, Planes, PoolShape, SgdStep,
 };
 use crate::config::{Algorithms, ComputeConfig, Precision};
 
@@ -61,9 +64,11 @@ const CUDNN_REMEDY: &str = "the fast path needs cuDNN 9 (libcudnn.so.9 and its s
 
 /// The fast path's kernels on dfdx's CUDA device.
 pub struct CudaKernels {
-    // Field order is drop order: cuDNN objects go before the device they were made on.
+    // Field order is drop order: cuDNN and cuBLAS objects go before the device they were made
+    // on.
     convs: HashMap<ConvShape, ConvPlan>,
     cudnn: cudnn::Handle,
+    cublas: cublas::Handle,
     precision: Precision,
     /// Choose convolution algorithms by timing them (else by cuDNN's heuristics).
     measure: bool,
@@ -72,6 +77,8 @@ pub struct CudaKernels {
     workspace: Option<CudaSlice<u8>>,
     /// `relu_bias_backward`'s per-chunk sums, grown on demand.
     partials: Option<CudaSlice<f32>>,
+    /// `softmax_cross_entropy`'s labels, grown on demand.
+    labels: Option<CudaSlice<u32>>,
     mean_table: Option<DeviceMeanTable>,
     uploads: Uploads,
     /// dfdx's device, for buffers of dfdx's own type (`alloc`, `upload`).
@@ -80,15 +87,15 @@ pub struct CudaKernels {
     dev: Arc<CudaDevice>,
 }
 
-// SAFETY: the only members that are not `Send` are the cuDNN handle and descriptors (raw
-// pointers). cuDNN allows a handle to move between host threads as long as it is not used
-// by two at once, which `&mut self` on every method guarantees; every cuDNN call binds the
-// device's context to the calling thread first.
+// SAFETY: the only members that are not `Send` are the cuDNN handle and descriptors and the
+// cuBLAS handle (raw pointers). cuDNN and cuBLAS allow a handle to move between host threads
+// as long as it is not used by two at once, which `&mut self` on every method guarantees;
+// every cuDNN and cuBLAS call binds the device's context to the calling thread first.
 unsafe impl Send for CudaKernels {}
 
 impl CudaKernels {
-    /// Opens cuDNN on dfdx's stream and compiles the kernels. Failures that mean the fast path
-    /// cannot run here at all are `KernelError::Setup`, saying what to do.
+    /// Opens cuDNN and cuBLAS on dfdx's stream and compiles the kernels. Failures that mean the
+    /// fast path cannot run here at all are `KernelError::Setup`, saying what to do.
     pub fn new(dfdx: &Cuda, compute: &ComputeConfig) -> KernelResult<Self> {
         let precision = compute.precision;
         let measure = compute.algorithms == Algorithms::Measure;
@@ -115,15 +122,23 @@ impl CudaKernels {
             ffi::cudnnCnnVersionCheck()
         })
         .map_err(setup)?;
+        let cublas = cublas::Handle::new(&dev, precision).map_err(|e| {
+            KernelError::Setup(format!(
+                "{e}; the fast path needs cuBLAS (libcublas) from a CUDA toolkit no newer than \
+                 the driver; fix the installation, or run with --engine dfdx"
+            ))
+        })?;
         let functions = Functions::load(&dev)?;
         Ok(Self {
             convs: HashMap::new(),
             cudnn,
+            cublas,
             precision,
             measure,
             functions,
             workspace: None,
             partials: None,
+            labels: None,
             mean_table: None,
             uploads: Uploads::new(&dev)?,
             dfdx: dfdx.clone(),
@@ -442,6 +457,69 @@ impl Kernels<Cuda> for CudaKernels {
         x: &mut Buf<Cuda>,
     ) -> KernelResult {
         launches::unflatten_channels_last(&self.functions, planes, y, x)
+    }
+
+    fn matmul(
+        &mut self,
+        mm: &MatMul,
+        a: &Buf<Cuda>,
+        b: &Buf<Cuda>,
+        c: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        self.bind()?;
+        cublas::matmul(&self.cublas, mm, a, b, c)
+    }
+
+    fn bias_add(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        y: &mut Buf<Cuda>,
+        bias: &Buf<Cuda>,
+    ) -> KernelResult {
+        launches::bias_add(&self.functions, rows, columns, y, bias)
+    }
+
+    fn bias_backward(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        dy: &Buf<Cuda>,
+        db: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::bias_backward(&self.functions, rows, columns, dy, db)
+    }
+
+    fn multiply(
+        &mut self,
+        len: usize,
+        x: &Buf<Cuda>,
+        m: &Buf<Cuda>,
+        y: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::multiply(&self.functions, len, x, m, y)
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        rows: usize,
+        classes: usize,
+        logits: &Buf<Cuda>,
+        labels: &[u32],
+        losses: &mut Buf<Cuda>,
+        dlogits: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        launches::softmax_cross_entropy(
+            &self.functions,
+            &self.dev,
+            &mut self.labels,
+            rows,
+            classes,
+            logits,
+            labels,
+            losses,
+            dlogits,
+        )
     }
 
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cuda>) -> KernelResult {

@@ -19,9 +19,12 @@ const THREADS: u32 = 256;
 const RELU_BIAS_THREADS: u32 = 256;
 /// Must equal `RELU_BIAS_CHUNK` in the CUDA source: the values of a channel one block sums.
 const RELU_BIAS_CHUNK: usize = 8192;
+/// Must equal `SOFTMAX_THREADS` in the CUDA source: the kernel's shared-memory tree and its
+/// stride over a row are sized by it.
+pub(super) const SOFTMAX_THREADS: u32 = 256;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 12] = [
+const KERNELS: [(&str, &str); 16] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
     ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
@@ -34,6 +37,13 @@ const KERNELS: [(&str, &str); 12] = [
     ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
     ("sgd", "cuLaunchKernel(sgd)"),
     ("dropout_mask", "cuLaunchKernel(dropout_mask)"),
+    ("bias_add", "cuLaunchKernel(bias_add)"),
+    ("bias_backward", "cuLaunchKernel(bias_backward)"),
+    ("multiply", "cuLaunchKernel(multiply)"),
+    (
+        "softmax_cross_entropy",
+        "cuLaunchKernel(softmax_cross_entropy)",
+    ),
 ];
 
 /// One loaded kernel.
@@ -74,6 +84,10 @@ pub(super) struct Functions {
     pub(super) from_channels_last: Kernel,
     pub(super) sgd: Kernel,
     pub(super) dropout_mask: Kernel,
+    pub(super) bias_add: Kernel,
+    pub(super) bias_backward: Kernel,
+    pub(super) multiply: Kernel,
+    pub(super) softmax_cross_entropy: Kernel,
 }
 
 /// What to try when the kernels cannot be built or loaded.
@@ -129,6 +143,10 @@ impl Functions {
             from_channels_last: get("from_channels_last")?,
             sgd: get("sgd")?,
             dropout_mask: get("dropout_mask")?,
+            bias_add: get("bias_add")?,
+            bias_backward: get("bias_backward")?,
+            multiply: get("multiply")?,
+            softmax_cross_entropy: get("softmax_cross_entropy")?,
         })
     }
 }
@@ -165,6 +183,15 @@ pub(super) fn per_chunk(splits: u32, channels: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (splits, channels, 1),
         block_dim: (RELU_BIAS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `softmax_cross_entropy`'s launch: one block of exactly `SOFTMAX_THREADS` threads per row.
+pub(super) fn per_row(rows: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (SOFTMAX_THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
 }
