@@ -194,9 +194,12 @@ mean = lambda v: sum(v) / len(v)
 fa, fb = mean(a[n - tail:n]), mean(b[n - tail:n])
 # Both learn, and alike. The bound is loose because the dfdx engine is not deterministic on
 # the GPU: two of its runs from one seed ended 200 steps at 1.34 and 1.67 (H200, 2026-12-04).
-ok = fa < 0.75 * a[0] and fb < 0.75 * b[0] and abs(fa - fb) <= 0.25 * fb
+# A short run (the script checking itself on a CPU) cannot show learning: only alike is judged.
+learns = n < 100 or (fa < 0.75 * a[0] and fb < 0.75 * b[0])
+ok = learns and abs(fa - fb) <= 0.25 * fb
+judged = "" if n >= 100 else " (too few steps to judge learning)"
 print(f"{'passed' if ok else 'FAILED'}\t{n} steps, loss first {a[0]:.4f} vs {b[0]:.4f}, "
-      f"mean of the last {tail} {fa:.4f} vs {fb:.4f}")
+      f"mean of the last {tail} {fa:.4f} vs {fb:.4f}{judged}")
 PY
 )
 row training "fast vs dfdx engine on $device" "$verdict" "$detail; $(seconds "$t") s"
