@@ -270,22 +270,10 @@ pub fn against_head_replay(rec: &Recorded, labels: &[u32]) -> Vec<Comparison> {
             x.iter_mut().zip(mask).for_each(|(x, &m)| *x *= m as f64);
         }
         let mut dw = vec![0.0; inputs * outputs];
-        let weight = MatMul {
-            m: inputs,
-            n: outputs,
-            k: batch,
-            a_transposed: true,
-            b_transposed: false,
-        };
+        let weight = MatMul::dense_weight_gradient(batch, inputs, outputs);
         loops::dense_matmul(&weight, &x, &d_out, &mut dw);
         let mut dx = vec![0.0; batch * inputs];
-        let data = MatMul {
-            m: batch,
-            n: inputs,
-            k: outputs,
-            a_transposed: false,
-            b_transposed: true,
-        };
+        let data = MatMul::dense_input_gradient(batch, inputs, outputs);
         loops::dense_matmul(&data, &d_out, &wide(&layer.weight), &mut dx);
         if let Some(mask) = &layer.mask {
             dx.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m as f64);

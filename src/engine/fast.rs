@@ -6,6 +6,7 @@
 use dfdx::prelude::*;
 
 use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
+use super::params::Params;
 use crate::device::FastDevice;
 use crate::kernels::{
     Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
@@ -57,12 +58,7 @@ fn memory_text(memory: Option<Memory>) -> String {
 /// One convolution's parameters, their momentum and their last gradients. Filters are OIHW.
 struct ConvParams<D: Storage<f32>> {
     block: ConvBlock,
-    weight: Buf<D>,
-    bias: Buf<D>,
-    weight_velocity: Buf<D>,
-    bias_velocity: Buf<D>,
-    weight_grad: Buf<D>,
-    bias_grad: Buf<D>,
+    params: Params<D>,
 }
 
 impl<D: Storage<f32>> ConvParams<D> {
@@ -160,18 +156,12 @@ impl<D: FastDevice> FastNet<D> {
             let (_, affine, layout) = layers[i];
             let (inputs, outputs) = (affine.inputs(), affine.outputs());
             let filters = |t: &Mat<f32, D>| to_torch(layout, &t.as_vec(), inputs, outputs);
-            let (weight_velocity, bias_velocity) = match velocity {
-                Some(v) => (filters(&v[i].weight), v[i].bias.as_vec()),
-                None => (vec![0.0; inputs * outputs], vec![0.0; outputs]),
-            };
+            let velocity = velocity.map(|v| (filters(&v[i].weight), v[i].bias.as_vec()));
+            let velocity = velocity.as_ref().map(|(w, b)| (&w[..], &b[..]));
+            let weight = filters(&affine.weight);
             params.push(ConvParams {
                 block,
-                weight: kernels.upload(&filters(&affine.weight))?,
-                bias: kernels.upload(&affine.bias.as_vec())?,
-                weight_velocity: kernels.upload(&weight_velocity)?,
-                bias_velocity: kernels.upload(&bias_velocity)?,
-                weight_grad: kernels.alloc(inputs * outputs)?,
-                bias_grad: kernels.alloc(outputs)?,
+                params: Params::upload(&mut kernels, &weight, &affine.bias.as_vec(), velocity)?,
             });
         }
         let cfg = &spec.config;
@@ -210,11 +200,11 @@ impl<D: FastDevice> FastNet<D> {
             let filters = |k: &mut D::Kernels, buf: &Buf<D>| -> KernelResult<Vec<f32>> {
                 Ok(from_torch(p.layout(), &k.download(buf)?, inputs, outputs))
             };
-            affine.weight.copy_from(&filters(k, &p.weight)?);
-            affine.bias.copy_from(&k.download(&p.bias)?);
+            affine.weight.copy_from(&filters(k, &p.params.weight)?);
+            affine.bias.copy_from(&k.download(&p.params.bias)?);
             let v = &mut velocity[i];
-            v.weight.copy_from(&filters(k, &p.weight_velocity)?);
-            v.bias.copy_from(&k.download(&p.bias_velocity)?);
+            v.weight.copy_from(&filters(k, &p.params.weight_velocity)?);
+            v.bias.copy_from(&k.download(&p.params.bias_velocity)?);
         }
         self.head.export(&mut self.kernels, model, velocity)
     }
@@ -385,8 +375,8 @@ impl<D: FastDevice> FastNet<D> {
             let (below, this) = a.blocks.split_at_mut(i);
             let x = below.last().map_or(&a.input, |b| b.output());
             let b = &mut this[0];
-            k.conv_forward(&shape, x, &p.weight, &mut b.relu)?; //          [B, C_out, S_conv, S_conv]
-            k.bias_relu(&planes, &mut b.relu, &p.bias)?;
+            k.conv_forward(&shape, x, &p.params.weight, &mut b.relu)?; //          [B, C_out, S_conv, S_conv]
+            k.bias_relu(&planes, &mut b.relu, &p.params.bias)?;
             observe(conv);
             if let Some((y, d)) = &mut b.lrn {
                 k.lrn_forward(&planes, &self.lrn, &b.relu, y, d)?; //       [B, C_out, S_conv, S_conv]
@@ -472,14 +462,14 @@ impl<D: FastDevice> FastNet<D> {
                 k.lrn_backward(&planes, &self.lrn, &b.relu, d, d_lrn, &mut b.d_relu)?;
                 observe(lrn);
             }
-            k.relu_bias_backward(&planes, &b.relu, &mut b.d_relu, &mut p.bias_grad)?;
+            k.relu_bias_backward(&planes, &b.relu, &mut b.d_relu, &mut p.params.bias_grad)?;
             observe(&format!("{conv} relu+bias"));
             let x = below.last().map_or(&a.input, |b| b.output());
-            k.conv_backward_filter(&shape, x, &b.d_relu, &mut p.weight_grad)?;
+            k.conv_backward_filter(&shape, x, &b.d_relu, &mut p.params.weight_grad)?;
             observe(&format!("{conv} filter"));
             // The gradient of the block below's output (the input needs none).
             if let Some(below) = below.last_mut() {
-                k.conv_backward_data(&shape, &b.d_relu, &p.weight, below.d_output())?;
+                k.conv_backward_data(&shape, &b.d_relu, &p.params.weight, below.d_output())?;
                 observe(&format!("{conv} data"));
             }
         }
@@ -495,8 +485,7 @@ impl<D: FastDevice> FastNet<D> {
         };
         for p in &mut self.layers {
             let k = &mut self.kernels;
-            k.sgd(&step, &mut p.weight, &mut p.weight_velocity, &p.weight_grad)?;
-            k.sgd(&step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
+            p.params.sgd_step(k, &step)?;
         }
         self.head.sgd_step(&mut self.kernels, &step)
     }
@@ -523,14 +512,14 @@ impl<D: FastDevice> FastNet<D> {
             let channels = p.block.out_channels;
             blocks.push(RecordedBlock {
                 block: p.block,
-                weight: get(&p.weight, filter)?,
-                bias: get(&p.bias, channels)?,
+                weight: get(&p.params.weight, filter)?,
+                bias: get(&p.params.bias, channels)?,
                 relu: get(&b.relu, conv)?,
                 lrn: b.lrn.as_ref().map(|(y, _)| get(y, conv)).transpose()?,
                 pool: b.pool.as_ref().map(|(y, _)| get(y, pooled)).transpose()?,
-                weight_grad: get(&p.weight_grad, filter)?,
-                bias_grad: get(&p.bias_grad, channels)?,
-                weight_velocity: get(&p.weight_velocity, filter)?,
+                weight_grad: get(&p.params.weight_grad, filter)?,
+                bias_grad: get(&p.params.bias_grad, channels)?,
+                weight_velocity: get(&p.params.weight_velocity, filter)?,
             });
         }
         let input = get(&a.input, self.layers[0].shape(batch).input_len())?;
@@ -555,8 +544,13 @@ impl<D: FastDevice> FastNet<D> {
             .iter()
             .map(|p| {
                 let (inputs, outputs) = (p.block.weight_rows(), p.block.out_channels);
-                let w = from_torch(p.layout(), &k.download(&p.weight_grad)?, inputs, outputs);
-                Ok((w, k.download(&p.bias_grad)?))
+                let w = from_torch(
+                    p.layout(),
+                    &k.download(&p.params.weight_grad)?,
+                    inputs,
+                    outputs,
+                );
+                Ok((w, k.download(&p.params.bias_grad)?))
             })
             .collect::<KernelResult<Vec<_>>>()?;
         out.extend(self.head.gradients(k)?);

@@ -9,6 +9,7 @@
 
 use dfdx::prelude::Storage;
 
+use super::params::Params;
 use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, MatMul, Planes, SgdStep};
 use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
 
@@ -27,12 +28,7 @@ struct Dense<D: Storage<f32>> {
     relu: bool,
     /// The dropout mask in front of the layer, as `dropout_key` numbers it (6, 7); FC8 has none.
     dropout_layer: Option<u64>,
-    weight: Buf<D>,
-    bias: Buf<D>,
-    weight_velocity: Buf<D>,
-    bias_velocity: Buf<D>,
-    weight_grad: Buf<D>,
-    bias_grad: Buf<D>,
+    params: Params<D>,
 }
 
 /// One layer's activations for one batch and their gradients, `(batch, units)` row-major.
@@ -78,21 +74,15 @@ impl<D: Storage<f32>> Head<D> {
         for (i, layer) in (CONV_BLOCKS..8).zip([Some(6), Some(7), None]) {
             let affine = layers[i].1;
             let (inputs, outputs) = (affine.inputs(), affine.outputs());
-            let (weight_velocity, bias_velocity) = match velocity {
-                Some(v) => (v[i].weight.as_vec(), v[i].bias.as_vec()),
-                None => (vec![0.0; inputs * outputs], vec![0.0; outputs]),
-            };
+            let velocity = velocity.map(|v| (v[i].weight.as_vec(), v[i].bias.as_vec()));
+            let velocity = velocity.as_ref().map(|(w, b)| (&w[..], &b[..]));
+            let (weight, bias) = (affine.weight.as_vec(), affine.bias.as_vec());
             dense.push(Dense {
                 inputs,
                 outputs,
                 relu: layer.is_some(),
                 dropout_layer: layer,
-                weight: k.upload(&affine.weight.as_vec())?,
-                bias: k.upload(&affine.bias.as_vec())?,
-                weight_velocity: k.upload(&weight_velocity)?,
-                bias_velocity: k.upload(&bias_velocity)?,
-                weight_grad: k.alloc(inputs * outputs)?,
-                bias_grad: k.alloc(outputs)?,
+                params: Params::upload(k, &weight, &bias, velocity)?,
             });
         }
         Ok(Self {
@@ -120,12 +110,13 @@ impl<D: Storage<f32>> Head<D> {
         {
             affine
                 .weight
-                .copy_from(&get(k, &p.weight, p.inputs * p.outputs)?);
-            affine.bias.copy_from(&get(k, &p.bias, p.outputs)?);
+                .copy_from(&get(k, &p.params.weight, p.inputs * p.outputs)?);
+            affine.bias.copy_from(&get(k, &p.params.bias, p.outputs)?);
             let v = &mut velocity[i];
             v.weight
-                .copy_from(&get(k, &p.weight_velocity, p.inputs * p.outputs)?);
-            v.bias.copy_from(&get(k, &p.bias_velocity, p.outputs)?);
+                .copy_from(&get(k, &p.params.weight_velocity, p.inputs * p.outputs)?);
+            v.bias
+                .copy_from(&get(k, &p.params.bias_velocity, p.outputs)?);
         }
         Ok(())
     }
@@ -209,18 +200,12 @@ impl<D: Storage<f32>> Head<D> {
                 k.multiply(batch * p.inputs, x, mask, dropped)?; //         [B, inputs]
                 x = dropped;
             }
-            let mm = MatMul {
-                m: batch,
-                n: p.outputs,
-                k: p.inputs,
-                a_transposed: false,
-                b_transposed: false,
-            };
-            k.matmul(&mm, x, &p.weight, &mut l.out)?; //                   [B, outputs]
+            let mm = MatMul::dense_forward(batch, p.inputs, p.outputs);
+            k.matmul(&mm, x, &p.params.weight, &mut l.out)?; //            [B, outputs]
             if p.relu {
-                k.bias_relu(&rows(batch, p.outputs), &mut l.out, &p.bias)?;
+                k.bias_relu(&rows(batch, p.outputs), &mut l.out, &p.params.bias)?;
             } else {
-                k.bias_add(batch, p.outputs, &mut l.out, &p.bias)?;
+                k.bias_add(batch, p.outputs, &mut l.out, &p.params.bias)?;
             }
             observe(NAMES[i]);
         }
@@ -274,10 +259,10 @@ impl<D: Storage<f32>> Head<D> {
                     &rows(batch, p.outputs),
                     &l.out,
                     &mut l.d_out,
-                    &mut p.bias_grad,
+                    &mut p.params.bias_grad,
                 )?;
             } else {
-                k.bias_backward(batch, p.outputs, &l.d_out, &mut p.bias_grad)?;
+                k.bias_backward(batch, p.outputs, &l.d_out, &mut p.params.bias_grad)?;
             }
             // The layer's input and where its gradient goes: the previous layer's output, or
             // the features.
@@ -291,29 +276,16 @@ impl<D: Storage<f32>> Head<D> {
                 _ => None,
             };
             let x = dropped.unwrap_or(input);
-            // dW (inputs, outputs) = xᵀ · dy
-            let weight = MatMul {
-                m: p.inputs,
-                n: p.outputs,
-                k: batch,
-                a_transposed: true,
-                b_transposed: false,
-            };
-            k.matmul(&weight, x, &l.d_out, &mut p.weight_grad)?;
-            // dx (B, inputs) = dy · Wᵀ, through the mask when there is one.
-            let data = MatMul {
-                m: batch,
-                n: p.inputs,
-                k: p.outputs,
-                a_transposed: false,
-                b_transposed: true,
-            };
+            let weight = MatMul::dense_weight_gradient(batch, p.inputs, p.outputs);
+            k.matmul(&weight, x, &l.d_out, &mut p.params.weight_grad)?;
+            // The input's gradient, through the mask when there is one.
+            let data = MatMul::dense_input_gradient(batch, p.inputs, p.outputs);
             match (dropped.is_some(), &l.mask, &mut l.d_dropped) {
                 (true, Some(mask), Some(d_dropped)) => {
-                    k.matmul(&data, &l.d_out, &p.weight, d_dropped)?;
+                    k.matmul(&data, &l.d_out, &p.params.weight, d_dropped)?;
                     k.multiply(batch * p.inputs, d_dropped, mask, d_input)?;
                 }
-                _ => k.matmul(&data, &l.d_out, &p.weight, d_input)?,
+                _ => k.matmul(&data, &l.d_out, &p.params.weight, d_input)?,
             }
             observe(NAMES[i]);
         }
@@ -323,8 +295,7 @@ impl<D: Storage<f32>> Head<D> {
     /// One SGD update of every fully connected parameter from the gradients of `backward`.
     pub fn sgd_step<K: Kernels<D>>(&mut self, k: &mut K, step: &SgdStep) -> KernelResult {
         for p in &mut self.layers {
-            k.sgd(step, &mut p.weight, &mut p.weight_velocity, &p.weight_grad)?;
-            k.sgd(step, &mut p.bias, &mut p.bias_velocity, &p.bias_grad)?;
+            p.params.sgd_step(k, step)?;
         }
         Ok(())
     }
@@ -335,8 +306,8 @@ impl<D: Storage<f32>> Head<D> {
             .iter()
             .map(|p| {
                 Ok((
-                    get(k, &p.weight_grad, p.inputs * p.outputs)?,
-                    get(k, &p.bias_grad, p.outputs)?,
+                    get(k, &p.params.weight_grad, p.inputs * p.outputs)?,
+                    get(k, &p.params.bias_grad, p.outputs)?,
                 ))
             })
             .collect()
@@ -364,10 +335,10 @@ impl<D: Storage<f32>> Head<D> {
                     relu: p.relu,
                     mask,
                     out: get(k, &l.out, batch * p.outputs)?,
-                    weight: get(k, &p.weight, p.inputs * p.outputs)?,
-                    weight_grad: get(k, &p.weight_grad, p.inputs * p.outputs)?,
-                    bias_grad: get(k, &p.bias_grad, p.outputs)?,
-                    weight_velocity: get(k, &p.weight_velocity, p.inputs * p.outputs)?,
+                    weight: get(k, &p.params.weight, p.inputs * p.outputs)?,
+                    weight_grad: get(k, &p.params.weight_grad, p.inputs * p.outputs)?,
+                    bias_grad: get(k, &p.params.bias_grad, p.outputs)?,
+                    weight_velocity: get(k, &p.params.weight_velocity, p.inputs * p.outputs)?,
                 })
             })
             .collect()

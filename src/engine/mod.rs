@@ -17,6 +17,7 @@ pub mod head;
 pub mod input;
 pub mod loss;
 pub mod metrics;
+pub mod params;
 pub mod schedule;
 pub mod sgd;
 

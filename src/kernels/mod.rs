@@ -142,6 +142,40 @@ pub struct MatMul {
 }
 
 impl MatMul {
+    /// A fully connected layer's forward product over `rows` rows:
+    /// `y (rows, outputs) = x (rows, inputs) · W (inputs, outputs)`.
+    pub fn dense_forward(rows: usize, inputs: usize, outputs: usize) -> Self {
+        Self {
+            m: rows,
+            n: outputs,
+            k: inputs,
+            a_transposed: false,
+            b_transposed: false,
+        }
+    }
+
+    /// Its weight gradient: `dW (inputs, outputs) = xᵀ · dy`.
+    pub fn dense_weight_gradient(rows: usize, inputs: usize, outputs: usize) -> Self {
+        Self {
+            m: inputs,
+            n: outputs,
+            k: rows,
+            a_transposed: true,
+            b_transposed: false,
+        }
+    }
+
+    /// Its input gradient: `dx (rows, inputs) = dy · Wᵀ`.
+    pub fn dense_input_gradient(rows: usize, inputs: usize, outputs: usize) -> Self {
+        Self {
+            m: rows,
+            n: inputs,
+            k: outputs,
+            a_transposed: false,
+            b_transposed: true,
+        }
+    }
+
     pub fn a_len(&self) -> usize {
         self.m * self.k
     }

@@ -1,0 +1,59 @@
+//! A weighted layer's tensors on a kernel device: weight and bias, their momentum and their
+//! last gradients, and the SGD update over them — the same for a convolution and a fully
+//! connected layer, whatever layout the weight has.
+
+use dfdx::prelude::Storage;
+
+use crate::kernels::{Buf, KernelResult, Kernels, SgdStep};
+
+pub struct Params<D: Storage<f32>> {
+    pub weight: Buf<D>,
+    pub bias: Buf<D>,
+    pub weight_velocity: Buf<D>,
+    pub bias_velocity: Buf<D>,
+    pub weight_grad: Buf<D>,
+    pub bias_grad: Buf<D>,
+}
+
+impl<D: Storage<f32>> Params<D> {
+    /// Uploads `weight` and `bias` (in the kernels' layout) and their momentum (`None` for
+    /// zeros); the gradients get buffers of the same sizes.
+    pub fn upload<K: Kernels<D>>(
+        k: &mut K,
+        weight: &[f32],
+        bias: &[f32],
+        velocity: Option<(&[f32], &[f32])>,
+    ) -> KernelResult<Self> {
+        let (weight_velocity, bias_velocity) = match velocity {
+            Some((w, b)) => (k.upload(w)?, k.upload(b)?),
+            None => (
+                k.upload(&vec![0.0; weight.len()])?,
+                k.upload(&vec![0.0; bias.len()])?,
+            ),
+        };
+        Ok(Self {
+            weight: k.upload(weight)?,
+            bias: k.upload(bias)?,
+            weight_velocity,
+            bias_velocity,
+            weight_grad: k.alloc(weight.len())?,
+            bias_grad: k.alloc(bias.len())?,
+        })
+    }
+
+    /// One SGD update of the weight and bias from the last gradients.
+    pub fn sgd_step<K: Kernels<D>>(&mut self, k: &mut K, step: &SgdStep) -> KernelResult {
+        k.sgd(
+            step,
+            &mut self.weight,
+            &mut self.weight_velocity,
+            &self.weight_grad,
+        )?;
+        k.sgd(
+            step,
+            &mut self.bias,
+            &mut self.bias_velocity,
+            &self.bias_grad,
+        )
+    }
+}
