@@ -48,7 +48,7 @@ struct DenseActivations<D: Storage<f32>> {
 pub struct HeadActivations<D: Storage<f32>> {
     batch: usize,
     layers: Vec<DenseActivations<D>>,
-    losses: Option<Buf<D>>,
+    losses: Buf<D>,
     /// Whether the latest forward pass applied dropout (the backward pass follows it).
     dropout: bool,
 }
@@ -160,7 +160,7 @@ impl<D: Storage<f32>> Head<D> {
         Ok(HeadActivations {
             batch,
             layers,
-            losses: Some(k.alloc(batch.max(1))?),
+            losses: k.alloc(batch.max(1))?,
             dropout: false,
         })
     }
@@ -226,15 +226,17 @@ impl<D: Storage<f32>> Head<D> {
         labels: &[u32],
     ) -> KernelResult<f32> {
         let batch = a.batch;
-        let (Some(last), Some(losses)) = (a.layers.last_mut(), a.losses.as_mut()) else {
-            return Err(crate::kernels::KernelError::Failed {
-                call: "loss",
-                status: "no forward pass has run".into(),
-            });
-        };
         let classes = self.classes();
-        k.softmax_cross_entropy(batch, classes, &last.out, labels, losses, &mut last.d_out)?;
-        let losses = get(k, losses, batch)?;
+        let last = a.layers.last_mut().expect("three layers");
+        k.softmax_cross_entropy(
+            batch,
+            classes,
+            &last.out,
+            labels,
+            &mut a.losses,
+            &mut last.d_out,
+        )?;
+        let losses = get(k, &a.losses, batch)?;
         let sum: f64 = losses.iter().map(|&l| l as f64).sum();
         Ok((sum / batch.max(1) as f64) as f32)
     }
