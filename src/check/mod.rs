@@ -344,8 +344,11 @@ mod tests {
     }
 
     fn check(lrn: bool) {
+        check_spec(small_spec(lrn));
+    }
+
+    fn check_spec(spec: Spec) {
         let dev = Cpu::default();
-        let spec = small_spec(lrn);
         let batch = TestBatch::random(3, spec.input, spec.classes, 11);
         let step = against_dfdx(&dev, &strict(), &spec, &batch, 5).unwrap();
         // Logits, 16 gradients against dfdx, 6 replayed in the head and the features', 10
@@ -489,6 +492,15 @@ mod tests {
     #[test]
     fn host_fast_path_equals_dfdx_without_lrn() {
         check(false);
+    }
+
+    /// A pipeline without dropout: the fully connected layers read their inputs directly and
+    /// the head keeps no masks.
+    #[test]
+    fn host_fast_path_equals_dfdx_without_dropout() {
+        let mut spec = small_spec(true);
+        spec.config.dropout = 0.0;
+        check_spec(spec);
     }
 }
 
