@@ -1,9 +1,10 @@
 //! The fast path's kernels as plain loops on the CPU: the reference the CUDA kernels are
-//! tested against, and what lets the CPU tests run everything around the kernels (the join
-//! to dfdx, parameter ownership, SGD, checkpoints, resume).
+//! tested against, and what lets the CPU tests run everything around the kernels (parameter
+//! ownership, SGD, checkpoints, resume).
 //!
 //! Written for clarity first (the arithmetic is `loops`, shared with the check's f64 replay):
-//! convolutions as im2col and one matrix product per image.
+//! convolutions as im2col and one matrix product per image, fully connected layers as one
+//! matrix product per batch.
 //!
 //! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
 //! what a run does when a GPU kernel fails or the GPU runs out of memory.
