@@ -31,6 +31,13 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The command succeeded, and its standard error says `warning`.
+fn assert_succeeds_warning(out: &std::process::Output, warning: &str) {
+    let err = stderr(out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(warning), "{err}");
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -365,12 +372,7 @@ fn evaluate_uses_the_checkpoints_pipeline_and_refuses_a_conflicting_one() {
     let text = std::fs::read_to_string(&own).unwrap();
     std::fs::write(&own, text.replace("fc_units = 16", "fc_units = 8")).unwrap();
     let out = run(&evaluate_args(&data, &run_dir, &[]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("model.fc_units = 16 and 8"),
-        "{}",
-        stderr(&out)
-    );
+    assert_succeeds_warning(&out, "model.fc_units = 16 and 8");
     assert_eq!(errors(report()), expected);
     std::fs::remove_file(&own).unwrap();
     run_ok(&evaluate_args(&data, &run_dir, &[]));
@@ -431,12 +433,7 @@ fn a_log_cut_short_resumes_and_evaluates_and_a_damaged_one_names_its_line() {
         "{err}"
     );
     let out = run(&evaluate_args(&data, &run_dir, &[]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no training curves"),
-        "{}",
-        stderr(&out)
-    );
+    assert_succeeds_warning(&out, "no training curves");
 }
 
 /// `--part 0/70000` with 11 shards was accepted, and a later message listed 69,999 parts on
@@ -507,12 +504,7 @@ fn a_checkpoint_of_an_unknown_format_version_is_refused_and_extra_tensors_are_na
     let path = dir.path().join("foreign.safetensors");
     write_foreign_checkpoint(&path, &foreign);
     let out = evaluate(&path);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not AlexNet's (extra.weight)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_succeeds_warning(&out, "not AlexNet's (extra.weight)");
 }
 
 /// A NaN written into `mean.npy`, with the manifest's checksum updated to match, passed

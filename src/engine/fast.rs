@@ -352,9 +352,7 @@ impl<D: FastDevice> FastNet<D> {
             return Err(no_step("logits"));
         };
         let len = a.batch * self.head.classes();
-        let mut host = self.kernels.download(self.head.logits(&a.head))?;
-        host.truncate(len);
-        Ok(host)
+        self.kernels.download_prefix(self.head.logits(&a.head), len)
     }
 
     fn features_into(
@@ -498,12 +496,7 @@ impl<D: FastDevice> FastNet<D> {
         let batch = a.batch;
         let head = self.head.record(&mut self.kernels, &a.head)?;
         let k = &mut self.kernels;
-        // A device's allocator may hand out longer buffers than asked for: keep what is used.
-        let mut get = |buf: &Buf<D>, len: usize| -> KernelResult<Vec<f32>> {
-            let mut host = k.download(buf)?;
-            host.truncate(len);
-            Ok(host)
-        };
+        let mut get = |buf: &Buf<D>, len: usize| k.download_prefix(buf, len);
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
         for (p, b) in self.layers.iter().zip(&a.blocks) {
             let shape = p.shape(batch);

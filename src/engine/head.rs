@@ -110,13 +110,15 @@ impl<D: Storage<f32>> Head<D> {
         {
             affine
                 .weight
-                .copy_from(&get(k, &p.params.weight, p.inputs * p.outputs)?);
-            affine.bias.copy_from(&get(k, &p.params.bias, p.outputs)?);
+                .copy_from(&k.download_prefix(&p.params.weight, p.inputs * p.outputs)?);
+            affine
+                .bias
+                .copy_from(&k.download_prefix(&p.params.bias, p.outputs)?);
             let v = &mut velocity[i];
             v.weight
-                .copy_from(&get(k, &p.params.weight_velocity, p.inputs * p.outputs)?);
+                .copy_from(&k.download_prefix(&p.params.weight_velocity, p.inputs * p.outputs)?);
             v.bias
-                .copy_from(&get(k, &p.params.bias_velocity, p.outputs)?);
+                .copy_from(&k.download_prefix(&p.params.bias_velocity, p.outputs)?);
         }
         Ok(())
     }
@@ -236,7 +238,7 @@ impl<D: Storage<f32>> Head<D> {
             &mut a.losses,
             &mut last.d_out,
         )?;
-        let losses = get(k, &a.losses, batch)?;
+        let losses = k.download_prefix(&a.losses, batch)?;
         let sum: f64 = losses.iter().map(|&l| l as f64).sum();
         Ok((sum / batch.max(1) as f64) as f32)
     }
@@ -308,8 +310,8 @@ impl<D: Storage<f32>> Head<D> {
             .iter()
             .map(|p| {
                 Ok((
-                    get(k, &p.params.weight_grad, p.inputs * p.outputs)?,
-                    get(k, &p.params.bias_grad, p.outputs)?,
+                    k.download_prefix(&p.params.weight_grad, p.inputs * p.outputs)?,
+                    k.download_prefix(&p.params.bias_grad, p.outputs)?,
                 ))
             })
             .collect()
@@ -328,7 +330,7 @@ impl<D: Storage<f32>> Head<D> {
             .map(|(p, l)| {
                 let input = batch * p.inputs;
                 let mask = match (a.dropout, &l.mask) {
-                    (true, Some(m)) => Some(get(k, m, input)?),
+                    (true, Some(m)) => Some(k.download_prefix(m, input)?),
                     _ => None,
                 };
                 Ok(RecordedDense {
@@ -336,11 +338,12 @@ impl<D: Storage<f32>> Head<D> {
                     outputs: p.outputs,
                     relu: p.relu,
                     mask,
-                    out: get(k, &l.out, batch * p.outputs)?,
-                    weight: get(k, &p.params.weight, p.inputs * p.outputs)?,
-                    weight_grad: get(k, &p.params.weight_grad, p.inputs * p.outputs)?,
-                    bias_grad: get(k, &p.params.bias_grad, p.outputs)?,
-                    weight_velocity: get(k, &p.params.weight_velocity, p.inputs * p.outputs)?,
+                    out: k.download_prefix(&l.out, batch * p.outputs)?,
+                    weight: k.download_prefix(&p.params.weight, p.inputs * p.outputs)?,
+                    weight_grad: k.download_prefix(&p.params.weight_grad, p.inputs * p.outputs)?,
+                    bias_grad: k.download_prefix(&p.params.bias_grad, p.outputs)?,
+                    weight_velocity: k
+                        .download_prefix(&p.params.weight_velocity, p.inputs * p.outputs)?,
                 })
             })
             .collect()
@@ -373,17 +376,6 @@ fn rows(batch: usize, units: usize) -> Planes {
         channels: units,
         pixels: 1,
     }
-}
-
-/// The first `len` values of `buf` on the host (a device may allocate longer buffers).
-fn get<D: Storage<f32>, K: Kernels<D>>(
-    k: &mut K,
-    buf: &Buf<D>,
-    len: usize,
-) -> KernelResult<Vec<f32>> {
-    let mut host = k.download(buf)?;
-    host.truncate(len);
-    Ok(host)
 }
 
 /// Bytes of the fully connected part's activations and gradients for `batch` rows of

@@ -287,6 +287,13 @@ pub trait Kernels<D: Storage<f32>> {
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<D>>;
     fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<D>>;
     fn download(&mut self, buf: &Buf<D>) -> KernelResult<Vec<f32>>;
+    /// The first `len` values of `buf` on the host: a device's allocator may hand out longer
+    /// buffers than asked for.
+    fn download_prefix(&mut self, buf: &Buf<D>, len: usize) -> KernelResult<Vec<f32>> {
+        let mut host = self.download(buf)?;
+        host.truncate(len);
+        Ok(host)
+    }
     /// Waits for queued work (for timing, and to surface asynchronous failures).
     fn synchronize(&mut self) -> KernelResult;
     /// The device's free and total memory, where it can be known.
