@@ -6,6 +6,7 @@
 // Ground floor: settings, randomness, progress, files.
 pub mod canvas;
 pub mod config;
+pub mod dist;
 pub mod files;
 pub mod lock;
 pub mod pixels;

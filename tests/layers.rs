@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground floor",
         &[
-            "files", "seed", "config", "pixels", "progress", "lock", "canvas",
+            "files", "seed", "config", "pixels", "progress", "lock", "canvas", "dist",
         ],
     ),
     ("kernels", &["kernels"]),
