@@ -123,6 +123,7 @@ pub fn run<D: FastDevice>(
         let dropout = Some(DropoutKey {
             seed,
             step: i as u64,
+            first_image: 0,
         });
         let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, dropout, lr)?;
         if i >= warmup {
@@ -157,6 +158,7 @@ pub fn run<D: FastDevice>(
         let dropout = Some(DropoutKey {
             seed,
             step: i as u64,
+            first_image: 0,
         });
         engine.train_step_observed(dev, &mut model, &mut sgd, &batch, dropout, lr, &mut observe)?;
         loader.recycle(batch);

@@ -5,7 +5,9 @@
 use dfdx::prelude::*;
 
 use crate::config::ComputeConfig;
-use crate::kernels::{host::HostKernels, KernelError, Kernels};
+use crate::dist::{DistError, World};
+use crate::kernels::host::{HostKernels, HostSum};
+use crate::kernels::{GradientSum, KernelError, Kernels};
 
 /// A device the trainer can run on: dfdx's devices plus the u8 upload (dfdx's dtype
 /// conversion bound is crate-private, so it is implemented per concrete device).
@@ -54,13 +56,27 @@ pub trait FastDevice: TrainDevice {
     /// Whether this is a GPU (where `engine = "auto"` picks the fast path).
     const GPU: bool = false;
     type Kernels: Kernels<Self>;
+    /// How the ranks of a data-parallel job sum their gradients on this device.
+    type GradientSum: GradientSum<Self>;
     fn fast_kernels(&self, compute: &ComputeConfig) -> Result<Self::Kernels, KernelError>;
+    /// What rank 0 hands every rank at the rendezvous for summing gradients (NCCL's unique
+    /// id on CUDA; nothing on the CPU).
+    fn collective_id() -> Result<Vec<u8>, DistError>;
+    /// This rank's part in the gradient sums of `world`, from rank 0's `collective_id`.
+    fn gradient_sum(&self, world: World, id: &[u8]) -> Result<Self::GradientSum, DistError>;
 }
 
 impl FastDevice for Cpu {
     type Kernels = HostKernels;
+    type GradientSum = HostSum;
     fn fast_kernels(&self, _: &ComputeConfig) -> Result<HostKernels, KernelError> {
         HostKernels::new(self)
+    }
+    fn collective_id() -> Result<Vec<u8>, DistError> {
+        Ok(Vec::new())
+    }
+    fn gradient_sum(&self, _: World, _: &[u8]) -> Result<HostSum, DistError> {
+        Ok(HostSum)
     }
 }
 
@@ -68,12 +84,23 @@ impl FastDevice for Cpu {
 impl FastDevice for Cuda {
     const GPU: bool = true;
     type Kernels = crate::kernels::cuda::CudaKernels;
+    type GradientSum = crate::kernels::cuda::nccl::NcclSum;
 
     fn fast_kernels(
         &self,
         compute: &ComputeConfig,
     ) -> Result<crate::kernels::cuda::CudaKernels, KernelError> {
         crate::kernels::cuda::CudaKernels::new(self, compute)
+    }
+    fn collective_id() -> Result<Vec<u8>, DistError> {
+        crate::kernels::cuda::nccl::unique_id()
+    }
+    fn gradient_sum(
+        &self,
+        world: World,
+        id: &[u8],
+    ) -> Result<crate::kernels::cuda::nccl::NcclSum, DistError> {
+        crate::kernels::cuda::nccl::NcclSum::new(self, world, id)
     }
 }
 
@@ -102,8 +129,14 @@ pub enum DeviceError {
          cuda` (or use `make train CUDA=1`), or use --device cpu"
     )]
     NoCuda,
-    #[error("cannot open CUDA device 0: {0}")]
-    Open(String),
+    #[error("cannot open CUDA device {ordinal}: {reason}")]
+    Open { ordinal: usize, reason: String },
+    #[error(
+        "local rank {local_rank} has no GPU of its own: this machine shows {count} CUDA \
+         device(s); start at most {count} ranks per machine (torchrun --nproc-per-node, or \
+         Slurm's --ntasks-per-node)"
+    )]
+    NoGpuForRank { local_rank: usize, count: usize },
 }
 
 /// Work that runs on whichever device `--device` picks.
@@ -122,12 +155,24 @@ pub fn on_device<J: DeviceJob>(
     seed: u64,
     job: J,
 ) -> Result<J::Output, DeviceError> {
+    on_device_of_rank(kind, 0, seed, job)
+}
+
+/// `on_device` for the rank with index `local_rank` on its machine: it takes GPU
+/// `local_rank`, or the only GPU it sees (a launcher that gives each rank its own, through
+/// `CUDA_VISIBLE_DEVICES`).
+pub fn on_device_of_rank<J: DeviceJob>(
+    kind: Option<DeviceKind>,
+    local_rank: usize,
+    seed: u64,
+    job: J,
+) -> Result<J::Output, DeviceError> {
     match kind.unwrap_or_else(DeviceKind::default_for_build) {
         DeviceKind::Cpu => {
             let name = format!("the CPU ({} threads)", rayon::current_num_threads());
             Ok(job.run(cpu(), name))
         }
-        DeviceKind::Cuda => on_cuda(seed, job),
+        DeviceKind::Cuda => on_cuda(local_rank, seed, job),
     }
 }
 
@@ -141,14 +186,29 @@ pub fn cpu() -> Cpu {
 }
 
 #[cfg(feature = "cuda")]
-fn on_cuda<J: DeviceJob>(seed: u64, job: J) -> Result<J::Output, DeviceError> {
-    let dev =
-        dfdx::tensor::Cuda::try_build(0, seed).map_err(|e| DeviceError::Open(format!("{e:?}")))?;
+fn on_cuda<J: DeviceJob>(local_rank: usize, seed: u64, job: J) -> Result<J::Output, DeviceError> {
+    let ordinal = if local_rank == 0 {
+        0
+    } else {
+        let count = cudarc::driver::CudaDevice::count().map_err(|e| DeviceError::Open {
+            ordinal: local_rank,
+            reason: format!("{e:?}"),
+        })? as usize;
+        match count {
+            1 => 0,
+            n if local_rank < n => local_rank,
+            _ => return Err(DeviceError::NoGpuForRank { local_rank, count }),
+        }
+    };
+    let dev = dfdx::tensor::Cuda::try_build(ordinal, seed).map_err(|e| DeviceError::Open {
+        ordinal,
+        reason: format!("{e:?}"),
+    })?;
     dev.enable_cache();
-    Ok(job.run(dev, "CUDA device 0".into()))
+    Ok(job.run(dev, format!("CUDA device {ordinal}")))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_cuda<J: DeviceJob>(_: u64, _: J) -> Result<J::Output, DeviceError> {
+fn on_cuda<J: DeviceJob>(_: usize, _: u64, _: J) -> Result<J::Output, DeviceError> {
     Err(DeviceError::NoCuda)
 }

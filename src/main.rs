@@ -13,7 +13,8 @@ use alexnet::bench::BenchJob;
 use alexnet::check::{CheckJob, ReferenceErrors};
 use alexnet::cli::*;
 use alexnet::config::{LoaderConfig, Pipeline};
-use alexnet::device::on_device;
+use alexnet::device::{on_device, on_device_of_rank};
+use alexnet::dist::Launch;
 use alexnet::eval::{self, EvalOptions};
 use alexnet::loader::bench::LoaderBenchReport;
 use alexnet::loader::{contact, LoaderData, LoaderOptions, Output};
@@ -186,16 +187,34 @@ fn run_train(args: TrainArgs) -> Result<()> {
         pipeline.train.epochs = epochs;
     }
     args.device.apply(&mut pipeline);
+    let launch = Launch::from_env().context("reading the data-parallel launch")?;
+    let root = launch.as_ref().is_none_or(|l| l.world.is_root());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let first_signal = std::sync::Mutex::new(None::<Instant>);
+    // Under a launcher one Ctrl-C arrives twice — from the terminal and passed on by torchrun —
+    // so a second signal within moments of the first is the same request.
+    let echo = if launch.is_some() { 2.0 } else { 0.0 };
     ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+        let mut first = first_signal.lock().unwrap_or_else(|e| e.into_inner());
+        match *first {
+            Some(at) if at.elapsed().as_secs_f64() >= echo => std::process::exit(130),
+            Some(_) => {}
+            None => {
+                *first = Some(Instant::now());
+                flag.store(true, Ordering::SeqCst);
+                if root {
+                    eprintln!(
+                        "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit \
+                         now)"
+                    );
+                }
+            }
         }
-        eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit now)");
     })
     .context("installing the Ctrl-C handler")?;
     let seed = pipeline.train.seed;
+    let local_rank = launch.as_ref().map_or(0, |l| l.world.local_rank);
     let options = TrainOptions {
         data: args.data.clone(),
         run: args.run.clone(),
@@ -206,10 +225,13 @@ fn run_train(args: TrainArgs) -> Result<()> {
         stop_after_steps: args.stop_after_steps,
         device_name: String::new(),
         pipeline_given: args.pipeline.is_some(),
+        launch,
     };
-    let outcome = on_device(args.device.kind, seed, options)?
+    let outcome = on_device_of_rank(args.device.kind, local_rank, seed, options)?
         .with_context(|| format!("training run {}", args.run.display()))?;
-    eprint!("{}", outcome.summary(&args.data, &args.run));
+    if root {
+        eprint!("{}", outcome.summary(&args.data, &args.run));
+    }
     if outcome.interrupted {
         std::process::exit(130);
     }

@@ -43,23 +43,25 @@ pub fn dropout_draw(key: u64, image: u64, unit: u64) -> u64 {
     splitmix64(splitmix64(key ^ splitmix64(image)).wrapping_add(unit)) >> 32
 }
 
-/// An `images × units` dropout mask keyed `key`: 0 with probability `p`, else `keep`. Image
-/// `i`'s row depends only on `key` and `i`, so it is the same however a batch is cut.
+/// The dropout mask keyed `key` of the batch rows `images` (`images.len() × units` values):
+/// 0 with probability `p`, else `keep`. Row `i`'s values depend only on `key` and `i`, so an
+/// image's mask is the same however a batch is cut (into ranks' slices, say).
 pub fn dropout_mask<T: Copy + Default + Send + Sync>(
     key: u64,
     p: f64,
-    images: usize,
+    images: std::ops::Range<u64>,
     units: usize,
     keep: T,
 ) -> Vec<T> {
     let threshold = dropout_threshold(p);
-    let mut values = vec![T::default(); images * units];
+    let mut values = vec![T::default(); (images.end - images.start) as usize * units];
     values
         .par_chunks_mut(units.max(1))
         .enumerate()
-        .for_each(|(image, row)| {
-            for (unit, value) in row.iter_mut().enumerate() {
-                if dropout_draw(key, image as u64, unit as u64) >= threshold {
+        .for_each(|(row, values)| {
+            let image = images.start + row as u64;
+            for (unit, value) in values.iter_mut().enumerate() {
+                if dropout_draw(key, image, unit as u64) >= threshold {
                     *value = keep;
                 }
             }

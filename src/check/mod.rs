@@ -209,7 +209,14 @@ pub fn against_dfdx<D: FastDevice>(
     net.kernels()
         .set_mean_table(&batch.mean_table, batch.crop * 3)?;
     // The fast path draws its masks on the device: equal to the host's, or the logits differ.
-    net.forward(&batch.input(), Some(DropoutKey { seed, step: 0 }))?;
+    net.forward(
+        &batch.input(),
+        Some(DropoutKey {
+            seed,
+            step: 0,
+            first_image: 0,
+        }),
+    )?;
     net.loss(&batch.labels)?;
     let mut out = vec![compare(
         Kind::Network,
@@ -411,8 +418,15 @@ mod tests {
             .set_mean_table(&batch.mean_table, batch.crop * 3)
             .unwrap();
         for step in [0, 1, 77] {
-            net.forward(&batch.input(), Some(DropoutKey { seed: 9, step }))
-                .unwrap();
+            net.forward(
+                &batch.input(),
+                Some(DropoutKey {
+                    seed: 9,
+                    step,
+                    first_image: 0,
+                }),
+            )
+            .unwrap();
             let rec = net.record().unwrap();
             let host = DropoutMasks::<f32, Cpu>::draw(&dev, &spec, 9, step, 5).unwrap();
             assert_eq!(
@@ -685,7 +699,17 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 .map(|r| (r * (classes - 1) / (rows - 1).max(1)) as u32)
                 .collect();
             let (mut losses, mut dlogits) = (k.alloc(rows)?, k.alloc(rows * classes)?);
-            k.softmax_cross_entropy(rows, classes, &logits, &labels, &mut losses, &mut dlogits)?;
+            // A rank's slice of a larger batch: the gradient's mean is over more rows.
+            let mean_over = rows + 5;
+            k.softmax_cross_entropy(
+                rows,
+                mean_over,
+                classes,
+                &logits,
+                &labels,
+                &mut losses,
+                &mut dlogits,
+            )?;
             vec![("losses", losses), ("dlogits", dlogits)]
         }
     };
@@ -750,6 +774,8 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
     cases.push(("sgd".into(), Case::Sgd(100_003)));
     let mask = DropoutMask {
         key: crate::model::dropout_key(3, 5, 6),
+        // Rows further into a batch (a rank's slice).
+        first_image: 7,
         rate: spec.config.dropout.max(0.5) as f64,
         keep: 2.0,
         images: BATCH,

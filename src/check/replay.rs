@@ -245,7 +245,14 @@ pub fn against_head_replay(rec: &Recorded, labels: &[u32]) -> Vec<Comparison> {
     let classes = last.outputs;
     let mut losses = vec![0.0; batch];
     let mut d_out = vec![0.0; batch * classes];
-    loops::softmax_cross_entropy(classes, &wide(&last.out), labels, &mut losses, &mut d_out);
+    loops::softmax_cross_entropy(
+        classes,
+        batch,
+        &wide(&last.out),
+        labels,
+        &mut losses,
+        &mut d_out,
+    );
     let mut out = Vec::new();
     let features = wide(&rec.features);
     let mut d_features = Vec::new();

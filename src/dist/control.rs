@@ -451,6 +451,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             timeout: Duration::from_secs_f64(timeout),
+            check_every: 10,
         }
     }
 

@@ -24,10 +24,16 @@ pub struct Launch {
     pub port: u16,
     /// How long a rank waits for another before giving up on the job.
     pub timeout: Duration,
+    /// Every this many steps the ranks compare checksums of their weights.
+    pub check_every: u64,
 }
 
 /// The default of `ALEXNET_DIST_TIMEOUT`: as long as PyTorch waits for a collective.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The default of `ALEXNET_DIST_CHECK_EVERY`: a checksum of the paper network's weights
+/// costs about one step on a GPU (a 250 MB download), so a thousandth of the time.
+pub const DEFAULT_CHECK_EVERY: u64 = 1000;
 
 impl Launch {
     /// The launch the process environment describes, or `None` for a job of one process.
@@ -139,6 +145,15 @@ impl Launch {
                 }
             },
         };
+        let check_every = match number("ALEXNET_DIST_CHECK_EVERY")? {
+            None => DEFAULT_CHECK_EVERY,
+            Some(0) => {
+                return Err(DistError::Launch(
+                    "ALEXNET_DIST_CHECK_EVERY must be at least 1 (steps)".into(),
+                ))
+            }
+            Some(n) => n as u64,
+        };
         Ok(Some(Launch {
             world: World {
                 rank,
@@ -149,6 +164,7 @@ impl Launch {
             host,
             port,
             timeout,
+            check_every,
         }))
     }
 

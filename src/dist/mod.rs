@@ -15,6 +15,7 @@
 
 pub mod control;
 pub mod env;
+pub mod watchdog;
 mod wire;
 
 use std::time::Duration;

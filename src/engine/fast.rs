@@ -41,7 +41,25 @@ pub enum FastError {
         "a kernel of the fast path failed: {0} (`alexnet check-fast` tests every kernel; \
          --engine dfdx runs without them)"
     )]
-    Kernel(#[from] KernelError),
+    Kernel(KernelError),
+    /// The other ranks of a data-parallel job (not a kernel) failed.
+    #[error(transparent)]
+    Dist(Box<crate::dist::DistError>),
+}
+
+impl From<crate::dist::DistError> for FastError {
+    fn from(e: crate::dist::DistError) -> Self {
+        Self::Dist(Box::new(e))
+    }
+}
+
+impl From<KernelError> for FastError {
+    fn from(e: KernelError) -> Self {
+        match e {
+            KernelError::Dist(e) => Self::Dist(e),
+            e => Self::Kernel(e),
+        }
+    }
 }
 
 fn memory_text(memory: Option<Memory>) -> String {
@@ -340,10 +358,19 @@ impl<D: FastDevice> FastNet<D> {
     /// The latest forward pass's mean softmax cross-entropy against `labels`; its gradient is
     /// kept for `backward`.
     pub fn loss(&mut self, labels: &[u32]) -> KernelResult<f32> {
+        let sum = self.loss_sum(labels, labels.len())?;
+        Ok((sum / labels.len().max(1) as f64) as f32)
+    }
+
+    /// The sum of the latest forward pass's rows' losses against `labels`, keeping for
+    /// `backward` the gradient of the mean over `mean_over` rows (the whole batch, of which
+    /// these rows are one rank's slice).
+    pub fn loss_sum(&mut self, labels: &[u32], mean_over: usize) -> KernelResult<f64> {
         let Some(a) = self.activations.last_mut() else {
             return Err(no_step("loss"));
         };
-        self.head.loss(&mut self.kernels, &mut a.head, labels)
+        self.head
+            .loss(&mut self.kernels, &mut a.head, labels, mean_over)
     }
 
     /// The latest forward pass's logits on the host, `(batch, classes)` row-major.
@@ -411,6 +438,17 @@ impl<D: FastDevice> FastNet<D> {
     /// per block its pooling, LRN, ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`)
     /// and input (`conv2 data`) gradients, so that a profile shows each kernel's share.
     pub fn backward_observed(&mut self, observe: &mut dyn FnMut(&str)) -> KernelResult {
+        self.backward_summed(&mut |_| Ok(()), observe)
+    }
+
+    /// `backward_observed`, handing each layer's weight and bias gradients to `sum` as soon
+    /// as they are written — FC8, FC7, FC6, conv5, …, conv1 — so that summing them across the
+    /// ranks of a data-parallel job overlaps the rest of the pass.
+    pub fn backward_summed(
+        &mut self,
+        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
         let Some(mut a) = self.activations.pop() else {
             return Err(no_step("backward"));
         };
@@ -421,16 +459,33 @@ impl<D: FastDevice> FastNet<D> {
                 &mut a.head,
                 &a.features,
                 &mut a.d_features,
+                sum,
                 observe,
             )
-            .and_then(|()| self.backward_from(&mut a, observe));
+            .and_then(|()| self.backward_from(&mut a, sum, observe));
         self.activations.push(a);
         result
+    }
+
+    /// For a rank whose slice of the batch is empty: zero gradients, handed to `sum` in the
+    /// order `backward_summed` hands them (the ranks' sums pair up by order).
+    pub fn backward_empty(
+        &mut self,
+        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+    ) -> KernelResult {
+        let k = &mut self.kernels;
+        let conv = self.layers.iter_mut().rev().map(|p| &mut p.params);
+        for p in self.head.params_backward().chain(conv) {
+            p.zero_gradients(k)?;
+            sum(p.gradients())?;
+        }
+        Ok(())
     }
 
     fn backward_from(
         &mut self,
         a: &mut Activations<D>,
+        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;
@@ -465,6 +520,7 @@ impl<D: FastDevice> FastNet<D> {
             let x = below.last().map_or(&a.input, |b| b.output());
             k.conv_backward_filter(&shape, x, &b.d_relu, &mut p.params.weight_grad)?;
             observe(&format!("{conv} filter"));
+            sum(p.params.gradients())?;
             // The gradient of the block below's output (the input needs none).
             if let Some(below) = below.last_mut() {
                 k.conv_backward_data(&shape, &b.d_relu, &p.params.weight, below.d_output())?;
@@ -472,6 +528,17 @@ impl<D: FastDevice> FastNet<D> {
             }
         }
         Ok(())
+    }
+
+    /// A checksum of every weight and bias, bit for bit (the ranks of a data-parallel job
+    /// compare theirs).
+    pub fn checksum(&mut self) -> KernelResult<u64> {
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let conv = self.layers.iter().map(|p| &p.params);
+        for p in conv.chain(self.head.params()) {
+            p.hash_into(&mut self.kernels, &mut hash)?;
+        }
+        Ok(hash.digest())
     }
 
     /// One SGD update of every parameter from the gradients of `backward`.

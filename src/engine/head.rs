@@ -13,11 +13,15 @@ use super::params::Params;
 use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, MatMul, Planes, SgdStep};
 use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
 
-/// Which masks a forward pass draws: training step `step` of a run seeded with `seed`.
+/// Which masks a forward pass draws: training step `step` of a run seeded with `seed`, for the
+/// rows from `first_image` on of the step's whole batch (0 on one process; where a rank's
+/// slice starts in a data-parallel job, so that every image gets the mask it would get in one
+/// process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DropoutKey {
     pub seed: u64,
     pub step: u64,
+    pub first_image: u64,
 }
 
 /// One fully connected layer's parameters, their momentum and their last gradients.
@@ -193,6 +197,7 @@ impl<D: Storage<f32>> Head<D> {
             ) {
                 let draw = DropoutMask {
                     key: dropout_key(key.seed, key.step, layer),
+                    first_image: key.first_image,
                     rate: self.dropout,
                     keep,
                     images: batch,
@@ -219,19 +224,22 @@ impl<D: Storage<f32>> Head<D> {
         &a.layers[self.layers.len() - 1].out
     }
 
-    /// Softmax cross-entropy of the latest logits against `labels`: the rows' mean loss
-    /// (summed in f64 on the host, in row order), leaving its gradient for `backward`.
+    /// Softmax cross-entropy of the latest logits against `labels`: the sum of the rows'
+    /// losses (in f64 on the host, in row order), leaving for `backward` the gradient of the
+    /// mean loss over `mean_over` rows (see `Kernels::softmax_cross_entropy`).
     pub fn loss<K: Kernels<D>>(
         &self,
         k: &mut K,
         a: &mut HeadActivations<D>,
         labels: &[u32],
-    ) -> KernelResult<f32> {
+        mean_over: usize,
+    ) -> KernelResult<f64> {
         let batch = a.batch;
         let classes = self.classes();
         let last = a.layers.last_mut().expect("three layers");
         k.softmax_cross_entropy(
             batch,
+            mean_over,
             classes,
             &last.out,
             labels,
@@ -239,18 +247,19 @@ impl<D: Storage<f32>> Head<D> {
             &mut last.d_out,
         )?;
         let losses = k.download_prefix(&a.losses, batch)?;
-        let sum: f64 = losses.iter().map(|&l| l as f64).sum();
-        Ok((sum / batch.max(1) as f64) as f32)
+        Ok(losses.iter().map(|&l| l as f64).sum())
     }
 
     /// The backward pass of the latest `forward` and `loss`: every parameter's gradient, and
-    /// the features' gradient into `d_features`.
+    /// the features' gradient into `d_features`. Each layer's gradients go to `sum` as soon as
+    /// they are written (FC8 first; see `FastNet::backward_summed`).
     pub fn backward<K: Kernels<D>>(
         &mut self,
         k: &mut K,
         a: &mut HeadActivations<D>,
         features: &Buf<D>,
         d_features: &mut Buf<D>,
+        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;
@@ -282,6 +291,7 @@ impl<D: Storage<f32>> Head<D> {
             let x = dropped.unwrap_or(input);
             let weight = MatMul::dense_weight_gradient(batch, p.inputs, p.outputs);
             k.matmul(&weight, x, &l.d_out, &mut p.params.weight_grad)?;
+            sum(p.params.gradients())?;
             // The input's gradient, through the mask when there is one.
             let data = MatMul::dense_input_gradient(batch, p.inputs, p.outputs);
             match (dropped.is_some(), &l.mask, &mut l.d_dropped) {
@@ -294,6 +304,16 @@ impl<D: Storage<f32>> Head<D> {
             observe(NAMES[i]);
         }
         Ok(())
+    }
+
+    /// The layers' parameters, FC8 first (the backward pass's order).
+    pub fn params_backward(&mut self) -> impl Iterator<Item = &mut Params<D>> {
+        self.layers.iter_mut().rev().map(|p| &mut p.params)
+    }
+
+    /// The layers' parameters, FC6 first.
+    pub fn params(&self) -> impl Iterator<Item = &Params<D>> {
+        self.layers.iter().map(|p| &p.params)
     }
 
     /// One SGD update of every fully connected parameter from the gradients of `backward`.

@@ -63,6 +63,41 @@ impl Tally {
     pub fn top5_error(&self) -> f64 {
         1.0 - self.top5 as f64 / self.images.max(1) as f64
     }
+
+    /// The counts of one batch: its logits, labels and summed loss.
+    pub fn of(logits: &[f32], classes: usize, labels: &[u32], loss_sum: f64) -> Self {
+        let mut tally = Self::default();
+        tally.add(logits, classes, labels, 0.0);
+        tally.loss_sum = loss_sum;
+        tally
+    }
+
+    /// Adds another pass's (or rank's) counts.
+    pub fn merge(&mut self, other: &Tally) {
+        self.images += other.images;
+        self.top1 += other.top1;
+        self.top5 += other.top5;
+        self.loss_sum += other.loss_sum;
+    }
+
+    /// The counts as numbers to sum across ranks (exact: counts stay far below 2^53).
+    pub fn to_values(&self) -> [f64; 4] {
+        [
+            self.images as f64,
+            self.top1 as f64,
+            self.top5 as f64,
+            self.loss_sum,
+        ]
+    }
+
+    pub fn from_values(v: [f64; 4]) -> Self {
+        Self {
+            images: v[0] as u64,
+            top1: v[1] as u64,
+            top5: v[2] as u64,
+            loss_sum: v[3],
+        }
+    }
 }
 
 #[cfg(test)]

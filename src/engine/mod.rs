@@ -18,6 +18,7 @@ pub mod input;
 pub mod loss;
 pub mod metrics;
 pub mod params;
+pub mod replicas;
 pub mod schedule;
 pub mod sgd;
 
@@ -25,13 +26,15 @@ use dfdx::prelude::*;
 
 use crate::config::{ComputeConfig, LoaderConfig, Precision};
 use crate::device::FastDevice;
-use crate::kernels::{InputBatch, KernelError, Kernels};
+use crate::kernels::{Buf, InputBatch, KernelError, Kernels};
 use crate::loader::{Batch, LoaderData};
 use crate::model::{AlexNet, DropoutMasks};
 use fast::{FastError, FastNet};
 use head::DropoutKey;
 use input::{batch_bytes, InputStage, MeanRowTable};
 use loss::mean_cross_entropy;
+use metrics::Tally;
+use replicas::{Alone, StepSync};
 use sgd::Sgd;
 
 /// Why a step could not be taken.
@@ -39,6 +42,17 @@ use sgd::Sgd;
 pub enum EngineError {
     #[error(transparent)]
     Fast(#[from] FastError),
+    #[error(
+        "the dfdx engine trains in one process; a data-parallel job runs on the fast engine \
+         (compute.engine = \"fast\" or \"auto\", or --engine fast)"
+    )]
+    DfdxAlone,
+}
+
+impl From<crate::dist::DistError> for EngineError {
+    fn from(e: crate::dist::DistError) -> Self {
+        Self::Fast(e.into())
+    }
 }
 
 impl From<KernelError> for EngineError {
@@ -173,7 +187,31 @@ impl<D: FastDevice> StepEngine<D> {
         lr: f64,
         observe: Observer,
     ) -> Result<(f32, Vec<f32>), EngineError> {
+        let (whole, logits) =
+            self.train_step_with(dev, model, sgd, batch, dropout, lr, &mut Alone, observe)?;
+        Ok((whole.loss() as f32, logits))
+    }
+
+    /// One SGD step of a rank that meets the others through `sync` (`Alone` for one process),
+    /// on its slice `batch` of the whole batch: forward and loss; the whole batch's counts
+    /// from `sync`; then, if its loss is finite, backward — each layer's gradients summed
+    /// through `sync` as they are written — and the update. Returns the whole batch's counts
+    /// and this rank's logits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_with(
+        &mut self,
+        dev: &D,
+        model: &mut AlexNet<f32, D>,
+        sgd: &mut Sgd<D>,
+        batch: &Batch,
+        dropout: Option<DropoutKey>,
+        lr: f64,
+        sync: &mut dyn StepSync<D>,
+        observe: Observer,
+    ) -> Result<(Tally, Vec<f32>), EngineError> {
+        let classes = model.spec.classes;
         match self {
+            Self::Dfdx(_) if sync.ranks() > 1 => Err(EngineError::DfdxAlone),
             Self::Dfdx(input) => {
                 let masks = dropout.and_then(|key| {
                     DropoutMasks::draw(dev, &model.spec, key.seed, key.step, batch.len())
@@ -181,28 +219,41 @@ impl<D: FastDevice> StepEngine<D> {
                 observe(stage(Phase::Input, "dropout masks"));
                 let x = input.prepare(dev, batch);
                 observe(stage(Phase::Input, "upload+normalise"));
-                Ok(dfdx_train_step(
-                    model,
-                    sgd,
-                    x,
-                    &batch.labels,
-                    masks.as_ref(),
-                    lr,
-                    observe,
-                ))
+                let labels = &batch.labels;
+                let (value, logits) =
+                    dfdx_train_step(model, sgd, x, labels, masks.as_ref(), lr, observe);
+                let loss_sum = value as f64 * labels.len() as f64;
+                Ok((Tally::of(&logits, classes, labels, loss_sum), logits))
             }
             Self::Fast(fast) => {
-                fast.forward(batch, dropout, observe)?;
-                let value = fast.net.loss(&batch.labels)?;
-                let host_logits = fast.net.logits()?;
+                // A rank's slice of a short last batch may be empty; it still takes part.
+                let (local, logits) = if batch.is_empty() {
+                    (Tally::default(), Vec::new())
+                } else {
+                    fast.forward(batch, dropout, observe)?;
+                    let net = &mut fast.net;
+                    let loss_sum = net.loss_sum(&batch.labels, batch.whole_batch)?;
+                    let logits = net.logits()?;
+                    let local = Tally::of(&logits, classes, &batch.labels, loss_sum);
+                    (local, logits)
+                };
                 observe(stage(Phase::Forward, "loss"));
-                if value.is_finite() {
-                    fast.net
-                        .backward_observed(&mut |name| observe(stage(Phase::Backward, name)))?;
-                    fast.net.sgd_step(lr)?;
+                let whole = sync.counts(local)?;
+                let net = &mut fast.net;
+                if (whole.loss() as f32).is_finite() {
+                    let mut sum = |grads: [&mut Buf<D>; 2]| sync.gradients(grads);
+                    if batch.is_empty() {
+                        net.backward_empty(&mut sum)?;
+                    } else {
+                        net.backward_summed(&mut sum, &mut |name| {
+                            observe(stage(Phase::Backward, name))
+                        })?;
+                    }
+                    sync.finish()?;
+                    net.sgd_step(lr)?;
                     observe(stage(Phase::Update, "sgd"));
                 }
-                Ok((value, host_logits))
+                Ok((whole, logits))
             }
         }
     }
@@ -223,6 +274,15 @@ impl<D: FastDevice> StepEngine<D> {
                 fast.forward(batch, None, &mut |_| {})?;
                 Ok(fast.net.logits()?)
             }
+        }
+    }
+
+    /// A checksum of the weights the fast path holds, bit for bit (data-parallel jobs run on
+    /// it alone).
+    pub fn checksum(&mut self) -> Result<u64, EngineError> {
+        match self {
+            Self::Dfdx(_) => Err(EngineError::DfdxAlone),
+            Self::Fast(fast) => Ok(fast.net.checksum()?),
         }
     }
 

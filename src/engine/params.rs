@@ -13,6 +13,8 @@ pub struct Params<D: Storage<f32>> {
     pub bias_velocity: Buf<D>,
     pub weight_grad: Buf<D>,
     pub bias_grad: Buf<D>,
+    /// The weight's and the bias's number of values (a device's buffers may be longer).
+    lens: (usize, usize),
 }
 
 impl<D: Storage<f32>> Params<D> {
@@ -38,7 +40,34 @@ impl<D: Storage<f32>> Params<D> {
             bias_velocity,
             weight_grad: k.alloc(weight.len())?,
             bias_grad: k.alloc(bias.len())?,
+            lens: (weight.len(), bias.len()),
         })
+    }
+
+    /// Adds the weight's and the bias's bits to `hash`.
+    pub fn hash_into<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        hash: &mut xxhash_rust::xxh3::Xxh3,
+    ) -> KernelResult {
+        for (buf, len) in [(&self.weight, self.lens.0), (&self.bias, self.lens.1)] {
+            for v in k.download_prefix(buf, len)? {
+                hash.update(&v.to_bits().to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight's and the bias's gradients, for summing across ranks.
+    pub fn gradients(&mut self) -> [&mut Buf<D>; 2] {
+        [&mut self.weight_grad, &mut self.bias_grad]
+    }
+
+    /// Sets the gradients to zero (a rank whose slice of a batch is empty adds nothing).
+    pub fn zero_gradients<K: Kernels<D>>(&mut self, k: &mut K) -> KernelResult {
+        self.weight_grad = k.upload(&vec![0.0; self.lens.0])?;
+        self.bias_grad = k.upload(&vec![0.0; self.lens.1])?;
+        Ok(())
     }
 
     /// One SGD update of the weight and bias from the last gradients.

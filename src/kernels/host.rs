@@ -17,11 +17,17 @@ use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
     Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
 };
+use crate::dist::Control;
 use crate::pixels;
 
 /// Fails unless there is one label per row, each below `classes` (an index past the logits
-/// would be read out of bounds).
-pub(crate) fn check_labels(rows: usize, classes: usize, labels: &[u32]) -> KernelResult {
+/// would be read out of bounds), and the mean is over at least the rows.
+pub(crate) fn check_labels(
+    rows: usize,
+    mean_over: usize,
+    classes: usize,
+    labels: &[u32],
+) -> KernelResult {
     let failed = |status: String| KernelError::Failed {
         call: "softmax_cross_entropy",
         status,
@@ -29,10 +35,30 @@ pub(crate) fn check_labels(rows: usize, classes: usize, labels: &[u32]) -> Kerne
     if labels.len() != rows {
         return Err(failed(format!("{} labels for {rows} rows", labels.len())));
     }
+    if mean_over < rows {
+        return Err(failed(format!("a mean over {mean_over} of {rows} rows")));
+    }
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
         return Err(failed(format!("label {bad} outside the {classes} classes")));
     }
     Ok(())
+}
+
+/// CPU ranks sum their gradients over the control plane, in rank order (deterministic, and
+/// plenty for the CPU's speed).
+pub struct HostSum;
+
+impl super::GradientSum<Cpu> for HostSum {
+    fn layer(&mut self, control: &mut Control, grads: [&mut Buf<Cpu>; 2]) -> KernelResult {
+        for g in grads {
+            control.sum_f32(g, "summing gradients")?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> KernelResult {
+        Ok(())
+    }
 }
 
 /// The environment variable that injects faults into the host kernels.
@@ -416,6 +442,7 @@ impl Kernels<Cpu> for HostKernels {
     fn softmax_cross_entropy(
         &mut self,
         rows: usize,
+        mean_over: usize,
         classes: usize,
         logits: &Buf<Cpu>,
         labels: &[u32],
@@ -423,18 +450,23 @@ impl Kernels<Cpu> for HostKernels {
         dlogits: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("softmax_cross_entropy")?;
-        check_labels(rows, classes, labels)?;
+        check_labels(rows, mean_over, classes, labels)?;
         if rows == 0 {
             return Ok(());
         }
-        loops::softmax_cross_entropy(classes, logits, labels, losses, dlogits);
+        loops::softmax_cross_entropy(classes, mean_over, logits, labels, losses, dlogits);
         Ok(())
     }
 
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cpu>) -> KernelResult {
         self.faults.enter("dropout_mask")?;
-        let values =
-            crate::seed::dropout_mask(mask.key, mask.rate, mask.images, mask.units, mask.keep);
+        let values = crate::seed::dropout_mask(
+            mask.key,
+            mask.rate,
+            mask.first_image..mask.first_image + mask.images as u64,
+            mask.units,
+            mask.keep,
+        );
         out[..values.len()].copy_from_slice(&values);
         Ok(())
     }

@@ -363,13 +363,13 @@ pub fn bias_backward<T: Real>(rows: usize, columns: usize, dy: &[T], db: &mut [T
 /// be below `classes` (the kernels check them).
 pub fn softmax_cross_entropy<T: Real>(
     classes: usize,
+    mean_over: usize,
     logits: &[T],
     labels: &[u32],
     losses: &mut [T],
     dlogits: &mut [T],
 ) {
-    let rows = labels.len();
-    let scale = T::from_f32(1.0).div(T::from_f32(rows as f32));
+    let scale = T::from_f32(1.0).div(T::from_f32(mean_over as f32));
     let one = T::from_f32(1.0);
     for (r, &label) in labels.iter().enumerate() {
         let z = &logits[r * classes..][..classes];

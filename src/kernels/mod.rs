@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod host;
 pub mod loops;
 
+use crate::dist::Control;
 use dfdx::prelude::Storage;
 
 /// One convolution of a batch: square input and kernel, no dilation, no groups.
@@ -202,6 +203,9 @@ pub struct SgdStep {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DropoutMask {
     pub key: u64,
+    /// The first image's row in the whole batch (a rank's slice starts further in), so that
+    /// an image's mask is the same however the batch is cut.
+    pub first_image: u64,
     pub rate: f64,
     pub keep: f32,
     pub images: usize,
@@ -239,6 +243,15 @@ pub enum KernelError {
     Failed { call: &'static str, status: String },
     #[error("cannot start the fast path's kernels: {0}")]
     Setup(String),
+    /// Summing gradients with the other ranks of a data-parallel job failed.
+    #[error(transparent)]
+    Dist(Box<crate::dist::DistError>),
+}
+
+impl From<crate::dist::DistError> for KernelError {
+    fn from(e: crate::dist::DistError) -> Self {
+        Self::Dist(Box::new(e))
+    }
 }
 
 impl KernelError {
@@ -277,6 +290,17 @@ fn memory_text(memory: Option<Memory>) -> String {
 }
 
 pub type KernelResult<T = ()> = Result<T, KernelError>;
+
+/// Sums one layer's gradients at a time across the ranks of a data-parallel job, in place, so
+/// that every rank updates its weights with the whole batch's gradient (see `dist`).
+pub trait GradientSum<D: Storage<f32>> {
+    /// Starts summing `grads` (a layer's weight and bias gradients, just written by the
+    /// backward pass). It may return before the sums are done: on the GPU they run beside the
+    /// rest of the backward pass.
+    fn layer(&mut self, control: &mut Control, grads: [&mut Buf<D>; 2]) -> KernelResult;
+    /// Returns once every sum started is done, as far as the update's reads are concerned.
+    fn finish(&mut self) -> KernelResult;
+}
 
 /// What the fast path runs. Each method writes only its output buffer(s); shapes are
 /// trusted (the caller allocates from the same shapes). Every call returns an error instead
@@ -428,11 +452,14 @@ pub trait Kernels<D: Storage<f32>> {
     fn multiply(&mut self, len: usize, x: &Buf<D>, m: &Buf<D>, y: &mut Buf<D>) -> KernelResult;
     /// Softmax cross-entropy of `rows × classes` logits against `labels` (each below
     /// `classes`, else an error): each row's loss `logsumexp(z) − z[label]` into `losses`, and
-    /// the gradient of their mean, `(softmax(z) − onehot(label)) / rows`, into `dlogits`.
+    /// into `dlogits` the gradient of the mean loss over `mean_over` rows,
+    /// `(softmax(z) − onehot(label)) / mean_over` — `rows` on one process; the whole batch's
+    /// rows when these are one rank's slice of it, so that the ranks' gradients add up to it.
     #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &mut self,
         rows: usize,
+        mean_over: usize,
         classes: usize,
         logits: &Buf<D>,
         labels: &[u32],

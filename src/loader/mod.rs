@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 
 use crate::config::{LoaderConfig, Normalize};
+use crate::dist::World;
 use crate::shards::{self, ClassInfo, Manifest, ShardError, Split, SplitReader};
 use augment::{Augmentation, Crop, Normalizer};
 use sampler::Sampler;
@@ -262,7 +263,7 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
     pub epoch: u64,
-    /// Samples of this rank's epoch order already consumed.
+    /// Samples of the epoch order already consumed (in training, by all ranks together).
     pub sample: usize,
 }
 
@@ -272,6 +273,10 @@ pub struct LoaderOptions {
     pub config: LoaderConfig,
     pub output: Output,
     pub mode: Mode,
+    /// This process's part of a data-parallel job (see `dist`). In training every rank walks
+    /// the same epoch order in batches of `batch_size` (the whole batch) and takes its slice
+    /// of each (`World::slice`), so the ranks together see what one process would; in
+    /// evaluation rank r takes every `world_size`-th image from r.
     pub rank: usize,
     pub world_size: usize,
     pub start: Position,
@@ -327,8 +332,12 @@ impl Pixels {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub epoch: u64,
-    /// Position of the batch's first image in this rank's epoch order.
+    /// Position of the whole batch's first image in the epoch order (see `LoaderOptions::rank`).
     pub position: usize,
+    /// Where this rank's slice starts in the whole batch, and the whole batch's images (0 and
+    /// `len()` for one process).
+    pub first_image: usize,
+    pub whole_batch: usize,
     /// Dataset index of each image.
     pub indices: Vec<u32>,
     pub labels: Vec<u32>,
@@ -359,7 +368,7 @@ impl Batch {
     pub fn next_position(&self) -> Position {
         Position {
             epoch: self.epoch,
-            sample: self.position + self.len(),
+            sample: self.position + self.whole_batch,
         }
     }
 
@@ -367,6 +376,8 @@ impl Batch {
         Self {
             epoch: 0,
             position: 0,
+            first_image: 0,
+            whole_batch: 0,
             indices: Vec::new(),
             labels: Vec::new(),
             lighting: Vec::new(),
@@ -397,16 +408,20 @@ impl Loader {
     pub fn start(data: Arc<LoaderData>, options: LoaderOptions) -> Result<Self, LoaderError> {
         let config = &options.config;
         data.check_crop(config.crop_size)?;
-        let sampler = Sampler::new(data.len(), config.seed)
-            .partition(options.rank, options.world_size)
-            .map_err(LoaderError::Settings)?;
+        if options.world_size == 0 || options.rank >= options.world_size {
+            return Err(LoaderError::Settings(format!(
+                "rank {} is not in 0..{}",
+                options.rank, options.world_size
+            )));
+        }
+        let sampler = Sampler::new(data.len(), config.seed);
         if options.mode == Mode::Train
             && config.drop_last
             && sampler.epoch_len() < config.batch_size
         {
             return Err(LoaderError::Settings(format!(
-                "an epoch holds {} images per rank, fewer than one batch of {}, and incomplete \
-                 batches are dropped (loader.drop_last): lower the batch size",
+                "an epoch holds {} images, fewer than one batch of {}, and incomplete batches \
+                 are dropped (loader.drop_last): lower the batch size",
                 sampler.epoch_len(),
                 config.batch_size
             )));
@@ -528,8 +543,15 @@ impl Producer {
                     .recycled
                     .try_recv()
                     .unwrap_or_else(|_| Batch::empty(opts.output));
-                let indices = &order[position.sample..position.sample + n];
-                let filled = self.fill(&mut batch, position, indices).map(|()| batch);
+                let whole = &order[position.sample..position.sample + n];
+                let rows = match opts.mode {
+                    Mode::Train => self.world().slice(n),
+                    Mode::Center | Mode::TenCrop => 0..n,
+                };
+                let filled = self.fill(&mut batch, position, &whole[rows.clone()]);
+                batch.first_image = rows.start;
+                batch.whole_batch = n;
+                let filled = filled.map(|()| batch);
                 let failed = filled.is_err();
                 if self.batches.send(filled).is_err() || failed {
                     return; // the consumer is gone, or has been told why the stream ends
@@ -540,6 +562,14 @@ impl Producer {
                 epoch: position.epoch + 1,
                 sample: 0,
             };
+        }
+    }
+
+    fn world(&self) -> World {
+        World {
+            rank: self.options.rank,
+            size: self.options.world_size,
+            local_rank: 0,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Which stored images a rank sees, in which order: one full random permutation per epoch,
+//! In which order the stored images are seen: one full random permutation per epoch,
 //! derived from (seed, epoch) alone, so any (epoch, position) can be resumed exactly.
 
 use rand::{Rng, SeedableRng};
@@ -16,55 +16,28 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u32) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix_seed(&[SAMPLE, seed, epoch, index as u64]))
 }
 
-/// An epoch's order for one rank of a data-parallel job.
+/// An epoch's order: the same on every rank of a data-parallel job (each takes its slice of
+/// every batch; see `LoaderOptions::rank`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sampler {
     len: usize,
     seed: u64,
-    rank: usize,
-    world_size: usize,
 }
 
 impl Sampler {
-    /// Every index of `0..len` once per epoch, for a single process.
+    /// Every index of `0..len` once per epoch.
     pub fn new(len: usize, seed: u64) -> Self {
-        Self {
-            len,
-            seed,
-            rank: 0,
-            world_size: 1,
-        }
+        Self { len, seed }
     }
 
-    /// This rank's share: the epoch's permutation, padded by wrapping around to a multiple of
-    /// `world_size` (as PyTorch's `DistributedSampler` does), dealt out round-robin. Ranks get
-    /// equal lengths and together cover the epoch; only the `world_size - len % world_size`
-    /// padding samples (if any) appear twice.
-    pub fn partition(self, rank: usize, world_size: usize) -> Result<Self, String> {
-        if world_size == 0 || rank >= world_size {
-            return Err(format!("rank {rank} is not in 0..{world_size}"));
-        }
-        Ok(Self {
-            rank,
-            world_size,
-            ..self
-        })
-    }
-
-    /// Samples per epoch for this rank.
+    /// Samples per epoch.
     pub fn epoch_len(&self) -> usize {
-        self.len.div_ceil(self.world_size)
+        self.len
     }
 
-    /// This rank's indices for `epoch`, in order.
+    /// The indices of `epoch`, in order.
     pub fn epoch(&self, epoch: u64) -> Vec<u32> {
-        let perm = permutation(self.len, self.seed, epoch);
-        if self.world_size == 1 {
-            return perm;
-        }
-        (0..self.epoch_len())
-            .map(|k| perm[(self.rank + k * self.world_size) % self.len])
-            .collect()
+        permutation(self.len, self.seed, epoch)
     }
 }
 
@@ -82,7 +55,6 @@ fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     #[test]
     fn each_index_once_per_epoch() {
@@ -103,23 +75,6 @@ mod tests {
         // Not the identity, and not merely a rotation of it.
         let e = a.epoch(0);
         assert!(e.windows(2).filter(|w| w[1] == w[0] + 1).count() < 20);
-    }
-
-    #[test]
-    fn ranks_are_equal_disjoint_and_covering() {
-        for (len, world) in [(1000usize, 4usize), (1001, 4), (7, 3), (5, 5)] {
-            let parts: Vec<Vec<u32>> = (0..world)
-                .map(|r| Sampler::new(len, 9).partition(r, world).unwrap().epoch(2))
-                .collect();
-            let per = len.div_ceil(world);
-            assert!(parts.iter().all(|p| p.len() == per));
-            let all: Vec<u32> = parts.concat();
-            let distinct: BTreeSet<u32> = all.iter().copied().collect();
-            assert_eq!(distinct.len(), len, "covering");
-            // Disjoint except for the wrap-around padding.
-            assert_eq!(all.len() - distinct.len(), per * world - len);
-        }
-        assert!(Sampler::new(10, 0).partition(3, 3).is_err());
     }
 
     #[test]

@@ -271,23 +271,44 @@ fn dropping_a_loader_mid_stream_returns_promptly() {
 }
 
 #[test]
-fn ranks_split_the_epoch() {
+fn ranks_take_their_slice_of_every_batch() {
+    // 50 images in batches of 8: six whole batches and one of 2, cut among 3 ranks (the last
+    // leaves rank 0 without an image).
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 50);
-    let mut seen = Vec::new();
-    for rank in 0..2 {
-        let options = LoaderOptions {
-            rank,
-            world_size: 2,
-            epochs: Some(1),
-            ..LoaderOptions::train(&config(5, 1), Output::U8)
-        };
-        let batches = collect(&data, options, 100);
-        assert_eq!(batches.iter().map(Batch::len).sum::<usize>(), 25);
-        seen.extend(batches.iter().flat_map(|b| b.indices.clone()));
+    let one_process = LoaderOptions {
+        epochs: Some(1),
+        ..LoaderOptions::train(&config(8, 1), Output::U8)
+    };
+    let whole = collect(&data, one_process.clone(), 100);
+    assert_eq!(whole.len(), 7);
+    let ranks: Vec<Vec<Batch>> = (0..3)
+        .map(|rank| {
+            let options = LoaderOptions {
+                rank,
+                world_size: 3,
+                ..one_process.clone()
+            };
+            collect(&data, options, 100)
+        })
+        .collect();
+    for (i, batch) in whole.iter().enumerate() {
+        let slices: Vec<&Batch> = ranks.iter().map(|r| &r[i]).collect();
+        let indices: Vec<u32> = slices.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(indices, batch.indices, "batch {i}");
+        let pixels: Vec<u8> = slices
+            .iter()
+            .flat_map(|b| b.pixels.as_bytes().to_vec())
+            .collect();
+        assert_eq!(pixels, batch.pixels.as_bytes(), "batch {i}");
+        let mut first = 0;
+        for s in &slices {
+            assert_eq!((s.first_image, s.whole_batch), (first, batch.len()));
+            assert_eq!(s.next_position(), batch.next_position());
+            first += s.len();
+        }
     }
-    seen.sort_unstable();
-    assert_eq!(seen, (0..50).collect::<Vec<u32>>());
+    assert!(ranks[0][6].is_empty() && ranks[2][6].len() == 1);
 }
 
 #[test]

@@ -313,7 +313,8 @@ impl<E: Dtype, D: Device<E>> DropoutMasks<E, D> {
         }
         let keep = E::from_f64(1.0 / (1.0 - p)).unwrap();
         let mask = |layer: u64, units: usize| {
-            let values = dropout_mask(dropout_key(seed, step, layer), p, batch, units, keep);
+            let key = dropout_key(seed, step, layer);
+            let values = dropout_mask(key, p, 0..batch as u64, units, keep);
             dev.tensor_from_vec(values, (batch, units))
         };
         Some(Self {

@@ -11,8 +11,11 @@ use indicatif::HumanCount;
 
 use crate::config::Pipeline;
 use crate::device::{self, FastDevice};
+use crate::dist::watchdog::Watchdog;
+use crate::dist::{Control, DistError, Launch, World};
 use crate::engine::head::DropoutKey;
 use crate::engine::metrics::Tally;
+use crate::engine::replicas::{Alone, Replicas, StepSync};
 use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, StepEngine};
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
@@ -87,6 +90,23 @@ pub enum TrainError {
     EngineSetup(#[from] EngineError),
     #[error("{run} is already at step {step}; --stop-after-steps {limit} would train nothing")]
     AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error(
+        "rank {rank} sees no checkpoints in {run}, which rank 0 resumes from: every rank reads \
+         the run directory, so it must be on a file system all machines share"
+    )]
+    RunNotShared { rank: usize, run: PathBuf },
+    #[error(
+        "the ranks' weights differ at step {step} ({checksums}): a rank computed differently \
+         (faulty GPU or memory?); stopped without saving. The last good checkpoint is \
+         {checkpoint}; continue with --resume"
+    )]
+    ReplicasDiffer {
+        step: u64,
+        checksums: String,
+        checkpoint: String,
+    },
 }
 
 /// The warm-up the divergence message suggests, in epochs (tested to let the paper's
@@ -117,6 +137,8 @@ pub struct TrainOptions {
     /// Whether the pipeline was named on the command line (else it is the run's own file),
     /// for the advice when it conflicts with the run's checkpoints.
     pub pipeline_given: bool,
+    /// This process's part in a data-parallel job (`None`: one process; see `dist`).
+    pub launch: Option<Launch>,
 }
 
 /// One epoch's results, as written to `metrics.csv`.
@@ -211,6 +233,11 @@ impl device::DeviceJob for TrainOptions {
 }
 
 /// Trains (or resumes) a run. All device work stays on the calling thread.
+///
+/// In a data-parallel job (`options.launch`) every rank calls this: each takes its slice of
+/// every batch, and the ranks share the step's counts and sum the gradients, so that all of
+/// them hold the same weights and take the same decisions. Rank 0 alone writes the run
+/// directory. A rank that fails tells the others, which stop too.
 pub fn run<D>(dev: D, options: TrainOptions) -> Result<Outcome, TrainError>
 where
     D: FastDevice,
@@ -224,73 +251,97 @@ where
         train_data.classes.len(),
     )?;
     let mut trainer = Trainer::start(dev, spec, &train_data, val_data, &options)?;
-    let epochs = pipeline.train.epochs;
-    if trainer.state.epoch >= epochs {
-        eprintln!(
-            "{} already finished {} epochs; raise --epochs to train further",
-            options.run.display(),
-            trainer.state.epoch
-        );
-        return Ok(trainer.outcome(false, None));
+    let result = trainer.train(&options, &train_data);
+    if let (Err(e), Some(replicas)) = (&result, &mut trainer.replicas) {
+        replicas.control.abort(&e.to_string());
     }
-    if let Some(limit) = options
-        .stop_after_steps
-        .filter(|&n| trainer.state.step >= n)
-    {
-        return Err(TrainError::AlreadyPastStop {
-            run: options.run.clone(),
-            step: trainer.state.step,
-            limit,
-        });
-    }
-    trainer.print_header(&options, train_data.len());
+    result
+}
 
-    let mut loader_options = LoaderOptions::train(&pipeline.loader, Output::U8);
-    loader_options.start = trainer.state.position();
-    loader_options.epochs = Some(epochs - trainer.state.epoch);
-    let mut loader = Loader::start(train_data.clone(), loader_options)?;
-    let mut bar = EpochBar::new(
-        options.progress,
-        trainer.steps_per_epoch,
-        pipeline.loader.batch_size,
-    );
-    bar.start_epoch(&trainer.state, epochs);
-    while let Some(batch) = loader.next() {
-        let batch = batch?;
-        let (loss, lr) = trainer.step(&batch)?;
-        bar.step(&trainer.state, loss, lr);
-
-        if trainer.epoch_finished() {
-            bar.finish_epoch();
-            let record = trainer.finish_epoch()?;
-            bar.println(&record.summary_line(epochs));
-            if trainer.state.epoch < epochs {
-                bar.start_epoch(&trainer.state, epochs);
+impl<D: FastDevice> Trainer<D> {
+    /// The training loop, from where `start` left the run to the last epoch (or a stop).
+    fn train(
+        &mut self,
+        options: &TrainOptions,
+        train_data: &Arc<LoaderData>,
+    ) -> Result<Outcome, TrainError> {
+        let pipeline = &options.pipeline;
+        let epochs = pipeline.train.epochs;
+        if self.state.epoch >= epochs {
+            if self.is_root() {
+                eprintln!(
+                    "{} already finished {} epochs; raise --epochs to train further",
+                    options.run.display(),
+                    self.state.epoch
+                );
             }
-        } else if trainer.checkpoint_due() {
-            trainer.save_checkpoint(Some(&batch))?;
+            return Ok(self.outcome(false, None));
+        }
+        if let Some(limit) = options.stop_after_steps.filter(|&n| self.state.step >= n) {
+            return Err(TrainError::AlreadyPastStop {
+                run: options.run.clone(),
+                step: self.state.step,
+                limit,
+            });
+        }
+        // The ranks start from the same weights (the same seed, or the same checkpoint).
+        self.compare_replicas()?;
+        if self.is_root() {
+            self.print_header(options, train_data.len());
         }
 
-        let stop_now = options.stop.load(Ordering::Relaxed)
-            || options
-                .stop_after_steps
-                .is_some_and(|n| trainer.state.step >= n);
-        if stop_now && trainer.state.epoch < epochs {
-            bar.finish_epoch();
-            let path = trainer.save_checkpoint(Some(&batch))?;
-            return Ok(trainer.outcome(true, Some(path)));
+        let mut loader_options = LoaderOptions::train(&pipeline.loader, Output::U8);
+        loader_options.start = self.state.position();
+        loader_options.epochs = Some(epochs - self.state.epoch);
+        (loader_options.rank, loader_options.world_size) = (self.world().rank, self.world().size);
+        let mut loader = Loader::start(train_data.clone(), loader_options)?;
+        let progress = if self.is_root() {
+            options.progress
+        } else {
+            Progress::Off
+        };
+        let mut bar = EpochBar::new(progress, self.steps_per_epoch, pipeline.loader.batch_size);
+        bar.start_epoch(&self.state, epochs);
+        while let Some(batch) = loader.next() {
+            let batch = batch?;
+            let wants_stop = options.stop.load(Ordering::Relaxed);
+            let (loss, lr, stop_asked) = self.step(&batch, wants_stop)?;
+            bar.step(&self.state, loss, lr);
+
+            if self.epoch_finished() {
+                bar.finish_epoch();
+                let record = self.finish_epoch()?;
+                bar.println(&record.summary_line(epochs));
+                if self.state.epoch < epochs {
+                    bar.start_epoch(&self.state, epochs);
+                }
+            } else if self.checkpoint_due() {
+                self.save_checkpoint(Some(&batch))?;
+            } else if self.replicas_check_due() {
+                self.compare_replicas()?;
+            }
+
+            let stop_now = stop_asked
+                || options
+                    .stop_after_steps
+                    .is_some_and(|n| self.state.step >= n);
+            if stop_now && self.state.epoch < epochs {
+                bar.finish_epoch();
+                let path = self.save_checkpoint(Some(&batch))?;
+                return Ok(self.outcome(true, Some(path)));
+            }
+            loader.recycle(batch);
         }
-        loader.recycle(batch);
+        if self.state.epoch < epochs {
+            return Err(TrainError::ShortStream {
+                split: Split::Train,
+                got: self.state.sample as u64,
+                expected: train_data.len() as u64,
+            });
+        }
+        let last = self.latest_checkpoint.clone();
+        Ok(self.outcome(false, last))
     }
-    if trainer.state.epoch < epochs {
-        return Err(TrainError::ShortStream {
-            split: Split::Train,
-            got: trainer.state.sample as u64,
-            expected: train_data.len() as u64,
-        });
-    }
-    let last = trainer.latest_checkpoint.clone();
-    Ok(trainer.outcome(false, last))
 }
 
 fn open_data(dataset: &Path) -> Result<(Arc<LoaderData>, Arc<LoaderData>), TrainError> {
@@ -372,8 +423,8 @@ struct Trainer<D: FastDevice> {
     engine: StepEngine<D>,
     val_data: Arc<LoaderData>,
     run: RunDir,
-    metrics: CsvLog<EpochRow>,
-    steps_log: CsvLog<StepRow>,
+    /// The logs, written by rank 0 alone (see `Logs`).
+    logs: Option<Logs>,
     /// When the previous step ended (for `StepRow::ms_per_step`).
     last_step_end: Instant,
     train_images: usize,
@@ -384,8 +435,52 @@ struct Trainer<D: FastDevice> {
     last_epoch: Option<EpochRecord>,
     guard: DivergenceGuard,
     dataset: state::DatasetId,
+    /// This rank's part in a data-parallel job, and the watchdog that ends it if the job
+    /// hangs (both `None` for one process).
+    replicas: Option<Replicas<D>>,
+    watchdog: Option<Watchdog>,
+    /// Steps between comparisons of the ranks' weights.
+    check_every: u64,
+}
+
+/// What only rank 0 writes: the logs, under the run directory's lock.
+struct Logs {
+    metrics: CsvLog<EpochRow>,
+    steps: CsvLog<StepRow>,
     /// Held while the run directory is being written.
     _lock: crate::lock::DirLock,
+}
+
+impl Logs {
+    /// Prepares the run directory for training from `step`: the checkpoint folder without
+    /// unfinished files, the pipeline saved, the logs cut back to `step`.
+    fn open(
+        run: &RunDir,
+        pipeline: &Pipeline,
+        step: u64,
+        lock: crate::lock::DirLock,
+    ) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(run.checkpoints()).map_err(io_error(&run.checkpoints()))?;
+        run.remove_unfinished_checkpoints()
+            .map_err(io_error(&run.checkpoints()))?;
+        let pipeline_path = run.pipeline();
+        crate::files::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(|e| {
+            TrainError::Io {
+                path: pipeline_path.clone(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+        Ok(Self {
+            metrics: CsvLog::open(&run.metrics(), step)?,
+            steps: CsvLog::open(&run.steps(), step)?,
+            _lock: lock,
+        })
+    }
+}
+
+/// The head of a fingerprint, for messages.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
 }
 
 impl<D: FastDevice> Trainer<D> {
@@ -399,8 +494,13 @@ impl<D: FastDevice> Trainer<D> {
     ) -> Result<Self, TrainError> {
         let pipeline = options.pipeline.clone();
         let run = RunDir::new(&options.run);
-        std::fs::create_dir_all(&run.root).map_err(io_error(&run.root))?;
-        let lock = crate::lock::DirLock::acquire(&run.root, "`alexnet train`")?;
+        let world = options.launch.as_ref().map_or(World::ALONE, |l| l.world);
+        let lock = if world.is_root() {
+            std::fs::create_dir_all(&run.root).map_err(io_error(&run.root))?;
+            Some(crate::lock::DirLock::acquire(&run.root, "`alexnet train`")?)
+        } else {
+            None
+        };
         let classes: Vec<String> = train_data.classes.iter().map(|c| c.wnid.clone()).collect();
         let dataset = state::DatasetId {
             train: train_data.fingerprint.clone(),
@@ -411,6 +511,12 @@ impl<D: FastDevice> Trainer<D> {
             .map_err(io_error(&run.checkpoints()))?;
         let (model, sgd, state, latest) = match (options.resume, existing) {
             (false, Some(_)) => return Err(TrainError::RunExists { run: run.root }),
+            (true, None) if !world.is_root() => {
+                return Err(TrainError::RunNotShared {
+                    rank: world.rank,
+                    run: run.root,
+                })
+            }
             (true, None) => return Err(TrainError::NothingToResume { run: run.root }),
             (false, None) => {
                 let model = AlexNet::new(&dev, spec, pipeline.train.seed);
@@ -431,18 +537,10 @@ impl<D: FastDevice> Trainer<D> {
                 (restored.model, sgd, restored.state, Some(path))
             }
         };
-        std::fs::create_dir_all(run.checkpoints()).map_err(io_error(&run.checkpoints()))?;
-        run.remove_unfinished_checkpoints()
-            .map_err(io_error(&run.checkpoints()))?;
-        let pipeline_path = run.pipeline();
-        crate::files::write_atomic(&pipeline_path, pipeline.to_toml().as_bytes()).map_err(|e| {
-            TrainError::Io {
-                path: pipeline_path.clone(),
-                source: std::io::Error::other(e),
-            }
-        })?;
-        let metrics = CsvLog::open(&run.metrics(), state.step)?;
-        let steps_log = CsvLog::open(&run.steps(), state.step)?;
+        let logs = match lock {
+            Some(lock) => Some(Logs::open(&run, &pipeline, state.step, lock)?),
+            None => None,
+        };
         let loader = &pipeline.loader;
         let n = train_data.len() as u64;
         let batch = loader.batch_size as u64;
@@ -465,6 +563,33 @@ impl<D: FastDevice> Trainer<D> {
             &model,
             Some(&sgd),
         )?;
+        let (replicas, watchdog, check_every) = match &options.launch {
+            None => (None, None, 0),
+            Some(launch) => {
+                if !pipeline.compute.engine.is_fast() {
+                    return Err(EngineError::DfdxAlone.into());
+                }
+                // Ranks that would train different things are refused at the rendezvous.
+                let job = format!(
+                    "pipeline {:016x}, data {}/{}, from step {}",
+                    xxhash_rust::xxh3::xxh3_64(pipeline.to_toml().as_bytes()),
+                    short(&dataset.train),
+                    short(&dataset.val),
+                    state.step
+                );
+                let (mut control, id) = Control::join(launch, &job, D::collective_id)?;
+                let sum = dev.gradient_sum(world, &id).inspect_err(|e| {
+                    control.abort(&e.to_string());
+                })?;
+                // Longer than any wait on the control plane, which names the rank at fault.
+                let limit = launch.timeout + std::time::Duration::from_secs(60);
+                (
+                    Some(Replicas::new(control, sum)),
+                    Some(Watchdog::start(world.rank, limit)),
+                    launch.check_every,
+                )
+            }
+        };
         Ok(Self {
             engine,
             dev,
@@ -475,8 +600,10 @@ impl<D: FastDevice> Trainer<D> {
             classes,
             val_data,
             run,
-            metrics,
-            steps_log,
+            logs,
+            replicas,
+            watchdog,
+            check_every,
             last_step_end: Instant::now(),
             train_images: train_data.len(),
             steps_per_epoch,
@@ -485,8 +612,15 @@ impl<D: FastDevice> Trainer<D> {
             last_epoch: None,
             guard,
             dataset,
-            _lock: lock,
         })
+    }
+
+    fn world(&self) -> World {
+        self.replicas.as_ref().map_or(World::ALONE, Replicas::world)
+    }
+
+    fn is_root(&self) -> bool {
+        self.world().is_root()
     }
 
     fn print_header(&self, options: &TrainOptions, images: usize) {
@@ -526,6 +660,17 @@ impl<D: FastDevice> Trainer<D> {
             self.pipeline.train.epochs,
             HumanCount(self.val_data.len() as u64),
         );
+        let world = self.world();
+        if self.replicas.is_some() {
+            let batch = self.pipeline.loader.batch_size;
+            eprintln!(
+                "data-parallel over {} ranks: each takes its slice of every batch of {batch} ({} \
+                 to {} images) and the gradients are summed; this rank (0) writes the run",
+                world.size,
+                batch / world.size,
+                batch.div_ceil(world.size),
+            );
+        }
     }
 
     /// The rate of the step with index `step` (the warm-up, then the plateau rule's rate).
@@ -536,38 +681,102 @@ impl<D: FastDevice> Trainer<D> {
             .rate_at(config, step, self.steps_per_epoch)
     }
 
-    /// One SGD step on `batch`; returns its loss and the learning rate it took.
-    fn step(&mut self, batch: &Batch) -> Result<(f32, f64), TrainError> {
+    /// One SGD step on `batch` (this rank's slice of the whole batch). `wants_stop`: this
+    /// process was asked to stop. Returns the whole batch's loss, the learning rate it took,
+    /// and whether to stop after it (any rank was asked).
+    fn step(&mut self, batch: &Batch, wants_stop: bool) -> Result<(f32, f64, bool), TrainError> {
         let dropout = Some(DropoutKey {
             seed: self.pipeline.train.seed,
             step: self.state.step,
+            first_image: batch.first_image as u64,
         });
         let lr = self.learning_rate(self.state.step);
         let (model, sgd) = (&mut self.model, &mut self.sgd);
-        let (value, host_logits) = self
-            .engine
-            .train_step(&self.dev, model, sgd, batch, dropout, lr)
-            .map_err(|e| self.engine_failed(e))?;
+        let sync: &mut dyn StepSync<D> = match &mut self.replicas {
+            Some(replicas) => {
+                replicas.stop = wants_stop;
+                replicas
+            }
+            None => &mut Alone,
+        };
+        let stepped = self.engine.train_step_with(
+            &self.dev,
+            model,
+            sgd,
+            batch,
+            dropout,
+            lr,
+            sync,
+            &mut |_| {},
+        );
+        let (whole, _) = stepped.map_err(|e| self.engine_failed(e))?;
+        let stop = self.replicas.as_ref().map_or(wants_stop, |r| r.stop);
+        let value = whole.loss() as f32;
         if let Some(what) = self.guard.observe(value) {
             return Err(self.diverged(self.state.step + 1, what));
         }
-        let classes = self.model.spec.classes;
-        self.state
-            .epoch_tally
-            .add(&host_logits, classes, &batch.labels, value as f64);
+        self.state.epoch_tally.merge(&whole);
         self.state.step += 1;
         let next = batch.next_position();
         (self.state.epoch, self.state.sample) = (next.epoch, next.sample);
         let now = Instant::now();
-        self.steps_log.append(&StepRow {
+        if let Some(logs) = &mut self.logs {
+            logs.steps.append(&StepRow {
+                step: self.state.step,
+                epoch: self.state.epoch + 1,
+                loss: value,
+                learning_rate: lr,
+                ms_per_step: (now - self.last_step_end).as_secs_f64() * 1e3,
+            })?;
+        }
+        self.last_step_end = now;
+        self.beat();
+        Ok((value, lr, stop))
+    }
+
+    /// Tells the watchdog that training moves.
+    fn beat(&self) {
+        if let Some(w) = &self.watchdog {
+            w.beat();
+        }
+    }
+
+    fn replicas_check_due(&self) -> bool {
+        self.replicas.is_some() && self.state.step.is_multiple_of(self.check_every)
+    }
+
+    /// Compares a checksum of every rank's weights: they must be the same bits (every rank
+    /// applies the same summed gradients to the same weights).
+    fn compare_replicas(&mut self) -> Result<(), TrainError> {
+        let Some(replicas) = &mut self.replicas else {
+            return Ok(());
+        };
+        let mine = self.engine.checksum().map_err(|e| TrainError::Engine {
             step: self.state.step,
             epoch: self.state.epoch + 1,
-            loss: value,
-            learning_rate: lr,
-            ms_per_step: (now - self.last_step_end).as_secs_f64() * 1e3,
+            error: e,
+            checkpoint: "(comparing the ranks' weights)".into(),
         })?;
-        self.last_step_end = now;
-        Ok((value, lr))
+        let all = replicas
+            .control
+            .gather_u64(mine, "comparing the ranks' weights")?;
+        if all.iter().all(|&c| c == all[0]) {
+            return Ok(());
+        }
+        let checksums = all
+            .iter()
+            .enumerate()
+            .map(|(rank, c)| format!("rank {rank}: {c:016x}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(TrainError::ReplicasDiffer {
+            step: self.state.step,
+            checksums,
+            checkpoint: self
+                .latest_checkpoint
+                .as_ref()
+                .map_or("none yet".into(), |p| p.display().to_string()),
+        })
     }
 
     /// The error for a step the engine could not take (a kernel failed, the device ran out of
@@ -663,16 +872,20 @@ impl<D: FastDevice> Trainer<D> {
         self.state.sample = 0;
         self.state.epoch_tally = Tally::default();
         self.state.epoch_seconds = 0.0;
-        self.metrics.append(&record.row())?;
+        if let Some(logs) = &mut self.logs {
+            logs.metrics.append(&record.row())?;
+        }
         // Also restarts the step clock: validation and saving are not the next step's time.
         self.save_checkpoint(None)?;
         self.last_epoch = Some(record.clone());
         Ok(record)
     }
 
-    /// Centre-crop top-1/top-5 error and loss on the validation split.
+    /// Centre-crop top-1/top-5 error and loss on the validation split (each rank its share of
+    /// the images, the counts summed).
     fn validate(&mut self) -> Result<Tally, TrainError> {
-        let options = LoaderOptions::eval(&self.pipeline.loader, Output::U8, Mode::Center);
+        let mut options = LoaderOptions::eval(&self.pipeline.loader, Output::U8, Mode::Center);
+        (options.rank, options.world_size) = (self.world().rank, self.world().size);
         let loader = Loader::start(self.val_data.clone(), options)?;
         let classes = self.model.spec.classes;
         let mut tally = Tally::default();
@@ -684,6 +897,10 @@ impl<D: FastDevice> Trainer<D> {
                 .map_err(|e| self.engine_failed(e))?;
             let loss = crate::engine::metrics::cross_entropy(&logits, classes, &batch.labels);
             tally.add(&logits, classes, &batch.labels, loss);
+            self.beat();
+        }
+        if let Some(replicas) = &mut self.replicas {
+            tally = replicas.sum_tally(tally, "summing the validation counts")?;
         }
         if tally.images != self.val_data.len() as u64 {
             return Err(TrainError::ShortStream {
@@ -706,17 +923,26 @@ impl<D: FastDevice> Trainer<D> {
     /// Saves the current state. The weights must be good: finite, and (when `last_batch` is
     /// given, i.e. between validations) giving a sane loss on the batch that produced them,
     /// which no loss has judged yet.
+    ///
+    /// In a data-parallel job every rank calls this at the same step: the probe's loss is the
+    /// whole batch's, the ranks' weights are compared, rank 0 writes, and the others wait for
+    /// it (hearing from it if it failed).
     fn save_checkpoint(&mut self, last_batch: Option<&Batch>) -> Result<PathBuf, TrainError> {
         if let Some(batch) = last_batch {
-            let logits = self
-                .engine
-                .logits(&self.dev, &mut self.model, batch)
-                .map_err(|e| self.engine_failed(e))?;
-            let loss = crate::engine::metrics::cross_entropy(
-                &logits,
-                self.model.spec.classes,
-                &batch.labels,
-            );
+            let classes = self.model.spec.classes;
+            let mut probe = Tally::default();
+            if !batch.is_empty() {
+                let logits = self
+                    .engine
+                    .logits(&self.dev, &mut self.model, batch)
+                    .map_err(|e| self.engine_failed(e))?;
+                let loss = crate::engine::metrics::cross_entropy(&logits, classes, &batch.labels);
+                probe.add(&logits, classes, &batch.labels, loss);
+            }
+            if let Some(replicas) = &mut self.replicas {
+                probe = replicas.sum_tally(probe, "checking the weights before saving")?;
+            }
+            let loss = probe.loss();
             if loss.is_nan() || loss > self.guard.limit {
                 let what = format!(
                     "the weights about to be saved give a loss of {loss:.4e} on the last batch"
@@ -724,13 +950,32 @@ impl<D: FastDevice> Trainer<D> {
                 return Err(self.diverged(self.state.step, what));
             }
         }
+        self.compare_replicas()?;
         self.account_time();
+        let path = self.run.checkpoint(self.state.step);
+        if self.is_root() {
+            self.write_checkpoint(&path)?;
+        }
+        if let Some(replicas) = &mut self.replicas {
+            replicas
+                .control
+                .barrier("waiting for rank 0 to save a checkpoint")?;
+        }
+        self.latest_checkpoint = Some(path.clone());
+        // Saving is not training time, nor part of the next step's.
+        self.clock = Instant::now();
+        self.last_step_end = self.clock;
+        self.beat();
+        Ok(path)
+    }
+
+    /// Writes the current state to `path` (rank 0's part of `save_checkpoint`).
+    fn write_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
         self.engine
             .export(&mut self.model, &mut self.sgd)
             .map_err(|e| self.engine_failed(e))?;
-        let path = self.run.checkpoint(self.state.step);
         let saved = state::save(
-            &path,
+            path,
             &self.model,
             &self.sgd,
             &self.state,
@@ -749,12 +994,7 @@ impl<D: FastDevice> Trainer<D> {
         saved?;
         self.run
             .prune(self.pipeline.train.keep_checkpoints)
-            .map_err(io_error(&self.run.checkpoints()))?;
-        self.latest_checkpoint = Some(path.clone());
-        // Saving is not training time, nor part of the next step's.
-        self.clock = Instant::now();
-        self.last_step_end = self.clock;
-        Ok(path)
+            .map_err(io_error(&self.run.checkpoints()))
     }
 
     fn outcome(&self, interrupted: bool, checkpoint: Option<PathBuf>) -> Outcome {

@@ -304,12 +304,12 @@ __device__ unsigned long long splitmix64(unsigned long long x)
 // out[image, unit] = keep if the unit's 32-bit draw is at least `threshold`, else 0: the draw
 // of `seed::dropout_draw`, so the host and the device draw the same masks.
 extern "C" __global__ void dropout_mask(
-    float *out, unsigned long long key, unsigned long long threshold, float keep,
-    unsigned int images, unsigned int units)
+    float *out, unsigned long long key, unsigned long long first_image,
+    unsigned long long threshold, float keep, unsigned int images, unsigned int units)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= images * units) return;
-    unsigned long long image = i / units, unit = i % units;
+    unsigned long long image = first_image + i / units, unit = i % units;
     unsigned long long draw = splitmix64(splitmix64(key ^ splitmix64(image)) + unit) >> 32;
     out[i] = draw >= threshold ? keep : 0.0f;
 }

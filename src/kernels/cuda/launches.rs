@@ -359,6 +359,7 @@ pub(super) fn dropout_mask(
     let params = (
         &mut *out,
         mask.key,
+        mask.first_image,
         crate::seed::dropout_threshold(mask.rate),
         mask.keep,
         count32(CALL, "images", mask.images)?,
@@ -448,6 +449,7 @@ pub(super) fn softmax_cross_entropy(
     dev: &Arc<CudaDevice>,
     device_labels: &mut Option<CudaSlice<u32>>,
     rows: usize,
+    mean_over: usize,
     classes: usize,
     logits: &Buf<Cuda>,
     labels: &[u32],
@@ -455,7 +457,7 @@ pub(super) fn softmax_cross_entropy(
     dlogits: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "softmax_cross_entropy";
-    crate::kernels::host::check_labels(rows, classes, labels)?;
+    crate::kernels::host::check_labels(rows, mean_over, classes, labels)?;
     let len = matrix_len(CALL, "logits", rows, classes)?;
     at_least(CALL, "logits", logits.len(), len)?;
     at_least(CALL, "losses", losses.len(), rows)?;
@@ -487,7 +489,7 @@ pub(super) fn softmax_cross_entropy(
         return Err(check::failed(CALL, "no labels after uploading".into()));
     };
     // The host reference's factor, computed the same way.
-    let scale = 1.0f32 / rows as f32;
+    let scale = 1.0f32 / mean_over as f32;
     let params = (
         logits,
         device_labels,

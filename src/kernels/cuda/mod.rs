@@ -31,6 +31,7 @@ mod cublas;
 mod cudnn;
 mod ffi;
 mod launches;
+pub mod nccl;
 mod nvrtc;
 mod passes;
 mod upload;
@@ -503,6 +504,7 @@ impl Kernels<Cuda> for CudaKernels {
     fn softmax_cross_entropy(
         &mut self,
         rows: usize,
+        mean_over: usize,
         classes: usize,
         logits: &Buf<Cuda>,
         labels: &[u32],
@@ -514,6 +516,7 @@ impl Kernels<Cuda> for CudaKernels {
             &self.dev,
             &mut self.labels,
             rows,
+            mean_over,
             classes,
             logits,
             labels,
