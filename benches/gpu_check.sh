@@ -8,8 +8,9 @@
 #   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast and a few
 #                training steps (the sample network);
 #   training     the GPU against the CPU (first steps), the fast path against the dfdx path
-#                (200 steps), --resume against an uninterrupted run, Ctrl-C, evaluate on both
-#                devices, a PyTorch-written checkpoint;
+#                (200 steps), --resume against an uninterrupted run, one data-parallel rank
+#                (NCCL) against the plain run, Ctrl-C, evaluate on both devices, a
+#                PyTorch-written checkpoint;
 #   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) strict,
 #                TF32, TF32 with measured algorithms and the dfdx path, with peak GPU memory,
 #                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run; the
@@ -209,6 +210,19 @@ alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --resume -
 alexnet train "${sample[@]}" --run "$work/dev-whole" --device "$device" --epochs 2 >/dev/null 2>&1
 IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-run/steps.csv" "$work/dev-whole/steps.csv" 0)
 row training "--resume vs uninterrupted" "$verdict" "$detail; $(seconds "$t") s"
+
+# One rank launched as torchrun launches it sums its gradients through NCCL on a GPU (a build
+# with --features nccl; libnccl.so.2 from the Python environment) and through the control
+# plane on the CPU: step for step, it must be the plain run.
+t=$(date +%s)
+nccl_lib=$(python3 -c "import glob, os, nvidia; print(':'.join(sorted({os.path.dirname(f) for r in nvidia.__path__ for f in glob.glob(os.path.join(r, '**', 'libnccl.so.2'), recursive=True)})))" 2>/dev/null)
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=${RANK_PORT:-29517} \
+    LD_LIBRARY_PATH="${nccl_lib:+$nccl_lib:}${LD_LIBRARY_PATH:-}" \
+    alexnet train "${sample[@]}" --run "$work/dev-rank" --device "$device" --stop-after-steps 10 \
+    > "$work/rank.txt" 2>&1
+IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-rank/steps.csv" "$work/dev-whole/steps.csv" 0)
+[ "$verdict" = passed ] || detail="$detail; $(grep -m1 error "$work/rank.txt")"
+row training "one rank via the launcher (NCCL) vs plain" "$verdict" "$detail; $(seconds "$t") s"
 
 t=$(date +%s)
 alexnet train "${sample[@]}" --run "$work/dev-int" --device "$device" --epochs 1000 >/dev/null 2>&1 &

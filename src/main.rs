@@ -241,6 +241,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
 fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     let mut pipeline = run_pipeline(args.pipeline.as_deref(), &args.run, true)?;
     args.device.apply(&mut pipeline);
+    let launch = Launch::from_env().context("reading the data-parallel launch")?;
+    let root = launch.as_ref().is_none_or(|l| l.world.is_root());
+    let local_rank = launch.as_ref().map_or(0, |l| l.world.local_rank);
     let batch_images = args
         .batch_size
         .unwrap_or_else(|| (pipeline.loader.batch_size / 10).max(1));
@@ -253,9 +256,13 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         batch_images,
         progress: Progress::for_stderr(),
         device_name: String::new(),
+        launch,
     };
-    let report = on_device(args.device.kind, 0, options)?
+    let report = on_device_of_rank(args.device.kind, local_rank, 0, options)?
         .with_context(|| format!("evaluating run {}", args.run.display()))?;
+    if !root {
+        return Ok(());
+    }
     eprintln!("{}", report.summary());
     print!("{}", eval::table(&report));
     let dir = RunDir::new(&args.run).eval();

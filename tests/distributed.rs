@@ -149,6 +149,37 @@ fn one_rank_through_the_launcher_equals_the_plain_run() {
 }
 
 #[test]
+fn evaluation_shared_by_ranks_equals_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 2, "");
+    let alone = dir.path().join("alone");
+    run_ok(&train_args(&data, &alone, &pipeline));
+    let shared = dir.path().join("shared");
+    copy_tree(&alone, &shared);
+    run_ok(&evaluate_args(&data, &alone, &[]));
+    let args = evaluate_args(&data, &shared, &[]);
+    let results = job(&args, 3, &[]);
+    assert_all_ok(&results);
+    let report = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&read(&run.join("eval/report.json"))).unwrap()
+    };
+    let (a, b) = (report(&alone), report(&shared));
+    assert_eq!(a["images"], b["images"]);
+    for protocol in ["center", "ten_crop"] {
+        for key in ["top1_error", "top5_error"] {
+            assert_eq!(a[protocol][key], b[protocol][key], "{protocol} {key}");
+        }
+        let loss = |r: &serde_json::Value| r[protocol]["loss"].as_f64().unwrap();
+        assert!(
+            (loss(&a) - loss(&b)).abs() <= 1e-9 * loss(&a),
+            "{protocol} loss"
+        );
+    }
+    assert_eq!(a["per_class"], b["per_class"]);
+    assert!(shared.join("eval/predictions.parquet").exists());
+}
+
+#[test]
 fn a_killed_rank_ends_the_others_with_a_clear_error_and_the_checkpoint_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 200, "checkpoint_every = 2");

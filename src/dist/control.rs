@@ -107,6 +107,34 @@ impl Control {
         wire::decode(&bytes, size).ok_or_else(|| shape(0, what))
     }
 
+    /// Every rank's `bytes`, in rank order, on every rank (say, evaluation's per-image rows).
+    pub fn gather_bytes(
+        &mut self,
+        bytes: Vec<u8>,
+        what: &'static str,
+    ) -> Result<Vec<Vec<u8>>, DistError> {
+        let joined = self.exchange(bytes, what, |parts| {
+            let mut all = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+            for part in parts {
+                (part.len() as u64).put(&mut all);
+                all.extend_from_slice(part);
+            }
+            Ok(all)
+        })?;
+        let mut parts = Vec::with_capacity(self.world.size);
+        let mut rest = &joined[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<8>() {
+            let len = u64::from_le_bytes(*len) as usize;
+            let (part, tail) = tail.split_at_checked(len).ok_or_else(|| shape(0, what))?;
+            parts.push(part.to_vec());
+            rest = tail;
+        }
+        if parts.len() != self.world.size || !rest.is_empty() {
+            return Err(shape(0, what));
+        }
+        Ok(parts)
+    }
+
     /// Returns once every rank has called it.
     pub fn barrier(&mut self, what: &'static str) -> Result<(), DistError> {
         self.sum::<f64>(&mut [], what)
@@ -486,14 +514,16 @@ mod tests {
             let mut counts = [rank as f64, 1.0];
             c.sum_f64(&mut counts, "test").unwrap();
             let all = c.gather_u64(10 + rank as u64, "test").unwrap();
+            let bytes = c.gather_bytes(vec![rank as u8; rank], "test").unwrap();
             c.barrier("test").unwrap();
-            (values, counts, all)
+            (values, counts, all, bytes)
         });
         for r in results {
-            let (values, counts, all) = r.unwrap();
+            let (values, counts, all, bytes) = r.unwrap();
             assert_eq!(values, [(1e8f32 + 1.0) - 1e8, 3.0]);
             assert_eq!(counts, [3.0, 3.0]);
             assert_eq!(all, [10, 11, 12]);
+            assert_eq!(bytes, [vec![], vec![1], vec![2, 2]]);
         }
     }
 

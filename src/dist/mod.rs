@@ -91,10 +91,7 @@ pub enum DistError {
     },
     #[error("the ranks were not started alike: {0}")]
     Mismatch(String),
-    #[error(
-        "lost rank {rank} while {what}: {reason}; the other ranks stop too (the last checkpoint \
-         is intact)"
-    )]
+    #[error("lost rank {rank} while {what}: {reason}; the other ranks stop too")]
     Lost {
         rank: usize,
         what: &'static str,
@@ -102,8 +99,7 @@ pub enum DistError {
     },
     #[error(
         "rank {rank} did not answer within {} while {what} (hung, or the network is down); the \
-         other ranks stop too (the last checkpoint is intact; the timeout is \
-         ALEXNET_DIST_TIMEOUT, in seconds)",
+         other ranks stop too (the timeout is ALEXNET_DIST_TIMEOUT, in seconds)",
         seconds(*.waited)
     )]
     Timeout {

@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use arrow_array::builder::{Float32Builder, ListBuilder, UInt32Builder};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Pipeline;
 use crate::device::FastDevice;
+use crate::dist::{Control, DistError, Launch, World};
 use crate::engine::{EngineError, StepEngine};
 use crate::loader::{Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::{import_layers, CheckpointError, TensorFile};
@@ -36,6 +37,8 @@ const VIEWS: usize = 10;
 pub enum EvalError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Dist(#[from] DistError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -101,6 +104,9 @@ pub struct EvalOptions {
     pub batch_images: usize,
     pub progress: Progress,
     pub device_name: String,
+    /// This process's part in a data-parallel job: each rank evaluates its share of the images
+    /// and rank 0 gathers the counts and predictions and writes the report (see `dist`).
+    pub launch: Option<Launch>,
 }
 
 /// Top-1/top-5 error and mean cross-entropy of one protocol.
@@ -160,7 +166,7 @@ impl Report {
 }
 
 /// Running counts of one protocol.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Counts {
     top1: u64,
     top5: u64,
@@ -207,6 +213,7 @@ fn top5(probs: &[f64]) -> Vec<(u32, f32)> {
 }
 
 /// One prediction row.
+#[derive(Serialize, Deserialize)]
 struct Prediction {
     index: u32,
     label: u32,
@@ -227,8 +234,75 @@ impl crate::device::DeviceJob for EvalOptions {
     }
 }
 
-/// Evaluates a checkpoint on the validation split and writes `RUN/eval/`.
+/// What one rank evaluated: its images' counts and predictions.
+#[derive(Serialize, Deserialize)]
+struct Partial {
+    center: Counts,
+    ten: Counts,
+    /// Per class: images, centre top-1, 10-crop top-1, 10-crop top-5.
+    per_class: Vec<[u64; 4]>,
+    predictions: Vec<Prediction>,
+}
+
+impl Partial {
+    /// The ranks' parts as one: counts added, predictions in dataset order.
+    fn merge(parts: Vec<Partial>) -> Partial {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next().expect("at least one rank");
+        for part in parts {
+            for (mine, theirs) in [(&mut all.center, part.center), (&mut all.ten, part.ten)] {
+                mine.top1 += theirs.top1;
+                mine.top5 += theirs.top5;
+                mine.loss_sum += theirs.loss_sum;
+            }
+            for (mine, theirs) in all.per_class.iter_mut().zip(part.per_class) {
+                mine.iter_mut().zip(theirs).for_each(|(m, t)| *m += t);
+            }
+            all.predictions.extend(part.predictions);
+        }
+        all.predictions.sort_by_key(|p| p.index);
+        all
+    }
+
+    /// Every rank's part, merged, on every rank.
+    fn gather(self, control: &mut Control) -> Result<Partial, EvalError> {
+        let what = "gathering the evaluation";
+        let bytes = serde_json::to_vec(&self).expect("counts and predictions serialise");
+        let parts = control
+            .gather_bytes(bytes, what)?
+            .iter()
+            .enumerate()
+            .map(|(rank, bytes)| {
+                serde_json::from_slice(bytes).map_err(|e| {
+                    DistError::Mismatch(format!("rank {rank} sent an unreadable {what}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<Partial>, DistError>>()?;
+        Ok(Self::merge(parts))
+    }
+}
+
+/// Evaluates a checkpoint on the validation split and writes `RUN/eval/`. In a data-parallel
+/// job every rank evaluates its share of the images; rank 0 writes.
 pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
+    let checkpoint = checkpoint_to_evaluate(&options)?;
+    let mut control = match &options.launch {
+        None => None,
+        Some(launch) => {
+            let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+            let job = format!("evaluate {name}");
+            Some(Control::join(launch, &job, || Ok(Vec::new()))?.0)
+        }
+    };
+    let result = evaluate(dev, &options, checkpoint, control.as_mut());
+    if let (Err(e), Some(control)) = (&result, &mut control) {
+        control.abort(&e.to_string());
+    }
+    result
+}
+
+/// `--checkpoint`, or the run's latest.
+fn checkpoint_to_evaluate(options: &EvalOptions) -> Result<PathBuf, EvalError> {
     let run = RunDir::new(&options.run);
     let checkpoint = match &options.checkpoint {
         Some(path) => path.clone(),
@@ -242,10 +316,21 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
                 run: run.root.clone(),
             })?,
     };
+    Ok(checkpoint)
+}
+
+fn evaluate<D: FastDevice>(
+    dev: D,
+    options: &EvalOptions,
+    checkpoint: PathBuf,
+    control: Option<&mut Control>,
+) -> Result<Report, EvalError> {
+    let run = RunDir::new(&options.run);
+    let world = control.as_ref().map_or(World::ALONE, |c| c.world());
     let file = TensorFile::read(&checkpoint)?;
     crate::run::state::check_format(&file, &checkpoint)?;
     let unexpected = crate::run::state::unexpected_tensors(&file);
-    if !unexpected.is_empty() {
+    if !unexpected.is_empty() && world.is_root() {
         eprintln!(
             "warning: {} holds tensors that are not AlexNet's ({}{}); they are ignored",
             checkpoint.display(),
@@ -258,7 +343,7 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
             if unexpected.len() > 5 { ", …" } else { "" }
         );
     }
-    let pipeline = &trained_pipeline(&options, &file, &checkpoint, &run)?;
+    let pipeline = &trained_pipeline(options, &file, &checkpoint, &run)?;
     let data = Arc::new(LoaderData::open(&options.data, Split::Val)?);
     data.check_pipeline(pipeline)?;
     let spec = Spec::new(
@@ -274,18 +359,18 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
     let mut loader_config = pipeline.loader.clone();
     loader_config.batch_size = options.batch_images.max(1);
     let mut engine = StepEngine::new(&dev, &pipeline.compute, &data, &loader_config, &model, None)?;
-    let loader = Loader::start(
-        data.clone(),
-        LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop),
-    )?;
+    let mut loader_options = LoaderOptions::eval(&loader_config, Output::U8, Mode::TenCrop);
+    (loader_options.rank, loader_options.world_size) = (world.rank, world.size);
+    let loader = Loader::start(data.clone(), loader_options)?;
     let classes = data.classes.len();
-    let mut bar = Meter::new(
-        options.progress,
-        "evaluating",
-        "images",
-        data.len() as u64,
-        0,
-    );
+    // Rank r takes every world-size-th image from r.
+    let share = (data.len() + world.size - 1 - world.rank) / world.size;
+    let progress = if world.is_root() {
+        options.progress
+    } else {
+        Progress::Off
+    };
+    let mut bar = Meter::new(progress, "evaluating", "images", share as u64, 0);
     let started = Instant::now();
     let (mut center, mut ten) = (Counts::default(), Counts::default());
     let mut per_class = vec![[0u64; 4]; classes]; // images, centre top-1, 10-crop top-1, top-5
@@ -325,6 +410,27 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
         bar.inc(batch.len() as u64);
     }
     bar.finish();
+    if predictions.len() != share {
+        return Err(EvalError::ShortStream {
+            got: predictions.len() as u64,
+            expected: share as u64,
+        });
+    }
+    let mut evaluated = Partial {
+        center,
+        ten,
+        per_class,
+        predictions,
+    };
+    if let Some(control) = control {
+        evaluated = evaluated.gather(control)?;
+    }
+    let Partial {
+        center,
+        ten,
+        per_class,
+        predictions,
+    } = evaluated;
     let seconds = started.elapsed().as_secs_f64();
     let images = predictions.len() as u64;
     if images != data.len() as u64 {
@@ -371,7 +477,9 @@ pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalEr
         seconds,
         images_per_sec: images as f64 / seconds.max(1e-9),
     };
-    write_outputs(&run, &report, &predictions, &data)?;
+    if world.is_root() {
+        write_outputs(&run, &report, &predictions, &data)?;
+    }
     Ok(report)
 }
 

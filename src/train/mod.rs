@@ -179,6 +179,8 @@ pub struct Outcome {
     pub interrupted: bool,
     pub checkpoint: Option<PathBuf>,
     pub seconds: f64,
+    /// The ranks of the job (1: one process).
+    pub ranks: usize,
 }
 
 impl Outcome {
@@ -188,9 +190,14 @@ impl Outcome {
         let mut text = String::new();
         if self.interrupted {
             let saved = self.checkpoint.as_deref().map(Path::display);
+            let launch = if self.ranks > 1 {
+                " (launched as before: the same torchrun or srun command)"
+            } else {
+                ""
+            };
             text += &format!(
                 "stopped at step {} (epoch {} of {}); saved {}\ncontinue with: alexnet train \
-                 --data {} --run {} --resume\n",
+                 --data {} --run {} --resume{launch}\n",
                 self.steps,
                 self.epochs_done + 1,
                 self.epochs,
@@ -307,6 +314,12 @@ impl<D: FastDevice> Trainer<D> {
             let wants_stop = options.stop.load(Ordering::Relaxed);
             let (loss, lr, stop_asked) = self.step(&batch, wants_stop)?;
             bar.step(&self.state, loss, lr);
+            if stop_asked && !wants_stop && self.is_root() {
+                bar.println(
+                    "another rank was asked to stop (Ctrl-C or SIGTERM): saving a checkpoint after \
+                     this step",
+                );
+            }
 
             if self.epoch_finished() {
                 bar.finish_epoch();
@@ -1006,6 +1019,7 @@ impl<D: FastDevice> Trainer<D> {
             interrupted,
             checkpoint,
             seconds: self.state.elapsed_seconds,
+            ranks: self.world().size,
         }
     }
 }

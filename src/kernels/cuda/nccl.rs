@@ -24,8 +24,11 @@ mod with_nccl {
     use std::ffi::{c_char, CStr};
     use std::sync::Arc;
 
-    use cudarc::driver::{result as driver, sys as cu, CudaDevice, CudaStream, DevicePtr};
+    use cudarc::driver::{
+        result as driver, sys as cu, CudaDevice, CudaStream, DevicePtr, DeviceSlice,
+    };
     use cudarc::nccl::{result, sys};
+    use dfdx::tensor::Storage;
 
     use super::*;
     use crate::kernels::cuda::check;
