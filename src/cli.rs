@@ -45,7 +45,15 @@ pub enum Command {
             RUN receives pipeline.toml (the resolved settings), metrics.csv (one row per epoch), \
             steps.csv (one row per step) and checkpoints/ (safetensors with PyTorch's names). \
             Ctrl-C saves a checkpoint and exits with status 130; --resume continues exactly where \
-            the latest checkpoint left off."
+            the latest checkpoint left off.\n\n\
+            Several GPUs or machines: start one process per GPU with a launcher, e.g. `torchrun \
+            --standalone --nproc-per-node 8 --no-python alexnet train ...` or `srun alexnet train \
+            ...`. Each rank reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (or \
+            Slurm's SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), takes its slice of every batch \
+            (loader.batch_size stays the whole batch) and sums gradients with the others; rank 0 \
+            writes RUN. ALEXNET_DIST_TIMEOUT (seconds, default 600) bounds every wait for another \
+            rank; ALEXNET_DIST_CHECK_EVERY (steps, default 1000) sets how often the ranks compare \
+            their weights."
     )]
     Train(TrainArgs),
     /// Measure training throughput with the loader feeding the device, and profile a step
@@ -60,7 +68,9 @@ pub enum Command {
             Writes RUN/eval/report.json, RUN/eval/predictions.parquet (one row per validation image), \
             RUN/eval/per_class.png and, when RUN has training logs, loss.png, error.png and \
             learning_rate.png. Checkpoints written by PyTorch with the same names and layouts \
-            (safetensors) work as well: pass the pipeline they were trained with."
+            (safetensors) work as well: pass the pipeline they were trained with.\n\n\
+            Under a launcher (torchrun, srun; see `alexnet train --help`) each rank evaluates its \
+            share of the images and rank 0 writes the results."
     )]
     Evaluate(EvaluateArgs),
     /// Check the fast path against dfdx's ops on this device: every kernel against the host

@@ -265,6 +265,43 @@ fn a_stop_asked_of_one_rank_stops_all_after_the_same_step() {
 }
 
 #[test]
+fn ctrl_c_at_the_launcher_stops_every_rank_once() {
+    // A terminal's Ctrl-C reaches every rank, and torchrun passes a SIGTERM on right after:
+    // each rank must take the two as one request, save once and exit 130.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 200, "");
+    let run_dir = dir.path().join("run");
+    let args = train_args(&data, &run_dir, &pipeline);
+    let port = free_port();
+    let children: Vec<Child> = (0..2).map(|r| rank(&args, r, 2, port, &[])).collect();
+    let started = Instant::now();
+    while losses_so_far(&run_dir) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        for child in &children {
+            // SAFETY: a plain signal to a child this test started.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (r, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "rank {r}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let steps = losses_so_far(&run_dir);
+    assert!(run_dir
+        .join(format!("checkpoints/step-{steps:09}.safetensors"))
+        .exists());
+}
+
+#[test]
 fn ranks_that_never_arrive_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 1, "");
