@@ -302,6 +302,42 @@ fn ctrl_c_at_the_launcher_stops_every_rank_once() {
 }
 
 #[test]
+fn ranks_whose_weights_come_apart_stop_without_saving() {
+    // One bit of one weight flips on rank 1 in the second step (16 updates a step), as faulty
+    // memory would: the next comparison (every 2 steps here) must catch it.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 3, "");
+    let run_dir = dir.path().join("run");
+    let port = free_port();
+    let args = train_args(&data, &run_dir, &pipeline);
+    let children = [
+        rank(&args, 0, 2, port, &[]),
+        rank(&args, 1, 2, port, &[("ALEXNET_HOST_FAULT", "flip=sgd@20")]),
+    ];
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in &outputs {
+        assert!(!out.status.success());
+    }
+    let stderr = String::from_utf8_lossy(&outputs[0].stderr);
+    assert!(
+        stderr.contains("the ranks' weights differ at step 2") && stderr.contains("rank 1: "),
+        "{stderr}"
+    );
+    assert_no_panic(&stderr);
+    assert!(!run_dir.join("checkpoints").exists() || latest_is_none(&run_dir));
+}
+
+fn latest_is_none(run: &Path) -> bool {
+    std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .next()
+        .is_none()
+}
+
+#[test]
 fn ranks_that_never_arrive_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 1, "");

@@ -72,13 +72,16 @@ pub struct HostKernels {
 }
 
 /// Injected faults, from `ALEXNET_HOST_FAULT`: comma-separated `CALL@N` (the `N`th call of
-/// kernel `CALL`, e.g. `conv_backward_filter@3`, fails) and `memory=BYTES` (the kernels act
-/// as a device with that much free memory: `memory()` reports it, and a larger allocation
-/// fails as out of memory).
+/// kernel `CALL`, e.g. `conv_backward_filter@3`, fails), `flip=sgd@N` (the `N`th SGD update
+/// flips the lowest bit of its first weight and reports nothing, as faulty memory would) and
+/// `memory=BYTES` (the kernels act as a device with that much free memory: `memory()` reports
+/// it, and a larger allocation fails as out of memory).
 #[derive(Debug, Default)]
 struct Faults {
     fail: Vec<(String, u64)>,
     calls: std::collections::HashMap<&'static str, u64>,
+    flip: Vec<u64>,
+    sgd_calls: u64,
     memory: Option<usize>,
 }
 
@@ -86,7 +89,10 @@ impl Faults {
     fn parse(text: &str) -> Result<Self, String> {
         let mut faults = Self::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if let Some(bytes) = part.strip_prefix("memory=") {
+            if let Some(n) = part.strip_prefix("flip=sgd@") {
+                let n = n.parse().map_err(|_| format!("{part:?}: not flip=sgd@N"))?;
+                faults.flip.push(n);
+            } else if let Some(bytes) = part.strip_prefix("memory=") {
                 let bytes = bytes
                     .parse()
                     .map_err(|_| format!("{part:?}: not a byte count"))?;
@@ -95,7 +101,9 @@ impl Faults {
                 let n = n.parse().map_err(|_| format!("{part:?}: not CALL@N"))?;
                 faults.fail.push((call.to_string(), n));
             } else {
-                return Err(format!("{part:?}: expected CALL@N or memory=BYTES"));
+                return Err(format!(
+                    "{part:?}: expected CALL@N, flip=sgd@N or memory=BYTES"
+                ));
             }
         }
         Ok(faults)
@@ -115,6 +123,15 @@ impl Faults {
             });
         }
         Ok(())
+    }
+
+    /// Counts an SGD update; whether it is to flip a bit.
+    fn flips(&mut self) -> bool {
+        if self.flip.is_empty() {
+            return false;
+        }
+        self.sgd_calls += 1;
+        self.flip.contains(&self.sgd_calls)
     }
 
     fn allocate(&self, call: &'static str, len: usize) -> KernelResult {
@@ -483,6 +500,11 @@ impl Kernels<Cpu> for HostKernels {
             let g = g + step.weight_decay * *w;
             *v = step.momentum * *v + g;
             *w -= step.learning_rate * *v;
+        }
+        if self.faults.flips() {
+            if let Some(w) = w.first_mut() {
+                *w = f32::from_bits(w.to_bits() ^ 1);
+            }
         }
         Ok(())
     }
