@@ -227,28 +227,26 @@ fn losses_so_far(run: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_stop_asked_of_one_rank_stops_all_after_the_same_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = setup(dir.path(), 200, "");
-    let run_dir = dir.path().join("run");
-    let args = train_args(&data, &run_dir, &pipeline);
+/// Starts two ranks of `args` and returns once a few steps are logged in `run_dir`.
+fn two_ranks_under_way(args: &[&str], run_dir: &Path) -> Vec<Child> {
     let port = free_port();
-    let children: Vec<Child> = (0..2).map(|r| rank(&args, r, 2, port, &[])).collect();
+    let children: Vec<Child> = (0..2).map(|r| rank(args, r, 2, port, &[])).collect();
     let started = Instant::now();
-    while losses_so_far(&run_dir) < 3 {
+    while losses_so_far(run_dir) < 3 {
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Ctrl-C reaching one rank only (a launcher passes it to all; any one is enough).
-    let pid = children[1].id() as libc::pid_t;
-    // SAFETY: a plain signal to a child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let results: Vec<_> = children
+    children
+}
+
+/// Waits for every rank to exit with 130 (interrupted) and checks the checkpoint of the last
+/// step logged; returns rank 0's stderr.
+fn assert_stopped_and_saved(children: Vec<Child>, run_dir: &Path) -> String {
+    let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect();
-    for (r, out) in results.iter().enumerate() {
+    for (r, out) in outputs.iter().enumerate() {
         assert_eq!(
             out.status.code(),
             Some(130),
@@ -256,12 +254,29 @@ fn a_stop_asked_of_one_rank_stops_all_after_the_same_step() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let stderr = String::from_utf8_lossy(&results[0].stderr);
-    assert!(stderr.contains("continue with"), "{stderr}");
-    let steps = losses_so_far(&run_dir);
+    let steps = losses_so_far(run_dir);
     assert!(run_dir
         .join(format!("checkpoints/step-{steps:09}.safetensors"))
         .exists());
+    String::from_utf8_lossy(&outputs[0].stderr).into_owned()
+}
+
+#[test]
+fn a_stop_asked_of_one_rank_stops_all_after_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 200, "");
+    let run_dir = dir.path().join("run");
+    let children = two_ranks_under_way(&train_args(&data, &run_dir, &pipeline), &run_dir);
+    // Ctrl-C reaching one rank only (a launcher passes it to all; any one is enough).
+    let pid = children[1].id() as libc::pid_t;
+    // SAFETY: a plain signal to a child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let stderr = assert_stopped_and_saved(children, &run_dir);
+    assert!(
+        stderr.contains("another rank was asked to stop"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("continue with"), "{stderr}");
 }
 
 #[test]
@@ -271,14 +286,7 @@ fn ctrl_c_at_the_launcher_stops_every_rank_once() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 200, "");
     let run_dir = dir.path().join("run");
-    let args = train_args(&data, &run_dir, &pipeline);
-    let port = free_port();
-    let children: Vec<Child> = (0..2).map(|r| rank(&args, r, 2, port, &[])).collect();
-    let started = Instant::now();
-    while losses_so_far(&run_dir) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let children = two_ranks_under_way(&train_args(&data, &run_dir, &pipeline), &run_dir);
     for signal in [libc::SIGINT, libc::SIGTERM] {
         for child in &children {
             // SAFETY: a plain signal to a child this test started.
@@ -286,19 +294,7 @@ fn ctrl_c_at_the_launcher_stops_every_rank_once() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    for (r, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(130),
-            "rank {r}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let steps = losses_so_far(&run_dir);
-    assert!(run_dir
-        .join(format!("checkpoints/step-{steps:09}.safetensors"))
-        .exists());
+    assert_stopped_and_saved(children, &run_dir);
 }
 
 #[test]
