@@ -9,8 +9,8 @@ use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
 use super::params::Params;
 use crate::device::FastDevice;
 use crate::kernels::{
-    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LrnParams, Memory, Planes,
-    PoolShape, SgdStep,
+    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LayerGradients, LrnParams,
+    Memory, Planes, PoolShape, SgdStep,
 };
 use crate::model::checkpoint::{from_torch, to_torch};
 use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
@@ -446,7 +446,7 @@ impl<D: FastDevice> FastNet<D> {
     /// ranks of a data-parallel job overlaps the rest of the pass.
     pub fn backward_summed(
         &mut self,
-        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let Some(mut a) = self.activations.pop() else {
@@ -471,7 +471,7 @@ impl<D: FastDevice> FastNet<D> {
     /// order `backward_summed` hands them (the ranks' sums pair up by order).
     pub fn backward_empty(
         &mut self,
-        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
     ) -> KernelResult {
         let k = &mut self.kernels;
         let conv = self.layers.iter_mut().rev().map(|p| &mut p.params);
@@ -485,7 +485,7 @@ impl<D: FastDevice> FastNet<D> {
     fn backward_from(
         &mut self,
         a: &mut Activations<D>,
-        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;

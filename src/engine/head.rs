@@ -10,7 +10,9 @@
 use dfdx::prelude::Storage;
 
 use super::params::Params;
-use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, MatMul, Planes, SgdStep};
+use crate::kernels::{
+    Buf, DropoutMask, KernelResult, Kernels, LayerGradients, MatMul, Planes, SgdStep,
+};
 use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
 
 /// Which masks a forward pass draws: training step `step` of a run seeded with `seed`, for the
@@ -259,7 +261,7 @@ impl<D: Storage<f32>> Head<D> {
         a: &mut HeadActivations<D>,
         features: &Buf<D>,
         d_features: &mut Buf<D>,
-        sum: &mut dyn FnMut([&mut Buf<D>; 2]) -> KernelResult,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;

@@ -26,7 +26,7 @@ use dfdx::prelude::*;
 
 use crate::config::{ComputeConfig, LoaderConfig, Precision};
 use crate::device::FastDevice;
-use crate::kernels::{Buf, InputBatch, KernelError, Kernels};
+use crate::kernels::{InputBatch, KernelError, Kernels, LayerGradients};
 use crate::loader::{Batch, LoaderData};
 use crate::model::{AlexNet, DropoutMasks};
 use fast::{FastError, FastNet};
@@ -241,7 +241,7 @@ impl<D: FastDevice> StepEngine<D> {
                 let whole = sync.counts(local)?;
                 let net = &mut fast.net;
                 if (whole.loss() as f32).is_finite() {
-                    let mut sum = |grads: [&mut Buf<D>; 2]| sync.gradients(grads);
+                    let mut sum = |grads: LayerGradients<'_, D>| sync.gradients(grads);
                     if batch.is_empty() {
                         net.backward_empty(&mut sum)?;
                     } else {

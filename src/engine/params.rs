@@ -4,7 +4,7 @@
 
 use dfdx::prelude::Storage;
 
-use crate::kernels::{Buf, KernelResult, Kernels, SgdStep};
+use crate::kernels::{Buf, KernelResult, Kernels, LayerGradients, SgdStep};
 
 pub struct Params<D: Storage<f32>> {
     pub weight: Buf<D>,
@@ -59,8 +59,11 @@ impl<D: Storage<f32>> Params<D> {
     }
 
     /// The weight's and the bias's gradients, for summing across ranks.
-    pub fn gradients(&mut self) -> [&mut Buf<D>; 2] {
-        [&mut self.weight_grad, &mut self.bias_grad]
+    pub fn gradients(&mut self) -> LayerGradients<'_, D> {
+        [
+            (&mut self.weight_grad, self.lens.0),
+            (&mut self.bias_grad, self.lens.1),
+        ]
     }
 
     /// Sets the gradients to zero (a rank whose slice of a batch is empty adds nothing).

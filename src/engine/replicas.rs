@@ -6,7 +6,7 @@
 use super::metrics::Tally;
 use crate::device::FastDevice;
 use crate::dist::{Control, DistError, World};
-use crate::kernels::{Buf, GradientSum, KernelResult};
+use crate::kernels::{GradientSum, KernelResult, LayerGradients};
 
 /// How a step's rank meets the others.
 pub trait StepSync<D: FastDevice> {
@@ -15,7 +15,7 @@ pub trait StepSync<D: FastDevice> {
     /// This rank's counts of the step → the whole batch's, the same on every rank.
     fn counts(&mut self, local: Tally) -> Result<Tally, DistError>;
     /// Starts summing one layer's gradients across the ranks (see `GradientSum`).
-    fn gradients(&mut self, grads: [&mut Buf<D>; 2]) -> KernelResult;
+    fn gradients(&mut self, grads: LayerGradients<'_, D>) -> KernelResult;
     /// Returns once the sums are complete for the update.
     fn finish(&mut self) -> KernelResult;
 }
@@ -30,7 +30,7 @@ impl<D: FastDevice> StepSync<D> for Alone {
     fn counts(&mut self, local: Tally) -> Result<Tally, DistError> {
         Ok(local)
     }
-    fn gradients(&mut self, _: [&mut Buf<D>; 2]) -> KernelResult {
+    fn gradients(&mut self, _: LayerGradients<'_, D>) -> KernelResult {
         Ok(())
     }
     fn finish(&mut self) -> KernelResult {
@@ -83,7 +83,7 @@ impl<D: FastDevice> StepSync<D> for Replicas<D> {
         ]))
     }
 
-    fn gradients(&mut self, grads: [&mut Buf<D>; 2]) -> KernelResult {
+    fn gradients(&mut self, grads: LayerGradients<'_, D>) -> KernelResult {
         self.sum.layer(&mut self.control, grads)
     }
 

@@ -14,8 +14,8 @@ use rayon::prelude::*;
 
 use super::loops;
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
-    Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LayerGradients,
+    LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
 };
 use crate::dist::Control;
 use crate::pixels;
@@ -49,9 +49,9 @@ pub(crate) fn check_labels(
 pub struct HostSum;
 
 impl super::GradientSum<Cpu> for HostSum {
-    fn layer(&mut self, control: &mut Control, grads: [&mut Buf<Cpu>; 2]) -> KernelResult {
-        for g in grads {
-            control.sum_f32(g, "summing gradients")?;
+    fn layer(&mut self, control: &mut Control, grads: LayerGradients<'_, Cpu>) -> KernelResult {
+        for (g, len) in grads {
+            control.sum_f32(&mut g[..len], "summing gradients")?;
         }
         Ok(())
     }

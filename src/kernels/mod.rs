@@ -291,13 +291,17 @@ fn memory_text(memory: Option<Memory>) -> String {
 
 pub type KernelResult<T = ()> = Result<T, KernelError>;
 
+/// A layer's weight and bias gradients, each with its number of values (a device's buffer may
+/// be longer; the ranks must sum exactly the same counts).
+pub type LayerGradients<'a, D> = [(&'a mut Buf<D>, usize); 2];
+
 /// Sums one layer's gradients at a time across the ranks of a data-parallel job, in place, so
 /// that every rank updates its weights with the whole batch's gradient (see `dist`).
 pub trait GradientSum<D: Storage<f32>> {
     /// Starts summing `grads` (a layer's weight and bias gradients, just written by the
     /// backward pass). It may return before the sums are done: on the GPU they run beside the
     /// rest of the backward pass.
-    fn layer(&mut self, control: &mut Control, grads: [&mut Buf<D>; 2]) -> KernelResult;
+    fn layer(&mut self, control: &mut Control, grads: LayerGradients<'_, D>) -> KernelResult;
     /// Returns once every sum started is done, as far as the update's reads are concerned.
     fn finish(&mut self) -> KernelResult;
 }

@@ -10,7 +10,7 @@
 //! the same bits, so the ranks' updates stay identical.
 
 use crate::dist::{Control, DistError, World};
-use crate::kernels::{Buf, GradientSum, KernelResult};
+use crate::kernels::{Buf, GradientSum, KernelResult, LayerGradients};
 use dfdx::tensor::Cuda;
 
 #[cfg(feature = "nccl")]
@@ -155,7 +155,7 @@ mod with_nccl {
     }
 
     impl GradientSum<Cuda> for NcclSum {
-        fn layer(&mut self, _: &mut Control, grads: [&mut Buf<Cuda>; 2]) -> KernelResult {
+        fn layer(&mut self, _: &mut Control, grads: LayerGradients<'_, Cuda>) -> KernelResult {
             let compute = *self.dev.cu_stream();
             let sums = self.stream.stream;
             // SAFETY: live events and streams of this context; each all-reduce reads and
@@ -171,12 +171,18 @@ mod with_nccl {
                 )
                 .map_err(|e| check::driver("cuStreamWaitEvent (gradients written)", e))?;
                 result::group_start().map_err(|e| nccl_failed("ncclGroupStart", &e))?;
-                for g in grads {
+                for (g, len) in grads {
+                    if len > g.len() {
+                        return Err(check::failed(
+                            "ncclAllReduce (gradients)",
+                            format!("{len} values asked of a buffer of {}", g.len()),
+                        ));
+                    }
                     let ptr = *g.device_ptr() as *mut std::ffi::c_void;
                     result::all_reduce(
                         ptr,
                         ptr,
-                        g.len(),
+                        len,
                         sys::ncclDataType_t::ncclFloat32,
                         sys::ncclRedOp_t::ncclSum,
                         self.comm.0,
@@ -238,7 +244,7 @@ mod without_nccl {
     }
 
     impl GradientSum<Cuda> for NcclSum {
-        fn layer(&mut self, _: &mut Control, _: [&mut Buf<Cuda>; 2]) -> KernelResult {
+        fn layer(&mut self, _: &mut Control, _: LayerGradients<'_, Cuda>) -> KernelResult {
             match *self {}
         }
 
