@@ -138,6 +138,37 @@ fn two_and_three_cpu_ranks_follow_one_process() {
 }
 
 #[test]
+fn a_run_resumes_on_another_number_of_ranks() {
+    // The state and the stream are the whole job's: two ranks stopped at step 6, then one
+    // process and then three ranks continue the same run.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 4, "");
+    let alone = dir.path().join("alone");
+    run_ok(&train_args(&data, &alone, &pipeline));
+    let run_dir = dir.path().join("run");
+    let mut first = train_args(&data, &run_dir, &pipeline);
+    first.extend(["--stop-after-steps", "6"]);
+    for (code, stderr) in job(&first, 2, &[]) {
+        assert_eq!(code, Some(130), "{stderr}");
+    }
+    let mut second = train_args(&data, &run_dir, &pipeline);
+    second.extend(["--resume", "--stop-after-steps", "11"]);
+    assert_eq!(run(&second).status.code(), Some(130));
+    let mut third = train_args(&data, &run_dir, &pipeline);
+    third.push("--resume");
+    assert_all_ok(&job(&third, 3, &[]));
+    let (expected, got) = (losses(&alone), losses(&run_dir));
+    assert_eq!(got.len(), expected.len());
+    for (step, (a, b)) in expected.iter().zip(&got).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "step {}: loss {b} where one process had {a}",
+            step + 1
+        );
+    }
+}
+
+#[test]
 fn one_rank_through_the_launcher_equals_the_plain_run() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 2, "");
