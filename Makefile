@@ -24,7 +24,8 @@ VERIFY   ?=
 
 CARGO ?= cargo
 BIN   := target/release/alexnet
-FEATURES := $(if $(CUDA),--features cuda,)
+# NCCL=1: CUDA with NCCL, for data-parallel training on several GPUs (needs libnccl.so).
+FEATURES := $(if $(NCCL),--features nccl,$(if $(CUDA),--features cuda,))
 PIPELINE_FILE := pipelines/$(PIPELINE).toml
 INPUT := $(if $(SRC),$(SRC),$(SAMPLE))
 
@@ -35,7 +36,7 @@ help:
 	@echo "make preprocess [PIPELINE=alexnet] [SRC=/path/to/imagenet] [OUT=dir] [JOBS=n] [VERIFY=1]"
 	@echo "make export [OUT=dir]     write stored val images as PNG into OUT/export"
 	@echo "make contact-sheet        PNG grid of augmented training samples, OUT/contact-sheet.png"
-	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1] [RESUME=1]"
+	@echo "make train [PIPELINE=alexnet] [DATA=shards] [RUN=runs/name] [EPOCHS=n] [CUDA=1|NCCL=1] [RESUME=1]"
 	@echo "make evaluate [PIPELINE=..] [DATA=..] [RUN=..] [CHECKPOINT=file] [CUDA=1]"
 	@echo "make test                 the whole test suite (CPU only)"
 	@echo "make bench                criterion benchmarks + preprocessing vs Pillow (generated, real and ImageNet-like photos)"
