@@ -315,6 +315,7 @@ fn sgd_in_f64(step: &SgdStep, w: &[f32], v: &[f32], g: &[f32]) -> (Vec<f64>, Vec
 mod tests {
     use super::*;
     use crate::config::{ModelConfig, Precision};
+    use crate::kernels::LayerGradients;
 
     fn small_spec(lrn: bool) -> Spec {
         let config = ModelConfig {
@@ -402,6 +403,55 @@ mod tests {
                 "batch {size}: a gap of {gap:e} with no decision differing"
             );
         }
+    }
+
+    /// A rank whose slice of a batch is empty still takes part in the gradient sums: it hands
+    /// over zeros of the same sizes, in the order a rank with images hands its gradients
+    /// (FC8 first), since the ranks' sums pair up by order.
+    #[test]
+    fn an_empty_slice_hands_zero_gradients_in_the_backward_passes_order() {
+        let dev = Cpu::default();
+        let spec = small_spec(true);
+        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
+        let kernels = dev.fast_kernels(&strict()).unwrap();
+        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
+        let batch = TestBatch::random(3, spec.input, spec.classes, 2);
+        net.kernels()
+            .set_mean_table(&batch.mean_table, batch.crop * 3)
+            .unwrap();
+        net.forward(&batch.input(), None).unwrap();
+        net.loss(&batch.labels).unwrap();
+        // Per handed tensor: its length, and whether any value is not zero.
+        let mut full = Vec::new();
+        let record = |into: &mut Vec<(usize, bool)>, grads: LayerGradients<'_, Cpu>| {
+            for (buf, len) in grads {
+                into.push((len, buf[..len].iter().any(|&v| v != 0.0)));
+            }
+        };
+        net.backward_summed(
+            &mut |g| {
+                record(&mut full, g);
+                Ok(())
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut empty = Vec::new();
+        net.backward_empty(&mut |g| {
+            record(&mut empty, g);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(full.len(), 16);
+        // FC8's bias comes second: one value per class.
+        assert_eq!(full[1].0, spec.classes);
+        let lens = |v: &[(usize, bool)]| v.iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(lens(&full), lens(&empty));
+        assert!(
+            full.iter().all(|t| t.1),
+            "every gradient of a real batch has values"
+        );
+        assert!(empty.iter().all(|t| !t.1), "an empty slice adds nothing");
     }
 
     /// The fast path draws its dropout masks with its kernels: the same values the dfdx path
