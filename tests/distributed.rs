@@ -365,6 +365,54 @@ fn latest_is_none(run: &Path) -> bool {
 }
 
 #[test]
+fn a_rank_that_cannot_start_stops_the_others_at_once() {
+    // Rank 1 alone asks to resume a run that has no checkpoints: it fails before training, and
+    // rank 0 hears why at once instead of waiting for the timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 2, "");
+    let run_dir = dir.path().join("run");
+    let args = train_args(&data, &run_dir, &pipeline);
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let port = free_port();
+    let started = Instant::now();
+    let children = [rank(&args, 0, 2, port, &[]), rank(&resume, 1, 2, port, &[])];
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&outputs[0].stderr);
+    assert!(!outputs[0].status.success());
+    assert!(
+        stderr.contains("rank 1 stopped") && stderr.contains("finds no checkpoints"),
+        "{stderr}"
+    );
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn ranks_started_with_different_commands_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 2, "");
+    let run_dir = dir.path().join("run");
+    let args = train_args(&data, &run_dir, &pipeline);
+    let mut other = args.clone();
+    other.extend(["--stop-after-steps", "3"]);
+    let port = free_port();
+    let children = [rank(&args, 0, 2, port, &[]), rank(&other, 1, 2, port, &[])];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("rank 1 runs") && stderr.contains("to step 3"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn ranks_that_never_arrive_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 1, "");

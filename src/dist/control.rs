@@ -135,6 +135,27 @@ impl Control {
         Ok(parts)
     }
 
+    /// Checks that every rank describes its job as rank 0 does (what it trains, from where),
+    /// naming the ranks that differ.
+    pub fn agree(&mut self, job: &str) -> Result<(), DistError> {
+        let all = self.gather_bytes(job.as_bytes().to_vec(), "comparing what the ranks run")?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let differing: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, theirs)| *theirs != &all[0])
+            .map(|(rank, theirs)| format!("rank {rank} runs {}", text(theirs)))
+            .collect();
+        if differing.is_empty() {
+            return Ok(());
+        }
+        Err(DistError::Mismatch(format!(
+            "{}, where rank 0 runs {}: start every rank with the same command, pipeline and data",
+            differing.join("; "),
+            text(&all[0])
+        )))
+    }
+
     /// Returns once every rank has called it.
     pub fn barrier(&mut self, what: &'static str) -> Result<(), DistError> {
         self.sum::<f64>(&mut [], what)
@@ -325,6 +346,15 @@ fn accept_all(launch: &Launch, job: &str) -> Result<Vec<TcpStream>, DistError> {
                         return Err(e);
                     }
                 };
+                if peers[rank - 1].is_some() {
+                    let e = DistError::Mismatch(format!(
+                        "two processes joined as rank {rank} (check RANK or SLURM_PROCID)"
+                    ));
+                    for peer in peers.iter_mut().flatten() {
+                        let _ = wire::write(peer, ABORT, 0, e.to_string().as_bytes());
+                    }
+                    return Err(e);
+                }
                 peers[rank - 1] = Some(stream);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -515,6 +545,13 @@ mod tests {
             c.sum_f64(&mut counts, "test").unwrap();
             let all = c.gather_u64(10 + rank as u64, "test").unwrap();
             let bytes = c.gather_bytes(vec![rank as u8; rank], "test").unwrap();
+            c.agree("same").unwrap();
+            let differs = c.agree(if rank == 2 { "other" } else { "same" });
+            let text = differs.unwrap_err().to_string();
+            assert!(
+                text.contains("rank 2 runs other, where rank 0 runs same"),
+                "{text}"
+            );
             c.barrier("test").unwrap();
             (values, counts, all, bytes)
         });

@@ -59,7 +59,8 @@ pub enum DistError {
     Launch(String),
     #[error(
         "rank 0 cannot listen on port {port} for the other ranks: {source}; free the port or \
-         choose another (MASTER_PORT, or ALEXNET_RENDEZVOUS_PORT)"
+         choose another (MASTER_PORT, or ALEXNET_RENDEZVOUS_PORT), and check that only one \
+         process was started as rank 0 (RANK or SLURM_PROCID)"
     )]
     Listen {
         port: u16,

@@ -93,8 +93,9 @@ pub enum TrainError {
     #[error(transparent)]
     Dist(#[from] DistError),
     #[error(
-        "rank {rank} sees no checkpoints in {run}, which rank 0 resumes from: every rank reads \
-         the run directory, so it must be on a file system all machines share"
+        "rank {rank} finds no checkpoints to resume from in {run}: either the run has none yet \
+         (start it without --resume), or that directory is not on a file system every machine \
+         shares (every rank reads the run's checkpoint when it resumes)"
     )]
     RunNotShared { rank: usize, run: PathBuf },
     #[error(
@@ -249,6 +250,37 @@ pub fn run<D>(dev: D, options: TrainOptions) -> Result<Outcome, TrainError>
 where
     D: FastDevice,
 {
+    // The ranks meet first, so that whatever stops one of them later reaches the others.
+    let mut joined = match &options.launch {
+        None => None,
+        Some(launch) => Some(Control::join(launch, "alexnet train", D::collective_id)?),
+    };
+    let (mut trainer, train_data) = match prepare(dev, &options, &mut joined) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            if let Some((control, _)) = &mut joined {
+                control.abort(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    let result = trainer.train(&options, &train_data);
+    if let (Err(e), Some(replicas)) = (&result, &mut trainer.replicas) {
+        replicas.control.abort(&e.to_string());
+    }
+    result
+}
+
+/// A data-parallel job's control plane once the ranks have met, and rank 0's id for the
+/// gradient sums (`None` for one process). `Trainer::start` takes it once nothing can fail.
+type Joined = Option<(Control, Vec<u8>)>;
+
+/// Opens the data and starts (or resumes) the run.
+fn prepare<D: FastDevice>(
+    dev: D,
+    options: &TrainOptions,
+    joined: &mut Joined,
+) -> Result<(Trainer<D>, Arc<LoaderData>), TrainError> {
     let (train_data, val_data) = open_data(&options.data)?;
     let pipeline = &options.pipeline;
     train_data.check_pipeline(pipeline)?;
@@ -257,12 +289,8 @@ where
         pipeline.loader.crop_size as usize,
         train_data.classes.len(),
     )?;
-    let mut trainer = Trainer::start(dev, spec, &train_data, val_data, &options)?;
-    let result = trainer.train(&options, &train_data);
-    if let (Err(e), Some(replicas)) = (&result, &mut trainer.replicas) {
-        replicas.control.abort(&e.to_string());
-    }
-    result
+    let trainer = Trainer::start(dev, spec, &train_data, val_data, options, joined)?;
+    Ok((trainer, train_data))
 }
 
 impl<D: FastDevice> Trainer<D> {
@@ -504,6 +532,7 @@ impl<D: FastDevice> Trainer<D> {
         train_data: &Arc<LoaderData>,
         val_data: Arc<LoaderData>,
         options: &TrainOptions,
+        joined: &mut Joined,
     ) -> Result<Self, TrainError> {
         let pipeline = options.pipeline.clone();
         let run = RunDir::new(&options.run);
@@ -582,15 +611,23 @@ impl<D: FastDevice> Trainer<D> {
                 if !pipeline.compute.engine.is_fast() {
                     return Err(EngineError::DfdxAlone.into());
                 }
-                // Ranks that would train different things are refused at the rendezvous.
+                // Ranks that would train different things, or from different points, stop here.
+                let stop = options
+                    .stop_after_steps
+                    .map_or("the last epoch".into(), |n| format!("step {n}"));
                 let job = format!(
-                    "pipeline {:016x}, data {}/{}, from step {}",
+                    "pipeline {:016x} on data {}/{} from step {} to {stop}",
                     xxhash_rust::xxh3::xxh3_64(pipeline.to_toml().as_bytes()),
                     short(&dataset.train),
                     short(&dataset.val),
                     state.step
                 );
-                let (mut control, id) = Control::join(launch, &job, D::collective_id)?;
+                if let Some((control, _)) = joined.as_mut() {
+                    control.agree(&job)?;
+                }
+                let Some((mut control, id)) = joined.take() else {
+                    return Err(DistError::Collective("the ranks have not met".into()).into());
+                };
                 let sum = dev.gradient_sum(world, &id).inspect_err(|e| {
                     control.abort(&e.to_string());
                 })?;
