@@ -285,16 +285,18 @@ impl Partial {
 /// Evaluates a checkpoint on the validation split and writes `RUN/eval/`. In a data-parallel
 /// job every rank evaluates its share of the images; rank 0 writes.
 pub fn run<D: FastDevice>(dev: D, options: EvalOptions) -> Result<Report, EvalError> {
-    let checkpoint = checkpoint_to_evaluate(&options)?;
+    // The ranks meet first, so that whatever stops one of them reaches the others.
     let mut control = match &options.launch {
         None => None,
-        Some(launch) => {
-            let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
-            let job = format!("evaluate {name}");
-            Some(Control::join(launch, &job, || Ok(Vec::new()))?.0)
-        }
+        Some(launch) => Some(Control::join(launch, "alexnet evaluate", || Ok(Vec::new()))?.0),
     };
-    let result = evaluate(dev, &options, checkpoint, control.as_mut());
+    let result = checkpoint_to_evaluate(&options).and_then(|checkpoint| {
+        if let Some(control) = control.as_mut() {
+            let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+            control.agree(&format!("evaluate {name}"))?;
+        }
+        evaluate(dev, &options, checkpoint, control.as_mut())
+    });
     if let (Err(e), Some(control)) = (&result, &mut control) {
         control.abort(&e.to_string());
     }

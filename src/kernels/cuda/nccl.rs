@@ -10,7 +10,7 @@
 //! the same bits, so the ranks' updates stay identical.
 
 use crate::dist::{Control, DistError, World};
-use crate::kernels::{Buf, GradientSum, KernelResult, LayerGradients};
+use crate::kernels::{GradientSum, KernelResult, LayerGradients};
 use dfdx::tensor::Cuda;
 
 #[cfg(feature = "nccl")]
@@ -32,6 +32,7 @@ mod with_nccl {
 
     use super::*;
     use crate::kernels::cuda::check;
+    use crate::kernels::Buf;
 
     /// Bytes of NCCL's unique id.
     const ID_BYTES: usize = 128;
