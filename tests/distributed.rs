@@ -328,6 +328,16 @@ fn ctrl_c_at_the_launcher_stops_every_rank_once() {
     assert_stopped_and_saved(children, &run_dir);
 }
 
+/// Runs rank 0 with `args` and rank 1 with `other` and `env`, to the end of both.
+fn two_ranks(args: &[&str], other: &[&str], env: &[(&str, &str)]) -> Vec<std::process::Output> {
+    let port = free_port();
+    let children = [rank(args, 0, 2, port, &[]), rank(other, 1, 2, port, env)];
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 #[test]
 fn ranks_whose_weights_come_apart_stop_without_saving() {
     // One bit of one weight flips on rank 1 in the second step (16 updates a step), as faulty
@@ -335,16 +345,8 @@ fn ranks_whose_weights_come_apart_stop_without_saving() {
     let dir = tempfile::tempdir().unwrap();
     let (data, pipeline) = setup(dir.path(), 3, "");
     let run_dir = dir.path().join("run");
-    let port = free_port();
     let args = train_args(&data, &run_dir, &pipeline);
-    let children = [
-        rank(&args, 0, 2, port, &[]),
-        rank(&args, 1, 2, port, &[("ALEXNET_HOST_FAULT", "flip=sgd@20")]),
-    ];
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outputs = two_ranks(&args, &args, &[("ALEXNET_HOST_FAULT", "flip=sgd@20")]);
     for out in &outputs {
         assert!(!out.status.success());
     }
@@ -374,13 +376,8 @@ fn a_rank_that_cannot_start_stops_the_others_at_once() {
     let args = train_args(&data, &run_dir, &pipeline);
     let mut resume = args.clone();
     resume.push("--resume");
-    let port = free_port();
     let started = Instant::now();
-    let children = [rank(&args, 0, 2, port, &[]), rank(&resume, 1, 2, port, &[])];
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outputs = two_ranks(&args, &resume, &[]);
     assert!(started.elapsed() < Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&outputs[0].stderr);
     assert!(!outputs[0].status.success());
@@ -399,10 +396,7 @@ fn ranks_started_with_different_commands_are_refused() {
     let args = train_args(&data, &run_dir, &pipeline);
     let mut other = args.clone();
     other.extend(["--stop-after-steps", "3"]);
-    let port = free_port();
-    let children = [rank(&args, 0, 2, port, &[]), rank(&other, 1, 2, port, &[])];
-    for child in children {
-        let out = child.wait_with_output().unwrap();
+    for out in two_ranks(&args, &other, &[]) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(

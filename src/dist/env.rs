@@ -47,15 +47,7 @@ impl Launch {
     /// Set by torchrun, even `WORLD_SIZE=1` is a data-parallel job of one rank; a Slurm job
     /// step of one task is an ordinary run.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, DistError> {
-        let number =
-            |name: &str| -> Result<Option<usize>, DistError> {
-                match var(name) {
-                    None => Ok(None),
-                    Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                        DistError::Launch(format!("{name}={v:?} is not a whole number"))
-                    }),
-                }
-            };
+        let number = |name: &str| parsed::<usize>(&var, name, "a whole number");
         let (launcher, rank, size, local) = if var("RANK").is_some() || var("WORLD_SIZE").is_some()
         {
             let (Some(rank), Some(size)) = (number("RANK")?, number("WORLD_SIZE")?) else {
@@ -103,15 +95,7 @@ impl Launch {
                         .into(),
                 )),
             };
-        let port =
-            |name: &str| -> Result<Option<u16>, DistError> {
-                match var(name) {
-                    None => Ok(None),
-                    Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                        DistError::Launch(format!("{name}={v:?} is not a port number"))
-                    }),
-                }
-            };
+        let port = |name: &str| parsed::<u16>(&var, name, "a port number");
         let port = match (port("ALEXNET_RENDEZVOUS_PORT")?, port("MASTER_PORT")?) {
             (Some(own), _) => own,
             // torchrun's agent already serves its own store on MASTER_PORT: take the next.
@@ -171,6 +155,22 @@ impl Launch {
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Variable `name` parsed as `T` (`None` when it is not set); `what` says what it should be.
+fn parsed<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, DistError> {
+    match var(name) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| DistError::Launch(format!("{name}={v:?} is not {what}"))),
     }
 }
 
