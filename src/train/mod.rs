@@ -713,12 +713,16 @@ impl<D: FastDevice> Trainer<D> {
         let world = self.world();
         if self.replicas.is_some() {
             let batch = self.pipeline.loader.batch_size;
+            let (least, most) = (batch / world.size, batch.div_ceil(world.size));
+            let slice = if least == most {
+                format!("{least} images each")
+            } else {
+                format!("{least} to {most} images")
+            };
             eprintln!(
-                "data-parallel over {} ranks: each takes its slice of every batch of {batch} ({} \
-                 to {} images) and the gradients are summed; this rank (0) writes the run",
+                "data-parallel over {} ranks: each takes its slice of every batch of {batch} \
+                 ({slice}) and the gradients are summed; this rank (0) writes the run",
                 world.size,
-                batch / world.size,
-                batch.div_ceil(world.size),
             );
         }
     }
