@@ -332,6 +332,21 @@ mod tests {
         Spec::new(&config, 67, 5).unwrap()
     }
 
+    /// The small network with LRN on the host kernels, and a batch of `images` drawn with
+    /// `seed` whose mean table the kernels hold.
+    fn small_net(images: usize, seed: u64) -> (Spec, FastNet<Cpu>, TestBatch) {
+        let dev = Cpu::default();
+        let spec = small_spec(true);
+        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
+        let kernels = dev.fast_kernels(&strict()).unwrap();
+        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
+        let batch = TestBatch::random(images, spec.input, spec.classes, seed);
+        net.kernels()
+            .set_mean_table(&batch.mean_table, batch.crop * 3)
+            .unwrap();
+        (spec, net, batch)
+    }
+
     fn strict() -> ComputeConfig {
         ComputeConfig {
             precision: Precision::Strict,
@@ -410,15 +425,7 @@ mod tests {
     /// (FC8 first), since the ranks' sums pair up by order.
     #[test]
     fn an_empty_slice_hands_zero_gradients_in_the_backward_passes_order() {
-        let dev = Cpu::default();
-        let spec = small_spec(true);
-        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
-        let kernels = dev.fast_kernels(&strict()).unwrap();
-        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
-        let batch = TestBatch::random(3, spec.input, spec.classes, 2);
-        net.kernels()
-            .set_mean_table(&batch.mean_table, batch.crop * 3)
-            .unwrap();
+        let (spec, mut net, batch) = small_net(3, 2);
         net.forward(&batch.input(), None).unwrap();
         net.loss(&batch.labels).unwrap();
         // Per handed tensor: its length, and whether any value is not zero.
@@ -459,14 +466,7 @@ mod tests {
     #[test]
     fn the_fast_paths_dropout_masks_are_the_hosts() {
         let dev = Cpu::default();
-        let spec = small_spec(true);
-        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
-        let kernels = dev.fast_kernels(&strict()).unwrap();
-        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
-        let batch = TestBatch::random(5, spec.input, spec.classes, 2);
-        net.kernels()
-            .set_mean_table(&batch.mean_table, batch.crop * 3)
-            .unwrap();
+        let (spec, mut net, batch) = small_net(5, 2);
         for step in [0, 1, 77] {
             net.forward(
                 &batch.input(),
@@ -496,15 +496,7 @@ mod tests {
     /// A gradient off by 0.1% in one element of conv3's filter gradient fails conv3 alone.
     #[test]
     fn the_replay_catches_a_wrong_gradient() {
-        let dev = Cpu::default();
-        let spec = small_spec(true);
-        let batch = TestBatch::random(4, spec.input, spec.classes, 3);
-        let model = AlexNet::<f32, Cpu>::new(&dev, spec.clone(), 5);
-        let kernels = dev.fast_kernels(&strict()).unwrap();
-        let mut net = FastNet::new(kernels, &model, None, 0.9, 5e-4).unwrap();
-        net.kernels()
-            .set_mean_table(&batch.mean_table, batch.crop * 3)
-            .unwrap();
+        let (_, mut net, batch) = small_net(4, 3);
         net.forward(&batch.input(), None).unwrap();
         net.loss(&batch.labels).unwrap();
         net.backward().unwrap();
