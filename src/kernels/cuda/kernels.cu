@@ -55,7 +55,8 @@ extern "C" __global__ void bias_relu(
 // Masks the gradient by the ReLU (dy <- 0 where y <= 0) and reduces each channel's share to
 // partial sums: block (s, c) takes the channel's values [s * RELU_BIAS_CHUNK, (s + 1) *
 // RELU_BIAS_CHUNK) in (image, pixel) order, each thread a fixed strided subset of them, then a
-// fixed tree combines the threads' sums into partial[c * splits + s]. The split depends only on
+// fixed tree combines the threads' sums into partial[s * channels + c] (a splits × channels
+// matrix, which `bias_backward` then sums down its rows). The split depends only on
 // the shape, and there are no atomics, so the result does not depend on scheduling: a resumed
 // run reproduces an uninterrupted one. Launched with exactly RELU_BIAS_THREADS threads; as many
 // blocks per channel as the channel has chunks, so a large layer fills the GPU (one block per
@@ -89,18 +90,7 @@ extern "C" __global__ void relu_bias_partials(
         if (tid < half) sums[tid] += sums[tid + half];
         __syncthreads();
     }
-    if (tid == 0) partial[c * splits + s] = sums[0];
-}
-
-// db[c] = the channel's partial sums added in split order (one thread per channel).
-extern "C" __global__ void sum_partials(
-    const float *partial, float *db, unsigned int channels, unsigned int splits)
-{
-    unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= channels) return;
-    float sum = 0.0f;
-    for (unsigned int s = 0; s < splits; ++s) sum += partial[c * splits + s];
-    db[c] = sum;
+    if (tid == 0) partial[s * channels + c] = sums[0];
 }
 
 // LRN's window slides along the channels, so each thread keeps the terms of the channels in
@@ -325,7 +315,8 @@ extern "C" __global__ void bias_add(
 
 // db[c] = dy[0, c] + dy[1, c] + ... in row order, one thread per column: the reference's order,
 // so the sums round identically, and neighbouring threads read neighbouring values of a row.
-// A fully connected layer has batch-many rows, too few to be worth splitting into partial sums.
+// A fully connected layer has batch-many rows, too few to be worth splitting into partial sums;
+// it also adds up `relu_bias_partials`'s partial sums (one row per split).
 extern "C" __global__ void bias_backward(
     const float *dy, float *db, unsigned int rows, unsigned int columns)
 {

@@ -152,15 +152,17 @@ pub(super) fn relu_bias_backward(
         splits,
     );
     // SAFETY: matches `relu_bias_partials`, launched with RELU_BIAS_THREADS threads and
-    // `splits × channels` blocks; `partials` holds `channels × splits` values.
+    // `splits × channels` blocks; `partials` holds `splits × channels` values.
     unsafe {
         kernels
             .relu_bias_partials
             .launch(per_chunk(splits, channels), params)
     }?;
-    let params = (&*partials, &mut *db, channels, splits);
-    // SAFETY: matches `sum_partials`; `partials` and `db` checked above.
-    unsafe { kernels.sum_partials.launch(grid(channels), params) }
+    // The splits' sums, added in split order: the partial sums are a splits × channels matrix.
+    let params = (&*partials, &mut *db, splits, channels);
+    // SAFETY: matches `bias_backward` with rows = splits and columns = channels; `partials`
+    // and `db` checked above.
+    unsafe { kernels.bias_backward.launch(grid(channels), params) }
 }
 
 pub(super) fn lrn_forward(

@@ -24,11 +24,10 @@ const RELU_BIAS_CHUNK: usize = 8192;
 pub(super) const SOFTMAX_THREADS: u32 = 256;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 16] = [
+const KERNELS: [(&str, &str); 15] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
     ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
-    ("sum_partials", "cuLaunchKernel(sum_partials)"),
     ("lrn_forward", "cuLaunchKernel(lrn_forward)"),
     ("lrn_backward", "cuLaunchKernel(lrn_backward)"),
     ("pool_forward", "cuLaunchKernel(pool_forward)"),
@@ -75,7 +74,6 @@ pub(super) struct Functions {
     pub(super) normalize: Kernel,
     pub(super) bias_relu: Kernel,
     pub(super) relu_bias_partials: Kernel,
-    pub(super) sum_partials: Kernel,
     pub(super) lrn_forward: Kernel,
     pub(super) lrn_backward: Kernel,
     pub(super) pool_forward: Kernel,
@@ -134,7 +132,6 @@ impl Functions {
             normalize: get("normalize")?,
             bias_relu: get("bias_relu")?,
             relu_bias_partials: get("relu_bias_partials")?,
-            sum_partials: get("sum_partials")?,
             lrn_forward: get("lrn_forward")?,
             lrn_backward: get("lrn_backward")?,
             pool_forward: get("pool_forward")?,
