@@ -802,15 +802,13 @@ impl<D: FastDevice> Trainer<D> {
     /// Compares a checksum of every rank's weights: they must be the same bits (every rank
     /// applies the same summed gradients to the same weights).
     fn compare_replicas(&mut self) -> Result<(), TrainError> {
+        if self.replicas.is_none() {
+            return Ok(());
+        }
+        let mine = self.engine.checksum().map_err(|e| self.engine_failed(e))?;
         let Some(replicas) = &mut self.replicas else {
             return Ok(());
         };
-        let mine = self.engine.checksum().map_err(|e| TrainError::Engine {
-            step: self.state.step,
-            epoch: self.state.epoch + 1,
-            error: e,
-            checkpoint: "(comparing the ranks' weights)".into(),
-        })?;
         let all = replicas
             .control
             .gather_u64(mine, "comparing the ranks' weights")?;
