@@ -180,11 +180,16 @@ pub struct DeviceArg {
     /// compute.algorithms, heuristic].
     #[arg(long, value_enum)]
     pub algorithms: Option<crate::config::Algorithms>,
+    /// How the fast path lays out activations: channels first (nchw) or channels last (nhwc,
+    /// what cuDNN's tensor-core convolutions read) [default: the pipeline's compute.layout,
+    /// nchw].
+    #[arg(long, value_enum)]
+    pub layout: Option<crate::config::Layout>,
 }
 
 impl DeviceArg {
-    /// Applies `--engine`, `--precision` and `--algorithms` (none changes what is trained, so both may
-    /// differ on resume).
+    /// Applies `--engine`, `--precision`, `--algorithms` and `--layout` (none changes what is
+    /// trained, so each may differ on resume).
     pub fn apply(&self, pipeline: &mut Pipeline) {
         if let Some(engine) = self.engine {
             pipeline.compute.engine = engine;
@@ -194,6 +199,9 @@ impl DeviceArg {
         }
         if let Some(algorithms) = self.algorithms {
             pipeline.compute.algorithms = algorithms;
+        }
+        if let Some(layout) = self.layout {
+            pipeline.compute.layout = layout;
         }
     }
 }

@@ -51,8 +51,8 @@ pub struct Pipeline {
     pub compute: ComputeConfig,
 }
 
-/// How the network's arithmetic runs. Neither setting changes what is trained, so both may
-/// change when a run is resumed.
+/// How the network's arithmetic runs. No setting changes what is trained, so each may change
+/// when a run is resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComputeConfig {
@@ -68,6 +68,18 @@ pub struct ComputeConfig {
     /// (each candidate timed once at start, like PyTorch's `cudnn.benchmark`; can be faster,
     /// but two processes may choose differently).
     pub algorithms: Algorithms,
+    /// How the fast path lays out activations in memory: `nchw` (channels first, each
+    /// channel a plane) or `nhwc` (channels last, each pixel's channels together: what cuDNN's
+    /// tensor-core convolutions read, so none of its layout conversions run). Filters,
+    /// checkpoints and results are the same in both.
+    pub layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Nchw,
+    Nhwc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -98,6 +110,7 @@ impl Default for ComputeConfig {
             engine: Engine::Auto,
             precision: Precision::Tf32,
             algorithms: Algorithms::Heuristic,
+            layout: Layout::Nchw,
         }
     }
 }

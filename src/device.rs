@@ -69,8 +69,8 @@ pub trait FastDevice: TrainDevice {
 impl FastDevice for Cpu {
     type Kernels = HostKernels;
     type GradientSum = HostSum;
-    fn fast_kernels(&self, _: &ComputeConfig) -> Result<HostKernels, KernelError> {
-        HostKernels::new(self)
+    fn fast_kernels(&self, compute: &ComputeConfig) -> Result<HostKernels, KernelError> {
+        HostKernels::new(self, compute.layout)
     }
     fn collective_id() -> Result<Vec<u8>, DistError> {
         Ok(Vec::new())

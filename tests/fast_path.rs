@@ -117,6 +117,26 @@ fn a_resumed_fast_path_run_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
 }
 
+/// Channels-last activations change where values live, not what is computed: on the host
+/// kernels a run in NHWC repeats a run in NCHW bit for bit, and its checkpoints keep the same
+/// names and layouts (filters OIHW in both).
+#[test]
+fn a_channels_last_run_trains_exactly_as_a_channels_first_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let (first, last) = (dir.path().join("nchw"), dir.path().join("nhwc"));
+    let out = train(&data, &first, &pipeline, "fast", &["--layout", "nchw"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = train(&data, &last, &pipeline, "fast", &["--layout", "nhwc"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(read(&last.join("pipeline.toml")).contains("layout = \"nhwc\""));
+    assert!(losses(&first).len() >= 3);
+    assert_eq!(losses(&first), losses(&last));
+    let a = TensorFile::read(&latest_checkpoint(&first)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&last)).unwrap();
+    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+}
+
 #[test]
 fn a_fast_path_checkpoint_evaluates_the_same_on_either_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,8 +204,39 @@ fn check_fast_passes_at_a_batch_where_the_paths_decide_a_relu_differently() {
     assert_eq!(decisions.len(), 8, "{out}");
 }
 
+/// `check-fast --layout nhwc` holds the channels-last kernels to the host's (which compute in
+/// NCHW and transpose) and replays the step from activations recorded back in NCHW.
+#[test]
+fn check_fast_passes_with_channels_last_activations() {
+    let out = run_ok(&[
+        "check-fast",
+        "--pipeline",
+        s(&repo_file("pipelines/sample.toml")),
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--precision",
+        "strict",
+        "--layout",
+        "nhwc",
+    ]);
+    let json = out.lines().last().unwrap();
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
+    assert!(!out.contains("FAIL"), "{out}");
+    for r in results {
+        let name = r[0]["name"].as_str().unwrap();
+        if name.starts_with("replayed d conv") || name.starts_with("kernel ") {
+            let error = r[0]["relative_error"].as_f64().unwrap();
+            assert!(error < 1e-5, "{name}: {error:e}\n{out}");
+        }
+    }
+}
+
 /// Outputs of `check-fast`'s kernel cases (every kernel on the network's shapes).
-const KERNEL_CASES: usize = 43;
+const KERNEL_CASES: usize = 52;
 
 /// `auto`, the default engine, takes the fast path on the CPU too (its host kernels are the
 /// faster ones there); `--engine dfdx` still selects the reference.

@@ -314,7 +314,7 @@ fn sgd_in_f64(step: &SgdStep, w: &[f32], v: &[f32], g: &[f32]) -> (Vec<f64>, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ModelConfig, Precision};
+    use crate::config::{Layout, ModelConfig, Precision};
     use crate::kernels::LayerGradients;
 
     fn small_spec(lrn: bool) -> Spec {
@@ -532,11 +532,14 @@ mod tests {
     #[test]
     fn every_kernel_case_produces_a_meaningful_output() {
         let paper = Spec::new(&ModelConfig::default(), 224, 10).unwrap();
-        let results = kernels_against_host(&Cpu::default(), &strict(), &paper).unwrap();
-        assert_eq!(results.len(), 43);
-        for r in &results {
-            assert!(r.norm > 1e-3, "{}: norm {}", r.name, r.norm);
-            assert_eq!(r.relative_error, 0.0, "{}", r.name);
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let compute = ComputeConfig { layout, ..strict() };
+            let results = kernels_against_host(&Cpu::default(), &compute, &paper).unwrap();
+            assert_eq!(results.len(), 52);
+            for r in &results {
+                assert!(r.norm > 1e-3, "{layout:?} {}: norm {}", r.name, r.norm);
+                assert_eq!(r.relative_error, 0.0, "{layout:?} {}", r.name);
+            }
         }
     }
 
@@ -804,11 +807,33 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
         let p = planes(block.out_channels, block.conv_side());
         cases.push((format!("lrn {}", block.names().0), Case::Lrn(p, lrn)));
     }
+    // Widths that are multiples of nothing: the NHWC kernels hold whole pixels' channels per
+    // block (a partial last block here) or one pixel per block when the channels are many.
+    let odd = Planes {
+        batch: 3,
+        channels: 37,
+        pixels: 45,
+    };
+    cases.push(("lrn, odd widths".into(), Case::Lrn(odd, lrn)));
+    let many = Planes {
+        batch: 1,
+        channels: 4_099,
+        pixels: 3,
+    };
+    cases.push(("lrn, many channels".into(), Case::Lrn(many, lrn)));
     for block in [&blocks[0], &blocks[CONV_BLOCKS - 1]] {
         if let Some(shape) = block.pool_shape(BATCH) {
             cases.push((block.names().2.to_string(), Case::Pool(shape)));
         }
     }
+    let odd_pool = PoolShape {
+        batch: 2,
+        channels: 37,
+        size: 14,
+        kernel: 3,
+        stride: 2,
+    };
+    cases.push(("pool, odd widths".into(), Case::Pool(odd_pool)));
     let last = blocks[CONV_BLOCKS - 1];
     let features = planes(last.out_channels, last.out_side());
     cases.push(("flatten".into(), Case::ChannelsLast(features)));
@@ -869,7 +894,8 @@ pub fn kernels_against_host<D: FastDevice>(
     spec: &Spec,
 ) -> Result<Vec<Comparison>, CheckError> {
     let mut device = dev.fast_kernels(compute)?;
-    let mut host = HostKernels::new(&Cpu::default())?;
+    // In the device's layout: the host's NHWC kernels compute in NCHW and transpose.
+    let mut host = HostKernels::new(&Cpu::default(), compute.layout)?;
     let mut out = Vec::new();
     for (name, case) in cases(spec) {
         let ours = run_case(&mut device, case)?;

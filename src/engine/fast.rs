@@ -9,8 +9,8 @@ use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
 use super::params::Params;
 use crate::device::FastDevice;
 use crate::kernels::{
-    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LayerGradients, LrnParams,
-    Memory, Planes, PoolShape, SgdStep,
+    Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LayerGradients, Layout,
+    LrnParams, Memory, Planes, PoolShape, SgdStep,
 };
 use crate::model::checkpoint::{from_torch, to_torch};
 use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
@@ -97,8 +97,8 @@ impl<D: Storage<f32>> ConvParams<D> {
 }
 
 /// One block's activations for one batch size (kept for the backward pass) and their
-/// gradients. NCHW: `relu` and `lrn` are `[B, C_out, S_conv, S_conv]`, `pool`
-/// `[B, C_out, S_out, S_out]`.
+/// gradients, in the kernels' layout: `relu` and `lrn` are `[B, C_out, S_conv, S_conv]`,
+/// `pool` `[B, C_out, S_out, S_out]` in NCHW's order of dimensions.
 struct BlockActivations<D: Storage<f32>> {
     /// After bias and ReLU.
     relu: Buf<D>,
@@ -563,26 +563,50 @@ impl<D: FastDevice> FastNet<D> {
         let batch = a.batch;
         let head = self.head.record(&mut self.kernels, &a.head)?;
         let k = &mut self.kernels;
+        let layout = k.layout();
         let mut get = |buf: &Buf<D>, len: usize| k.download_prefix(buf, len);
+        // Activations as NCHW, whatever the kernels' layout.
+        let nchw = |planes: Planes, values: Vec<f32>| match layout {
+            Layout::Nchw => values,
+            Layout::Nhwc => {
+                let mut out = vec![0.0; values.len()];
+                crate::kernels::loops::unflatten_channels_last(&planes, &values, &mut out);
+                out
+            }
+        };
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
         for (p, b) in self.layers.iter().zip(&a.blocks) {
             let shape = p.shape(batch);
-            let (conv, filter) = (shape.output_len(), shape.filter_len());
-            let pooled = p.pool_shape(batch).map_or(0, |s| s.output_len());
+            let (conv, filter) = (shape.output_planes(), shape.filter_len());
+            let pooled = p.pool_shape(batch).map(|s| s.output_planes());
             let channels = p.block.out_channels;
+            let mut activation = |buf: &Buf<D>, planes: Planes| -> KernelResult<Vec<f32>> {
+                Ok(nchw(planes, get(buf, planes.len())?))
+            };
+            let relu = activation(&b.relu, conv)?;
+            let lrn = b
+                .lrn
+                .as_ref()
+                .map(|(y, _)| activation(y, conv))
+                .transpose()?;
+            let pool = match (&b.pool, pooled) {
+                (Some((y, _)), Some(planes)) => Some(activation(y, planes)?),
+                _ => None,
+            };
             blocks.push(RecordedBlock {
                 block: p.block,
                 weight: get(&p.params.weight, filter)?,
                 bias: get(&p.params.bias, channels)?,
-                relu: get(&b.relu, conv)?,
-                lrn: b.lrn.as_ref().map(|(y, _)| get(y, conv)).transpose()?,
-                pool: b.pool.as_ref().map(|(y, _)| get(y, pooled)).transpose()?,
+                relu,
+                lrn,
+                pool,
                 weight_grad: get(&p.params.weight_grad, filter)?,
                 bias_grad: get(&p.params.bias_grad, channels)?,
                 weight_velocity: get(&p.params.weight_velocity, filter)?,
             });
         }
-        let input = get(&a.input, self.layers[0].shape(batch).input_len())?;
+        let input_planes = self.layers[0].shape(batch).input_planes();
+        let input = nchw(input_planes, get(&a.input, input_planes.len())?);
         let features_len = batch * self.head.inputs();
         Ok(Recorded {
             batch,
@@ -619,8 +643,8 @@ impl<D: FastDevice> FastNet<D> {
 }
 
 /// Host copies of what the latest training step left on the device: its input, every block's
-/// activations, parameters and gradients (filters OIHW), the features and their gradient, and
-/// the fully connected layers'. The check replays the backward pass from them.
+/// activations (NCHW, whatever the kernels' layout), parameters and gradients (filters OIHW),
+/// the features and their gradient, and the fully connected layers'. The check replays the backward pass from them.
 pub struct Recorded {
     pub batch: usize,
     pub lrn: LrnParams,

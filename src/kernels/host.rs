@@ -4,7 +4,9 @@
 //!
 //! Written for clarity first (the arithmetic is `loops`, shared with the check's f64 replay):
 //! convolutions as im2col and one matrix product per image, fully connected layers as one
-//! matrix product per batch.
+//! matrix product per batch. `loops` works on NCHW; in the NHWC layout the kernels that are
+//! not elementwise transpose their operands to NCHW and their outputs back, so both layouts
+//! compute exactly the same values (the reference the GPU's own NHWC kernels are held to).
 //!
 //! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
 //! what a run does when a GPU kernel fails or the GPU runs out of memory.
@@ -15,7 +17,7 @@ use rayon::prelude::*;
 use super::loops;
 use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LayerGradients,
-    LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
+    Layout, LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
 };
 use crate::dist::Control;
 use crate::pixels;
@@ -66,6 +68,7 @@ pub const FAULT_VARIABLE: &str = "ALEXNET_HOST_FAULT";
 
 pub struct HostKernels {
     dev: Cpu,
+    layout: Layout,
     mean_table: Vec<f32>,
     row_len: usize,
     faults: Faults,
@@ -156,7 +159,7 @@ impl Faults {
 }
 
 impl HostKernels {
-    pub fn new(dev: &Cpu) -> KernelResult<Self> {
+    pub fn new(dev: &Cpu, layout: Layout) -> KernelResult<Self> {
         let faults = match std::env::var(FAULT_VARIABLE) {
             Ok(text) => Faults::parse(&text)
                 .map_err(|e| KernelError::Setup(format!("{FAULT_VARIABLE}: {e}")))?,
@@ -164,6 +167,7 @@ impl HostKernels {
         };
         Ok(Self {
             dev: dev.clone(),
+            layout,
             mean_table: Vec::new(),
             row_len: 0,
             faults,
@@ -185,7 +189,47 @@ fn system_memory() -> Option<Memory> {
     })
 }
 
+/// An NHWC activation of `p` as NCHW (the layout `loops` computes in).
+fn to_nchw(p: &Planes, nhwc: &[f32]) -> Vec<f32> {
+    let mut nchw = vec![0.0; p.len()];
+    loops::unflatten_channels_last(p, nhwc, &mut nchw);
+    nchw
+}
+
+/// An NCHW result of `p` written into an NHWC buffer.
+fn to_nhwc(p: &Planes, nchw: &[f32], nhwc: &mut [f32]) {
+    loops::flatten_channels_last(p, nchw, nhwc);
+}
+
+/// `loops::relu_bias_backward` on NHWC values, each channel's sum added up in its order: per
+/// image over the pixels, then the images' sums in order (so the two layouts agree exactly).
+fn relu_bias_backward_nhwc(p: &Planes, y: &[f32], dy: &mut [f32], db: &mut [f32]) {
+    for (g, &v) in dy[..p.len()].iter_mut().zip(y) {
+        if v <= 0.0 {
+            *g = 0.0;
+        }
+    }
+    let channels = p.channels;
+    db[..channels].fill(0.0);
+    let mut image_sums = vec![0.0f32; channels];
+    for image in dy[..p.len()].chunks((channels * p.pixels).max(1)) {
+        image_sums.fill(0.0);
+        for row in image.chunks(channels.max(1)) {
+            for (sum, &g) in image_sums.iter_mut().zip(row) {
+                *sum += g;
+            }
+        }
+        for (d, &sum) in db.iter_mut().zip(&image_sums) {
+            *d += sum;
+        }
+    }
+}
+
 impl Kernels<Cpu> for HostKernels {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<Cpu>> {
         self.faults.enter("alloc")?;
         self.faults.allocate("alloc", len)?;
@@ -229,6 +273,7 @@ impl Kernels<Cpu> for HostKernels {
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cpu>) -> KernelResult {
         self.faults.enter("normalize")?;
         let (crop, table, row_len) = (input.crop, &self.mean_table, self.row_len);
+        let layout = self.layout;
         let plane = crop * crop;
         x.par_chunks_mut(3 * plane)
             .enumerate()
@@ -238,7 +283,11 @@ impl Kernels<Cpu> for HostKernels {
                     for xx in 0..crop {
                         for c in 0..3 {
                             let pixel = input.pixels[((b * crop + y) * crop + xx) * 3 + c];
-                            image[c * plane + y * crop + xx] = pixels::normalize(
+                            let at = match layout {
+                                Layout::Nchw => c * plane + y * crop + xx,
+                                Layout::Nhwc => (y * crop + xx) * 3 + c,
+                            };
+                            image[at] = pixels::normalize(
                                 pixel,
                                 table[row + xx * 3 + c],
                                 input.lighting[b * 3 + c],
@@ -259,7 +308,14 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_forward")?;
-        loops::conv_forward(s, x, w, y);
+        match self.layout {
+            Layout::Nchw => loops::conv_forward(s, x, w, y),
+            Layout::Nhwc => {
+                let mut out = vec![0.0; s.output_len()];
+                loops::conv_forward(s, &to_nchw(&s.input_planes(), x), w, &mut out);
+                to_nhwc(&s.output_planes(), &out, y);
+            }
+        }
         Ok(())
     }
 
@@ -271,7 +327,14 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_backward_data")?;
-        loops::conv_backward_data(s, dy, w, dx);
+        match self.layout {
+            Layout::Nchw => loops::conv_backward_data(s, dy, w, dx),
+            Layout::Nhwc => {
+                let mut out = vec![0.0; s.input_len()];
+                loops::conv_backward_data(s, &to_nchw(&s.output_planes(), dy), w, &mut out);
+                to_nhwc(&s.input_planes(), &out, dx);
+            }
+        }
         Ok(())
     }
 
@@ -283,13 +346,29 @@ impl Kernels<Cpu> for HostKernels {
         dw: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_backward_filter")?;
-        loops::conv_backward_filter(s, x, dy, dw);
+        match self.layout {
+            Layout::Nchw => loops::conv_backward_filter(s, x, dy, dw),
+            Layout::Nhwc => {
+                let x = to_nchw(&s.input_planes(), x);
+                loops::conv_backward_filter(s, &x, &to_nchw(&s.output_planes(), dy), dw);
+            }
+        }
         Ok(())
     }
 
     fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) -> KernelResult {
         self.faults.enter("bias_relu")?;
-        loops::bias_relu(p, y, bias);
+        match self.layout {
+            Layout::Nchw => loops::bias_relu(p, y, bias),
+            // Elementwise: the same arithmetic, channels innermost.
+            Layout::Nhwc => {
+                for row in y[..p.len()].chunks_mut(p.channels.max(1)) {
+                    for (v, &b) in row.iter_mut().zip(bias.iter()) {
+                        *v = (*v + b).max(0.0);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -301,7 +380,10 @@ impl Kernels<Cpu> for HostKernels {
         db: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("relu_bias_backward")?;
-        loops::relu_bias_backward(p, y, dy, db);
+        match self.layout {
+            Layout::Nchw => loops::relu_bias_backward(p, y, dy, db),
+            Layout::Nhwc => relu_bias_backward_nhwc(p, y, dy, db),
+        }
         Ok(())
     }
 
@@ -314,7 +396,15 @@ impl Kernels<Cpu> for HostKernels {
         d: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("lrn_forward")?;
-        loops::lrn_forward(p, lrn, x, y, d);
+        match self.layout {
+            Layout::Nchw => loops::lrn_forward(p, lrn, x, y, d),
+            Layout::Nhwc => {
+                let (mut out, mut denominators) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+                loops::lrn_forward(p, lrn, &to_nchw(p, x), &mut out, &mut denominators);
+                to_nhwc(p, &out, y);
+                to_nhwc(p, &denominators, d);
+            }
+        }
         Ok(())
     }
 
@@ -328,7 +418,15 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("lrn_backward")?;
-        loops::lrn_backward(p, lrn, x, d, dy, dx);
+        match self.layout {
+            Layout::Nchw => loops::lrn_backward(p, lrn, x, d, dy, dx),
+            Layout::Nhwc => {
+                let (x, d, dy) = (to_nchw(p, x), to_nchw(p, d), to_nchw(p, dy));
+                let mut out = vec![0.0; p.len()];
+                loops::lrn_backward(p, lrn, &x, &d, &dy, &mut out);
+                to_nhwc(p, &out, dx);
+            }
+        }
         Ok(())
     }
 
@@ -355,7 +453,15 @@ impl Kernels<Cpu> for HostKernels {
                 ),
             });
         }
-        loops::pool_forward(s, x, y, argmax);
+        match self.layout {
+            Layout::Nchw => loops::pool_forward(s, x, y, argmax),
+            Layout::Nhwc => {
+                let (mut out, mut chosen) = (vec![0.0; s.output_len()], vec![0.0; s.output_len()]);
+                loops::pool_forward(s, &to_nchw(&s.input_planes(), x), &mut out, &mut chosen);
+                to_nhwc(&s.output_planes(), &out, y);
+                to_nhwc(&s.output_planes(), &chosen, argmax);
+            }
+        }
         Ok(())
     }
 
@@ -367,7 +473,16 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("pool_backward")?;
-        loops::pool_backward(s, argmax, dy, dx);
+        match self.layout {
+            Layout::Nchw => loops::pool_backward(s, argmax, dy, dx),
+            Layout::Nhwc => {
+                let planes = s.output_planes();
+                let (argmax, dy) = (to_nchw(&planes, argmax), to_nchw(&planes, dy));
+                let mut out = vec![0.0; s.input_len()];
+                loops::pool_backward(s, &argmax, &dy, &mut out);
+                to_nhwc(&s.input_planes(), &out, dx);
+            }
+        }
         Ok(())
     }
 
@@ -378,7 +493,10 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("flatten_channels_last")?;
-        loops::flatten_channels_last(p, x, y);
+        match self.layout {
+            Layout::Nchw => loops::flatten_channels_last(p, x, y),
+            Layout::Nhwc => y[..p.len()].copy_from_slice(&x[..p.len()]),
+        }
         Ok(())
     }
 
@@ -389,7 +507,10 @@ impl Kernels<Cpu> for HostKernels {
         x: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("unflatten_channels_last")?;
-        loops::unflatten_channels_last(p, y, x);
+        match self.layout {
+            Layout::Nchw => loops::unflatten_channels_last(p, y, x),
+            Layout::Nhwc => x[..p.len()].copy_from_slice(&y[..p.len()]),
+        }
         Ok(())
     }
 
@@ -554,7 +675,7 @@ mod tests {
         let grads = (y * g).sum().backward();
         let want_dx = grads.get(&xt).as_vec();
 
-        let mut k = HostKernels::new(&dev)?;
+        let mut k = HostKernels::new(&dev, Layout::Nchw)?;
         let planes = Planes {
             batch,
             channels,
@@ -574,6 +695,172 @@ mod tests {
         };
         close(&nhwc(&yb), &want_y, "y");
         close(&nhwc(&dx), &want_dx, "dx");
+        Ok(())
+    }
+
+    /// Every layout-dependent kernel in NHWC computes exactly what it computes in NCHW, on the
+    /// same values transposed: the NHWC kernels are the GPU's NHWC kernels' reference.
+    #[test]
+    fn nhwc_kernels_compute_exactly_what_nchw_kernels_do() -> Result<(), KernelError> {
+        let dev = Cpu::default();
+        let (mut a, mut b) = (
+            HostKernels::new(&dev, Layout::Nchw)?,
+            HostKernels::new(&dev, Layout::Nhwc)?,
+        );
+        let conv = ConvShape {
+            batch: 2,
+            in_channels: 5,
+            out_channels: 7,
+            size: 11,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let planes = conv.output_planes();
+        let pool = PoolShape {
+            batch: 2,
+            channels: 7,
+            size: conv.out_size(),
+            kernel: 3,
+            stride: 2,
+        };
+        let value = |n: usize, m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * m) % 1009) as f32 / 504.5 - 1.0)
+                .collect()
+        };
+        let nhwc = |p: &Planes, v: &[f32]| {
+            let mut out = vec![0.0; v.len()];
+            to_nhwc(p, v, &mut out);
+            out
+        };
+        let same = |what: &str, p: &Planes, nchw: &[f32], ours: &[f32]| {
+            let want = nhwc(p, &nchw[..p.len()]);
+            assert!(
+                want.iter()
+                    .zip(ours)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what}"
+            );
+        };
+        let (x, w) = (
+            value(conv.input_len(), 7919),
+            value(conv.filter_len(), 104729),
+        );
+        let dy = value(conv.output_len(), 15485863);
+        let input = conv.input_planes();
+        let lrn = LrnParams {
+            size: 5,
+            k: 2.0,
+            alpha: 1e-2,
+            beta: 0.75,
+        };
+
+        // Forward: convolution, bias + ReLU, LRN, pooling.
+        let (xa, xb, wa) = (a.upload(&x)?, b.upload(&nhwc(&input, &x))?, a.upload(&w)?);
+        let mut y = [a.alloc(conv.output_len())?, b.alloc(conv.output_len())?];
+        a.conv_forward(&conv, &xa, &wa, &mut y[0])?;
+        b.conv_forward(&conv, &xb, &wa, &mut y[1])?;
+        same("conv_forward", &planes, &y[0], &y[1]);
+        let bias = a.upload(&value(planes.channels, 31))?;
+        a.bias_relu(&planes, &mut y[0], &bias)?;
+        b.bias_relu(&planes, &mut y[1], &bias)?;
+        same("bias_relu", &planes, &y[0], &y[1]);
+        let mut l = [a.alloc(planes.len())?, b.alloc(planes.len())?];
+        let mut d = [a.alloc(planes.len())?, b.alloc(planes.len())?];
+        let [(la, lb), (da, db)] = [l.split_at_mut(1), d.split_at_mut(1)];
+        a.lrn_forward(&planes, &lrn, &y[0], &mut la[0], &mut da[0])?;
+        b.lrn_forward(&planes, &lrn, &y[1], &mut lb[0], &mut db[0])?;
+        same("lrn_forward y", &planes, &l[0], &l[1]);
+        same("lrn_forward d", &planes, &d[0], &d[1]);
+        let pooled = pool.output_planes();
+        let mut p = [a.alloc(pool.output_len())?, b.alloc(pool.output_len())?];
+        let mut m = [a.alloc(pool.output_len())?, b.alloc(pool.output_len())?];
+        let [(pa, pb), (ma, mb)] = [p.split_at_mut(1), m.split_at_mut(1)];
+        a.pool_forward(&pool, &l[0], &mut pa[0], &mut ma[0])?;
+        b.pool_forward(&pool, &l[1], &mut pb[0], &mut mb[0])?;
+        same("pool_forward y", &pooled, &p[0], &p[1]);
+        same("pool_forward argmax", &pooled, &m[0], &m[1]);
+        let mut flat = [a.alloc(pooled.len())?, b.alloc(pooled.len())?];
+        let (fa, fb) = flat.split_at_mut(1);
+        a.flatten_channels_last(&pooled, &p[0], &mut fa[0])?;
+        b.flatten_channels_last(&pooled, &p[1], &mut fb[0])?;
+        assert_eq!(flat[0].to_vec(), flat[1].to_vec(), "flatten_channels_last");
+
+        // Backward, from the same gradient of the flattened features.
+        let mut dp = [a.alloc(pooled.len())?, b.alloc(pooled.len())?];
+        let (dpa, dpb) = dp.split_at_mut(1);
+        a.unflatten_channels_last(&pooled, &flat[0], &mut dpa[0])?;
+        b.unflatten_channels_last(&pooled, &flat[1], &mut dpb[0])?;
+        same("unflatten_channels_last", &pooled, &dp[0], &dp[1]);
+        let mut dl = [a.alloc(planes.len())?, b.alloc(planes.len())?];
+        let (dla, dlb) = dl.split_at_mut(1);
+        a.pool_backward(&pool, &m[0], &dp[0], &mut dla[0])?;
+        b.pool_backward(&pool, &m[1], &dp[1], &mut dlb[0])?;
+        same("pool_backward", &planes, &dl[0], &dl[1]);
+        let mut dr = [a.alloc(planes.len())?, b.alloc(planes.len())?];
+        let (dra, drb) = dr.split_at_mut(1);
+        a.lrn_backward(&planes, &lrn, &y[0], &d[0], &dl[0], &mut dra[0])?;
+        b.lrn_backward(&planes, &lrn, &y[1], &d[1], &dl[1], &mut drb[0])?;
+        same("lrn_backward", &planes, &dr[0], &dr[1]);
+        let mut g = [a.upload(&dy)?, b.upload(&nhwc(&planes, &dy))?];
+        let mut bias_grad = [a.alloc(planes.channels)?, b.alloc(planes.channels)?];
+        let ([ga, gb], [bga, bgb]) = (&mut g, &mut bias_grad);
+        a.relu_bias_backward(&planes, &y[0], ga, bga)?;
+        b.relu_bias_backward(&planes, &y[1], gb, bgb)?;
+        same("relu_bias_backward dy", &planes, &g[0], &g[1]);
+        assert_eq!(
+            bias_grad[0].to_vec(),
+            bias_grad[1].to_vec(),
+            "relu_bias_backward db"
+        );
+        let mut dw = [a.alloc(conv.filter_len())?, b.alloc(conv.filter_len())?];
+        let (dwa, dwb) = dw.split_at_mut(1);
+        a.conv_backward_filter(&conv, &xa, &g[0], &mut dwa[0])?;
+        b.conv_backward_filter(&conv, &xb, &g[1], &mut dwb[0])?;
+        assert_eq!(dw[0].to_vec(), dw[1].to_vec(), "conv_backward_filter");
+        let mut dx = [a.alloc(conv.input_len())?, b.alloc(conv.input_len())?];
+        let (dxa, dxb) = dx.split_at_mut(1);
+        a.conv_backward_data(&conv, &g[0], &wa, &mut dxa[0])?;
+        b.conv_backward_data(&conv, &g[1], &wa, &mut dxb[0])?;
+        same("conv_backward_data", &input, &dx[0], &dx[1]);
+        Ok(())
+    }
+
+    /// The input normalised into NHWC holds NCHW's values transposed.
+    #[test]
+    fn normalize_writes_either_layout() -> Result<(), KernelError> {
+        let dev = Cpu::default();
+        let (batch, crop) = (2, 5);
+        let pixels: Vec<u8> = (0..batch * crop * crop * 3)
+            .map(|i| (i * 37 % 256) as u8)
+            .collect();
+        let table: Vec<f32> = (0..3 * crop * 3).map(|i| i as f32 * 1.5).collect();
+        let mean_rows: Vec<u32> = (0..batch * crop).map(|i| (i % 3) as u32).collect();
+        let input = InputBatch {
+            pixels: &pixels,
+            mean_rows: &mean_rows,
+            lighting: &[0.5, -1.0, 2.0, 0.0, 0.25, -0.75],
+            scale: [1.0, 0.5, 2.0],
+            batch,
+            crop,
+        };
+        let planes = Planes {
+            batch,
+            channels: 3,
+            pixels: crop * crop,
+        };
+        let mut out = Vec::new();
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let mut k = HostKernels::new(&dev, layout)?;
+            k.set_mean_table(&table, crop * 3)?;
+            let mut x = k.alloc(planes.len())?;
+            k.normalize(&input, &mut x)?;
+            out.push(x.to_vec());
+        }
+        let mut want = vec![0.0; planes.len()];
+        to_nhwc(&planes, &out[0], &mut want);
+        assert_eq!(out[1], want);
         Ok(())
     }
 
@@ -658,7 +945,7 @@ mod tests {
             kernel: s.kernel,
             in_channels: s.in_channels,
         };
-        let mut k = HostKernels::new(&dev)?;
+        let mut k = HostKernels::new(&dev, Layout::Nchw)?;
         let (xb, wb, dyb) = (
             k.upload(&x)?,
             k.upload(&to_torch(layout, &w_ours, inputs, s.out_channels))?,

@@ -3,9 +3,11 @@
 //! CPU, a `CudaSlice<f32>` on CUDA), so features and their gradient cross into dfdx without
 //! conversion.
 //!
-//! Layouts: activations NCHW `(B, C, S, S)`, filters OIHW `(O, C, K, K)` — the layout of
-//! PyTorch's checkpoints and the one every cuDNN convolution algorithm takes in fp32. The
-//! flattened features FC6 reads are channels-last, `(B, S·S·C)`, as in the dfdx path.
+//! Layouts: activations in the kernels' `Layout` — NCHW `(B, C, S, S)`, each channel a plane,
+//! or NHWC `(B, S, S, C)`, each pixel's channels together (what cuDNN's tensor-core
+//! convolutions read) — and filters always OIHW `(O, C, K, K)`, the layout of PyTorch's
+//! checkpoints. A `Planes` or shape names the dimensions, the layout their order. The flattened
+//! features FC6 reads are channels-last, `(B, S·S·C)`, as in the dfdx path, in both layouts.
 //!
 //! Every output buffer is overwritten, never added to. `host::HostKernels` is the plain
 //! reference; `cuda::CudaKernels` the GPU one.
@@ -15,6 +17,7 @@ pub mod cuda;
 pub mod host;
 pub mod loops;
 
+pub use crate::config::Layout;
 use crate::dist::Control;
 use dfdx::prelude::Storage;
 
@@ -48,6 +51,15 @@ impl ConvShape {
         self.out_channels * self.in_channels * self.kernel * self.kernel
     }
 
+    /// The input as planes.
+    pub fn input_planes(&self) -> Planes {
+        Planes {
+            batch: self.batch,
+            channels: self.in_channels,
+            pixels: self.size * self.size,
+        }
+    }
+
     /// The output as a plane shape (for bias, ReLU and LRN).
     pub fn output_planes(&self) -> Planes {
         Planes {
@@ -58,7 +70,8 @@ impl ConvShape {
     }
 }
 
-/// An NCHW activation seen as `batch × channels` planes of `pixels` values.
+/// An activation of `batch` images of `channels` channels of `pixels` values each (stored in
+/// the kernels' `Layout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Planes {
     pub batch: usize,
@@ -97,6 +110,22 @@ impl PoolShape {
 
     pub fn output_len(&self) -> usize {
         self.batch * self.channels * self.out_size() * self.out_size()
+    }
+
+    pub fn input_planes(&self) -> Planes {
+        Planes {
+            batch: self.batch,
+            channels: self.channels,
+            pixels: self.size * self.size,
+        }
+    }
+
+    pub fn output_planes(&self) -> Planes {
+        Planes {
+            batch: self.batch,
+            channels: self.channels,
+            pixels: self.out_size() * self.out_size(),
+        }
     }
 }
 
@@ -311,6 +340,8 @@ pub trait GradientSum<D: Storage<f32>> {
 /// of panicking; a GPU implementation may report an asynchronous failure at a later call
 /// (at the latest at `synchronize` or `download`).
 pub trait Kernels<D: Storage<f32>> {
+    /// How these kernels lay out activations (chosen when they are made).
+    fn layout(&self) -> Layout;
     /// `len` values, contents unspecified.
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<D>>;
     fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<D>>;
@@ -335,7 +366,7 @@ pub trait Kernels<D: Storage<f32>> {
     /// the kernels (uploaded once per run).
     fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult;
     /// `x[b, c, y, x] = pixels::normalize(pixel[b, y, x, c], mean[row(b, y)][x·3 + c],
-    /// lighting[b, c], scale[c])`.
+    /// lighting[b, c], scale[c])`, `x` in the kernels' layout.
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<D>) -> KernelResult;
 
     /// `y = x ⋆ w` (no bias).
@@ -395,11 +426,11 @@ pub trait Kernels<D: Storage<f32>> {
         dx: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// Window maxima `y`, and in `argmax` (`y`'s shape) each window's choice for the backward
-    /// pass: the index within its input plane (`iy · size + ix`) of the window's first maximum
-    /// in row-major order, replaced only by a strictly greater value (so a NaN is chosen only
-    /// as a window's first value). Stored as f32, exact since a plane holds at most 2^24
-    /// values (`MAX_POOL_PLANE`; larger planes are refused).
+    /// Window maxima `y`, and in `argmax` (`y`'s shape and layout) each window's choice for
+    /// the backward pass: the index within its input plane (`iy · size + ix`, in either layout)
+    /// of the window's first maximum in row-major order, replaced only by a strictly greater
+    /// value (so a NaN is chosen only as a window's first value). Stored as f32, exact since a
+    /// plane holds at most 2^24 values (`MAX_POOL_PLANE`; larger planes are refused).
     fn pool_forward(
         &mut self,
         shape: &PoolShape,
@@ -417,7 +448,8 @@ pub trait Kernels<D: Storage<f32>> {
         dx: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// NCHW planes → `(B, pixels · C)` channels-last (what FC6 reads).
+    /// Activations in the kernels' layout → `(B, pixels · C)` channels-last (what FC6 reads;
+    /// a copy in NHWC).
     fn flatten_channels_last(
         &mut self,
         planes: &Planes,

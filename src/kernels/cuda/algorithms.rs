@@ -8,7 +8,7 @@ use super::cudnn::{ConvDesc, FilterDesc, TensorDesc};
 use super::ffi::{self, cudnnMathType_t};
 use super::passes::{Call, Descriptors, Pass, PassApi, SearchFn};
 use crate::config::Precision;
-use crate::kernels::{ConvShape, KernelError, KernelResult};
+use crate::kernels::{ConvShape, KernelError, KernelResult, Layout};
 
 /// An algorithm chosen for one pass, and the workspace it needs.
 #[derive(Debug, Clone, Copy)]
@@ -37,17 +37,24 @@ pub(super) struct ConvPlan {
 }
 
 impl ConvPlan {
-    pub(super) fn new(shape: &ConvShape, math: cudnnMathType_t) -> KernelResult<Self> {
+    /// Activations and filters in `layout` (filters OHWI in NHWC).
+    pub(super) fn new(
+        shape: &ConvShape,
+        math: cudnnMathType_t,
+        layout: Layout,
+    ) -> KernelResult<Self> {
         const OUTPUT_DIM: &str = "cudnnGetConvolution2dForwardOutputDim";
         let out = shape.out_size();
-        let x = TensorDesc::nchw(shape.batch, shape.in_channels, shape.size, shape.size)?;
-        let w = FilterDesc::oihw(
+        let (size, kernel) = (shape.size, shape.kernel);
+        let x = TensorDesc::new(layout, shape.batch, shape.in_channels, size, size)?;
+        let w = FilterDesc::new(
+            layout,
             shape.out_channels,
             shape.in_channels,
-            shape.kernel,
-            shape.kernel,
+            kernel,
+            kernel,
         )?;
-        let y = TensorDesc::nchw(shape.batch, shape.out_channels, out, out)?;
+        let y = TensorDesc::new(layout, shape.batch, shape.out_channels, out, out)?;
         let direction = || {
             Ok::<_, KernelError>(Direction {
                 conv: ConvDesc::new(shape, math)?,

@@ -10,9 +10,17 @@ use cudarc::driver::CudaDevice;
 use super::check;
 use super::ffi::{
     self, cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION, cudnnDataType_t::CUDNN_DATA_FLOAT,
-    cudnnMathType_t, cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+    cudnnMathType_t, cudnnTensorFormat_t,
 };
-use crate::kernels::{ConvShape, KernelResult};
+use crate::kernels::{ConvShape, KernelResult, Layout};
+
+/// cuDNN's name for a layout: of activations, and of filters (NHWC filters are OHWI).
+fn format(layout: Layout) -> cudnnTensorFormat_t {
+    match layout {
+        Layout::Nchw => cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        Layout::Nhwc => cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+    }
+}
 
 /// A cuDNN handle on dfdx's stream.
 pub(super) struct Handle {
@@ -55,8 +63,14 @@ impl Drop for Handle {
 pub(super) struct TensorDesc(pub(super) ffi::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    /// A dense NCHW f32 tensor.
-    pub(super) fn nchw(n: usize, c: usize, h: usize, w: usize) -> KernelResult<Self> {
+    /// A dense f32 tensor of `n × c × h × w` values in `layout`.
+    pub(super) fn new(
+        layout: Layout,
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> KernelResult<Self> {
         const SET: &str = "cudnnSetTensor4dDescriptor";
         let dims = [
             check::c_int(SET, n)?,
@@ -73,7 +87,7 @@ impl TensorDesc {
         let [n, c, h, w] = dims;
         // SAFETY: `desc` is a live tensor descriptor.
         check::cudnn(SET, unsafe {
-            ffi::cudnnSetTensor4dDescriptor(desc.0, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w)
+            ffi::cudnnSetTensor4dDescriptor(desc.0, format(layout), CUDNN_DATA_FLOAT, n, c, h, w)
         })?;
         Ok(desc)
     }
@@ -89,8 +103,14 @@ impl Drop for TensorDesc {
 pub(super) struct FilterDesc(pub(super) ffi::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    /// OIHW f32 filters.
-    pub(super) fn oihw(o: usize, i: usize, h: usize, w: usize) -> KernelResult<Self> {
+    /// f32 filters of `o × i × h × w` values, OIHW in the NCHW layout and OHWI in NHWC.
+    pub(super) fn new(
+        layout: Layout,
+        o: usize,
+        i: usize,
+        h: usize,
+        w: usize,
+    ) -> KernelResult<Self> {
         const SET: &str = "cudnnSetFilter4dDescriptor";
         let dims = [
             check::c_int(SET, o)?,
@@ -108,7 +128,7 @@ impl FilterDesc {
         // SAFETY: `desc` is a live filter descriptor. Note the argument order: data type
         // before format, unlike the tensor call.
         check::cudnn(SET, unsafe {
-            ffi::cudnnSetFilter4dDescriptor(desc.0, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, o, i, h, w)
+            ffi::cudnnSetFilter4dDescriptor(desc.0, CUDNN_DATA_FLOAT, format(layout), o, i, h, w)
         })?;
         Ok(desc)
     }

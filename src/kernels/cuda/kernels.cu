@@ -12,7 +12,8 @@
 #define RELU_BIAS_CHUNK 8192
 
 // x[b, c, y, x] = (pixel[b, y, x, c] - mean[row(b, y)][x*3 + c] + lighting[b, c]) * scale[c],
-// one thread per output value so the f32 writes are coalesced (the u8 reads stride by 3).
+// one thread per output value so the f32 writes are coalesced (in NCHW the u8 reads stride by
+// 3; with `channels_last` x is NHWC and its index is the pixel's).
 extern "C" __global__ void normalize(
     float *x,
     const unsigned char *pixels,
@@ -24,16 +25,27 @@ extern "C" __global__ void normalize(
     float scale2,
     unsigned int batch,
     unsigned int crop,
-    unsigned int row_len)
+    unsigned int row_len,
+    unsigned int channels_last)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * 3u * crop * crop) return;
-    unsigned int xx = i % crop;
-    unsigned int t = i / crop;
-    unsigned int y = t % crop;
-    t /= crop;
-    unsigned int c = t % 3u;
-    unsigned int b = t / 3u;
+    unsigned int xx, y, c, b;
+    if (channels_last) {
+        c = i % 3u;
+        unsigned int t = i / 3u;
+        xx = t % crop;
+        t /= crop;
+        y = t % crop;
+        b = t / crop;
+    } else {
+        xx = i % crop;
+        unsigned int t = i / crop;
+        y = t % crop;
+        t /= crop;
+        c = t % 3u;
+        b = t / 3u;
+    }
     unsigned int r = b * crop + y;
     float pixel = (float)pixels[(r * crop + xx) * 3u + c];
     size_t at = (size_t)mean_rows[r] * row_len + xx * 3u + c;
@@ -42,13 +54,15 @@ extern "C" __global__ void normalize(
     x[i] = value * scale;
 }
 
-// y <- max(y + bias[c], 0) in place.
+// y <- max(y + bias[c], 0) in place. Value i's channel is (i / channel_stride) % channels:
+// the stride is the plane's pixels in NCHW, 1 in NHWC.
 extern "C" __global__ void bias_relu(
-    float *y, const float *bias, unsigned int n, unsigned int channels, unsigned int pixels)
+    float *y, const float *bias, unsigned int n, unsigned int channels,
+    unsigned int channel_stride)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    unsigned int c = (i / pixels) % channels;
+    unsigned int c = (i / channel_stride) % channels;
     y[i] = fmaxf(y[i] + bias[c], 0.0f);
 }
 
@@ -91,6 +105,46 @@ extern "C" __global__ void relu_bias_partials(
         __syncthreads();
     }
     if (tid == 0) partial[s * channels + c] = sums[0];
+}
+
+// relu_bias_partials for NHWC, where the values are a (batch * pixels) x channels matrix. Block
+// (g, s) takes rows [s * RELU_BIAS_ROWS, (s + 1) * RELU_BIAS_ROWS) of channels [g * 32, g * 32 +
+// 32): lane tid % 32 is the channel, so a warp reads 32 neighbouring values of one row, and
+// the RELU_BIAS_THREADS / 32 warps take every so-many'th row. A fixed tree over the warps then
+// gives partial[s * channels + c], summed down by `bias_backward` as before: deterministic.
+#define RELU_BIAS_ROWS 1024
+#define RELU_BIAS_LANES 32
+extern "C" __global__ void relu_bias_partials_nhwc(
+    float *dy, const float *y, float *partial, unsigned int rows, unsigned int channels)
+{
+    __shared__ float sums[RELU_BIAS_THREADS];
+    unsigned int tid = threadIdx.x;
+    unsigned int lane = tid % RELU_BIAS_LANES;
+    unsigned int warp = tid / RELU_BIAS_LANES;
+    unsigned int c = blockIdx.x * RELU_BIAS_LANES + lane;
+    unsigned int s = blockIdx.y;
+    unsigned int begin = s * RELU_BIAS_ROWS;
+    unsigned int end = min(rows, begin + RELU_BIAS_ROWS);
+    float sum = 0.0f;
+    if (c < channels) {
+        for (unsigned int r = begin + warp; r < end; r += RELU_BIAS_THREADS / RELU_BIAS_LANES) {
+            size_t at = (size_t)r * channels + c;
+            float g = dy[at];
+            if (y[at] <= 0.0f) {
+                g = 0.0f;
+                dy[at] = 0.0f;
+            }
+            sum += g;
+        }
+    }
+    sums[tid] = sum;
+    __syncthreads();
+    // Halving by whole warps keeps every lane's channel: the warps' sums meet in warp 0.
+    for (unsigned int half = RELU_BIAS_THREADS / 2; half >= RELU_BIAS_LANES; half >>= 1) {
+        if (tid < half) sums[tid] += sums[tid + half];
+        __syncthreads();
+    }
+    if (tid < RELU_BIAS_LANES && c < channels) partial[s * channels + c] = sums[tid];
 }
 
 // LRN's window slides along the channels, so each thread keeps the terms of the channels in
@@ -167,18 +221,87 @@ extern "C" __global__ void lrn_backward(
     }
 }
 
+// LRN in NHWC, where each row (image, pixel) holds its channels together. A block takes
+// `rows_per_block` whole rows, a contiguous span of memory: every thread first computes its
+// share of the span's squares (each once) into shared memory, then its share of the outputs
+// from them. Reads and writes are coalesced, and every value is computed as lrn_forward computes
+// it (the window summed afresh in ascending channel order). Dynamic shared memory: rows_per_block
+// * channels floats.
+extern "C" __global__ void lrn_forward_nhwc(
+    const float *x, float *y, float *d,
+    unsigned int rows, unsigned int channels, unsigned int rows_per_block,
+    int half, float k, float alpha, float beta)
+{
+    extern __shared__ float squares[];
+    unsigned int first_row = blockIdx.x * rows_per_block;
+    if (first_row >= rows) return;
+    unsigned int n = min(rows_per_block, rows - first_row) * channels;
+    size_t first = (size_t)first_row * channels;
+    for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
+        float v = x[first + e];
+        squares[e] = v * v;
+    }
+    __syncthreads();
+    int last = (int)channels - 1;
+    for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
+        unsigned int row = e / channels;
+        int c = (int)(e - row * channels);
+        int lo = c - half < 0 ? 0 : c - half;
+        int hi = c + half > last ? last : c + half;
+        const float *window = squares + row * channels;
+        float sum = 0.0f;
+        for (int j = lo; j <= hi; ++j) sum += window[j];
+        float denominator = k + alpha * sum;
+        d[first + e] = denominator;
+        y[first + e] = x[first + e] * powf(denominator, -beta);
+    }
+}
+
+// lrn_backward in NHWC, organised as lrn_forward_nhwc: the cross terms dy x d^(-beta-1) of a
+// block's rows once into shared memory, then every output from them.
+extern "C" __global__ void lrn_backward_nhwc(
+    const float *x, const float *d, const float *dy, float *dx,
+    unsigned int rows, unsigned int channels, unsigned int rows_per_block,
+    int half, float alpha, float beta)
+{
+    extern __shared__ float terms[];
+    unsigned int first_row = blockIdx.x * rows_per_block;
+    if (first_row >= rows) return;
+    unsigned int n = min(rows_per_block, rows - first_row) * channels;
+    size_t first = (size_t)first_row * channels;
+    float exponent = -beta - 1.0f;
+    for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
+        size_t at = first + e;
+        terms[e] = dy[at] * x[at] * powf(d[at], exponent);
+    }
+    __syncthreads();
+    int last = (int)channels - 1;
+    for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
+        unsigned int row = e / channels;
+        int c = (int)(e - row * channels);
+        int lo = c - half < 0 ? 0 : c - half;
+        int hi = c + half > last ? last : c + half;
+        const float *window = terms + row * channels;
+        float cross = 0.0f;
+        for (int j = lo; j <= hi; ++j) cross += window[j];
+        size_t at = first + e;
+        dx[at] = dy[at] * powf(d[at], -beta) - 2.0f * alpha * beta * x[at] * cross;
+    }
+}
+
 // Index within the plane of the first maximum of window (oy, ox), scanning row-major and
-// replacing only on a strictly greater value (the reference's rule, NaN included).
+// replacing only on a strictly greater value (the reference's rule, NaN included). The plane's
+// value `at` lies at plane[at * step]: step 1 in NCHW, the channel count in NHWC.
 __device__ __forceinline__ unsigned int window_argmax(
-    const float *plane, unsigned int size, unsigned int kernel, unsigned int stride,
-    unsigned int oy, unsigned int ox)
+    const float *plane, size_t step, unsigned int size, unsigned int kernel,
+    unsigned int stride, unsigned int oy, unsigned int ox)
 {
     unsigned int best_at = (oy * stride) * size + ox * stride;
-    float best = plane[best_at];
+    float best = plane[best_at * step];
     for (unsigned int ky = 0; ky < kernel; ++ky) {
         for (unsigned int kx = 0; kx < kernel; ++kx) {
             unsigned int at = (oy * stride + ky) * size + ox * stride + kx;
-            float v = plane[at];
+            float v = plane[at * step];
             if (v > best) {
                 best = v;
                 best_at = at;
@@ -202,9 +325,39 @@ extern "C" __global__ void pool_forward(
     unsigned int oy = t % out;
     unsigned int plane = t / out;
     const float *xs = x + (size_t)plane * size * size;
-    unsigned int at = window_argmax(xs, size, kernel, stride, oy, ox);
+    unsigned int at = window_argmax(xs, 1, size, kernel, stride, oy, ox);
     y[i] = xs[at];
     argmax[i] = (float)at;
+}
+
+// pool_forward in NHWC: one thread per output value (image, oy, ox, c), so neighbouring threads
+// read neighbouring channels of each window position.
+extern "C" __global__ void pool_forward_nhwc(
+    const float *x, float *y, float *argmax,
+    unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,
+    unsigned int stride, unsigned int out)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= images * out * out * channels) return;
+    unsigned int c = i % channels;
+    unsigned int t = i / channels;
+    unsigned int ox = t % out;
+    t /= out;
+    unsigned int oy = t % out;
+    unsigned int b = t / out;
+    const float *xs = x + (size_t)b * size * size * channels + c;
+    unsigned int at = window_argmax(xs, channels, size, kernel, stride, oy, ox);
+    y[i] = xs[(size_t)at * channels];
+    argmax[i] = (float)at;
+}
+
+// The windows o along one axis that cover input position i: o * stride <= i < o * stride + kernel.
+__device__ __forceinline__ void covering_windows(
+    unsigned int i, unsigned int kernel, unsigned int stride, unsigned int out,
+    unsigned int *lo, unsigned int *hi)
+{
+    *lo = i >= kernel ? (i - kernel) / stride + 1u : 0u;
+    *hi = min(i / stride, out - 1u);
 }
 
 // Gather form, one thread per input value: it sums the gradients of the windows whose stored
@@ -225,15 +378,47 @@ extern "C" __global__ void pool_backward(
     const float *chosen = argmax + (size_t)plane * out * out;
     const float *gs = dy + (size_t)plane * out * out;
     unsigned int self_at = iy * size + ix;
-    // Windows oy with oy*stride <= iy < oy*stride + kernel, likewise for columns.
-    unsigned int oy_lo = iy >= kernel ? (iy - kernel) / stride + 1u : 0u;
-    unsigned int oy_hi = min(iy / stride, out - 1u);
-    unsigned int ox_lo = ix >= kernel ? (ix - kernel) / stride + 1u : 0u;
-    unsigned int ox_hi = min(ix / stride, out - 1u);
+    unsigned int oy_lo, oy_hi, ox_lo, ox_hi;
+    covering_windows(iy, kernel, stride, out, &oy_lo, &oy_hi);
+    covering_windows(ix, kernel, stride, out, &ox_lo, &ox_hi);
     float sum = 0.0f;
     for (unsigned int oy = oy_lo; oy <= oy_hi; ++oy) {
         for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
             unsigned int w = oy * out + ox;
+            if ((unsigned int)chosen[w] == self_at) {
+                sum += gs[w];
+            }
+        }
+    }
+    dx[i] = sum;
+}
+
+// pool_backward in NHWC: one thread per input value (image, iy, ix, c), visiting the windows
+// that cover it in the same order.
+extern "C" __global__ void pool_backward_nhwc(
+    const float *argmax, const float *dy, float *dx,
+    unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,
+    unsigned int stride, unsigned int out)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= images * size * size * channels) return;
+    unsigned int c = i % channels;
+    unsigned int t = i / channels;
+    unsigned int ix = t % size;
+    t /= size;
+    unsigned int iy = t % size;
+    unsigned int b = t / size;
+    size_t base = (size_t)b * out * out * channels + c;
+    const float *chosen = argmax + base;
+    const float *gs = dy + base;
+    unsigned int self_at = iy * size + ix;
+    unsigned int oy_lo, oy_hi, ox_lo, ox_hi;
+    covering_windows(iy, kernel, stride, out, &oy_lo, &oy_hi);
+    covering_windows(ix, kernel, stride, out, &ox_lo, &ox_hi);
+    float sum = 0.0f;
+    for (unsigned int oy = oy_lo; oy <= oy_hi; ++oy) {
+        for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
+            size_t w = (size_t)(oy * out + ox) * channels;
             if ((unsigned int)chosen[w] == self_at) {
                 sum += gs[w];
             }
@@ -266,6 +451,14 @@ extern "C" __global__ void from_channels_last(
     unsigned int c = t % channels;
     unsigned int b = t / channels;
     x[i] = y[(b * pixels + p) * channels + c];
+}
+
+// y = x over n values (flattening NHWC activations, which are channels-last already).
+extern "C" __global__ void copy(const float *x, float *y, unsigned int n)
+{
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    y[i] = x[i];
 }
 
 // g' = g + wd*w; v <- mom*v + g'; w <- w - lr*v (PyTorch's momentum SGD).

@@ -9,16 +9,18 @@ use dfdx::tensor::Cuda;
 use super::buffers::{self, at_least, count32, DeviceMeanTable};
 use super::check;
 use super::nvrtc::{
-    grid, per_chunk, per_row, relu_bias_splits, Functions, Kernel, SOFTMAX_THREADS,
+    grid, lrn_rows, per_chunk, per_lanes_and_rows, per_row, relu_bias_row_splits, relu_bias_splits,
+    Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SOFTMAX_THREADS,
 };
 use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
 use crate::kernels::{
-    Buf, DropoutMask, InputBatch, KernelResult, LrnParams, Planes, PoolShape, SgdStep,
+    Buf, DropoutMask, InputBatch, KernelResult, Layout, LrnParams, Planes, PoolShape, SgdStep,
 };
 
 pub(super) fn normalize(
     kernels: &Functions,
+    layout: Layout,
     uploads: &mut Uploads,
     table: Option<&DeviceMeanTable>,
     input: &InputBatch,
@@ -71,6 +73,7 @@ pub(super) fn normalize(
         batch as u32,
         crop as u32,
         row_len,
+        u32::from(layout == Layout::Nhwc),
     );
     // SAFETY: the parameters match `normalize` in the CUDA source; lengths checked above.
     unsafe { kernels.normalize.launch(grid(n), params) }?;
@@ -79,6 +82,7 @@ pub(super) fn normalize(
 
 pub(super) fn bias_relu(
     kernels: &Functions,
+    layout: Layout,
     planes: &Planes,
     y: &mut Buf<Cuda>,
     bias: &Buf<Cuda>,
@@ -90,21 +94,22 @@ pub(super) fn bias_relu(
     if n == 0 {
         return Ok(());
     }
-    let params = (
-        &mut *y,
-        bias,
-        n,
-        planes.channels as u32,
-        planes.pixels as u32,
-    );
-    // SAFETY: matches `bias_relu`; lengths checked.
+    let channel_stride = match layout {
+        Layout::Nchw => planes.pixels as u32,
+        Layout::Nhwc => 1,
+    };
+    let params = (&mut *y, bias, n, planes.channels as u32, channel_stride);
+    // SAFETY: matches `bias_relu`; lengths checked, and `channel_stride` is not 0 when `n` is
+    // not.
     unsafe { kernels.bias_relu.launch(grid(n), params) }
 }
 
 /// The ReLU's mask and the bias gradient in two launches: per-chunk partial sums into
 /// `partials` (grown here when too short), then their sum per channel (see `kernels.cu`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn relu_bias_backward(
     kernels: &Functions,
+    layout: Layout,
     dev: &Arc<CudaDevice>,
     partials: &mut Option<CudaSlice<f32>>,
     planes: &Planes,
@@ -121,7 +126,11 @@ pub(super) fn relu_bias_backward(
         return Ok(());
     }
     let channels = count32(CALL, "channels", planes.channels)?;
-    let splits = relu_bias_splits(planes.batch * planes.pixels);
+    let rows = planes.batch * planes.pixels;
+    let splits = match layout {
+        Layout::Nchw => relu_bias_splits(rows),
+        Layout::Nhwc => relu_bias_row_splits(rows),
+    };
     let needed = planes.channels * splits as usize;
     if partials.as_ref().is_none_or(|p| p.len() < needed) {
         // Dropping the old one frees it in stream order, after the work that used it.
@@ -142,22 +151,37 @@ pub(super) fn relu_bias_backward(
             "no partial sums after allocating".into(),
         ));
     };
-    let params = (
-        &mut *dy,
-        y,
-        &mut *partials,
-        planes.batch as u32,
-        channels,
-        planes.pixels as u32,
-        splits,
-    );
-    // SAFETY: matches `relu_bias_partials`, launched with RELU_BIAS_THREADS threads and
-    // `splits × channels` blocks; `partials` holds `splits × channels` values.
-    unsafe {
-        kernels
-            .relu_bias_partials
-            .launch(per_chunk(splits, channels), params)
-    }?;
+    match layout {
+        Layout::Nchw => {
+            let params = (
+                &mut *dy,
+                y,
+                &mut *partials,
+                planes.batch as u32,
+                channels,
+                planes.pixels as u32,
+                splits,
+            );
+            // SAFETY: matches `relu_bias_partials`, launched with RELU_BIAS_THREADS threads
+            // and `splits × channels` blocks; `partials` holds `splits × channels` values.
+            unsafe {
+                kernels
+                    .relu_bias_partials
+                    .launch(per_chunk(splits, channels), params)
+            }?;
+        }
+        Layout::Nhwc => {
+            let params = (&mut *dy, y, &mut *partials, rows as u32, channels);
+            // SAFETY: matches `relu_bias_partials_nhwc`, launched with RELU_BIAS_THREADS
+            // threads, a block per 32 channels and split; `partials` holds `splits × channels`
+            // values, and `dy`, `y` the `rows × channels` checked above.
+            unsafe {
+                kernels
+                    .relu_bias_partials_nhwc
+                    .launch(per_lanes_and_rows(channels, splits), params)
+            }?;
+        }
+    }
     // The splits' sums, added in split order: the partial sums are a splits × channels matrix.
     let params = (&*partials, &mut *db, splits, channels);
     // SAFETY: matches `bias_backward` with rows = splits and columns = channels; `partials`
@@ -167,6 +191,7 @@ pub(super) fn relu_bias_backward(
 
 pub(super) fn lrn_forward(
     kernels: &Functions,
+    layout: Layout,
     planes: &Planes,
     lrn: &LrnParams,
     x: &Buf<Cuda>,
@@ -180,8 +205,18 @@ pub(super) fn lrn_forward(
     count32(CALL, "x", planes.len())?;
     let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
     let half = lrn_half(CALL, lrn)?;
-    if n == 0 {
+    if n == 0 || planes.channels == 0 {
         return Ok(());
+    }
+    if layout == Layout::Nhwc {
+        let channels = lrn_nhwc_channels(CALL, planes)?;
+        let (config, per_block) = lrn_rows(n, channels);
+        let params = (
+            x, &mut *y, &mut *d, n, channels, per_block, half, lrn.k, lrn.alpha, lrn.beta,
+        );
+        // SAFETY: matches `lrn_forward_nhwc`; lengths checked, and the launch gives each block
+        // the shared memory of `per_block` rows.
+        return unsafe { kernels.lrn_forward_nhwc.launch(config, params) };
     }
     let params = (
         x,
@@ -199,8 +234,10 @@ pub(super) fn lrn_forward(
     unsafe { kernels.lrn_forward.launch(grid(n), params) }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn lrn_backward(
     kernels: &Functions,
+    layout: Layout,
     planes: &Planes,
     lrn: &LrnParams,
     x: &Buf<Cuda>,
@@ -216,8 +253,18 @@ pub(super) fn lrn_backward(
     count32(CALL, "x", planes.len())?;
     let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
     let half = lrn_half(CALL, lrn)?;
-    if n == 0 {
+    if n == 0 || planes.channels == 0 {
         return Ok(());
+    }
+    if layout == Layout::Nhwc {
+        let channels = lrn_nhwc_channels(CALL, planes)?;
+        let (config, per_block) = lrn_rows(n, channels);
+        let params = (
+            x, d, dy, &mut *dx, n, channels, per_block, half, lrn.alpha, lrn.beta,
+        );
+        // SAFETY: matches `lrn_backward_nhwc`; lengths checked, and the launch gives each block
+        // the shared memory of `per_block` rows.
+        return unsafe { kernels.lrn_backward_nhwc.launch(config, params) };
     }
     let params = (
         x,
@@ -237,6 +284,7 @@ pub(super) fn lrn_backward(
 
 pub(super) fn pool_forward(
     kernels: &Functions,
+    layout: Layout,
     shape: &PoolShape,
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
@@ -252,6 +300,21 @@ pub(super) fn pool_forward(
     let n = count32(CALL, "y", shape.output_len())?;
     if n == 0 {
         return Ok(());
+    }
+    if layout == Layout::Nhwc {
+        let params = (
+            x,
+            &mut *y,
+            &mut *argmax,
+            shape.batch as u32,
+            shape.channels as u32,
+            shape.size as u32,
+            shape.kernel as u32,
+            shape.stride as u32,
+            shape.out_size() as u32,
+        );
+        // SAFETY: matches `pool_forward_nhwc`; lengths checked.
+        return unsafe { kernels.pool_forward_nhwc.launch(grid(n), params) };
     }
     let params = (
         x,
@@ -270,6 +333,7 @@ pub(super) fn pool_forward(
 /// Routes each window's gradient to the input `pool_forward` stored as its choice.
 pub(super) fn pool_backward(
     kernels: &Functions,
+    layout: Layout,
     shape: &PoolShape,
     argmax: &Buf<Cuda>,
     dy: &Buf<Cuda>,
@@ -285,6 +349,21 @@ pub(super) fn pool_backward(
     if n == 0 {
         return Ok(());
     }
+    if layout == Layout::Nhwc {
+        let params = (
+            argmax,
+            dy,
+            &mut *dx,
+            shape.batch as u32,
+            shape.channels as u32,
+            shape.size as u32,
+            shape.kernel as u32,
+            shape.stride as u32,
+            shape.out_size() as u32,
+        );
+        // SAFETY: matches `pool_backward_nhwc`; lengths checked.
+        return unsafe { kernels.pool_backward_nhwc.launch(grid(n), params) };
+    }
     let params = (
         argmax,
         dy,
@@ -299,24 +378,84 @@ pub(super) fn pool_backward(
     unsafe { kernels.pool_backward.launch(grid(n), params) }
 }
 
+/// NCHW → `(B, P·C)` channels-last; a copy in NHWC, which is channels-last already.
 pub(super) fn flatten_channels_last(
     kernels: &Functions,
+    layout: Layout,
     planes: &Planes,
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
 ) -> KernelResult {
-    let kernel = &kernels.to_channels_last;
-    permute(kernel, "flatten_channels_last", planes, x, y)
+    const CALL: &str = "flatten_channels_last";
+    match layout {
+        Layout::Nchw => permute(&kernels.to_channels_last, CALL, planes, x, y),
+        Layout::Nhwc => copy(kernels, CALL, planes.len(), x, y),
+    }
 }
 
 pub(super) fn unflatten_channels_last(
     kernels: &Functions,
+    layout: Layout,
     planes: &Planes,
     y: &Buf<Cuda>,
     x: &mut Buf<Cuda>,
 ) -> KernelResult {
-    let kernel = &kernels.from_channels_last;
-    permute(kernel, "unflatten_channels_last", planes, y, x)
+    const CALL: &str = "unflatten_channels_last";
+    match layout {
+        Layout::Nchw => permute(&kernels.from_channels_last, CALL, planes, y, x),
+        Layout::Nhwc => copy(kernels, CALL, planes.len(), y, x),
+    }
+}
+
+/// OIHW filters → OHWI, the filter layout of cuDNN's NHWC convolutions (`(B, C, P)` →
+/// `(B, P·C)` with a filter per image, its kernel taps as pixels).
+pub(super) fn filters_to_ohwi(
+    kernels: &Functions,
+    filters: &Planes,
+    oihw: &Buf<Cuda>,
+    ohwi: &mut Buf<Cuda>,
+) -> KernelResult {
+    permute(
+        &kernels.to_channels_last,
+        "filters_to_ohwi",
+        filters,
+        oihw,
+        ohwi,
+    )
+}
+
+/// The inverse of `filters_to_ohwi` (an NHWC convolution's filter gradient into OIHW).
+pub(super) fn filters_to_oihw(
+    kernels: &Functions,
+    filters: &Planes,
+    ohwi: &Buf<Cuda>,
+    oihw: &mut Buf<Cuda>,
+) -> KernelResult {
+    permute(
+        &kernels.from_channels_last,
+        "filters_to_oihw",
+        filters,
+        ohwi,
+        oihw,
+    )
+}
+
+/// `dst = src` over the first `len` values.
+fn copy(
+    kernels: &Functions,
+    call: &'static str,
+    len: usize,
+    src: &Buf<Cuda>,
+    dst: &mut Buf<Cuda>,
+) -> KernelResult {
+    at_least(call, "source", src.len(), len)?;
+    at_least(call, "destination", dst.len(), len)?;
+    let n = count32(call, "values", len)?;
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: matches `copy`; both buffers hold at least `n` values (checked).
+    unsafe { kernels.copy.launch(grid(n), (src, &mut *dst, n)) }
 }
 
 pub(super) fn sgd(
@@ -544,7 +683,22 @@ fn permute(
     unsafe { kernel.launch(grid(n), params) }
 }
 
-/// The LRN window's half-width as the kernels' `int`.
+/// The channels of an NHWC LRN, which its kernels hold a row of in shared memory.
+fn lrn_nhwc_channels(call: &'static str, planes: &Planes) -> KernelResult<u32> {
+    if planes.channels > LRN_NHWC_MAX_CHANNELS {
+        return Err(check::failed(
+            call,
+            format!(
+                "{} channels: the channels-last LRN kernels hold a pixel's channels in shared \
+                 memory, at most {LRN_NHWC_MAX_CHANNELS}; use compute.layout = \"nchw\" \
+                 (--layout nchw)",
+                planes.channels
+            ),
+        ));
+    }
+    Ok(planes.channels as u32)
+}
+
 /// Half of LRN's window, which the kernels keep in a ring of at most `MAX_LRN_SIZE` channels
 /// (the pipeline's check refuses wider windows before a run starts).
 fn lrn_half(call: &'static str, lrn: &LrnParams) -> KernelResult<i32> {

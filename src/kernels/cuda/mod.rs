@@ -23,6 +23,10 @@
 //! - `launches`: each of those kernels' checks, parameters and launch.
 //! - `buffers`: device pointers, length and shape checks, uploads.
 //! - `upload`: each batch's inputs on a copy stream of their own, overlapping the compute.
+//!
+//! Layouts: activations NCHW or NHWC (`compute.layout`); the NHWC kernels are their own, and
+//! cuDNN is told the layout, so that its tensor-core kernels (which compute in NHWC) need no
+//! conversions. Filters stay OIHW; NHWC convolutions transpose them to OHWI around each call.
 
 mod algorithms;
 mod buffers;
@@ -52,8 +56,8 @@ use passes::{Descriptors, Operands, Pass, Workspace};
 use upload::Uploads;
 
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
-    Memory, Planes, PoolShape, SgdStep,
+    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, Layout, LrnParams,
+    MatMul, Memory, Planes, PoolShape, SgdStep,
 };
 use crate::config::{Algorithms, ComputeConfig, Precision};
 
@@ -71,9 +75,14 @@ pub struct CudaKernels {
     cudnn: cudnn::Handle,
     cublas: cublas::Handle,
     precision: Precision,
+    layout: Layout,
     /// Choose convolution algorithms by timing them (else by cuDNN's heuristics).
     measure: bool,
     functions: Functions,
+    /// In the NHWC layout, one layer's filters (or filter gradient) in cuDNN's OHWI, grown on
+    /// demand: the parameters stay OIHW, and a transposed copy costs little next to the
+    /// convolution.
+    ohwi: Option<Buf<Cuda>>,
     /// Shared by every convolution (they run one at a time on one stream), grown on demand.
     workspace: Option<CudaSlice<u8>>,
     /// `relu_bias_backward`'s per-chunk sums, grown on demand.
@@ -135,8 +144,10 @@ impl CudaKernels {
             cudnn,
             cublas,
             precision,
+            layout: compute.layout,
             measure,
             functions,
+            ohwi: None,
             workspace: None,
             partials: None,
             labels: None,
@@ -170,7 +181,9 @@ impl CudaKernels {
         let math = self.base_math();
         let plan = match self.convs.entry(*shape) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(ConvPlan::new(shape, math)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(ConvPlan::new(shape, math, self.layout)?)
+            }
         };
         let (descriptors, chosen) = plan.pass(pass);
         let chosen = match chosen {
@@ -248,6 +261,66 @@ impl CudaKernels {
     }
 }
 
+impl CudaKernels {
+    /// The OHWI scratch buffer, taken out of `self` (put it back with `self.ohwi = Some(..)`)
+    /// and at least as long as `shape`'s filters.
+    fn take_ohwi(&mut self, shape: &ConvShape) -> KernelResult<Buf<Cuda>> {
+        let len = shape.filter_len();
+        match self.ohwi.take() {
+            Some(buf) if buf.len() >= len => Ok(buf),
+            // Dropping a shorter one frees it in stream order, after the work that used it.
+            _ => self.alloc(len),
+        }
+    }
+
+    /// `pass` in NHWC: the filters (OIHW) transposed to OHWI first for the two passes that
+    /// read them; the filter gradient written as OHWI and transposed back to OIHW.
+    fn convolve_nhwc(
+        &mut self,
+        pass: Pass,
+        shape: &ConvShape,
+        a: &Buf<Cuda>,
+        b: &Buf<Cuda>,
+        out: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        // Filters as `(O, I, K²)` planes: OIHW ↔ OHWI is NCHW ↔ NHWC with a filter per image.
+        let filters = Planes {
+            batch: shape.out_channels,
+            channels: shape.in_channels,
+            pixels: shape.kernel * shape.kernel,
+        };
+        let mut ohwi = self.take_ohwi(shape)?;
+        let result = match pass {
+            Pass::Forward => launches::filters_to_ohwi(&self.functions, &filters, b, &mut ohwi)
+                .and_then(|()| self.convolve(pass, shape, a, &ohwi, out)),
+            Pass::BackwardData => {
+                launches::filters_to_ohwi(&self.functions, &filters, a, &mut ohwi)
+                    .and_then(|()| self.convolve(pass, shape, &ohwi, b, out))
+            }
+            Pass::BackwardFilter => self
+                .convolve(pass, shape, a, b, &mut ohwi)
+                .and_then(|()| launches::filters_to_oihw(&self.functions, &filters, &ohwi, out)),
+        };
+        self.ohwi = Some(ohwi);
+        result
+    }
+
+    /// `pass` in the kernels' layout (operands as `convolve` takes them).
+    fn convolve_in_layout(
+        &mut self,
+        pass: Pass,
+        shape: &ConvShape,
+        a: &Buf<Cuda>,
+        b: &Buf<Cuda>,
+        out: &mut Buf<Cuda>,
+    ) -> KernelResult {
+        match self.layout {
+            Layout::Nchw => self.convolve(pass, shape, a, b, out),
+            Layout::Nhwc => self.convolve_nhwc(pass, shape, a, b, out),
+        }
+    }
+}
+
 /// A dfdx allocation error, without formatting a `DriverError` through its panicking
 /// `Debug` (see `check::driver_status`).
 fn dfdx_error(error: &CudaError) -> String {
@@ -258,6 +331,10 @@ fn dfdx_error(error: &CudaError) -> String {
 }
 
 impl Kernels<Cuda> for CudaKernels {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
     fn algorithms(&self) -> Vec<String> {
         let mut shapes: Vec<&ConvShape> = self.convs.keys().collect();
         shapes.sort_by_key(|s| (s.batch, s.in_channels, s.size, s.out_channels, s.kernel));
@@ -339,6 +416,7 @@ impl Kernels<Cuda> for CudaKernels {
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cuda>) -> KernelResult {
         launches::normalize(
             &self.functions,
+            self.layout,
             &mut self.uploads,
             self.mean_table.as_ref(),
             input,
@@ -353,7 +431,7 @@ impl Kernels<Cuda> for CudaKernels {
         w: &Buf<Cuda>,
         y: &mut Buf<Cuda>,
     ) -> KernelResult {
-        self.convolve(Pass::Forward, shape, x, w, y)
+        self.convolve_in_layout(Pass::Forward, shape, x, w, y)
     }
 
     fn conv_backward_data(
@@ -364,7 +442,7 @@ impl Kernels<Cuda> for CudaKernels {
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
         // cuDNN's order: filters first, then the output gradient.
-        self.convolve(Pass::BackwardData, shape, w, dy, dx)
+        self.convolve_in_layout(Pass::BackwardData, shape, w, dy, dx)
     }
 
     fn conv_backward_filter(
@@ -374,11 +452,11 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dw: &mut Buf<Cuda>,
     ) -> KernelResult {
-        self.convolve(Pass::BackwardFilter, shape, x, dy, dw)
+        self.convolve_in_layout(Pass::BackwardFilter, shape, x, dy, dw)
     }
 
     fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<Cuda>, bias: &Buf<Cuda>) -> KernelResult {
-        launches::bias_relu(&self.functions, planes, y, bias)
+        launches::bias_relu(&self.functions, self.layout, planes, y, bias)
     }
 
     fn relu_bias_backward(
@@ -390,6 +468,7 @@ impl Kernels<Cuda> for CudaKernels {
     ) -> KernelResult {
         launches::relu_bias_backward(
             &self.functions,
+            self.layout,
             &self.dev,
             &mut self.partials,
             planes,
@@ -407,7 +486,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &mut Buf<Cuda>,
         d: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::lrn_forward(&self.functions, planes, lrn, x, y, d)
+        launches::lrn_forward(&self.functions, self.layout, planes, lrn, x, y, d)
     }
 
     fn lrn_backward(
@@ -419,7 +498,7 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::lrn_backward(&self.functions, planes, lrn, x, d, dy, dx)
+        launches::lrn_backward(&self.functions, self.layout, planes, lrn, x, d, dy, dx)
     }
 
     fn pool_forward(
@@ -429,7 +508,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &mut Buf<Cuda>,
         argmax: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_forward(&self.functions, shape, x, y, argmax)
+        launches::pool_forward(&self.functions, self.layout, shape, x, y, argmax)
     }
 
     fn pool_backward(
@@ -439,7 +518,7 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_backward(&self.functions, shape, argmax, dy, dx)
+        launches::pool_backward(&self.functions, self.layout, shape, argmax, dy, dx)
     }
 
     fn flatten_channels_last(
@@ -448,7 +527,7 @@ impl Kernels<Cuda> for CudaKernels {
         x: &Buf<Cuda>,
         y: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::flatten_channels_last(&self.functions, planes, x, y)
+        launches::flatten_channels_last(&self.functions, self.layout, planes, x, y)
     }
 
     fn unflatten_channels_last(
@@ -457,7 +536,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &Buf<Cuda>,
         x: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::unflatten_channels_last(&self.functions, planes, y, x)
+        launches::unflatten_channels_last(&self.functions, self.layout, planes, y, x)
     }
 
     fn matmul(

@@ -19,19 +19,38 @@ const THREADS: u32 = 256;
 const RELU_BIAS_THREADS: u32 = 256;
 /// Must equal `RELU_BIAS_CHUNK` in the CUDA source: the values of a channel one block sums.
 const RELU_BIAS_CHUNK: usize = 8192;
+/// Must equal `RELU_BIAS_ROWS` and `RELU_BIAS_LANES` in the CUDA source: the rows and the
+/// channels one block of `relu_bias_partials_nhwc` sums.
+const RELU_BIAS_ROWS: usize = 1024;
+const RELU_BIAS_LANES: usize = 32;
+/// The shared memory the NHWC LRN kernels may take per block: a block holds whole rows of
+/// channels, as many as fit (at least one).
+const LRN_SHARED_FLOATS: usize = 4096;
+/// The most channels an NHWC LRN block holds in the 48 KiB of shared memory a kernel may take
+/// without asking for more.
+pub(super) const LRN_NHWC_MAX_CHANNELS: usize = 12 * 1024;
 /// Must equal `SOFTMAX_THREADS` in the CUDA source: the kernel's shared-memory tree and its
 /// stride over a row are sized by it.
 pub(super) const SOFTMAX_THREADS: u32 = 256;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 15] = [
+const KERNELS: [(&str, &str); 21] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
     ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
+    (
+        "relu_bias_partials_nhwc",
+        "cuLaunchKernel(relu_bias_partials_nhwc)",
+    ),
     ("lrn_forward", "cuLaunchKernel(lrn_forward)"),
     ("lrn_backward", "cuLaunchKernel(lrn_backward)"),
+    ("lrn_forward_nhwc", "cuLaunchKernel(lrn_forward_nhwc)"),
+    ("lrn_backward_nhwc", "cuLaunchKernel(lrn_backward_nhwc)"),
     ("pool_forward", "cuLaunchKernel(pool_forward)"),
     ("pool_backward", "cuLaunchKernel(pool_backward)"),
+    ("pool_forward_nhwc", "cuLaunchKernel(pool_forward_nhwc)"),
+    ("pool_backward_nhwc", "cuLaunchKernel(pool_backward_nhwc)"),
+    ("copy", "cuLaunchKernel(copy)"),
     ("to_channels_last", "cuLaunchKernel(to_channels_last)"),
     ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
     ("sgd", "cuLaunchKernel(sgd)"),
@@ -74,10 +93,16 @@ pub(super) struct Functions {
     pub(super) normalize: Kernel,
     pub(super) bias_relu: Kernel,
     pub(super) relu_bias_partials: Kernel,
+    pub(super) relu_bias_partials_nhwc: Kernel,
     pub(super) lrn_forward: Kernel,
     pub(super) lrn_backward: Kernel,
+    pub(super) lrn_forward_nhwc: Kernel,
+    pub(super) lrn_backward_nhwc: Kernel,
     pub(super) pool_forward: Kernel,
     pub(super) pool_backward: Kernel,
+    pub(super) pool_forward_nhwc: Kernel,
+    pub(super) pool_backward_nhwc: Kernel,
+    pub(super) copy: Kernel,
     pub(super) to_channels_last: Kernel,
     pub(super) from_channels_last: Kernel,
     pub(super) sgd: Kernel,
@@ -132,10 +157,16 @@ impl Functions {
             normalize: get("normalize")?,
             bias_relu: get("bias_relu")?,
             relu_bias_partials: get("relu_bias_partials")?,
+            relu_bias_partials_nhwc: get("relu_bias_partials_nhwc")?,
             lrn_forward: get("lrn_forward")?,
             lrn_backward: get("lrn_backward")?,
+            lrn_forward_nhwc: get("lrn_forward_nhwc")?,
+            lrn_backward_nhwc: get("lrn_backward_nhwc")?,
             pool_forward: get("pool_forward")?,
             pool_backward: get("pool_backward")?,
+            pool_forward_nhwc: get("pool_forward_nhwc")?,
+            pool_backward_nhwc: get("pool_backward_nhwc")?,
+            copy: get("copy")?,
             to_channels_last: get("to_channels_last")?,
             from_channels_last: get("from_channels_last")?,
             sgd: get("sgd")?,
@@ -182,6 +213,35 @@ pub(super) fn per_chunk(splits: u32, channels: u32) -> LaunchConfig {
         block_dim: (RELU_BIAS_THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// How many blocks of rows `relu_bias_partials_nhwc` splits `rows` rows into (a function of
+/// the shape alone, as `relu_bias_splits`).
+pub(super) fn relu_bias_row_splits(rows: usize) -> u32 {
+    rows.div_ceil(RELU_BIAS_ROWS).max(1) as u32
+}
+
+/// `relu_bias_partials_nhwc`'s launch: a block of exactly `RELU_BIAS_THREADS` threads per
+/// 32 channels and split of the rows.
+pub(super) fn per_lanes_and_rows(channels: u32, splits: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (channels.div_ceil(RELU_BIAS_LANES as u32), splits, 1),
+        block_dim: (RELU_BIAS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The NHWC LRN kernels' launch over `rows` rows of `channels` (at most
+/// `LRN_NHWC_MAX_CHANNELS`, checked by the caller): whole rows per block, as many as
+/// `LRN_SHARED_FLOATS` hold, and the shared memory they take. Returns the rows per block too.
+pub(super) fn lrn_rows(rows: u32, channels: u32) -> (LaunchConfig, u32) {
+    let per_block = (LRN_SHARED_FLOATS as u32 / channels.max(1)).max(1);
+    let config = LaunchConfig {
+        grid_dim: (rows.div_ceil(per_block), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: per_block * channels * std::mem::size_of::<f32>() as u32,
+    };
+    (config, per_block)
 }
 
 /// `softmax_cross_entropy`'s launch: one block of exactly `SOFTMAX_THREADS` threads per row.
