@@ -2,17 +2,19 @@
 # Every GPU check and benchmark in one run (a few minutes on an H200), ending with one table:
 #   check-fast   the fast path's kernels against the host kernels, and one training step of the
 #                paper's network against dfdx (logits), an f64 replay of its own backward pass
-#                (gradients) and SGD in f64, strict and TF32, at batches 2 to 128; TF32 held to
-#                2× PyTorch's own TF32 error on the same weights and batch
-#                (benches/pytorch_precision.py, measured here in the same run);
-#   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast and a few
-#                training steps (the sample network);
-#   training     the GPU against the CPU (first steps), the fast path against the dfdx path
+#                (gradients) and SGD in f64, strict and TF32, at batches 2 to 128, in the NCHW
+#                layout and (smallest and largest batch) the NHWC one; TF32 held to 2× PyTorch's
+#                own TF32 error on the same weights and batch (benches/pytorch_precision.py,
+#                measured here in the same run);
+#   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast (both
+#                layouts) and a few training steps (the sample network);
+#   training     the GPU against the CPU (first steps), NHWC against NCHW, the fast path against the dfdx path
 #                (200 steps), --resume against an uninterrupted run, one data-parallel rank
 #                (NCCL) against the plain run, Ctrl-C, evaluate on both devices, a
 #                PyTorch-written checkpoint;
 #   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) strict,
-#                TF32, TF32 with measured algorithms and the dfdx path, with peak GPU memory,
+#                TF32, TF32 with measured algorithms (each in NCHW and NHWC) and the dfdx path,
+#                with peak GPU memory,
 #                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run; the
 #                loader alone; the fast path's per-stage profile and each kernel's GPU time in
 #                one step (Nsight Compute, benches/ncu_step.py).
@@ -108,6 +110,18 @@ for b in $check_batches; do
         > "$work/check-tf32-$b.txt" 2>&1
     IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-tf32-$b.txt")
     row check-fast "tf32, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+    # Channels-last activations: their own kernels, and cuDNN told the layout.
+    case " ${check_batches%% *} ${check_batches##* } " in *" $b "*)
+        for precision in strict tf32; do
+            t=$(date +%s)
+            held=()
+            [ "$precision" = tf32 ] && held=("${reference[@]}")
+            alexnet check-fast --device "$device" --precision "$precision" --layout nhwc \
+                --batch-size "$b" "${held[@]}" > "$work/check-nhwc-$precision-$b.txt" 2>&1
+            IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-nhwc-$precision-$b.txt")
+            row check-fast "nhwc $precision, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+        done ;;
+    esac
 done
 # The largest batch's decisions and cuDNN algorithms, for the record.
 sed -n '/^decisions/,/^{/p' "$work/check-strict-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /'
@@ -128,10 +142,12 @@ if [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
         sanitize "$tool" "$work/sanitizer-$tool.txt" check-fast --device cuda --batch-size 2 \
             --pipeline pipelines/sample.toml &
     done
+    sanitize memcheck "$work/sanitizer-nhwc.txt" check-fast --device cuda --batch-size 2 \
+        --pipeline pipelines/sample.toml --layout nhwc &
     sanitize memcheck "$work/sanitizer-train.txt" train "${sample[@]}" --run "$work/sanitized" \
         --device cuda --stop-after-steps 3 &
     wait
-    for tool in memcheck racecheck initcheck train; do
+    for tool in memcheck racecheck initcheck nhwc train; do
         log="$work/sanitizer-$tool.txt"
         status=$(cat "$log.status" 2>/dev/null || echo missing)
         summary=$(grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
@@ -140,10 +156,14 @@ if [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
             *:124) verdict="TIMED OUT" ;;
             *) verdict="FAILED (exit $status)" ;;
         esac
-        what=$( [ "$tool" = train ] && echo "memcheck, 3 training steps" || echo "$tool, check-fast")
+        case $tool in
+            train) what="memcheck, 3 training steps" ;;
+            nhwc) what="memcheck, check-fast --layout nhwc" ;;
+            *) what="$tool, check-fast" ;;
+        esac
         row sanitizer "$what" "$verdict" "${summary:-no summary}"
     done
-    row sanitizer "all four, side by side" "" "$(seconds "$t") s"
+    row sanitizer "all five, side by side" "" "$(seconds "$t") s"
 else
     row sanitizer "memcheck, racecheck, initcheck" skipped "(no GPU or no $sanitizer)"
 fi
@@ -173,6 +193,11 @@ alexnet train "${sample[@]}" --run "$work/cpu-run" --device cpu --stop-after-ste
 alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --stop-after-steps 10 >/dev/null 2>&1
 IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-run/steps.csv" "$work/cpu-run/steps.csv")
 row training "first 10 steps, $device vs cpu" "$verdict" "$detail; $(seconds "$t") s"
+t=$(date +%s)
+alexnet train "${sample[@]}" --run "$work/dev-nhwc" --device "$device" --layout nhwc \
+    --stop-after-steps 10 >/dev/null 2>&1
+IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-nhwc/steps.csv" "$work/dev-run/steps.csv")
+row training "first 10 steps, nhwc vs nchw on $device" "$verdict" "$detail; $(seconds "$t") s"
 
 t=$(date +%s)
 for engine in fast dfdx; do
@@ -304,13 +329,17 @@ bench_ours() {
 }
 : > "$work/ours.jsonl"
 for b in $speed_batches; do
-    variants=("fast strict heuristic" "fast tf32 heuristic" "fast tf32 measure")
+    variants=()
+    for layout in nchw nhwc; do
+        variants+=("fast strict heuristic $layout" "fast tf32 heuristic $layout" "fast tf32 measure $layout")
+    done
     # The dfdx engine once, as the reference point.
-    [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic")
+    [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic nchw")
     for variant in "${variants[@]}"; do
         set -- $variant
         : > "$work/one.json"
-        peak=$(with_peak_memory bench_ours "$b" --engine "$1" --precision "$2" --algorithms "$3")
+        peak=$(with_peak_memory bench_ours "$b" --engine "$1" --precision "$2" --algorithms "$3" \
+            --layout "$4")
         if python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" 2>/dev/null <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -343,25 +372,37 @@ echo
 echo "== profile of the fast path (TF32, batch $batch), median ms per stage, device synchronised"
 python3 - "$work/ours.jsonl" "$batch" <<'PY'
 import json, sys
+stages = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    if v["variant"] == "fast tf32 heuristic" and v["batch_size"] == int(sys.argv[2]):
-        for k, ms in v["stages_ms"]:
-            print(f"  {k:32} {ms:8.2f}")
+    for layout in ("nchw", "nhwc"):
+        if v["variant"] == f"fast tf32 heuristic {layout}" and v["batch_size"] == int(sys.argv[2]):
+            stages[layout] = dict(v["stages_ms"])
+names = list(dict.fromkeys(k for s in stages.values() for k in s))
+print(f"  {'stage':32} {'nchw':>8} {'nhwc':>8}")
+for k in names:
+    cells = " ".join(f"{stages.get(l, {}).get(k, float('nan')):8.2f}" for l in ("nchw", "nhwc"))
+    print(f"  {k:32} {cells}")
 PY
 # Each kernel of one unsynchronised step (Nsight Compute, one metric, clocks and caches left
 # alone), grouped by kernel: where the GPU time goes, beside PyTorch's own per-kernel profile
 # (benches/pytorch_alexnet.py --profile).
 if [ "$device" = cuda ] && [ -x "$ncu" ]; then
     t=$(date +%s)
-    timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
-        --csv --log-file "$work/ncu.csv" bash "$dir/run.sh" "$dir/alexnet" bench-train \
-        --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --device cuda \
-        --batch-size "$batch" --steps 2 --warmup 2 --profile-steps 0 > "$work/ncu-run.txt" 2>&1
-    python3 benches/ncu_step.py "$work/ncu.csv" > "$work/ncu-step.txt" 2>&1
-    verdict=$(head -1 "$work/ncu-step.txt")
-    row speed "GPU time of one step (ncu)" "$verdict" "$(seconds "$t") s; by kernel in ncu-step.txt"
-    sed -n '/^by kernel/,$p' "$work/ncu-step.txt" | head -25 | sed 's/^/  /'
+    for layout in ${NCU_LAYOUTS:-nchw nhwc}; do
+        t=$(date +%s)
+        timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+            --csv --log-file "$work/ncu-$layout.csv" bash "$dir/run.sh" "$dir/alexnet" bench-train \
+            --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --device cuda \
+            --layout "$layout" --batch-size "$batch" --steps 2 --warmup 2 --profile-steps 0 \
+            > "$work/ncu-run-$layout.txt" 2>&1
+        python3 benches/ncu_step.py "$work/ncu-$layout.csv" > "$work/ncu-step-$layout.txt" 2>&1
+        verdict=$(head -1 "$work/ncu-step-$layout.txt")
+        row speed "GPU time of one step (ncu, $layout)" "$verdict" \
+            "$(seconds "$t") s; by kernel in ncu-step-$layout.txt"
+        echo "  $layout:"
+        sed -n '/^by kernel/,$p' "$work/ncu-step-$layout.txt" | head -25 | sed 's/^/  /'
+    done
 fi
 if [ -n "${LOGS:-}" ]; then
     tar czf "$LOGS" -C "$work" --exclude='src' --exclude='shards-*' --exclude='*.safetensors' \
