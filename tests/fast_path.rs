@@ -236,7 +236,7 @@ fn check_fast_passes_with_channels_last_activations() {
 }
 
 /// Outputs of `check-fast`'s kernel cases (every kernel on the network's shapes).
-const KERNEL_CASES: usize = 52;
+const KERNEL_CASES: usize = 54;
 
 /// `auto`, the default engine, takes the fast path on the CPU too (its host kernels are the
 /// faster ones there); `--engine dfdx` still selects the reference.

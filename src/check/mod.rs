@@ -24,7 +24,7 @@ use crate::engine::sgd::Sgd;
 use crate::kernels::host::HostKernels;
 use crate::kernels::{
     ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LrnParams, MatMul,
-    Planes, PoolShape, SgdStep,
+    Planes, PoolShape, SgdStep, SgdTensor,
 };
 use crate::model::{Act, AlexNet, DropoutMasks, Spec, CONV_BLOCKS, TORCH_NAMES};
 use crate::pixels;
@@ -535,7 +535,7 @@ mod tests {
         for layout in [Layout::Nchw, Layout::Nhwc] {
             let compute = ComputeConfig { layout, ..strict() };
             let results = kernels_against_host(&Cpu::default(), &compute, &paper).unwrap();
-            assert_eq!(results.len(), 52);
+            assert_eq!(results.len(), 54);
             for r in &results {
                 assert!(r.norm > 1e-3, "{layout:?} {}: norm {}", r.name, r.norm);
                 assert_eq!(r.relative_error, 0.0, "{layout:?} {}", r.name);
@@ -576,6 +576,8 @@ enum Case {
     Pool(PoolShape),
     ChannelsLast(Planes),
     Sgd(usize),
+    /// `sgd_all` over tensors of these lengths.
+    SgdAll([usize; 3]),
     Dropout(DropoutMask),
     MatMul(MatMul),
     /// `bias_add`, then `bias_backward` of an independent gradient.
@@ -589,6 +591,13 @@ enum Case {
         classes: usize,
     },
 }
+
+/// The update the SGD cases make.
+const SGD_CASE_STEP: SgdStep = SgdStep {
+    learning_rate: 0.01,
+    momentum: 0.9,
+    weight_decay: 5e-4,
+};
 
 /// The output of `Case::Pool` holding each window's choice.
 const ARGMAX: &str = "argmax";
@@ -698,13 +707,32 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 up(n, (-0.1, 0.1), 14)?,
                 up(n, (-1.0, 1.0), 15)?,
             );
-            let step = SgdStep {
-                learning_rate: 0.01,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            };
-            k.sgd(&step, &mut w, &mut v, &g)?;
+            k.sgd(&SGD_CASE_STEP, &mut w, &mut v, &g)?;
             vec![("weights", w), ("momentum", v)]
+        }
+        Case::SgdAll(lens) => {
+            let mut buffers = Vec::with_capacity(lens.len());
+            for (i, len) in lens.into_iter().enumerate() {
+                let seed = 30 + 3 * i as u64;
+                buffers.push((
+                    up(len, (-1.0, 1.0), seed)?,
+                    up(len, (-0.1, 0.1), seed + 1)?,
+                    up(len, (-1.0, 1.0), seed + 2)?,
+                ));
+            }
+            let mut tensors: Vec<_> = buffers
+                .iter_mut()
+                .map(|(w, v, g)| SgdTensor { w, v, g })
+                .collect();
+            k.sgd_all(&SGD_CASE_STEP, &mut tensors)?;
+            // Each output is the tensors' values end to end.
+            let (mut weights, mut momentum) = (Vec::new(), Vec::new());
+            for (w, v, _) in &buffers {
+                weights.extend(k.download(w)?);
+                momentum.extend(k.download(v)?);
+            }
+            let (weights, momentum) = (k.upload(&weights)?, k.upload(&momentum)?);
+            vec![("weights", weights), ("momentum", momentum)]
         }
         Case::Dropout(mask) => {
             let mut out = k.alloc(mask.len())?;
@@ -839,6 +867,7 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
     cases.push(("flatten".into(), Case::ChannelsLast(features)));
     // An odd length, so that no kernel can rely on a multiple of its block size.
     cases.push(("sgd".into(), Case::Sgd(100_003)));
+    cases.push(("sgd, all at once".into(), Case::SgdAll([100_003, 7, 4_099])));
     let mask = DropoutMask {
         key: crate::model::dropout_key(3, 5, 6),
         // Rows further into a batch (a rank's slice).

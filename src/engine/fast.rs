@@ -548,11 +548,12 @@ impl<D: FastDevice> FastNet<D> {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
         };
-        for p in &mut self.layers {
-            let k = &mut self.kernels;
-            p.params.sgd_step(k, &step)?;
-        }
-        self.head.sgd_step(&mut self.kernels, &step)
+        let conv = self.layers.iter_mut().map(|p| &mut p.params);
+        let mut tensors: Vec<_> = conv
+            .chain(self.head.params_mut())
+            .flat_map(|p| p.sgd_tensors())
+            .collect();
+        self.kernels.sgd_all(&step, &mut tensors)
     }
 
     /// The latest step's input, activations, parameters and gradients, on the host.

@@ -10,9 +10,7 @@
 use dfdx::prelude::Storage;
 
 use super::params::Params;
-use crate::kernels::{
-    Buf, DropoutMask, KernelResult, Kernels, LayerGradients, MatMul, Planes, SgdStep,
-};
+use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, LayerGradients, MatMul, Planes};
 use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
 
 /// Which masks a forward pass draws: training step `step` of a run seeded with `seed`, for the
@@ -318,12 +316,9 @@ impl<D: Storage<f32>> Head<D> {
         self.layers.iter().map(|p| &p.params)
     }
 
-    /// One SGD update of every fully connected parameter from the gradients of `backward`.
-    pub fn sgd_step<K: Kernels<D>>(&mut self, k: &mut K, step: &SgdStep) -> KernelResult {
-        for p in &mut self.layers {
-            p.params.sgd_step(k, step)?;
-        }
-        Ok(())
+    /// The layers' parameters, FC6 first, for the SGD update.
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Params<D>> {
+        self.layers.iter_mut().map(|p| &mut p.params)
     }
 
     /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer).

@@ -1,10 +1,10 @@
 //! A weighted layer's tensors on a kernel device: weight and bias, their momentum and their
-//! last gradients, and the SGD update over them — the same for a convolution and a fully
+//! last gradients, and the tensors of the SGD update over them — the same for a convolution and a fully
 //! connected layer, whatever layout the weight has.
 
 use dfdx::prelude::Storage;
 
-use crate::kernels::{Buf, KernelResult, Kernels, LayerGradients, SgdStep};
+use crate::kernels::{Buf, KernelResult, Kernels, LayerGradients, SgdTensor};
 
 pub struct Params<D: Storage<f32>> {
     pub weight: Buf<D>,
@@ -73,19 +73,19 @@ impl<D: Storage<f32>> Params<D> {
         Ok(())
     }
 
-    /// One SGD update of the weight and bias from the last gradients.
-    pub fn sgd_step<K: Kernels<D>>(&mut self, k: &mut K, step: &SgdStep) -> KernelResult {
-        k.sgd(
-            step,
-            &mut self.weight,
-            &mut self.weight_velocity,
-            &self.weight_grad,
-        )?;
-        k.sgd(
-            step,
-            &mut self.bias,
-            &mut self.bias_velocity,
-            &self.bias_grad,
-        )
+    /// The weight's and the bias's SGD update from the last gradients.
+    pub fn sgd_tensors(&mut self) -> [SgdTensor<'_, D>; 2] {
+        [
+            SgdTensor {
+                w: &mut self.weight,
+                v: &mut self.weight_velocity,
+                g: &self.weight_grad,
+            },
+            SgdTensor {
+                w: &mut self.bias,
+                v: &mut self.bias_velocity,
+                g: &self.bias_grad,
+            },
+        ]
     }
 }

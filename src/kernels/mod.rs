@@ -227,6 +227,13 @@ pub struct SgdStep {
     pub weight_decay: f32,
 }
 
+/// One tensor of an SGD update: the weights, their momentum and their gradient.
+pub struct SgdTensor<'a, D: Storage<f32>> {
+    pub w: &'a mut Buf<D>,
+    pub v: &'a mut Buf<D>,
+    pub g: &'a Buf<D>,
+}
+
 /// One dropout mask, `images × units` values: 0 where a unit is dropped (rate `rate`), else
 /// `keep`, drawn as `seed::dropout_mask` draws them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -505,6 +512,14 @@ pub trait Kernels<D: Storage<f32>> {
 
     /// `g' = g + λw; v ← μv + g'; w ← w − lr·v` for one parameter tensor.
     fn sgd(&mut self, step: &SgdStep, w: &mut Buf<D>, v: &mut Buf<D>, g: &Buf<D>) -> KernelResult;
+    /// `sgd` of every tensor of the model at once (one launch on the GPU instead of one per
+    /// tensor); each value computed exactly as `sgd` computes it.
+    fn sgd_all(&mut self, step: &SgdStep, tensors: &mut [SgdTensor<'_, D>]) -> KernelResult {
+        for t in tensors {
+            self.sgd(step, t.w, t.v, t.g)?;
+        }
+        Ok(())
+    }
 
     /// Writes dropout mask `mask` into `out` (drawn on the device, nothing uploaded).
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<D>) -> KernelResult;

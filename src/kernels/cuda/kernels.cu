@@ -475,6 +475,40 @@ extern "C" __global__ void sgd(
     w[i] = weight - learning_rate * velocity;
 }
 
+// One tensor of sgd_all: its three buffers and the running count of values up to and including
+// it (the Rust side writes the table as four 64-bit words per tensor).
+struct SgdTensor {
+    float *w;
+    float *v;
+    const float *g;
+    unsigned long long end;
+};
+#define SGD_MAX_TENSORS 32
+
+// `sgd` over every tensor of the model in one launch: value i of the concatenation belongs to
+// the first tensor whose running count exceeds i. Each thread walks the concatenation with the
+// grid's stride, so its tensor index only grows. The arithmetic is sgd's, value for value.
+extern "C" __global__ void sgd_all(
+    const SgdTensor *tensors, unsigned int count, unsigned long long total,
+    float learning_rate, float momentum, float weight_decay)
+{
+    __shared__ SgdTensor table[SGD_MAX_TENSORS];
+    for (unsigned int t = threadIdx.x; t < count; t += blockDim.x) table[t] = tensors[t];
+    __syncthreads();
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned int t = 0;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < total; i += stride) {
+        while (table[t].end <= i) ++t;
+        size_t j = i - (t == 0 ? 0ull : table[t - 1].end);
+        float weight = table[t].w[j];
+        float grad = table[t].g[j] + weight_decay * weight;
+        float velocity = momentum * table[t].v[j] + grad;
+        table[t].v[j] = velocity;
+        table[t].w[j] = weight - learning_rate * velocity;
+    }
+}
+
 // One SplitMix64 step (`seed::splitmix64`).
 __device__ unsigned long long splitmix64(unsigned long long x)
 {

@@ -9,13 +9,14 @@ use dfdx::tensor::Cuda;
 use super::buffers::{self, at_least, count32, DeviceMeanTable};
 use super::check;
 use super::nvrtc::{
-    grid, lrn_rows, per_chunk, per_lanes_and_rows, per_row, relu_bias_row_splits, relu_bias_splits,
-    Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SOFTMAX_THREADS,
+    grid, grid_stride, lrn_rows, per_chunk, per_lanes_and_rows, per_row, relu_bias_row_splits,
+    relu_bias_splits, Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SGD_MAX_TENSORS, SOFTMAX_THREADS,
 };
 use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
 use crate::kernels::{
     Buf, DropoutMask, InputBatch, KernelResult, Layout, LrnParams, Planes, PoolShape, SgdStep,
+    SgdTensor,
 };
 
 pub(super) fn normalize(
@@ -484,6 +485,79 @@ pub(super) fn sgd(
     );
     // SAFETY: matches `sgd`; lengths checked.
     unsafe { kernels.sgd.launch(grid(n), params) }
+}
+
+const SGD_TABLE: buffers::Upload = buffers::Upload {
+    alloc: "cuMemAlloc (sgd_all: tensor table)",
+    copy: "cuMemcpyHtoD (sgd_all: tensor table)",
+};
+
+/// Every tensor's update in one launch. The table of buffers (four 64-bit words per tensor:
+/// weights, momentum, gradient, running count) is uploaded only when a buffer has changed —
+/// the model's buffers live as long as the run — so a step uploads nothing.
+pub(super) fn sgd_all(
+    kernels: &Functions,
+    dev: &Arc<CudaDevice>,
+    table: &mut SgdTable,
+    step: &SgdStep,
+    tensors: &mut [SgdTensor<'_, Cuda>],
+) -> KernelResult {
+    const CALL: &str = "sgd_all";
+    if tensors.len() > SGD_MAX_TENSORS {
+        return Err(check::failed(
+            CALL,
+            format!(
+                "{} tensors, more than the kernel's {SGD_MAX_TENSORS}",
+                tensors.len()
+            ),
+        ));
+    }
+    let mut words = Vec::with_capacity(4 * tensors.len());
+    let mut total = 0u64;
+    for t in tensors.iter_mut() {
+        let len = t.w.len();
+        buffers::exactly(CALL, "momentum v (weights w's length)", t.v.len(), len)?;
+        buffers::exactly(CALL, "gradient g (weights w's length)", t.g.len(), len)?;
+        total += len as u64;
+        words.extend([
+            buffers::device_ptr_mut(t.w) as u64,
+            buffers::device_ptr_mut(t.v) as u64,
+            buffers::device_ptr(t.g) as u64,
+            total,
+        ]);
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    if table.words != words {
+        buffers::upload_into(dev, &mut table.device, &words, &SGD_TABLE)?;
+        table.words = words;
+    }
+    let Some(device) = table.device.as_ref() else {
+        return Err(check::failed(
+            CALL,
+            "no tensor table after uploading".into(),
+        ));
+    };
+    let params = (
+        device,
+        tensors.len() as u32,
+        total,
+        step.learning_rate,
+        step.momentum,
+        step.weight_decay,
+    );
+    // SAFETY: matches `sgd_all`; the table holds one entry per tensor (at most
+    // SGD_MAX_TENSORS), each naming three live buffers of its tensor's length (checked) and
+    // the running count, so every index the kernel forms lies inside its tensor's buffers.
+    unsafe { kernels.sgd_all.launch(grid_stride(total), params) }
+}
+
+/// `sgd_all`'s table of buffers, on the host (to see when it changes) and on the device.
+#[derive(Default)]
+pub(super) struct SgdTable {
+    words: Vec<u64>,
+    device: Option<CudaSlice<u64>>,
 }
 
 pub(super) fn dropout_mask(

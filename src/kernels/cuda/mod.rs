@@ -57,7 +57,7 @@ use upload::Uploads;
 
 use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, Layout, LrnParams,
-    MatMul, Memory, Planes, PoolShape, SgdStep,
+    MatMul, Memory, Planes, PoolShape, SgdStep, SgdTensor,
 };
 use crate::config::{Algorithms, ComputeConfig, Precision};
 
@@ -89,6 +89,8 @@ pub struct CudaKernels {
     partials: Option<CudaSlice<f32>>,
     /// `softmax_cross_entropy`'s labels, grown on demand.
     labels: Option<CudaSlice<u32>>,
+    /// `sgd_all`'s table of the model's buffers.
+    sgd_table: launches::SgdTable,
     mean_table: Option<DeviceMeanTable>,
     uploads: Uploads,
     /// dfdx's device, for buffers of dfdx's own type (`alloc`, `upload`).
@@ -151,6 +153,7 @@ impl CudaKernels {
             workspace: None,
             partials: None,
             labels: None,
+            sgd_table: launches::SgdTable::default(),
             mean_table: None,
             uploads: Uploads::new(&dev)?,
             dfdx: dfdx.clone(),
@@ -616,5 +619,10 @@ impl Kernels<Cuda> for CudaKernels {
         g: &Buf<Cuda>,
     ) -> KernelResult {
         launches::sgd(&self.functions, step, w, v, g)
+    }
+
+    fn sgd_all(&mut self, step: &SgdStep, tensors: &mut [SgdTensor<'_, Cuda>]) -> KernelResult {
+        let table = &mut self.sgd_table;
+        launches::sgd_all(&self.functions, &self.dev, table, step, tensors)
     }
 }

@@ -34,7 +34,7 @@ pub(super) const LRN_NHWC_MAX_CHANNELS: usize = 12 * 1024;
 pub(super) const SOFTMAX_THREADS: u32 = 256;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 21] = [
+const KERNELS: [(&str, &str); 22] = [
     ("normalize", "cuLaunchKernel(normalize)"),
     ("bias_relu", "cuLaunchKernel(bias_relu)"),
     ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
@@ -54,6 +54,7 @@ const KERNELS: [(&str, &str); 21] = [
     ("to_channels_last", "cuLaunchKernel(to_channels_last)"),
     ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
     ("sgd", "cuLaunchKernel(sgd)"),
+    ("sgd_all", "cuLaunchKernel(sgd_all)"),
     ("dropout_mask", "cuLaunchKernel(dropout_mask)"),
     ("bias_add", "cuLaunchKernel(bias_add)"),
     ("bias_backward", "cuLaunchKernel(bias_backward)"),
@@ -106,6 +107,7 @@ pub(super) struct Functions {
     pub(super) to_channels_last: Kernel,
     pub(super) from_channels_last: Kernel,
     pub(super) sgd: Kernel,
+    pub(super) sgd_all: Kernel,
     pub(super) dropout_mask: Kernel,
     pub(super) bias_add: Kernel,
     pub(super) bias_backward: Kernel,
@@ -170,6 +172,7 @@ impl Functions {
             to_channels_last: get("to_channels_last")?,
             from_channels_last: get("from_channels_last")?,
             sgd: get("sgd")?,
+            sgd_all: get("sgd_all")?,
             dropout_mask: get("dropout_mask")?,
             bias_add: get("bias_add")?,
             bias_backward: get("bias_backward")?,
@@ -194,6 +197,21 @@ fn compile_error(error: &CompileError) -> String {
 pub(super) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Must equal `SGD_MAX_TENSORS` in the CUDA source: the tensors `sgd_all` holds in shared
+/// memory.
+pub(super) const SGD_MAX_TENSORS: usize = 32;
+
+/// `sgd_all`'s launch over `total` values: a grid-stride loop, enough blocks to fill any GPU.
+pub(super) fn grid_stride(total: u64) -> LaunchConfig {
+    const MAX_BLOCKS: u64 = 4096;
+    let blocks = total.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
