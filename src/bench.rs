@@ -125,7 +125,7 @@ pub fn run<D: FastDevice>(
             step: i as u64,
             first_image: 0,
         });
-        let (loss, _) = engine.train_step(dev, &mut model, &mut sgd, &batch, dropout, lr)?;
+        let loss = engine.train_step(dev, &mut model, &mut sgd, &batch, dropout, lr)?;
         if i >= warmup {
             step_times.push(started.elapsed().as_secs_f64() * 1e3);
         }

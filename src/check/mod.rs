@@ -771,7 +771,7 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             let labels: Vec<u32> = (0..rows)
                 .map(|r| (r * (classes - 1) / (rows - 1).max(1)) as u32)
                 .collect();
-            let (mut losses, mut dlogits) = (k.alloc(rows)?, k.alloc(rows * classes)?);
+            let (mut row_stats, mut dlogits) = (k.alloc(2 * rows)?, k.alloc(rows * classes)?);
             // A rank's slice of a larger batch: the gradient's mean is over more rows.
             let mean_over = rows + 5;
             k.softmax_cross_entropy(
@@ -780,10 +780,10 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 classes,
                 &logits,
                 &labels,
-                &mut losses,
+                &mut row_stats,
                 &mut dlogits,
             )?;
-            vec![("losses", losses), ("dlogits", dlogits)]
+            vec![("losses and ranks", row_stats), ("dlogits", dlogits)]
         }
     };
     out.into_iter()

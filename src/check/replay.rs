@@ -243,14 +243,14 @@ pub fn against_head_replay(rec: &Recorded, labels: &[u32]) -> Vec<Comparison> {
     };
     // The gradient of the mean loss with respect to the fast path's logits.
     let classes = last.outputs;
-    let mut losses = vec![0.0; batch];
+    let mut row_stats = vec![0.0; 2 * batch];
     let mut d_out = vec![0.0; batch * classes];
     loops::softmax_cross_entropy(
         classes,
         batch,
         &wide(&last.out),
         labels,
-        &mut losses,
+        &mut row_stats,
         &mut d_out,
     );
     let mut out = Vec::new();

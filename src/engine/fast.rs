@@ -6,6 +6,7 @@
 use dfdx::prelude::*;
 
 use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
+use super::metrics::Tally;
 use super::params::Params;
 use crate::device::FastDevice;
 use crate::kernels::{
@@ -358,14 +359,13 @@ impl<D: FastDevice> FastNet<D> {
     /// The latest forward pass's mean softmax cross-entropy against `labels`; its gradient is
     /// kept for `backward`.
     pub fn loss(&mut self, labels: &[u32]) -> KernelResult<f32> {
-        let sum = self.loss_sum(labels, labels.len())?;
-        Ok((sum / labels.len().max(1) as f64) as f32)
+        Ok(self.tally(labels, labels.len())?.loss() as f32)
     }
 
-    /// The sum of the latest forward pass's rows' losses against `labels`, keeping for
-    /// `backward` the gradient of the mean over `mean_over` rows (the whole batch, of which
-    /// these rows are one rank's slice).
-    pub fn loss_sum(&mut self, labels: &[u32], mean_over: usize) -> KernelResult<f64> {
+    /// The latest forward pass's counts against `labels` — summed loss, top-1 and top-5 hits,
+    /// counted on the device — keeping for `backward` the gradient of the mean loss over
+    /// `mean_over` rows (the whole batch, of which these rows are one rank's slice).
+    pub fn tally(&mut self, labels: &[u32], mean_over: usize) -> KernelResult<Tally> {
         let Some(a) = self.activations.last_mut() else {
             return Err(no_step("loss"));
         };

@@ -9,6 +9,7 @@
 
 use dfdx::prelude::Storage;
 
+use super::metrics::Tally;
 use super::params::Params;
 use crate::kernels::{Buf, DropoutMask, KernelResult, Kernels, LayerGradients, MatMul, Planes};
 use crate::model::{dropout_key, Affine, AlexNet, CONV_BLOCKS};
@@ -48,11 +49,11 @@ struct DenseActivations<D: Storage<f32>> {
     d_dropped: Option<Buf<D>>,
 }
 
-/// What one batch size needs: each layer's activations, the rows' losses.
+/// What one batch size needs: each layer's activations, the rows' losses and label ranks.
 pub struct HeadActivations<D: Storage<f32>> {
     batch: usize,
     layers: Vec<DenseActivations<D>>,
-    losses: Buf<D>,
+    row_stats: Buf<D>,
     /// Whether the latest forward pass applied dropout (the backward pass follows it).
     dropout: bool,
 }
@@ -166,7 +167,7 @@ impl<D: Storage<f32>> Head<D> {
         Ok(HeadActivations {
             batch,
             layers,
-            losses: k.alloc(batch.max(1))?,
+            row_stats: k.alloc(2 * batch.max(1))?,
             dropout: false,
         })
     }
@@ -224,16 +225,18 @@ impl<D: Storage<f32>> Head<D> {
         &a.layers[self.layers.len() - 1].out
     }
 
-    /// Softmax cross-entropy of the latest logits against `labels`: the sum of the rows'
-    /// losses (in f64 on the host, in row order), leaving for `backward` the gradient of the
-    /// mean loss over `mean_over` rows (see `Kernels::softmax_cross_entropy`).
+    /// Softmax cross-entropy of the latest logits against `labels`: the batch's counts — the
+    /// rows' losses summed in f64 on the host, in row order, and top-1/top-5 hits from the
+    /// label ranks the kernel counted — leaving for `backward` the gradient of the mean loss
+    /// over `mean_over` rows (see `Kernels::softmax_cross_entropy`). Only `2 × batch` numbers
+    /// come back from the device.
     pub fn loss<K: Kernels<D>>(
         &self,
         k: &mut K,
         a: &mut HeadActivations<D>,
         labels: &[u32],
         mean_over: usize,
-    ) -> KernelResult<f64> {
+    ) -> KernelResult<Tally> {
         let batch = a.batch;
         let classes = self.classes();
         let last = a.layers.last_mut().expect("three layers");
@@ -243,11 +246,13 @@ impl<D: Storage<f32>> Head<D> {
             classes,
             &last.out,
             labels,
-            &mut a.losses,
+            &mut a.row_stats,
             &mut last.d_out,
         )?;
-        let losses = k.download_prefix(&a.losses, batch)?;
-        Ok(losses.iter().map(|&l| l as f64).sum())
+        let stats = k.download_prefix(&a.row_stats, 2 * batch)?;
+        let (losses, above) = stats.split_at(batch);
+        let loss_sum = losses.iter().map(|&l| l as f64).sum();
+        Ok(Tally::of_ranks(above, loss_sum))
     }
 
     /// The backward pass of the latest `forward` and `loss`: every parameter's gradient, and
@@ -399,9 +404,9 @@ fn rows(batch: usize, units: usize) -> Planes {
 /// `inputs` features, `units` hidden units and `classes` outputs (dropout buffers included).
 pub fn head_activation_bytes(inputs: usize, units: usize, classes: usize, batch: usize) -> usize {
     // FC6: mask, dropped and its gradient on the inputs; out and its gradient. FC7 likewise on
-    // `units`. FC8: logits and their gradient; the losses.
+    // `units`. FC8: logits and their gradient; the losses and label ranks.
     let fc6 = 3 * inputs + 2 * units;
     let fc7 = 3 * units + 2 * units;
     let fc8 = 2 * classes;
-    (batch * (fc6 + fc7 + fc8) + batch) * std::mem::size_of::<f32>()
+    (batch * (fc6 + fc7 + fc8) + 2 * batch) * std::mem::size_of::<f32>()
 }

@@ -5,16 +5,23 @@
 /// does NaN: a score that is not below the label's (NaN compares false with everything)
 /// ranks above it, so a NaN label score ranks last and a NaN elsewhere ranks first.
 pub fn top1_top5<T: PartialOrd + Copy>(scores: &[T], label: usize) -> (bool, bool) {
-    let target = scores[label];
-    if target.partial_cmp(&target).is_none() {
-        return (false, false); // NaN: not even a top-5 hit among few classes
+    match classes_above(scores, label) {
+        Some(above) => (above == 0, above < 5),
+        None => (false, false), // NaN: not even a top-5 hit among few classes
     }
+}
+
+/// How many other classes rank at or above the label (`top1_top5`'s rule), `None` when the
+/// label's score is NaN.
+pub fn classes_above<T: PartialOrd + Copy>(scores: &[T], label: usize) -> Option<usize> {
+    let target = scores[label];
+    target.partial_cmp(&target)?;
     let above = scores
         .iter()
         .enumerate()
         .filter(|&(i, &s)| i != label && s.partial_cmp(&target) != Some(std::cmp::Ordering::Less))
         .count();
-    (above == 0, above < 5)
+    Some(above)
 }
 
 /// Mean cross-entropy of rows of logits, computed on the host in f64.
@@ -72,6 +79,17 @@ impl Tally {
         tally
     }
 
+    /// The counts of one batch from each row's count of classes at or above its label (as
+    /// `classes_above` counts them; infinite for a NaN label score) and the summed loss.
+    pub fn of_ranks(above: &[f32], loss_sum: f64) -> Self {
+        Self {
+            images: above.len() as u64,
+            top1: above.iter().filter(|&&a| a == 0.0).count() as u64,
+            top5: above.iter().filter(|&&a| a < 5.0).count() as u64,
+            loss_sum,
+        }
+    }
+
     /// Adds another pass's (or rank's) counts.
     pub fn merge(&mut self, other: &Tally) {
         self.images += other.images;
@@ -103,6 +121,39 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The counts a training step makes from the kernels' label ranks equal the counts from
+    /// the logits themselves, ties and NaN included.
+    #[test]
+    fn counts_from_label_ranks_equal_counts_from_logits() {
+        let classes = 7;
+        let nan = f32::NAN;
+        #[rustfmt::skip]
+        let logits = [
+            0.1, 0.5, 0.2, 0.9, 0.0, 0.3, 0.4, // label 3: top-1
+            0.1, 0.5, 0.2, 0.9, 0.0, 0.3, 0.4, // label 1: second, top-5
+            0.1, 0.5, 0.2, 0.9, 0.0, 0.3, 0.4, // label 4: last
+            0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, // constant: a tie is a miss
+            0.1, nan, 0.2, 0.9, 0.0, 0.3, 0.4, // NaN elsewhere ranks above
+            0.1, 0.5, 0.2, nan, 0.0, 0.3, 0.4, // NaN label: never a hit
+        ];
+        let labels = [3, 1, 4, 2, 3, 3];
+        let rows = labels.len();
+        let (mut stats, mut dlogits) = (vec![0.0; 2 * rows], vec![0.0; rows * classes]);
+        crate::kernels::loops::softmax_cross_entropy(
+            classes,
+            rows,
+            &logits,
+            &labels,
+            &mut stats,
+            &mut dlogits,
+        );
+        let from_ranks = Tally::of_ranks(&stats[rows..], 0.0);
+        let from_logits = Tally::of(&logits, classes, &labels, 0.0);
+        assert_eq!(from_ranks, from_logits);
+        assert_eq!((from_ranks.top1, from_ranks.top5), (1, 3));
+        assert_eq!(stats[2 * rows - 1], f32::INFINITY);
+    }
 
     #[test]
     fn top_k_counts_ties_against_the_label() {

@@ -161,8 +161,8 @@ impl<D: FastDevice> StepEngine<D> {
     }
 
     /// One SGD step: forward with the dropout masks of `dropout` (none: no dropout),
-    /// cross-entropy, backward, update. Returns the loss and the logits (on the host, for
-    /// accuracy). With a non-finite loss the weights are left as they were.
+    /// cross-entropy, backward, update. Returns the mean loss. With a non-finite loss the
+    /// weights are left as they were.
     pub fn train_step(
         &mut self,
         dev: &D,
@@ -171,7 +171,7 @@ impl<D: FastDevice> StepEngine<D> {
         batch: &Batch,
         dropout: Option<DropoutKey>,
         lr: f64,
-    ) -> Result<(f32, Vec<f32>), EngineError> {
+    ) -> Result<f32, EngineError> {
         self.train_step_observed(dev, model, sgd, batch, dropout, lr, &mut |_| {})
     }
 
@@ -186,17 +186,16 @@ impl<D: FastDevice> StepEngine<D> {
         dropout: Option<DropoutKey>,
         lr: f64,
         observe: Observer,
-    ) -> Result<(f32, Vec<f32>), EngineError> {
-        let (whole, logits) =
+    ) -> Result<f32, EngineError> {
+        let whole =
             self.train_step_with(dev, model, sgd, batch, dropout, lr, &mut Alone, observe)?;
-        Ok((whole.loss() as f32, logits))
+        Ok(whole.loss() as f32)
     }
 
     /// One SGD step of a rank that meets the others through `sync` (`Alone` for one process),
     /// on its slice `batch` of the whole batch: forward and loss; the whole batch's counts
     /// from `sync`; then, if its loss is finite, backward — each layer's gradients summed
-    /// through `sync` as they are written — and the update. Returns the whole batch's counts
-    /// and this rank's logits.
+    /// through `sync` as they are written — and the update. Returns the whole batch's counts.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_with(
         &mut self,
@@ -208,7 +207,7 @@ impl<D: FastDevice> StepEngine<D> {
         lr: f64,
         sync: &mut dyn StepSync<D>,
         observe: Observer,
-    ) -> Result<(Tally, Vec<f32>), EngineError> {
+    ) -> Result<Tally, EngineError> {
         let classes = model.spec.classes;
         match self {
             Self::Dfdx(_) if sync.ranks() > 1 => Err(EngineError::DfdxAlone),
@@ -223,19 +222,15 @@ impl<D: FastDevice> StepEngine<D> {
                 let (value, logits) =
                     dfdx_train_step(model, sgd, x, labels, masks.as_ref(), lr, observe);
                 let loss_sum = value as f64 * labels.len() as f64;
-                Ok((Tally::of(&logits, classes, labels, loss_sum), logits))
+                Ok(Tally::of(&logits, classes, labels, loss_sum))
             }
             Self::Fast(fast) => {
                 // A rank's slice of a short last batch may be empty; it still takes part.
-                let (local, logits) = if batch.is_empty() {
-                    (Tally::default(), Vec::new())
+                let local = if batch.is_empty() {
+                    Tally::default()
                 } else {
                     fast.forward(batch, dropout, observe)?;
-                    let net = &mut fast.net;
-                    let loss_sum = net.loss_sum(&batch.labels, batch.whole_batch)?;
-                    let logits = net.logits()?;
-                    let local = Tally::of(&logits, classes, &batch.labels, loss_sum);
-                    (local, logits)
+                    fast.net.tally(&batch.labels, batch.whole_batch)?
                 };
                 observe(stage(Phase::Forward, "loss"));
                 let whole = sync.counts(local)?;
@@ -253,7 +248,7 @@ impl<D: FastDevice> StepEngine<D> {
                     net.sgd_step(lr)?;
                     observe(stage(Phase::Update, "sgd"));
                 }
-                Ok((whole, logits))
+                Ok(whole)
             }
         }
     }

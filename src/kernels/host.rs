@@ -584,7 +584,7 @@ impl Kernels<Cpu> for HostKernels {
         classes: usize,
         logits: &Buf<Cpu>,
         labels: &[u32],
-        losses: &mut Buf<Cpu>,
+        row_stats: &mut Buf<Cpu>,
         dlogits: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("softmax_cross_entropy")?;
@@ -592,7 +592,7 @@ impl Kernels<Cpu> for HostKernels {
         if rows == 0 {
             return Ok(());
         }
-        loops::softmax_cross_entropy(classes, mean_over, logits, labels, losses, dlogits);
+        loops::softmax_cross_entropy(classes, mean_over, logits, labels, row_stats, dlogits);
         Ok(())
     }
 

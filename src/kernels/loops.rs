@@ -358,17 +358,28 @@ pub fn bias_backward<T: Real>(rows: usize, columns: usize, dy: &[T], db: &mut [T
     }
 }
 
-/// Each row's softmax cross-entropy loss `ln Σ exp(z − max) − (z[label] − max)` and the
-/// gradient of the rows' mean, `(softmax(z) − onehot(label)) / rows`. Labels are trusted to
-/// be below `classes` (the kernels check them).
+/// Each row's softmax cross-entropy loss `ln Σ exp(z − max) − (z[label] − max)` into
+/// `row_stats[r]`, the number of other classes scoring at least as high as the label into
+/// `row_stats[rows + r]` (`metrics::classes_above`; ∞ for a NaN label score), and the gradient
+/// of the mean over `mean_over` rows, `(softmax(z) − onehot(label)) / mean_over`. Labels are
+/// trusted to be below `classes` (the kernels check them).
 pub fn softmax_cross_entropy<T: Real>(
     classes: usize,
     mean_over: usize,
     logits: &[T],
     labels: &[u32],
-    losses: &mut [T],
+    row_stats: &mut [T],
     dlogits: &mut [T],
 ) {
+    let rows = labels.len();
+    let (losses, above) = row_stats[..2 * rows].split_at_mut(rows);
+    for ((r, &label), above) in labels.iter().enumerate().zip(above) {
+        let z = &logits[r * classes..][..classes];
+        *above = match crate::engine::metrics::classes_above(z, label as usize) {
+            Some(n) => T::from_f32(n as f32),
+            None => T::from_f32(f32::INFINITY),
+        };
+    }
     let scale = T::from_f32(1.0).div(T::from_f32(mean_over as f32));
     let one = T::from_f32(1.0);
     for (r, &label) in labels.iter().enumerate() {

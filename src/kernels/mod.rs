@@ -494,8 +494,11 @@ pub trait Kernels<D: Storage<f32>> {
     /// `y = x ⊙ m` over the first `len` values (dropout, forward and backward).
     fn multiply(&mut self, len: usize, x: &Buf<D>, m: &Buf<D>, y: &mut Buf<D>) -> KernelResult;
     /// Softmax cross-entropy of `rows × classes` logits against `labels` (each below
-    /// `classes`, else an error): each row's loss `logsumexp(z) − z[label]` into `losses`, and
-    /// into `dlogits` the gradient of the mean loss over `mean_over` rows,
+    /// `classes`, else an error): into `row_stats` (`2 × rows` values) each row's loss
+    /// `logsumexp(z) − z[label]`, then each row's count of the other classes that score at
+    /// least as high as its label (`metrics::classes_above`: top-1 when 0, top-5 below 5; ∞ for
+    /// a NaN label score), so that a step downloads only these; and into `dlogits` the gradient
+    /// of the mean loss over `mean_over` rows,
     /// `(softmax(z) − onehot(label)) / mean_over` — `rows` on one process; the whole batch's
     /// rows when these are one rank's slice of it, so that the ranks' gradients add up to it.
     #[allow(clippy::too_many_arguments)]
@@ -506,7 +509,7 @@ pub trait Kernels<D: Storage<f32>> {
         classes: usize,
         logits: &Buf<D>,
         labels: &[u32],
-        losses: &mut Buf<D>,
+        row_stats: &mut Buf<D>,
         dlogits: &mut Buf<D>,
     ) -> KernelResult;
 

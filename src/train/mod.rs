@@ -763,7 +763,7 @@ impl<D: FastDevice> Trainer<D> {
             sync,
             &mut |_| {},
         );
-        let (whole, _) = stepped.map_err(|e| self.engine_failed(e))?;
+        let whole = stepped.map_err(|e| self.engine_failed(e))?;
         let stop = self.replicas.as_ref().map_or(wants_stop, |r| r.stop);
         let value = whole.loss() as f32;
         if let Some(what) = self.guard.observe(value) {

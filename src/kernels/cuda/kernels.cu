@@ -584,15 +584,18 @@ __device__ __forceinline__ float softmax_block_reduce(float *tree, float value, 
     return result;
 }
 
-// One block per row of `classes` logits z: loss = ln sum exp(z - max) - (z[label] - max) and
-// dlogits = (softmax(z) - onehot(label)) * scale, scale = 1 / rows. Each thread walks the row
+// One block per row of `classes` logits z: loss = ln sum exp(z - max) - (z[label] - max) into
+// row_stats[r]; into row_stats[rows + r] how many other classes score at least as high as the
+// label (a NaN score counts as higher; infinity when the label's score is NaN), from which the
+// host counts top-1 and top-5 hits without downloading the logits; and dlogits = (softmax(z) -
+// onehot(label)) * scale, scale = 1 / mean_over. Each thread walks the row
 // with the block's stride, so every pass is coalesced and rows of any width fit one block. The
 // maximum starts from z[0] as the reference's does (fmaxf, like f32::max, passes over NaN), so
 // it is the reference's value exactly; the sum differs from its sequential one by rounding
 // only. The exponentials are kept in dlogits between the passes, each read back by the thread
 // that wrote it. Labels are checked on the host (below `classes`).
 extern "C" __global__ void softmax_cross_entropy(
-    const float *logits, const unsigned int *labels, float *losses, float *dlogits,
+    const float *logits, const unsigned int *labels, float *row_stats, float *dlogits,
     unsigned int classes, float scale)
 {
     __shared__ float tree[SOFTMAX_THREADS];
@@ -614,7 +617,18 @@ extern "C" __global__ void softmax_cross_entropy(
     sum = softmax_block_reduce(tree, sum, 1);
 
     unsigned int label = labels[r];
-    if (tid == 0) losses[r] = logf(sum) - (z[label] - zmax);
+    float target = z[label];
+    // Counts below 2^24 add exactly in floats, in any order.
+    float above = 0.0f;
+    for (unsigned int c = tid; c < classes; c += SOFTMAX_THREADS) {
+        if (c != label && !(z[c] < target)) above += 1.0f;
+    }
+    above = softmax_block_reduce(tree, above, 1);
+    if (tid == 0) {
+        row_stats[r] = logf(sum) - (target - zmax);
+        // NVRTC has no INFINITY (no host headers): the bits of +inf.
+        row_stats[gridDim.x + r] = isnan(target) ? __int_as_float(0x7f800000) : above;
+    }
     for (unsigned int c = tid; c < classes; c += SOFTMAX_THREADS) {
         float p = g[c] / sum;
         g[c] = (c == label ? p - 1.0f : p) * scale;

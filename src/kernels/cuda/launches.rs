@@ -668,14 +668,19 @@ pub(super) fn softmax_cross_entropy(
     classes: usize,
     logits: &Buf<Cuda>,
     labels: &[u32],
-    losses: &mut Buf<Cuda>,
+    row_stats: &mut Buf<Cuda>,
     dlogits: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "softmax_cross_entropy";
     crate::kernels::host::check_labels(rows, mean_over, classes, labels)?;
     let len = matrix_len(CALL, "logits", rows, classes)?;
     at_least(CALL, "logits", logits.len(), len)?;
-    at_least(CALL, "losses", losses.len(), rows)?;
+    at_least(
+        CALL,
+        "row_stats",
+        row_stats.len(),
+        matrix_len(CALL, "row_stats", 2, rows)?,
+    )?;
     at_least(CALL, "dlogits", dlogits.len(), len)?;
     count32(CALL, "logits", len)?;
     if rows == 0 {
@@ -708,14 +713,14 @@ pub(super) fn softmax_cross_entropy(
     let params = (
         logits,
         device_labels,
-        &mut *losses,
+        &mut *row_stats,
         &mut *dlogits,
         classes as u32,
         scale,
     );
     // SAFETY: matches `softmax_cross_entropy`, launched with SOFTMAX_THREADS threads and one
-    // block per row: `logits` and `dlogits` hold `rows × classes` values, `losses` and the
-    // uploaded labels `rows`, and every label is below `classes` (all checked above).
+    // block per row: `logits` and `dlogits` hold `rows × classes` values, `row_stats`
+    // `2 × rows` and the uploaded labels `rows`, and every label is below `classes` (all checked above).
     unsafe {
         kernels
             .softmax_cross_entropy

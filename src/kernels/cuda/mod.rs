@@ -590,7 +590,7 @@ impl Kernels<Cuda> for CudaKernels {
         classes: usize,
         logits: &Buf<Cuda>,
         labels: &[u32],
-        losses: &mut Buf<Cuda>,
+        row_stats: &mut Buf<Cuda>,
         dlogits: &mut Buf<Cuda>,
     ) -> KernelResult {
         launches::softmax_cross_entropy(
@@ -602,7 +602,7 @@ impl Kernels<Cuda> for CudaKernels {
             classes,
             logits,
             labels,
-            losses,
+            row_stats,
             dlogits,
         )
     }

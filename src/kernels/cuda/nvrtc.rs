@@ -270,3 +270,22 @@ pub(super) fn per_row(rows: u32) -> LaunchConfig {
         shared_mem_bytes: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC compiles `kernels.cu` without the host headers nvcc would add (no `INFINITY`, for
+    /// one), so the source is compiled here as the fast path compiles it. Needs libnvrtc, not a
+    /// GPU: `cargo test --features cuda --lib nvrtc` on a machine with the CUDA toolkit.
+    #[test]
+    fn the_kernels_compile_under_nvrtc() {
+        let options = CompileOptions {
+            fmad: Some(false),
+            ..Default::default()
+        };
+        if let Err(e) = compile_ptx_with_opts(SOURCE, options) {
+            panic!("{}", compile_error(&e));
+        }
+    }
+}
