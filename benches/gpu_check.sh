@@ -24,8 +24,11 @@
 # target/release; a DIR with a run.sh wrapper, for machines without the toolkit, runs through it)
 # DEVICE=cpu BATCH=16 STEPS=2 CHECK_BATCHES="2 3" TRACK_STEPS=20 SPEED_BATCHES=16 run the same
 # script on a CPU build, to check the script itself. TORCH_MODES and TORCH_COMPILE choose
-# PyTorch's settings (default fp32,tf32,bf16 and none,default). LOGS=FILE.tgz keeps every log; TABLE=FILE keeps the table
-# as it grows (for a run that may be cut short).
+# PyTorch's settings (default fp32,tf32,bf16 and none,default). LOGS=FILE.tgz keeps every log;
+# TABLE=FILE keeps the table as it grows (for a run that may be cut short).
+# SECTIONS picks what runs (default "check sanitizer training speed ncu"; e.g. SECTIONS="speed"
+# for the benchmarks alone), BUDGET=SECONDS skips whatever would start after that many seconds
+# (each skipped part gets a row), so that a run on a lent GPU ends inside its time.
 set -uo pipefail
 dir=${1:-target/release}
 device=${DEVICE:-cuda}
@@ -43,6 +46,8 @@ sanitizer=${SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
 table=${TABLE:-$work/table.tsv}
 : > "$table"
 started=$(date +%s)
+sections=" ${SECTIONS:-check sanitizer training speed ncu} "
+budget=${BUDGET:-0}
 
 alexnet() {
     if [ -f "$dir/run.sh" ]; then bash "$dir/run.sh" "$dir/alexnet" "$@"; else "$dir/alexnet" "$@"; fi
@@ -50,6 +55,15 @@ alexnet() {
 # row SECTION CHECK VERDICT DETAIL: one line of the final table.
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$table"; echo "[$1] $2: $3 $4"; }
 seconds() { echo $(( $(date +%s) - $1 )); }
+# wants SECTION [WHAT]: whether to run a part of SECTION now (asked; within the budget). A part
+# skipped for time gets a row saying so.
+wants() {
+    case $sections in *" $1 "*) ;; *) return 1 ;; esac
+    if [ "$budget" -gt 0 ] && [ "$(seconds "$started")" -ge "$budget" ]; then
+        row "$1" "${2:-all}" skipped "(past BUDGET=$budget s)"
+        return 1
+    fi
+}
 
 echo "== data"
 t=$(date +%s)
@@ -88,6 +102,7 @@ PY
 
 echo "== check-fast on $device: kernels, and one step against dfdx and the f64 replay"
 for b in $check_batches; do
+    wants check "batch $b" || continue
     t=$(date +%s)
     alexnet check-fast --device "$device" --precision strict --batch-size "$b" \
         > "$work/check-strict-$b.txt" 2>&1
@@ -124,11 +139,13 @@ for b in $check_batches; do
     esac
 done
 # The largest batch's decisions and cuDNN algorithms, for the record.
-sed -n '/^decisions/,/^{/p' "$work/check-strict-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /'
-sed -n '/^decisions/,/^{/p' "$work/check-tf32-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /' | tail -n +2
+[ -f "$work/check-strict-${check_batches##* }.txt" ] && sed -n '/^decisions/,/^{/p' "$work/check-strict-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /'
+[ -f "$work/check-tf32-${check_batches##* }.txt" ] && sed -n '/^decisions/,/^{/p' "$work/check-tf32-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /' | tail -n +2
 
 echo "== compute-sanitizer over check-fast and a few training steps (sample network)"
-if [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
+if ! wants sanitizer; then
+    :
+elif [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
     # The tools run side by side (each is bound by the CPU, which instruments every access).
     sanitize() {
         local tool=$1 log=$2
@@ -188,6 +205,8 @@ PY
 }
 
 echo "== training on $device"
+# The section's checks build on each other's runs: one decision for all of them.
+if wants training; then
 t=$(date +%s)
 alexnet train "${sample[@]}" --run "$work/cpu-run" --device cpu --stop-after-steps 10 >/dev/null 2>&1
 alexnet train "${sample[@]}" --run "$work/dev-run" --device "$device" --stop-after-steps 10 >/dev/null 2>&1
@@ -303,6 +322,7 @@ if [ "$have_torch" = 1 ]; then
     verdict=$( [ "$a" = "$b" ] && [ "$a" != "no report" ] && echo passed || echo FAILED)
     row training "PyTorch checkpoint, $device vs cpu" "$verdict" "$a | $b; $(seconds "$t") s"
 fi
+fi # training
 
 echo "== speed: alexnet bench-train ($device, batches $speed_batches) beside PyTorch"
 # Peak GPU memory while a command runs (nvidia-smi sampled every 100 ms), in MiB.
@@ -336,6 +356,7 @@ for b in $speed_batches; do
     # The dfdx engine once, as the reference point.
     [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic nchw")
     for variant in "${variants[@]}"; do
+        wants speed "ours, batch $b: $variant" || continue
         set -- $variant
         : > "$work/one.json"
         peak=$(with_peak_memory bench_ours "$b" --engine "$1" --precision "$2" --algorithms "$3" \
@@ -352,7 +373,7 @@ PY
             row speed "ours, batch $b: $variant" FAILED "no report"
         fi
     done
-    if [ "$have_torch" = 1 ]; then
+    if [ "$have_torch" = 1 ] && wants speed "PyTorch, batch $b"; then
         # Eager and torch.compile (its warm-up, compilation included, is timed apart).
         python3 benches/pytorch_alexnet.py --batch-size "$b" --steps "$steps" --classes 10 \
             --modes "$torch_modes" --compile "$torch_compile" > "$work/torch-$b.jsonl" 2>/dev/null
@@ -363,10 +384,12 @@ PY
         done < "$work/torch-$b.jsonl"
     fi
 done
-alexnet bench-loader --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --output u8 \
-    --batch-size "$batch" --batches 100 2>/dev/null | tail -1 > "$work/loader.json"
-row speed "the loader alone, u8, $jobs threads" \
-    "$(python3 -c "import json,sys; print('%.0f img/s' % json.load(open(sys.argv[1]))['images_per_sec'])" "$work/loader.json" 2>/dev/null || echo FAILED)" ""
+if wants speed "the loader alone"; then
+    alexnet bench-loader --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --output u8 \
+        --batch-size "$batch" --batches 100 2>/dev/null | tail -1 > "$work/loader.json"
+    row speed "the loader alone, u8, $jobs threads" \
+        "$(python3 -c "import json,sys; print('%.0f img/s' % json.load(open(sys.argv[1]))['images_per_sec'])" "$work/loader.json" 2>/dev/null || echo FAILED)" ""
+fi
 
 echo
 echo "== profile of the fast path (TF32, batch $batch), median ms per stage, device synchronised"
@@ -390,6 +413,7 @@ PY
 if [ "$device" = cuda ] && [ -x "$ncu" ]; then
     t=$(date +%s)
     for layout in ${NCU_LAYOUTS:-nchw nhwc}; do
+        wants ncu "$layout" || continue
         t=$(date +%s)
         timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
             --csv --log-file "$work/ncu-$layout.csv" bash "$dir/run.sh" "$dir/alexnet" bench-train \
