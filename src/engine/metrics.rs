@@ -1,5 +1,8 @@
 //! Accuracy counting.
 
+// The rule a hit is counted by lives with the kernels, which count hits on the device too.
+use crate::kernels::loops::classes_above;
+
 /// Whether `label` is the top-1 and among the top-5 scores of one row of logits (or
 /// probabilities). Ties count against the label, so a constant output never scores, and so
 /// does NaN: a score that is not below the label's (NaN compares false with everything)
@@ -9,19 +12,6 @@ pub fn top1_top5<T: PartialOrd + Copy>(scores: &[T], label: usize) -> (bool, boo
         Some(above) => (above == 0, above < 5),
         None => (false, false), // NaN: not even a top-5 hit among few classes
     }
-}
-
-/// How many other classes rank at or above the label (`top1_top5`'s rule), `None` when the
-/// label's score is NaN.
-pub fn classes_above<T: PartialOrd + Copy>(scores: &[T], label: usize) -> Option<usize> {
-    let target = scores[label];
-    target.partial_cmp(&target)?;
-    let above = scores
-        .iter()
-        .enumerate()
-        .filter(|&(i, &s)| i != label && s.partial_cmp(&target) != Some(std::cmp::Ordering::Less))
-        .count();
-    Some(above)
 }
 
 /// Mean cross-entropy of rows of logits, computed on the host in f64.

@@ -358,9 +358,24 @@ pub fn bias_backward<T: Real>(rows: usize, columns: usize, dy: &[T], db: &mut [T
     }
 }
 
+/// How many classes other than `label` score at least as high as it — a NaN score counts as
+/// higher — or `None` when the label's own score is NaN: top-1 when 0, top-5 below 5
+/// (`engine::metrics::top1_top5`), so ties count against the label and a constant output
+/// never scores.
+pub fn classes_above<T: PartialOrd + Copy>(scores: &[T], label: usize) -> Option<usize> {
+    let target = scores[label];
+    target.partial_cmp(&target)?;
+    let above = scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| i != label && s.partial_cmp(&target) != Some(std::cmp::Ordering::Less))
+        .count();
+    Some(above)
+}
+
 /// Each row's softmax cross-entropy loss `ln Σ exp(z − max) − (z[label] − max)` into
 /// `row_stats[r]`, the number of other classes scoring at least as high as the label into
-/// `row_stats[rows + r]` (`metrics::classes_above`; ∞ for a NaN label score), and the gradient
+/// `row_stats[rows + r]` (`classes_above`; ∞ for a NaN label score), and the gradient
 /// of the mean over `mean_over` rows, `(softmax(z) − onehot(label)) / mean_over`. Labels are
 /// trusted to be below `classes` (the kernels check them).
 pub fn softmax_cross_entropy<T: Real>(
@@ -375,7 +390,7 @@ pub fn softmax_cross_entropy<T: Real>(
     let (losses, above) = row_stats[..2 * rows].split_at_mut(rows);
     for ((r, &label), above) in labels.iter().enumerate().zip(above) {
         let z = &logits[r * classes..][..classes];
-        *above = match crate::engine::metrics::classes_above(z, label as usize) {
+        *above = match classes_above(z, label as usize) {
             Some(n) => T::from_f32(n as f32),
             None => T::from_f32(f32::INFINITY),
         };

@@ -496,7 +496,7 @@ pub trait Kernels<D: Storage<f32>> {
     /// Softmax cross-entropy of `rows × classes` logits against `labels` (each below
     /// `classes`, else an error): into `row_stats` (`2 × rows` values) each row's loss
     /// `logsumexp(z) − z[label]`, then each row's count of the other classes that score at
-    /// least as high as its label (`metrics::classes_above`: top-1 when 0, top-5 below 5; ∞ for
+    /// least as high as its label (`loops::classes_above`: top-1 when 0, top-5 below 5; ∞ for
     /// a NaN label score), so that a step downloads only these; and into `dlogits` the gradient
     /// of the mean loss over `mean_over` rows,
     /// `(softmax(z) − onehot(label)) / mean_over` — `rows` on one process; the whole batch's
