@@ -192,7 +192,18 @@ impl CudaKernels {
         let chosen = match chosen {
             Some(chosen) => chosen,
             // SAFETY: the handle is live and the context current (`bind` came first).
-            None => unsafe { plan.choose(self.cudnn.raw, pass, self.precision, self.measure) }?,
+            None => unsafe { plan.choose(self.cudnn.raw, pass, self.precision, self.measure) }
+                .map_err(|e| match (e, self.layout) {
+                    // cuDNN offers fewer algorithms for NHWC, none at all for some precisions.
+                    (KernelError::Failed { call, status }, Layout::Nhwc) => KernelError::Failed {
+                        call,
+                        status: format!(
+                            "{status}; with channels-last activations: set compute.layout = \
+                             \"nchw\" (--layout nchw)"
+                        ),
+                    },
+                    (e, _) => e,
+                })?,
         };
         let have = self.workspace.as_ref().map_or(0, |w| w.len());
         if chosen.workspace > have {
