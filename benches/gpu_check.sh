@@ -393,19 +393,29 @@ fi
 
 echo
 echo "== profile of the fast path (TF32, batch $batch), median ms per stage, device synchronised"
+# Beside each stage: the bytes it must move and their time at the measured bandwidth (its
+# floor), and its arithmetic (engine/costs.rs).
 python3 - "$work/ours.jsonl" "$batch" <<'PY'
 import json, sys
-stages = {}
+runs = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
     for layout in ("nchw", "nhwc"):
         if v["variant"] == f"fast tf32 heuristic {layout}" and v["batch_size"] == int(sys.argv[2]):
-            stages[layout] = dict(v["stages_ms"])
+            runs[layout] = v
+if not runs:
+    print("  (no profile)"); sys.exit()
+floors = {f["stage"]: f for r in runs.values() for f in r.get("floors", [])}
+bandwidth = ", ".join(f"{l} run {r.get('bandwidth_gbs') or float('nan'):.0f} GB/s" for l, r in runs.items())
+print(f"  measured bandwidth: {bandwidth}")
+print(f"  {'stage':32} {'nchw ms':>8} {'nhwc ms':>8} {'MB':>8} {'floor ms':>8} {'GFLOP':>8}")
+stages = {l: dict(r["stages_ms"]) for l, r in runs.items()}
 names = list(dict.fromkeys(k for s in stages.values() for k in s))
-print(f"  {'stage':32} {'nchw':>8} {'nhwc':>8}")
 for k in names:
-    cells = " ".join(f"{stages.get(l, {}).get(k, float('nan')):8.2f}" for l in ("nchw", "nhwc"))
-    print(f"  {k:32} {cells}")
+    ms = [stages.get(l, {}).get(k, float("nan")) for l in ("nchw", "nhwc")]
+    f = floors.get(k)
+    rest = f"{f['megabytes']:8.1f} {f['floor_ms']:8.3f} {f['gflop']:8.1f}" if f else ""
+    print(f"  {k:32} {ms[0]:8.2f} {ms[1]:8.2f} {rest}")
 PY
 # Each kernel of one unsynchronised step (Nsight Compute, one metric, clocks and caches left
 # alone), grouped by kernel: where the GPU time goes, beside PyTorch's own per-kernel profile

@@ -44,6 +44,25 @@ pub struct BenchReport {
     pub phases_ms: BTreeMap<String, f64>,
     /// Every stage (phase-numbered name, median ms), in order.
     pub stages_ms: Vec<(String, f64)>,
+    /// The device's streaming bandwidth in GB/s, measured with a kernel that reads two arrays
+    /// and writes a third (`Kernels::multiply`; best of five), when the fast path was profiled.
+    pub bandwidth_gbs: Option<f64>,
+    /// The fast path's stages against what they must at least do (`engine::costs`).
+    pub floors: Vec<StageFloor>,
+}
+
+/// One profiled stage beside its floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageFloor {
+    pub stage: String,
+    pub ms: f64,
+    /// The bytes the stage must move, in MB (10^6).
+    pub megabytes: f64,
+    /// Those bytes at the measured bandwidth: no implementation of the stage can be faster.
+    pub floor_ms: f64,
+    /// Its arithmetic, and the rate the measured time gives it.
+    pub gflop: f64,
+    pub tflops: f64,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -53,8 +72,24 @@ impl std::fmt::Display for BenchReport {
         for (name, ms) in &self.phases_ms {
             writeln!(f, "{name:<28} {ms:>9.2}")?;
         }
-        for (name, ms) in &self.stages_ms {
-            writeln!(f, "  {name:<26} {ms:>9.2}")?;
+        if self.floors.is_empty() {
+            for (name, ms) in &self.stages_ms {
+                writeln!(f, "  {name:<26} {ms:>9.2}")?;
+            }
+        } else {
+            let bandwidth = self.bandwidth_gbs.unwrap_or(f64::NAN);
+            writeln!(
+                f,
+                "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}  (floor: the bytes at {bandwidth:.0} GB/s)",
+                "", "ms", "MB", "floor ms", "GFLOP", "TFLOP/s"
+            )?;
+            for s in &self.floors {
+                writeln!(
+                    f,
+                    "  {:<26} {:>9.2} {:>9.1} {:>9.3} {:>9.2} {:>9.2}",
+                    s.stage, s.ms, s.megabytes, s.floor_ms, s.gflop, s.tflops
+                )?;
+            }
         }
         writeln!(
             f,
@@ -170,16 +205,82 @@ pub fn run<D: FastDevice>(
         *phases_ms.entry(phase.label().to_string()).or_default() += ms;
         stages_ms.push((name, ms));
     }
+    let (fast, path) = (matches!(engine, StepEngine::Fast(_)), engine.describe());
+    // Its buffers go back before the probe takes its own.
+    drop(engine);
+    let bandwidth_gbs = (fast && profile_steps > 0)
+        .then(|| measure_bandwidth(dev, compute))
+        .flatten();
+    let floors = match bandwidth_gbs {
+        Some(gbs) => floors(&model.spec, batch_size, &stages_ms, gbs),
+        None => Vec::new(),
+    };
 
     Ok(BenchReport {
         batch_size,
-        path: engine.describe(),
+        path,
         steps,
         images_per_sec: (steps * batch_size) as f64 / timed,
         step_ms_median: median(&mut step_times),
         phases_ms,
         stages_ms,
+        bandwidth_gbs,
+        floors,
     })
+}
+
+/// Each profiled stage beside its floor at `gbs` GB/s (stages without a cost are left out).
+fn floors(spec: &Spec, batch: usize, stages_ms: &[(String, f64)], gbs: f64) -> Vec<StageFloor> {
+    let costs = crate::engine::costs::fast_step_costs(spec, batch);
+    stages_ms
+        .iter()
+        .filter_map(|(name, ms)| {
+            let cost = costs.iter().find(|c| c.stage.to_string() == *name)?;
+            let gflop = cost.flops as f64 / 1e9;
+            Some(StageFloor {
+                stage: name.clone(),
+                ms: *ms,
+                megabytes: cost.bytes as f64 / 1e6,
+                floor_ms: cost.bytes as f64 / (gbs * 1e9) * 1e3,
+                gflop,
+                tflops: gflop / ms.max(1e-9),
+            })
+        })
+        .collect()
+}
+
+/// The device's streaming bandwidth in GB/s, from `multiply` over arrays far larger than any
+/// cache (best of five, after one warm-up); `None`, with a warning, if it cannot be measured
+/// (it takes three such arrays of memory).
+fn measure_bandwidth<D: FastDevice>(
+    dev: &D,
+    compute: &crate::config::ComputeConfig,
+) -> Option<f64> {
+    let len: usize = if D::GPU { 64 << 20 } else { 16 << 20 };
+    let measured = (|| -> Result<f64, crate::kernels::KernelError> {
+        use crate::kernels::Kernels;
+        let mut k = dev.fast_kernels(compute)?;
+        let ones = vec![1.0f32; len];
+        let (x, m, mut y) = (k.upload(&ones)?, k.upload(&ones)?, k.alloc(len)?);
+        let mut best = f64::INFINITY;
+        for i in 0..6 {
+            k.synchronize()?;
+            let started = Instant::now();
+            k.multiply(len, &x, &m, &mut y)?;
+            k.synchronize()?;
+            if i > 0 {
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok((3 * len * std::mem::size_of::<f32>()) as f64 / best / 1e9)
+    })();
+    match measured {
+        Ok(gbs) => Some(gbs),
+        Err(e) => {
+            eprintln!("warning: the stages' floors are left out: measuring bandwidth failed: {e}");
+            None
+        }
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -235,6 +235,59 @@ fn check_fast_passes_with_channels_last_activations() {
     }
 }
 
+/// `bench-train`'s profile puts every stage of the fast path beside the bytes it must move and
+/// their time at the measured bandwidth: a stage the cost table misses (a renamed stage, a new
+/// one) fails here. The dfdx path's stages have no floors.
+#[test]
+fn bench_train_puts_every_fast_path_stage_beside_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    for engine in ["fast", "dfdx"] {
+        let out = run_ok(&[
+            "bench-train",
+            "--data",
+            s(&data),
+            "--pipeline",
+            s(&pipeline),
+            "--device",
+            "cpu",
+            "--engine",
+            engine,
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--profile-steps",
+            "1",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let stages: Vec<&str> = report["stages_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[0].as_str().unwrap())
+            .collect();
+        let floors = report["floors"].as_array().unwrap();
+        if engine == "dfdx" {
+            assert!(floors.is_empty(), "{out}");
+            continue;
+        }
+        assert!(report["bandwidth_gbs"].as_f64().unwrap() > 0.0, "{out}");
+        let floored: Vec<&str> = floors
+            .iter()
+            .map(|f| f["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(stages, floored, "{out}");
+        assert!(stages.len() > 30, "{out}");
+        for f in floors {
+            assert!(f["megabytes"].as_f64().unwrap() > 0.0, "{f}");
+            assert!(f["floor_ms"].as_f64().unwrap() > 0.0, "{f}");
+        }
+    }
+}
+
 /// Outputs of `check-fast`'s kernel cases (every kernel on the network's shapes).
 const KERNEL_CASES: usize = 54;
 

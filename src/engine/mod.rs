@@ -12,6 +12,7 @@
 //! Everything except the kernels — parameter ownership, SGD, checkpoints and resume — is the
 //! same code on every device, so the CPU tests exercise it with the host kernels.
 
+pub mod costs;
 pub mod fast;
 pub mod head;
 pub mod input;
