@@ -8,7 +8,7 @@
 //! once, so the floor also shows what fusing would gain.
 
 use super::{Phase, Stage};
-use crate::model::{Spec, CONV_BLOCKS};
+use crate::model::{ConvBlock, Spec, CONV_BLOCKS};
 
 /// One stage's floor: the bytes it must move and the floating-point operations it does.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,20 +47,14 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
         })
     };
 
-    let conv_flops = |block: &crate::model::ConvBlock| {
+    let conv_flops = |block: &ConvBlock| {
         let s = block.conv_shape(batch);
         let out = (s.out_size() * s.out_size()) as u64;
         2 * b * out * (s.out_channels * s.in_channels * s.kernel * s.kernel) as u64
     };
     for block in &blocks {
         let (conv, lrn, pool) = block.names();
-        let s = block.conv_shape(batch);
-        let (x, w, y) = (
-            s.input_len() as u64,
-            s.filter_len() as u64,
-            s.output_len() as u64,
-        );
-        let bias = s.out_channels as u64;
+        let [x, w, y, bias] = conv_values(block, batch);
         // Convolution, bias and ReLU: the input and filters in, the activation out.
         push(
             Phase::Forward,
@@ -123,12 +117,7 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
     push(Phase::Backward, "flatten", 2 * features, 0);
     for block in blocks.iter().rev() {
         let (conv, lrn, pool) = block.names();
-        let s = block.conv_shape(batch);
-        let (x, w, y) = (
-            s.input_len() as u64,
-            s.filter_len() as u64,
-            s.output_len() as u64,
-        );
+        let [x, w, y, bias] = conv_values(block, batch);
         if let Some(p) = block.pool_shape(batch) {
             let (i, o) = (p.input_len() as u64, p.output_len() as u64);
             // Choices and gradient in, the input's gradient out.
@@ -143,7 +132,6 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
                 4 * y * spec.config.lrn_size as u64,
             );
         }
-        let bias = s.out_channels as u64;
         // The activation and its gradient in, the masked gradient and the bias's out.
         push(
             Phase::Backward,
@@ -170,6 +158,18 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
     // Weights, momentum and gradient in; weights and momentum out.
     push(Phase::Update, "sgd", 5 * params, 5 * params);
     costs
+}
+
+/// A convolution's input, filter, output and bias values.
+fn conv_values(block: &ConvBlock, batch: usize) -> [u64; 4] {
+    let s = block.conv_shape(batch);
+    [
+        s.input_len(),
+        s.filter_len(),
+        s.output_len(),
+        s.out_channels,
+    ]
+    .map(|n| n as u64)
 }
 
 /// The fully connected layers: name, inputs, outputs, and whether dropout comes before.
