@@ -58,7 +58,8 @@ pub struct StageFloor {
     pub ms: f64,
     /// The bytes the stage must move, in MB (10^6).
     pub megabytes: f64,
-    /// Those bytes at the measured bandwidth: no implementation of the stage can be faster.
+    /// Those bytes at the measured bandwidth: about the least time the stage can take (only
+    /// tensors another stage left in the cache can beat it).
     pub floor_ms: f64,
     /// Its arithmetic, and the rate the measured time gives it.
     pub gflop: f64,
