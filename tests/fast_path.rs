@@ -137,6 +137,46 @@ fn a_channels_last_run_trains_exactly_as_a_channels_first_run() {
     assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
 }
 
+/// The layout may change when a run is resumed (checkpoints are the same in both): a run
+/// stopped in NCHW and resumed in NHWC repeats the uninterrupted run bit for bit on the host.
+#[test]
+fn a_run_stopped_in_nchw_resumes_in_nhwc_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let whole = dir.path().join("whole");
+    assert!(train(&data, &whole, &pipeline, "fast", &[])
+        .status
+        .success());
+    let split = dir.path().join("split");
+    let first = train(
+        &data,
+        &split,
+        &pipeline,
+        "fast",
+        &["--stop-after-steps", "4"],
+    );
+    assert_eq!(first.status.code(), Some(130), "{first:?}");
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--run",
+        s(&split),
+        "--resume",
+        "--device",
+        "cpu",
+        "--layout",
+        "nhwc",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(read(&split.join("pipeline.toml")).contains("layout = \"nhwc\""));
+    assert!(losses(&whole).len() > 4, "{:?}", losses(&whole));
+    assert_eq!(losses(&whole), losses(&split));
+    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
+    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+}
+
 #[test]
 fn a_fast_path_checkpoint_evaluates_the_same_on_either_path() {
     let dir = tempfile::tempdir().unwrap();
