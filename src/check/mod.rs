@@ -1152,13 +1152,12 @@ pub fn write_case(
         crate::model::torch_layouts(&spec),
     );
     let (b, crop) = (batch.batch, batch.crop);
-    let plane = crop * crop;
-    let channels_last = batch.normalised();
-    let mut input = vec![0.0; channels_last.len()];
-    for (i, v) in channels_last.iter().enumerate() {
-        let (image, pixel, c) = (i / (plane * 3), i / 3 % plane, i % 3);
-        input[(image * 3 + c) * plane + pixel] = *v;
-    }
+    let pixels = Planes {
+        batch: b,
+        channels: 3,
+        pixels: crop * crop,
+    };
+    let input = crate::kernels::loops::to_nchw(&pixels, &batch.normalised());
     file.tensors
         .insert("input".into(), (vec![b, 3, crop, crop], input));
     let labels = batch.labels.iter().map(|&l| l as f32).collect();
@@ -1170,8 +1169,7 @@ pub fn write_case(
             channels: last.out_channels,
             pixels: last.out_side() * last.out_side(),
         };
-        let mut fc6 = vec![0.0; planes.len()];
-        crate::kernels::loops::unflatten_channels_last(&planes, &masks.fc6.as_vec(), &mut fc6);
+        let fc6 = crate::kernels::loops::to_nchw(&planes, &masks.fc6.as_vec());
         file.tensors
             .insert("dropout.fc6".into(), (vec![b, planes.len() / b], fc6));
         let fc7 = masks.fc7.as_vec();

@@ -111,8 +111,7 @@ pub fn backward(rec: &Recorded, trace: &Trace, d_features: &[f32]) -> Vec<(Vec<f
         channels: last.block.out_channels,
         pixels: side * side,
     };
-    let mut d_output = vec![0.0; features.len()];
-    loops::unflatten_channels_last(&features, &wide(d_features), &mut d_output);
+    let mut d_output = loops::to_nchw(&features, &wide(d_features));
     let mut grads = vec![(Vec::new(), Vec::new()); rec.blocks.len()];
     for (i, (b, t)) in rec.blocks.iter().zip(&trace.blocks).enumerate().rev() {
         let shape = b.block.conv_shape(batch);

@@ -569,11 +569,7 @@ impl<D: FastDevice> FastNet<D> {
         // Activations as NCHW, whatever the kernels' layout.
         let nchw = |planes: Planes, values: Vec<f32>| match layout {
             Layout::Nchw => values,
-            Layout::Nhwc => {
-                let mut out = vec![0.0; values.len()];
-                crate::kernels::loops::unflatten_channels_last(&planes, &values, &mut out);
-                out
-            }
+            Layout::Nhwc => crate::kernels::loops::to_nchw(&planes, &values),
         };
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
         for (p, b) in self.layers.iter().zip(&a.blocks) {

@@ -14,7 +14,7 @@
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
 
-use super::loops;
+use super::loops::{self, to_nchw};
 use super::{
     Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LayerGradients,
     Layout, LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
@@ -187,13 +187,6 @@ fn system_memory() -> Option<Memory> {
         free: field("MemAvailable:")?,
         total: field("MemTotal:")?,
     })
-}
-
-/// An NHWC activation of `p` as NCHW (the layout `loops` computes in).
-fn to_nchw(p: &Planes, nhwc: &[f32]) -> Vec<f32> {
-    let mut nchw = vec![0.0; p.len()];
-    loops::unflatten_channels_last(p, nhwc, &mut nchw);
-    nchw
 }
 
 /// An NCHW result of `p` written into an NHWC buffer.

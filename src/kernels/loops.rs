@@ -317,6 +317,14 @@ pub fn unflatten_channels_last<T: Real>(p: &Planes, y: &[T], x: &mut [T]) {
     }
 }
 
+/// Channels-last values `(B, pixels · C)` of `p` as a new NCHW vector (the layout these loops
+/// compute in).
+pub fn to_nchw<T: Real>(p: &Planes, channels_last: &[T]) -> Vec<T> {
+    let mut nchw = vec![T::default(); p.len()];
+    unflatten_channels_last(p, channels_last, &mut nchw);
+    nchw
+}
+
 /// `c = op(a) · op(b)` (see `MatMul`).
 pub fn dense_matmul<T: Real>(mm: &MatMul, a: &[T], b: &[T], c: &mut [T]) {
     let (m, n, k) = (mm.m, mm.n, mm.k);
