@@ -8,9 +8,15 @@ use crate::kernels::loops::classes_above;
 /// does NaN: a score that is not below the label's (NaN compares false with everything)
 /// ranks above it, so a NaN label score ranks last and a NaN elsewhere ranks first.
 pub fn top1_top5<T: PartialOrd + Copy>(scores: &[T], label: usize) -> (bool, bool) {
-    match classes_above(scores, label) {
+    hits(classes_above(scores, label))
+}
+
+/// Top-1 and top-5 from how many other classes rank at or above the label; `None` (a NaN
+/// label score) is not even a top-5 hit among few classes.
+fn hits(above: Option<usize>) -> (bool, bool) {
+    match above {
         Some(above) => (above == 0, above < 5),
-        None => (false, false), // NaN: not even a top-5 hit among few classes
+        None => (false, false),
     }
 }
 
@@ -72,12 +78,18 @@ impl Tally {
     /// The counts of one batch from each row's count of classes at or above its label (as
     /// `classes_above` counts them; infinite for a NaN label score) and the summed loss.
     pub fn of_ranks(above: &[f32], loss_sum: f64) -> Self {
-        Self {
-            images: above.len() as u64,
-            top1: above.iter().filter(|&&a| a == 0.0).count() as u64,
-            top5: above.iter().filter(|&&a| a < 5.0).count() as u64,
+        let mut tally = Self {
             loss_sum,
+            ..Self::default()
+        };
+        for &a in above {
+            // Counts are exact in f32; infinity (a NaN label score) is no count.
+            let (top1, top5) = hits(a.is_finite().then_some(a as usize));
+            tally.top1 += top1 as u64;
+            tally.top5 += top5 as u64;
         }
+        tally.images = above.len() as u64;
+        tally
     }
 
     /// Adds another pass's (or rank's) counts.
