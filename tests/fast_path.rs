@@ -79,26 +79,29 @@ fn the_fast_path_trains_like_the_dfdx_path() {
     }
 }
 
-#[test]
-fn a_resumed_fast_path_run_repeats_the_uninterrupted_run_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
-    let whole = dir.path().join("whole");
+/// Trains `tiny_setup`'s run whole, and again stopped after `stop` steps and resumed with a
+/// plain `--resume` plus `resume_args`; checks both end alike, losses and checkpoints bit for
+/// bit. Returns the resumed run's directory and the resuming process's output.
+fn stop_and_resume(
+    dir: &Path,
+    stop: &str,
+    resume_args: &[&str],
+) -> (std::path::PathBuf, std::process::Output) {
+    let (data, pipeline) = tiny_setup(dir, "");
+    let whole = dir.join("whole");
     assert!(train(&data, &whole, &pipeline, "fast", &[])
         .status
         .success());
-
-    let split = dir.path().join("split");
+    let split = dir.join("split");
     let first = train(
         &data,
         &split,
         &pipeline,
         "fast",
-        &["--stop-after-steps", "6"],
+        &["--stop-after-steps", stop],
     );
     assert_eq!(first.status.code(), Some(130), "{first:?}");
-    // The run's saved pipeline keeps the engine, so a plain --resume stays on the fast path.
-    let out = common::run(&[
+    let mut args = vec![
         "train",
         "--data",
         s(&data),
@@ -107,14 +110,28 @@ fn a_resumed_fast_path_run_repeats_the_uninterrupted_run_exactly() {
         "--resume",
         "--device",
         "cpu",
-    ]);
+    ];
+    args.extend_from_slice(resume_args);
+    let out = common::run(&args);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("with the fast path"));
-
+    assert!(
+        losses(&whole).len() > stop.parse().unwrap(),
+        "{:?}",
+        losses(&whole)
+    );
     assert_eq!(losses(&whole), losses(&split));
     let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
     let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
     assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+    (split, out)
+}
+
+#[test]
+fn a_resumed_fast_path_run_repeats_the_uninterrupted_run_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = stop_and_resume(dir.path(), "6", &[]);
+    // The run's saved pipeline keeps the engine, so a plain --resume stays on the fast path.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("with the fast path"));
 }
 
 /// Channels-last activations change where values live, not what is computed: on the host
@@ -142,39 +159,8 @@ fn a_channels_last_run_trains_exactly_as_a_channels_first_run() {
 #[test]
 fn a_run_stopped_in_nchw_resumes_in_nhwc_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
-    let whole = dir.path().join("whole");
-    assert!(train(&data, &whole, &pipeline, "fast", &[])
-        .status
-        .success());
-    let split = dir.path().join("split");
-    let first = train(
-        &data,
-        &split,
-        &pipeline,
-        "fast",
-        &["--stop-after-steps", "4"],
-    );
-    assert_eq!(first.status.code(), Some(130), "{first:?}");
-    let out = common::run(&[
-        "train",
-        "--data",
-        s(&data),
-        "--run",
-        s(&split),
-        "--resume",
-        "--device",
-        "cpu",
-        "--layout",
-        "nhwc",
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let (split, _) = stop_and_resume(dir.path(), "4", &["--layout", "nhwc"]);
     assert!(read(&split.join("pipeline.toml")).contains("layout = \"nhwc\""));
-    assert!(losses(&whole).len() > 4, "{:?}", losses(&whole));
-    assert_eq!(losses(&whole), losses(&split));
-    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
-    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
-    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
 }
 
 #[test]
