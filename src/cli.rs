@@ -171,8 +171,9 @@ pub struct DeviceArg {
     /// compute.engine; auto = fast].
     #[arg(long, value_enum)]
     pub engine: Option<crate::config::Engine>,
-    /// Fast-path convolutions on CUDA: TF32 tensor cores or strict fp32 [default: the
-    /// pipeline's compute.precision, tf32].
+    /// Fast-path arithmetic: TF32 tensor cores, strict fp32, or bf16 activations with fp32
+    /// accumulation and master weights (emulated on the CPU) [default: the pipeline's
+    /// compute.precision, tf32].
     #[arg(long, value_enum)]
     pub precision: Option<crate::config::Precision>,
     /// How the fast path picks cuDNN's convolution algorithms: by heuristics (a resume

@@ -60,8 +60,12 @@ pub struct ComputeConfig {
     /// on CUDA, plain loops on the CPU); `dfdx`: every layer on dfdx's ops, the reference the
     /// fast path is tested against; `auto`: fast on either device, the faster one on both.
     pub engine: Engine,
-    /// Convolutions of the fast path on CUDA: `tf32` lets cuDNN use TF32 tensor cores (as
-    /// PyTorch does by default), `strict` keeps full fp32. The CPU is always strict.
+    /// Arithmetic of the fast path: `tf32` lets cuDNN and cuBLAS use TF32 tensor cores on
+    /// CUDA (as PyTorch does by default), `strict` keeps full fp32, `bf16` keeps the
+    /// convolutional part's activations and gradients in bfloat16 and feeds the convolutions
+    /// and matrix products bf16 (fp32 accumulation, master weights, momentum, LRN, softmax and
+    /// loss; PyTorch's autocast). On the CPU `tf32` computes as `strict`, and `bf16` is
+    /// emulated: the host kernels round what a GPU would store in bf16.
     pub precision: Precision,
     /// How cuDNN's convolution algorithms are chosen on the fast path: `heuristic` (by
     /// shape alone, so a resumed run repeats an uninterrupted one bit for bit) or `measure`
@@ -102,6 +106,23 @@ pub enum Engine {
 pub enum Precision {
     Tf32,
     Strict,
+    Bf16,
+}
+
+impl Precision {
+    /// Whether activations (and their gradients) of the convolutional part are bf16.
+    pub fn bf16_activations(self) -> bool {
+        self == Precision::Bf16
+    }
+
+    /// Bytes per stored activation value.
+    pub fn activation_bytes(self) -> usize {
+        if self.bf16_activations() {
+            2
+        } else {
+            4
+        }
+    }
 }
 
 impl Default for ComputeConfig {

@@ -163,6 +163,101 @@ fn a_run_stopped_in_nchw_resumes_in_nhwc_exactly() {
     assert!(read(&split.join("pipeline.toml")).contains("layout = \"nhwc\""));
 }
 
+/// The precision may change when a run is resumed (master weights, momentum and checkpoints
+/// are f32 in every precision): a run stopped in tf32 and resumed in bf16 — emulated by the
+/// host kernels, which round every stored activation as a GPU's bf16 buffers do — repeats the
+/// uninterrupted run up to the stop and then tracks it, and its checkpoints keep their names
+/// and shapes.
+#[test]
+fn a_run_resumed_in_bf16_tracks_the_fp32_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let whole = dir.path().join("whole");
+    assert!(train(&data, &whole, &pipeline, "fast", &[])
+        .status
+        .success());
+    let split = dir.path().join("split");
+    let first = train(
+        &data,
+        &split,
+        &pipeline,
+        "fast",
+        &["--stop-after-steps", "2"],
+    );
+    assert_eq!(first.status.code(), Some(130), "{first:?}");
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--run",
+        s(&split),
+        "--resume",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(read(&split.join("pipeline.toml")).contains("precision = \"bf16\""));
+
+    let (a, b) = (losses(&whole), losses(&split));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() >= 6, "{} steps", a.len());
+    assert_eq!(a[..2], b[..2], "the same steps before the stop");
+    let mut differ = false;
+    for ((step, x), (_, y)) in a.iter().zip(&b).skip(2) {
+        assert!(
+            (x - y).abs() <= 2e-2 * x.abs(),
+            "step {step}: fp32 {x} vs bf16 {y}"
+        );
+        differ |= x != y;
+    }
+    assert!(differ, "bf16 rounding changed nothing: {b:?}");
+    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
+    for (name, (shape, values)) in &a.tensors {
+        let (other_shape, other) = &b.tensors[name];
+        assert_eq!(shape, other_shape, "{name}");
+        assert!(other.iter().all(|v| v.is_finite()), "{name}");
+        assert_ne!(values, other, "{name}: bf16 steps left it as fp32 steps do");
+    }
+    assert_eq!(a.tensors.len(), b.tensors.len());
+}
+
+/// `check-fast --precision bf16` on the host: the kernels agree with themselves, and the
+/// step — bf16 activations against dfdx's f32 and the f64 replay — holds to bf16's tolerance
+/// while visibly differing from exact arithmetic (the rounding is applied).
+#[test]
+fn check_fast_passes_in_bf16() {
+    let out = run_ok(&[
+        "check-fast",
+        "--pipeline",
+        s(&repo_file("pipelines/sample.toml")),
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--layout",
+        "nhwc",
+    ]);
+    assert!(!out.contains("FAIL"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(report["precision"], "bf16");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
+    let kinds = |kind: &str| results.iter().filter(move |r| r[0]["kind"] == kind).count();
+    assert!(kinds("bf16_kernel") >= 20, "{out}");
+    for r in results {
+        let name = r[0]["name"].as_str().unwrap();
+        if name.starts_with("replayed d conv") {
+            let error = r[0]["relative_error"].as_f64().unwrap();
+            assert!(error > 1e-4 && error < 5e-2, "{name}: {error:e}\n{out}");
+        }
+    }
+}
+
 #[test]
 fn a_fast_path_checkpoint_evaluates_the_same_on_either_path() {
     let dir = tempfile::tempdir().unwrap();

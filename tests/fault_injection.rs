@@ -1363,7 +1363,8 @@ fn a_batch_too_large_for_the_device_is_refused_with_a_batch_that_fits() {
     // The tiny pipeline's network, and a device one byte short of its batch of 8.
     let config: alexnet::config::Pipeline = alexnet::config::Pipeline::load(&pipeline).unwrap();
     let spec = alexnet::model::Spec::new(&config.model, 64, 4).unwrap();
-    let needed = alexnet::engine::fast::activation_bytes(&spec.blocks(), 8);
+    let needed =
+        alexnet::engine::fast::activation_bytes(&spec.blocks(), 8, config.compute.precision);
     let memory = format!("memory={}", needed - 1);
 
     let run_dir = dir.path().join("run");

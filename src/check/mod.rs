@@ -36,6 +36,10 @@ pub enum Kind {
     /// An elementwise kernel (normalise, bias/ReLU, LRN, pooling, layout, SGD, the head's bias,
     /// mask product and softmax cross-entropy): float rounding.
     ElementwiseKernel,
+    /// An elementwise kernel's output stored in bf16 (`Precision::Bf16`): the same f32
+    /// arithmetic rounded once more, so where the device's f32 result differs from the
+    /// host's by an ulp (LRN's powers) a value may round to the neighbouring bf16.
+    Bf16Kernel,
     /// A kernel output that is a decision, not arithmetic (the input each pooling window
     /// chose): held to exact equality, since one differing index barely moves a relative error.
     ExactKernel,
@@ -599,8 +603,13 @@ const SGD_CASE_STEP: SgdStep = SgdStep {
     weight_decay: 5e-4,
 };
 
-/// The output of `Case::Pool` holding each window's choice.
+/// The outputs of `Case::Pool` holding each window's choice, of `Case::BiasRelu` holding the
+/// bias gradient, of `Case::Lrn` holding the denominators and of `Case::ChannelsLast` holding
+/// the features unflattened (f32 buffers, but for the last).
 const ARGMAX: &str = "argmax";
+const BIAS_GRADIENT: &str = "bias gradient";
+const DENOMINATOR: &str = "denominator";
+const UNFLATTENED: &str = "back";
 
 /// Random values in `[lo, hi)`, the same for the same `seed`.
 fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
@@ -613,8 +622,14 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
     k: &mut K,
     case: Case,
 ) -> KernelResult<Vec<(String, Vec<f32>)>> {
-    let mut up = |len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
-    let out = match case {
+    // f32 buffers (`up`) and activation buffers (`act`, in the precision's element type).
+    let up =
+        |k: &mut K, len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
+    let act = |k: &mut K, len: usize, range: (f32, f32), seed: u64| {
+        k.upload_activation(&random(len, range, seed))
+    };
+    // Each output with its length when it is an activation buffer.
+    let out: Vec<(&str, crate::kernels::Buf<D>, Option<usize>)> = match case {
         Case::Normalize { batch, crop } => {
             // Three batches back to back, read only at the end: a larger one in the middle and
             // the first size again, so that a device which stages uploads must keep each batch's
@@ -632,92 +647,108 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                     // Every test batch indexes the same number of rows of the same length.
                     k.set_mean_table(&data.mean_table, crop * 3)?;
                 }
-                let mut x = k.alloc(images * 3 * crop * crop)?;
+                let len = images * 3 * crop * crop;
+                let mut x = k.alloc_activation(len)?;
                 k.normalize(&data.input(), &mut x)?;
-                outputs.push((name, x));
+                outputs.push((name, x, Some(len)));
             }
             outputs
         }
         Case::Conv(s) => {
             let (x, w, dy) = (
-                up(s.input_len(), (-1.0, 1.0), 2)?,
-                up(s.filter_len(), (-0.1, 0.1), 3)?,
-                up(s.output_len(), (-1.0, 1.0), 4)?,
+                act(k, s.input_len(), (-1.0, 1.0), 2)?,
+                up(k, s.filter_len(), (-0.1, 0.1), 3)?,
+                act(k, s.output_len(), (-1.0, 1.0), 4)?,
             );
             let (mut y, mut dx, mut dw) = (
-                k.alloc(s.output_len())?,
-                k.alloc(s.input_len())?,
+                k.alloc_activation(s.output_len())?,
+                k.alloc_activation(s.input_len())?,
                 k.alloc(s.filter_len())?,
             );
             k.conv_forward(&s, &x, &w, &mut y)?;
             k.conv_backward_data(&s, &dy, &w, &mut dx)?;
             k.conv_backward_filter(&s, &x, &dy, &mut dw)?;
             vec![
-                ("forward", y),
-                ("backward data", dx),
-                ("backward filter", dw),
+                ("forward", y, Some(s.output_len())),
+                ("backward data", dx, Some(s.input_len())),
+                ("backward filter", dw, None),
             ]
         }
         Case::BiasRelu(p) => {
             let (mut y, bias, mut dy) = (
-                up(p.len(), (-1.0, 1.0), 5)?,
-                up(p.channels, (-0.5, 0.5), 6)?,
-                up(p.len(), (-1.0, 1.0), 7)?,
+                act(k, p.len(), (-1.0, 1.0), 5)?,
+                up(k, p.channels, (-0.5, 0.5), 6)?,
+                act(k, p.len(), (-1.0, 1.0), 7)?,
             );
             let mut db = k.alloc(p.channels)?;
             k.bias_relu(&p, &mut y, &bias)?;
             k.relu_bias_backward(&p, &y, &mut dy, &mut db)?;
             vec![
-                ("bias+relu", y),
-                ("relu backward", dy),
-                ("bias gradient", db),
+                ("bias+relu", y, Some(p.len())),
+                ("relu backward", dy, Some(p.len())),
+                (BIAS_GRADIENT, db, None),
             ]
         }
         Case::Lrn(p, lrn) => {
-            let (x, dy) = (up(p.len(), (0.0, 3.0), 8)?, up(p.len(), (-1.0, 1.0), 9)?);
-            let (mut y, mut d, mut dx) = (k.alloc(p.len())?, k.alloc(p.len())?, k.alloc(p.len())?);
+            let (x, dy) = (
+                act(k, p.len(), (0.0, 3.0), 8)?,
+                act(k, p.len(), (-1.0, 1.0), 9)?,
+            );
+            let (mut y, mut d, mut dx) = (
+                k.alloc_activation(p.len())?,
+                k.alloc(p.len())?,
+                k.alloc_activation(p.len())?,
+            );
             k.lrn_forward(&p, &lrn, &x, &mut y, &mut d)?;
             k.lrn_backward(&p, &lrn, &x, &d, &dy, &mut dx)?;
-            vec![("forward", y), ("denominator", d), ("backward", dx)]
+            vec![
+                ("forward", y, Some(p.len())),
+                (DENOMINATOR, d, None),
+                ("backward", dx, Some(p.len())),
+            ]
         }
         Case::Pool(s) => {
             let (x, dy) = (
-                up(s.input_len(), (-1.0, 1.0), 10)?,
-                up(s.output_len(), (-1.0, 1.0), 11)?,
+                act(k, s.input_len(), (-1.0, 1.0), 10)?,
+                act(k, s.output_len(), (-1.0, 1.0), 11)?,
             );
             let (mut y, mut argmax, mut dx) = (
+                k.alloc_activation(s.output_len())?,
                 k.alloc(s.output_len())?,
-                k.alloc(s.output_len())?,
-                k.alloc(s.input_len())?,
+                k.alloc_activation(s.input_len())?,
             );
             k.pool_forward(&s, &x, &mut y, &mut argmax)?;
             k.pool_backward(&s, &argmax, &dy, &mut dx)?;
-            vec![("forward", y), (ARGMAX, argmax), ("backward", dx)]
+            vec![
+                ("forward", y, Some(s.output_len())),
+                (ARGMAX, argmax, None),
+                ("backward", dx, Some(s.input_len())),
+            ]
         }
         Case::ChannelsLast(p) => {
-            let x = up(p.len(), (-1.0, 1.0), 12)?;
-            let (mut y, mut back) = (k.alloc(p.len())?, k.alloc(p.len())?);
+            let x = act(k, p.len(), (-1.0, 1.0), 12)?;
+            let (mut y, mut back) = (k.alloc(p.len())?, k.alloc_activation(p.len())?);
             k.flatten_channels_last(&p, &x, &mut y)?;
             k.unflatten_channels_last(&p, &y, &mut back)?;
-            vec![("to", y), ("back", back)]
+            vec![("to", y, None), (UNFLATTENED, back, Some(p.len()))]
         }
         Case::Sgd(n) => {
             let (mut w, mut v, g) = (
-                up(n, (-1.0, 1.0), 13)?,
-                up(n, (-0.1, 0.1), 14)?,
-                up(n, (-1.0, 1.0), 15)?,
+                up(k, n, (-1.0, 1.0), 13)?,
+                up(k, n, (-0.1, 0.1), 14)?,
+                up(k, n, (-1.0, 1.0), 15)?,
             );
             k.sgd(&SGD_CASE_STEP, &mut w, &mut v, &g)?;
-            vec![("weights", w), ("momentum", v)]
+            vec![("weights", w, None), ("momentum", v, None)]
         }
         Case::SgdAll(lens) => {
             let mut buffers = Vec::with_capacity(lens.len());
             for (i, len) in lens.into_iter().enumerate() {
                 let seed = 30 + 3 * i as u64;
                 buffers.push((
-                    up(len, (-1.0, 1.0), seed)?,
-                    up(len, (-0.1, 0.1), seed + 1)?,
-                    up(len, (-1.0, 1.0), seed + 2)?,
+                    up(k, len, (-1.0, 1.0), seed)?,
+                    up(k, len, (-0.1, 0.1), seed + 1)?,
+                    up(k, len, (-1.0, 1.0), seed + 2)?,
                 ));
             }
             let mut tensors: Vec<_> = buffers
@@ -732,41 +763,41 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 momentum.extend(k.download(v)?);
             }
             let (weights, momentum) = (k.upload(&weights)?, k.upload(&momentum)?);
-            vec![("weights", weights), ("momentum", momentum)]
+            vec![("weights", weights, None), ("momentum", momentum, None)]
         }
         Case::Dropout(mask) => {
             let mut out = k.alloc(mask.len())?;
             k.dropout_mask(&mask, &mut out)?;
-            vec![("mask", out)]
+            vec![("mask", out, None)]
         }
         Case::MatMul(mm) => {
             let (a, b) = (
-                up(mm.a_len(), (-1.0, 1.0), 16)?,
-                up(mm.b_len(), (-1.0, 1.0), 17)?,
+                up(k, mm.a_len(), (-1.0, 1.0), 16)?,
+                up(k, mm.b_len(), (-1.0, 1.0), 17)?,
             );
             let mut c = k.alloc(mm.c_len())?;
             k.matmul(&mm, &a, &b, &mut c)?;
-            vec![("product", c)]
+            vec![("product", c, None)]
         }
         Case::Bias { rows, columns } => {
             let (mut y, bias, dy) = (
-                up(rows * columns, (-1.0, 1.0), 18)?,
-                up(columns, (-0.5, 0.5), 19)?,
-                up(rows * columns, (-1.0, 1.0), 20)?,
+                up(k, rows * columns, (-1.0, 1.0), 18)?,
+                up(k, columns, (-0.5, 0.5), 19)?,
+                up(k, rows * columns, (-1.0, 1.0), 20)?,
             );
             let mut db = k.alloc(columns)?;
             k.bias_add(rows, columns, &mut y, &bias)?;
             k.bias_backward(rows, columns, &dy, &mut db)?;
-            vec![("bias add", y), ("bias gradient", db)]
+            vec![("bias add", y, None), ("bias gradient", db, None)]
         }
         Case::Multiply(n) => {
-            let (x, m) = (up(n, (-1.0, 1.0), 21)?, up(n, (0.0, 2.0), 22)?);
+            let (x, m) = (up(k, n, (-1.0, 1.0), 21)?, up(k, n, (0.0, 2.0), 22)?);
             let mut y = k.alloc(n)?;
             k.multiply(n, &x, &m, &mut y)?;
-            vec![("product", y)]
+            vec![("product", y, None)]
         }
         Case::SoftmaxCrossEntropy { rows, classes } => {
-            let logits = up(rows * classes, (-10.0, 10.0), 23)?;
+            let logits = up(k, rows * classes, (-10.0, 10.0), 23)?;
             // The first and the last class among them, so that both ends of a row are read.
             let labels: Vec<u32> = (0..rows)
                 .map(|r| (r * (classes - 1) / (rows - 1).max(1)) as u32)
@@ -783,11 +814,20 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 &mut row_stats,
                 &mut dlogits,
             )?;
-            vec![("losses and ranks", row_stats), ("dlogits", dlogits)]
+            vec![
+                ("losses and ranks", row_stats, None),
+                ("dlogits", dlogits, None),
+            ]
         }
     };
     out.into_iter()
-        .map(|(name, buf)| Ok((name.to_string(), k.download(&buf)?)))
+        .map(|(name, buf, activation)| {
+            let values = match activation {
+                Some(len) => k.download_activation(&buf, len)?,
+                None => k.download(&buf)?,
+            };
+            Ok((name.to_string(), values))
+        })
         .collect()
 }
 
@@ -915,6 +955,18 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
     cases
 }
 
+/// Whether `output` of `case` is an activation buffer (see `kernels`): stored in bf16 in
+/// `Precision::Bf16`.
+fn stores_activation(case: Case, output: &str) -> bool {
+    match case {
+        Case::Normalize { .. } | Case::Pool(_) => output != ARGMAX,
+        Case::BiasRelu(_) => output != BIAS_GRADIENT,
+        Case::Lrn(..) => output != DENOMINATOR,
+        Case::ChannelsLast(_) => output == UNFLATTENED,
+        _ => false,
+    }
+}
+
 /// Every kernel of `dev` against the host kernels on random inputs of `spec`'s shapes: one
 /// comparison per output.
 pub fn kernels_against_host<D: FastDevice>(
@@ -924,15 +976,17 @@ pub fn kernels_against_host<D: FastDevice>(
 ) -> Result<Vec<Comparison>, CheckError> {
     let mut device = dev.fast_kernels(compute)?;
     // In the device's layout: the host's NHWC kernels compute in NCHW and transpose.
-    let mut host = HostKernels::new(&Cpu::default(), compute.layout)?;
+    let mut host = HostKernels::new(&Cpu::default(), compute.layout, compute.precision)?;
     let mut out = Vec::new();
     for (name, case) in cases(spec) {
         let ours = run_case(&mut device, case)?;
         let reference = run_case(&mut host, case)?;
         for ((output, a), (_, b)) in ours.iter().zip(&reference) {
+            let bf16 = compute.precision.bf16_activations();
             let kind = match (case, output.as_str()) {
                 (Case::Conv(_) | Case::MatMul(_), _) => Kind::ConvolutionKernel,
                 (Case::Pool(_), ARGMAX) => Kind::ExactKernel,
+                _ if bf16 && stores_activation(case, output) => Kind::Bf16Kernel,
                 _ => Kind::ElementwiseKernel,
             };
             out.push(compare(kind, &format!("kernel {name} {output}"), a, b));
@@ -947,6 +1001,7 @@ pub fn kernels_against_host<D: FastDevice>(
 pub fn tolerance(kind: Kind, conv: f64) -> Option<f64> {
     match kind {
         Kind::ElementwiseKernel => Some(1e-5),
+        Kind::Bf16Kernel => Some(BF16_KERNEL_TOLERANCE),
         Kind::ExactKernel => Some(0.0),
         Kind::ConvolutionKernel | Kind::Network | Kind::Replay => Some(conv),
         Kind::EndToEnd => None,
@@ -958,6 +1013,21 @@ pub fn tolerance(kind: Kind, conv: f64) -> Option<f64> {
 pub const STRICT_TOLERANCE: f64 = 1e-4;
 /// ... and in TF32 without a measured reference (10-bit mantissas in every product).
 pub const TF32_TOLERANCE: f64 = 2e-2;
+/// ... and in bf16 without a measured reference (8-bit mantissas in every stored activation,
+/// gradient and product operand).
+pub const BF16_TOLERANCE: f64 = 5e-2;
+/// What a bf16-stored elementwise output is held to: a few values one bf16 step (2^-8
+/// relative) apart weigh far less than this in a tensor's norm; a wrong value does not.
+pub const BF16_KERNEL_TOLERANCE: f64 = 1e-3;
+
+/// The fixed tolerance of a step's tensors in `precision` (see `tolerance`).
+pub fn step_tolerance(precision: crate::config::Precision) -> f64 {
+    match precision {
+        crate::config::Precision::Strict => STRICT_TOLERANCE,
+        crate::config::Precision::Tf32 => TF32_TOLERANCE,
+        crate::config::Precision::Bf16 => BF16_TOLERANCE,
+    }
+}
 
 /// Held to a measured reference (`--reference-errors`), a tensor of the network's step may
 /// differ from exact arithmetic by this multiple of PyTorch's own error for the same tensor in
@@ -1069,10 +1139,7 @@ impl crate::device::DeviceJob for CheckJob {
     type Output = Result<CheckReport, CheckError>;
     fn run<D: FastDevice>(self, dev: D, device_name: String) -> Self::Output {
         let compute = self.pipeline.compute;
-        let conv_tolerance = match compute.precision {
-            crate::config::Precision::Strict => STRICT_TOLERANCE,
-            crate::config::Precision::Tf32 => TF32_TOLERANCE,
-        };
+        let conv_tolerance = step_tolerance(compute.precision);
         let crop = self.pipeline.loader.crop_size as usize;
         let spec = check_spec(&self.pipeline, self.classes)?;
         let batch = TestBatch::random(self.batch, crop, self.classes, 7);

@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 use super::head::{DropoutKey, Head, HeadActivations, RecordedDense};
 use super::metrics::Tally;
 use super::params::Params;
+use crate::config::Precision;
 use crate::device::FastDevice;
 use crate::kernels::{
     Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LayerGradients, Layout,
@@ -230,7 +231,8 @@ impl<D: FastDevice> FastNet<D> {
 
     /// Bytes of activations and gradients a batch of `batch` crops needs.
     pub fn activation_bytes(&self, batch: usize) -> usize {
-        activation_bytes(&self.layers.each_ref().map(|p| p.block), batch)
+        let precision = self.kernels.precision();
+        activation_bytes(&self.layers.each_ref().map(|p| p.block), batch, precision)
             + self.head.activation_bytes(batch)
     }
 
@@ -273,26 +275,28 @@ impl<D: FastDevice> FastNet<D> {
         }
         let features = self.final_planes(batch).len();
         let k = &mut self.kernels;
-        let input = k.alloc(self.layers[0].shape(batch).input_len())?;
+        // Activations and their gradients in the precision's element type; LRN's
+        // denominators and pooling's choices f32 (see `kernels`).
+        let input = k.alloc_activation(self.layers[0].shape(batch).input_len())?;
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
         for p in &self.layers {
             let conv = p.shape(batch).output_len();
             let pool = p.pool_shape(batch).map(|s| s.output_len());
             let lrn = p.block.lrn;
             blocks.push(BlockActivations {
-                relu: k.alloc(conv)?,
+                relu: k.alloc_activation(conv)?,
                 lrn: if lrn {
-                    Some((k.alloc(conv)?, k.alloc(conv)?))
+                    Some((k.alloc_activation(conv)?, k.alloc(conv)?))
                 } else {
                     None
                 },
                 pool: match pool {
-                    Some(n) => Some((k.alloc(n)?, k.alloc(n)?)),
+                    Some(n) => Some((k.alloc_activation(n)?, k.alloc(n)?)),
                     None => None,
                 },
-                d_relu: k.alloc(conv)?,
-                d_lrn: lrn.then(|| k.alloc(conv)).transpose()?,
-                d_pool: pool.map(|n| k.alloc(n)).transpose()?,
+                d_relu: k.alloc_activation(conv)?,
+                d_lrn: lrn.then(|| k.alloc_activation(conv)).transpose()?,
+                d_pool: pool.map(|n| k.alloc_activation(n)).transpose()?,
             });
         }
         Ok(Activations {
@@ -565,7 +569,6 @@ impl<D: FastDevice> FastNet<D> {
         let head = self.head.record(&mut self.kernels, &a.head)?;
         let k = &mut self.kernels;
         let layout = k.layout();
-        let mut get = |buf: &Buf<D>, len: usize| k.download_prefix(buf, len);
         // Activations as NCHW, whatever the kernels' layout.
         let nchw = |planes: Planes, values: Vec<f32>| match layout {
             Layout::Nchw => values,
@@ -577,41 +580,42 @@ impl<D: FastDevice> FastNet<D> {
             let (conv, filter) = (shape.output_planes(), shape.filter_len());
             let pooled = p.pool_shape(batch).map(|s| s.output_planes());
             let channels = p.block.out_channels;
-            let mut activation = |buf: &Buf<D>, planes: Planes| -> KernelResult<Vec<f32>> {
-                Ok(nchw(planes, get(buf, planes.len())?))
+            let activation = |k: &mut D::Kernels, buf: &Buf<D>, planes: Planes| {
+                Ok::<_, KernelError>(nchw(planes, k.download_activation(buf, planes.len())?))
             };
-            let relu = activation(&b.relu, conv)?;
+            let relu = activation(k, &b.relu, conv)?;
             let lrn = b
                 .lrn
                 .as_ref()
-                .map(|(y, _)| activation(y, conv))
+                .map(|(y, _)| activation(k, y, conv))
                 .transpose()?;
             let pool = match (&b.pool, pooled) {
-                (Some((y, _)), Some(planes)) => Some(activation(y, planes)?),
+                (Some((y, _)), Some(planes)) => Some(activation(k, y, planes)?),
                 _ => None,
             };
             blocks.push(RecordedBlock {
                 block: p.block,
-                weight: get(&p.params.weight, filter)?,
-                bias: get(&p.params.bias, channels)?,
+                weight: k.download_prefix(&p.params.weight, filter)?,
+                bias: k.download_prefix(&p.params.bias, channels)?,
                 relu,
                 lrn,
                 pool,
-                weight_grad: get(&p.params.weight_grad, filter)?,
-                bias_grad: get(&p.params.bias_grad, channels)?,
-                weight_velocity: get(&p.params.weight_velocity, filter)?,
+                weight_grad: k.download_prefix(&p.params.weight_grad, filter)?,
+                bias_grad: k.download_prefix(&p.params.bias_grad, channels)?,
+                weight_velocity: k.download_prefix(&p.params.weight_velocity, filter)?,
             });
         }
         let input_planes = self.layers[0].shape(batch).input_planes();
-        let input = nchw(input_planes, get(&a.input, input_planes.len())?);
+        let input = k.download_activation(&a.input, input_planes.len())?;
+        let input = nchw(input_planes, input);
         let features_len = batch * self.head.inputs();
         Ok(Recorded {
             batch,
             lrn: self.lrn,
             input,
             blocks,
-            features: get(&a.features, features_len)?,
-            d_features: get(&a.d_features, features_len)?,
+            features: k.download_prefix(&a.features, features_len)?,
+            d_features: k.download_prefix(&a.d_features, features_len)?,
             head,
         })
     }
@@ -670,26 +674,33 @@ pub struct RecordedBlock {
 
 /// Bytes of the activations and gradients `FastNet` keeps for a batch of `batch` crops of a
 /// network of `blocks` (what a batch size costs on the device, beyond the parameters).
-pub fn activation_bytes(blocks: &[ConvBlock], batch: usize) -> usize {
+pub fn activation_bytes(blocks: &[ConvBlock], batch: usize, precision: Precision) -> usize {
     let Some(first) = blocks.first() else {
         return 0;
     };
-    let input = batch * first.in_channels * first.conv.size * first.conv.size;
-    let per_block: usize = blocks
-        .iter()
-        .map(|b| {
-            let conv = batch * b.out_channels * b.conv_side() * b.conv_side();
-            // ReLU output and its gradient; LRN output, denominators and gradient; pooled
-            // output, each window's choice and gradient.
-            let lrn = if b.lrn { 3 * conv } else { 0 };
+    // Activation values (the precision's size) and f32 values.
+    let (mut stored, mut float) = (
+        batch * first.in_channels * first.conv.size * first.conv.size,
+        0,
+    );
+    for b in blocks {
+        let conv = batch * b.out_channels * b.conv_side() * b.conv_side();
+        // ReLU output and its gradient; LRN output and gradient, and its denominators (f32);
+        // pooled output and gradient, and each window's choice (f32).
+        stored += 2 * conv;
+        if b.lrn {
+            stored += 2 * conv;
+            float += conv;
+        }
+        if b.pool.is_some() {
             let pooled = batch * b.out_channels * b.out_side() * b.out_side();
-            let pool = if b.pool.is_some() { 3 * pooled } else { 0 };
-            2 * conv + lrn + pool
-        })
-        .sum();
+            stored += 2 * pooled;
+            float += pooled;
+        }
+    }
     let last = blocks[blocks.len() - 1];
-    let features = batch * last.out_channels * last.out_side() * last.out_side();
-    (input + per_block + features) * std::mem::size_of::<f32>()
+    float += batch * last.out_channels * last.out_side() * last.out_side();
+    stored * precision.activation_bytes() + float * std::mem::size_of::<f32>()
 }
 
 fn device_name<D: FastDevice>() -> &'static str {

@@ -8,16 +8,25 @@
 //! not elementwise transpose their operands to NCHW and their outputs back, so both layouts
 //! compute exactly the same values (the reference the GPU's own NHWC kernels are held to).
 //!
+//! In `Precision::Bf16` they emulate a GPU's bf16 storage: every value a kernel writes into
+//! an activation buffer is rounded to bf16 (`bf16::round`), and convolutions and matrix
+//! products read their f32 operands (weights, the fully connected part's inputs) rounded as the
+//! GPU's conversions round them; the arithmetic stays f32, as the GPU's accumulation does.
+//! `tf32` computes as `strict` here.
+//!
 //! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
 //! what a run does when a GPU kernel fails or the GPU runs out of memory.
 
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
 
+use std::borrow::Cow;
+
 use super::loops::{self, to_nchw};
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, LayerGradients,
-    Layout, LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, MAX_POOL_PLANE,
+    bf16, Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels,
+    LayerGradients, Layout, LrnParams, MatMul, Memory, Planes, PoolShape, Precision, SgdStep,
+    MAX_POOL_PLANE,
 };
 use crate::dist::Control;
 use crate::pixels;
@@ -69,6 +78,7 @@ pub const FAULT_VARIABLE: &str = "ALEXNET_HOST_FAULT";
 pub struct HostKernels {
     dev: Cpu,
     layout: Layout,
+    precision: Precision,
     mean_table: Vec<f32>,
     row_len: usize,
     faults: Faults,
@@ -159,7 +169,7 @@ impl Faults {
 }
 
 impl HostKernels {
-    pub fn new(dev: &Cpu, layout: Layout) -> KernelResult<Self> {
+    pub fn new(dev: &Cpu, layout: Layout, precision: Precision) -> KernelResult<Self> {
         let faults = match std::env::var(FAULT_VARIABLE) {
             Ok(text) => Faults::parse(&text)
                 .map_err(|e| KernelError::Setup(format!("{FAULT_VARIABLE}: {e}")))?,
@@ -168,10 +178,29 @@ impl HostKernels {
         Ok(Self {
             dev: dev.clone(),
             layout,
+            precision,
             mean_table: Vec::new(),
             row_len: 0,
             faults,
         })
+    }
+}
+
+impl HostKernels {
+    /// Values just written into an activation buffer, stored as the precision stores them.
+    fn store(&self, activations: &mut [f32]) {
+        if self.precision.bf16_activations() {
+            bf16::round_all(activations);
+        }
+    }
+
+    /// An f32 operand of a convolution or matrix product as the precision feeds it in.
+    fn operand<'a>(&self, values: &'a [f32]) -> Cow<'a, [f32]> {
+        if self.precision.bf16_activations() {
+            Cow::Owned(values.iter().map(|&v| bf16::round(v)).collect())
+        } else {
+            Cow::Borrowed(values)
+        }
     }
 }
 
@@ -223,6 +252,10 @@ impl Kernels<Cpu> for HostKernels {
         self.layout
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<Cpu>> {
         self.faults.enter("alloc")?;
         self.faults.allocate("alloc", len)?;
@@ -246,6 +279,20 @@ impl Kernels<Cpu> for HostKernels {
     fn download(&mut self, buf: &Buf<Cpu>) -> KernelResult<Vec<f32>> {
         self.faults.enter("download")?;
         Ok(buf.to_vec())
+    }
+
+    fn alloc_activation(&mut self, len: usize) -> KernelResult<Buf<Cpu>> {
+        self.alloc(len)
+    }
+
+    fn upload_activation(&mut self, host: &[f32]) -> KernelResult<Buf<Cpu>> {
+        let mut buf = self.upload(host)?;
+        self.store(&mut buf);
+        Ok(buf)
+    }
+
+    fn download_activation(&mut self, buf: &Buf<Cpu>, len: usize) -> KernelResult<Vec<f32>> {
+        self.download_prefix(buf, len)
     }
 
     fn synchronize(&mut self) -> KernelResult {
@@ -290,6 +337,7 @@ impl Kernels<Cpu> for HostKernels {
                     }
                 }
             });
+        self.store(&mut x[..input.batch * 3 * plane]);
         Ok(())
     }
 
@@ -301,14 +349,16 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_forward")?;
+        let w = self.operand(&w[..s.filter_len()]);
         match self.layout {
-            Layout::Nchw => loops::conv_forward(s, x, w, y),
+            Layout::Nchw => loops::conv_forward(s, x, &w, y),
             Layout::Nhwc => {
                 let mut out = vec![0.0; s.output_len()];
-                loops::conv_forward(s, &to_nchw(&s.input_planes(), x), w, &mut out);
+                loops::conv_forward(s, &to_nchw(&s.input_planes(), x), &w, &mut out);
                 to_nhwc(&s.output_planes(), &out, y);
             }
         }
+        self.store(&mut y[..s.output_len()]);
         Ok(())
     }
 
@@ -320,14 +370,16 @@ impl Kernels<Cpu> for HostKernels {
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
         self.faults.enter("conv_backward_data")?;
+        let w = self.operand(&w[..s.filter_len()]);
         match self.layout {
-            Layout::Nchw => loops::conv_backward_data(s, dy, w, dx),
+            Layout::Nchw => loops::conv_backward_data(s, dy, &w, dx),
             Layout::Nhwc => {
                 let mut out = vec![0.0; s.input_len()];
-                loops::conv_backward_data(s, &to_nchw(&s.output_planes(), dy), w, &mut out);
+                loops::conv_backward_data(s, &to_nchw(&s.output_planes(), dy), &w, &mut out);
                 to_nhwc(&s.input_planes(), &out, dx);
             }
         }
+        self.store(&mut dx[..s.input_len()]);
         Ok(())
     }
 
@@ -346,6 +398,8 @@ impl Kernels<Cpu> for HostKernels {
                 loops::conv_backward_filter(s, &x, &to_nchw(&s.output_planes(), dy), dw);
             }
         }
+        // A bf16 convolution writes its filter gradient in bf16.
+        self.store(&mut dw[..s.filter_len()]);
         Ok(())
     }
 
@@ -362,6 +416,7 @@ impl Kernels<Cpu> for HostKernels {
                 }
             }
         }
+        self.store(&mut y[..p.len()]);
         Ok(())
     }
 
@@ -398,6 +453,7 @@ impl Kernels<Cpu> for HostKernels {
                 to_nhwc(p, &denominators, d);
             }
         }
+        self.store(&mut y[..p.len()]);
         Ok(())
     }
 
@@ -420,6 +476,7 @@ impl Kernels<Cpu> for HostKernels {
                 to_nhwc(p, &out, dx);
             }
         }
+        self.store(&mut dx[..p.len()]);
         Ok(())
     }
 
@@ -476,6 +533,8 @@ impl Kernels<Cpu> for HostKernels {
                 to_nhwc(&s.input_planes(), &out, dx);
             }
         }
+        // Overlapping windows add gradients: the sum is rounded as it is stored.
+        self.store(&mut dx[..s.input_len()]);
         Ok(())
     }
 
@@ -504,6 +563,7 @@ impl Kernels<Cpu> for HostKernels {
             Layout::Nchw => loops::unflatten_channels_last(p, y, x),
             Layout::Nhwc => x[..p.len()].copy_from_slice(&y[..p.len()]),
         }
+        self.store(&mut x[..p.len()]);
         Ok(())
     }
 
@@ -528,7 +588,11 @@ impl Kernels<Cpu> for HostKernels {
                 status: format!("buffer {name} holds {len} values, {mm:?} needs {needed}"),
             });
         }
-        loops::dense_matmul(mm, a, b, c);
+        let (a, b) = (
+            self.operand(&a[..mm.a_len()]),
+            self.operand(&b[..mm.b_len()]),
+        );
+        loops::dense_matmul(mm, &a, &b, c);
         Ok(())
     }
 
@@ -668,7 +732,7 @@ mod tests {
         let grads = (y * g).sum().backward();
         let want_dx = grads.get(&xt).as_vec();
 
-        let mut k = HostKernels::new(&dev, Layout::Nchw)?;
+        let mut k = HostKernels::new(&dev, Layout::Nchw, Precision::Strict)?;
         let planes = Planes {
             batch,
             channels,
@@ -692,13 +756,19 @@ mod tests {
     }
 
     /// Every layout-dependent kernel in NHWC computes exactly what it computes in NCHW, on the
-    /// same values transposed: the NHWC kernels are the GPU's NHWC kernels' reference.
+    /// same values transposed: the NHWC kernels are the GPU's NHWC kernels' reference. In
+    /// bf16 too, where every activation they write is a bf16 value.
     #[test]
     fn nhwc_kernels_compute_exactly_what_nchw_kernels_do() -> Result<(), KernelError> {
+        layouts_agree(Precision::Strict)?;
+        layouts_agree(Precision::Bf16)
+    }
+
+    fn layouts_agree(precision: Precision) -> Result<(), KernelError> {
         let dev = Cpu::default();
         let (mut a, mut b) = (
-            HostKernels::new(&dev, Layout::Nchw)?,
-            HostKernels::new(&dev, Layout::Nhwc)?,
+            HostKernels::new(&dev, Layout::Nchw, precision)?,
+            HostKernels::new(&dev, Layout::Nhwc, precision)?,
         );
         let conv = ConvShape {
             batch: 2,
@@ -736,6 +806,16 @@ mod tests {
                 "{what}"
             );
         };
+        // An activation the kernels wrote, as the precision stores it; and some of it not 0.
+        let stored = |what: &str, values: &[f32]| {
+            if precision.bf16_activations() {
+                let off = values
+                    .iter()
+                    .find(|&&v| bf16::round(v).to_bits() != v.to_bits());
+                assert!(off.is_none(), "{what}: {off:?} is not a bf16 value");
+            }
+            assert!(values.iter().any(|&v| v != 0.0), "{what}: all zeros");
+        };
         let (x, w) = (
             value(conv.input_len(), 7919),
             value(conv.filter_len(), 104729),
@@ -750,21 +830,28 @@ mod tests {
         };
 
         // Forward: convolution, bias + ReLU, LRN, pooling.
-        let (xa, xb, wa) = (a.upload(&x)?, b.upload(&nhwc(&input, &x))?, a.upload(&w)?);
+        let (xa, xb, wa) = (
+            a.upload_activation(&x)?,
+            b.upload_activation(&nhwc(&input, &x))?,
+            a.upload(&w)?,
+        );
         let mut y = [a.alloc(conv.output_len())?, b.alloc(conv.output_len())?];
         a.conv_forward(&conv, &xa, &wa, &mut y[0])?;
         b.conv_forward(&conv, &xb, &wa, &mut y[1])?;
         same("conv_forward", &planes, &y[0], &y[1]);
+        stored("conv_forward", &y[0]);
         let bias = a.upload(&value(planes.channels, 31))?;
         a.bias_relu(&planes, &mut y[0], &bias)?;
         b.bias_relu(&planes, &mut y[1], &bias)?;
         same("bias_relu", &planes, &y[0], &y[1]);
+        stored("bias_relu", &y[0]);
         let mut l = [a.alloc(planes.len())?, b.alloc(planes.len())?];
         let mut d = [a.alloc(planes.len())?, b.alloc(planes.len())?];
         let [(la, lb), (da, db)] = [l.split_at_mut(1), d.split_at_mut(1)];
         a.lrn_forward(&planes, &lrn, &y[0], &mut la[0], &mut da[0])?;
         b.lrn_forward(&planes, &lrn, &y[1], &mut lb[0], &mut db[0])?;
         same("lrn_forward y", &planes, &l[0], &l[1]);
+        stored("lrn_forward y", &l[0]);
         same("lrn_forward d", &planes, &d[0], &d[1]);
         let pooled = pool.output_planes();
         let mut p = [a.alloc(pool.output_len())?, b.alloc(pool.output_len())?];
@@ -773,6 +860,7 @@ mod tests {
         a.pool_forward(&pool, &l[0], &mut pa[0], &mut ma[0])?;
         b.pool_forward(&pool, &l[1], &mut pb[0], &mut mb[0])?;
         same("pool_forward y", &pooled, &p[0], &p[1]);
+        stored("pool_forward y", &p[0]);
         same("pool_forward argmax", &pooled, &m[0], &m[1]);
         let mut flat = [a.alloc(pooled.len())?, b.alloc(pooled.len())?];
         let (fa, fb) = flat.split_at_mut(1);
@@ -786,17 +874,23 @@ mod tests {
         a.unflatten_channels_last(&pooled, &flat[0], &mut dpa[0])?;
         b.unflatten_channels_last(&pooled, &flat[1], &mut dpb[0])?;
         same("unflatten_channels_last", &pooled, &dp[0], &dp[1]);
+        stored("unflatten_channels_last", &dp[0]);
         let mut dl = [a.alloc(planes.len())?, b.alloc(planes.len())?];
         let (dla, dlb) = dl.split_at_mut(1);
         a.pool_backward(&pool, &m[0], &dp[0], &mut dla[0])?;
         b.pool_backward(&pool, &m[1], &dp[1], &mut dlb[0])?;
         same("pool_backward", &planes, &dl[0], &dl[1]);
+        stored("pool_backward", &dl[0]);
         let mut dr = [a.alloc(planes.len())?, b.alloc(planes.len())?];
         let (dra, drb) = dr.split_at_mut(1);
         a.lrn_backward(&planes, &lrn, &y[0], &d[0], &dl[0], &mut dra[0])?;
         b.lrn_backward(&planes, &lrn, &y[1], &d[1], &dl[1], &mut drb[0])?;
         same("lrn_backward", &planes, &dr[0], &dr[1]);
-        let mut g = [a.upload(&dy)?, b.upload(&nhwc(&planes, &dy))?];
+        stored("lrn_backward", &dr[0]);
+        let mut g = [
+            a.upload_activation(&dy)?,
+            b.upload_activation(&nhwc(&planes, &dy))?,
+        ];
         let mut bias_grad = [a.alloc(planes.channels)?, b.alloc(planes.channels)?];
         let ([ga, gb], [bga, bgb]) = (&mut g, &mut bias_grad);
         a.relu_bias_backward(&planes, &y[0], ga, bga)?;
@@ -812,11 +906,32 @@ mod tests {
         a.conv_backward_filter(&conv, &xa, &g[0], &mut dwa[0])?;
         b.conv_backward_filter(&conv, &xb, &g[1], &mut dwb[0])?;
         assert_eq!(dw[0].to_vec(), dw[1].to_vec(), "conv_backward_filter");
+        // f32, but computed as a bf16 convolution writes it.
+        stored("conv_backward_filter", &dw[0]);
         let mut dx = [a.alloc(conv.input_len())?, b.alloc(conv.input_len())?];
         let (dxa, dxb) = dx.split_at_mut(1);
         a.conv_backward_data(&conv, &g[0], &wa, &mut dxa[0])?;
         b.conv_backward_data(&conv, &g[1], &wa, &mut dxb[0])?;
         same("conv_backward_data", &input, &dx[0], &dx[1]);
+        stored("conv_backward_data", &dx[0]);
+        Ok(())
+    }
+
+    /// In bf16 a matrix product reads its operands rounded to bf16 and sums in f32.
+    #[test]
+    fn a_bf16_matmul_rounds_its_operands_not_its_sums() -> Result<(), KernelError> {
+        let dev = Cpu::default();
+        let mm = MatMul::dense_forward(1, 2, 1);
+        // 1 + 2^-10 is 1 in bf16; 2^-10 alone is exact, and so is the f32 sum 1 + 2^-10.
+        let (a, b) = (vec![1.0 + 2f32.powi(-10), 2f32.powi(-10)], vec![1.0, 1.0]);
+        let mut products = Vec::new();
+        for precision in [Precision::Strict, Precision::Bf16] {
+            let mut k = HostKernels::new(&dev, Layout::Nchw, precision)?;
+            let (a, b, mut c) = (k.upload(&a)?, k.upload(&b)?, k.alloc(1)?);
+            k.matmul(&mm, &a, &b, &mut c)?;
+            products.push(c[0]);
+        }
+        assert_eq!(products, [1.0 + 2.0 * 2f32.powi(-10), 1.0 + 2f32.powi(-10)]);
         Ok(())
     }
 
@@ -845,7 +960,7 @@ mod tests {
         };
         let mut out = Vec::new();
         for layout in [Layout::Nchw, Layout::Nhwc] {
-            let mut k = HostKernels::new(&dev, layout)?;
+            let mut k = HostKernels::new(&dev, layout, Precision::Strict)?;
             k.set_mean_table(&table, crop * 3)?;
             let mut x = k.alloc(planes.len())?;
             k.normalize(&input, &mut x)?;
@@ -938,7 +1053,7 @@ mod tests {
             kernel: s.kernel,
             in_channels: s.in_channels,
         };
-        let mut k = HostKernels::new(&dev, Layout::Nchw)?;
+        let mut k = HostKernels::new(&dev, Layout::Nchw, Precision::Strict)?;
         let (xb, wb, dyb) = (
             k.upload(&x)?,
             k.upload(&to_torch(layout, &w_ours, inputs, s.out_channels))?,

@@ -9,15 +9,24 @@
 //! checkpoints. A `Planes` or shape names the dimensions, the layout their order. The flattened
 //! features FC6 reads are channels-last, `(B, S·S·C)`, as in the dfdx path, in both layouts.
 //!
+//! Element types: in `Precision::Bf16` the *activation buffers* — the convolutional part's
+//! activations and their gradients, from the normalised input to pool5's output — hold
+//! bfloat16 values (`alloc_activation`; on a GPU two to each f32 slot of the device's buffer
+//! type, on the CPU f32 values rounded to bf16), and the kernels read and write them as such;
+//! every other buffer (parameters, their gradients and momentum, LRN's denominators, pooling's
+//! choices, the flattened features and everything in the fully connected part) is f32 in every
+//! precision. Each method below names its activation buffers.
+//!
 //! Every output buffer is overwritten, never added to. `host::HostKernels` is the plain
 //! reference; `cuda::CudaKernels` the GPU one.
 
+pub mod bf16;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
 pub mod loops;
 
-pub use crate::config::Layout;
+pub use crate::config::{Layout, Precision};
 use crate::dist::Control;
 use dfdx::prelude::Storage;
 
@@ -349,7 +358,9 @@ pub trait GradientSum<D: Storage<f32>> {
 pub trait Kernels<D: Storage<f32>> {
     /// How these kernels lay out activations (chosen when they are made).
     fn layout(&self) -> Layout;
-    /// `len` values, contents unspecified.
+    /// Their arithmetic, and with it the activation buffers' element type.
+    fn precision(&self) -> Precision;
+    /// `len` f32 values, contents unspecified.
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<D>>;
     fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<D>>;
     fn download(&mut self, buf: &Buf<D>) -> KernelResult<Vec<f32>>;
@@ -360,6 +371,13 @@ pub trait Kernels<D: Storage<f32>> {
         host.truncate(len);
         Ok(host)
     }
+    /// An activation buffer of `len` values in the precision's element type, contents
+    /// unspecified.
+    fn alloc_activation(&mut self, len: usize) -> KernelResult<Buf<D>>;
+    /// `host` as an activation buffer (rounded to bf16 in `Precision::Bf16`).
+    fn upload_activation(&mut self, host: &[f32]) -> KernelResult<Buf<D>>;
+    /// The first `len` values of activation buffer `buf`, as f32.
+    fn download_activation(&mut self, buf: &Buf<D>, len: usize) -> KernelResult<Vec<f32>>;
     /// Waits for queued work (for timing, and to surface asynchronous failures).
     fn synchronize(&mut self) -> KernelResult;
     /// The device's free and total memory, where it can be known.
@@ -373,10 +391,11 @@ pub trait Kernels<D: Storage<f32>> {
     /// the kernels (uploaded once per run).
     fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult;
     /// `x[b, c, y, x] = pixels::normalize(pixel[b, y, x, c], mean[row(b, y)][x·3 + c],
-    /// lighting[b, c], scale[c])`, `x` in the kernels' layout.
+    /// lighting[b, c], scale[c])`, `x` (an activation buffer) in the kernels' layout.
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<D>) -> KernelResult;
 
-    /// `y = x ⋆ w` (no bias).
+    /// `y = x ⋆ w` (no bias). `x`, `y`: activations; `w` f32 (fed to the convolution in bf16
+    /// in `Precision::Bf16`).
     fn conv_forward(
         &mut self,
         shape: &ConvShape,
@@ -384,7 +403,7 @@ pub trait Kernels<D: Storage<f32>> {
         w: &Buf<D>,
         y: &mut Buf<D>,
     ) -> KernelResult;
-    /// `dx = ∂(x ⋆ w)/∂x · dy`.
+    /// `dx = ∂(x ⋆ w)/∂x · dy`. `dy`, `dx`: activations.
     fn conv_backward_data(
         &mut self,
         shape: &ConvShape,
@@ -392,7 +411,8 @@ pub trait Kernels<D: Storage<f32>> {
         w: &Buf<D>,
         dx: &mut Buf<D>,
     ) -> KernelResult;
-    /// `dw = ∂(x ⋆ w)/∂w · dy`.
+    /// `dw = ∂(x ⋆ w)/∂w · dy`. `x`, `dy`: activations; `dw` f32 (in `Precision::Bf16`
+    /// computed in bf16, as cuDNN's bf16 convolutions write it, then widened).
     fn conv_backward_filter(
         &mut self,
         shape: &ConvShape,
@@ -401,9 +421,10 @@ pub trait Kernels<D: Storage<f32>> {
         dw: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// `y ← max(y + bias[c], 0)`, in place.
+    /// `y ← max(y + bias[c], 0)`, in place (`y` an activation).
     fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<D>, bias: &Buf<D>) -> KernelResult;
-    /// Given the ReLU's output `y`: `dy ← dy · [y > 0]` in place, and `db[c] = Σ_{b,p} dy`.
+    /// Given the ReLU's output `y`: `dy ← dy · [y > 0]` in place, and `db[c] = Σ_{b,p} dy`
+    /// (`y`, `dy` activations, `db` f32).
     fn relu_bias_backward(
         &mut self,
         planes: &Planes,
@@ -412,7 +433,8 @@ pub trait Kernels<D: Storage<f32>> {
         db: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// `y = x / d^β`, keeping `d` (same shape) for the backward pass.
+    /// `y = x / d^β`, keeping `d` (same shape, f32) for the backward pass; `x`, `y`
+    /// activations.
     fn lrn_forward(
         &mut self,
         planes: &Planes,
@@ -421,7 +443,7 @@ pub trait Kernels<D: Storage<f32>> {
         y: &mut Buf<D>,
         d: &mut Buf<D>,
     ) -> KernelResult;
-    /// `dx` from `x`, the kept `d` and `dy`.
+    /// `dx` from `x`, the kept `d` and `dy` (all but `d` activations).
     #[allow(clippy::too_many_arguments)]
     fn lrn_backward(
         &mut self,
@@ -437,7 +459,8 @@ pub trait Kernels<D: Storage<f32>> {
     /// the backward pass: the index within its input plane (`iy · size + ix`, in either layout)
     /// of the window's first maximum in row-major order, replaced only by a strictly greater
     /// value (so a NaN is chosen only as a window's first value). Stored as f32, exact since a
-    /// plane holds at most 2^24 values (`MAX_POOL_PLANE`; larger planes are refused).
+    /// plane holds at most 2^24 values (`MAX_POOL_PLANE`; larger planes are refused). `x`,
+    /// `y`: activations.
     fn pool_forward(
         &mut self,
         shape: &PoolShape,
@@ -447,6 +470,7 @@ pub trait Kernels<D: Storage<f32>> {
     ) -> KernelResult;
     /// Each input gets the sum of `dy` over the windows whose `argmax` (from `pool_forward`)
     /// chose it, added in window order (rows, then columns); inputs that no window chose get 0.
+    /// `dy`, `dx`: activations.
     fn pool_backward(
         &mut self,
         shape: &PoolShape,
@@ -455,15 +479,15 @@ pub trait Kernels<D: Storage<f32>> {
         dx: &mut Buf<D>,
     ) -> KernelResult;
 
-    /// Activations in the kernels' layout → `(B, pixels · C)` channels-last (what FC6 reads;
-    /// a copy in NHWC).
+    /// Activations in the kernels' layout → `(B, pixels · C)` channels-last f32 (what FC6
+    /// reads; a copy in NHWC).
     fn flatten_channels_last(
         &mut self,
         planes: &Planes,
         x: &Buf<D>,
         y: &mut Buf<D>,
     ) -> KernelResult;
-    /// The inverse of `flatten_channels_last`.
+    /// The inverse of `flatten_channels_last` (f32 into activations).
     fn unflatten_channels_last(
         &mut self,
         planes: &Planes,
@@ -472,7 +496,8 @@ pub trait Kernels<D: Storage<f32>> {
     ) -> KernelResult;
 
     /// `c = op(a) · op(b)` (see `MatMul`), in the pipeline's precision (TF32 products where
-    /// it is `tf32` and the device has them).
+    /// it is `tf32` and the device has them; in `bf16` the operands rounded to bf16 and the
+    /// products summed in f32). All three f32.
     fn matmul(&mut self, mm: &MatMul, a: &Buf<D>, b: &Buf<D>, c: &mut Buf<D>) -> KernelResult;
     /// `y[r, c] += bias[c]` over `rows × columns` (a layer without ReLU; `bias_relu` with one
     /// pixel per channel is the one with).
