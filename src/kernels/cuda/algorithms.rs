@@ -3,12 +3,13 @@
 
 use std::ffi::c_int;
 
+use super::buffers::Form;
 use super::check;
 use super::cudnn::{ConvDesc, FilterDesc, TensorDesc};
 use super::ffi::{self, cudnnMathType_t};
 use super::passes::{Call, Descriptors, Pass, PassApi, SearchFn};
 use crate::config::Precision;
-use crate::kernels::{ConvShape, KernelError, KernelResult, Layout};
+use crate::kernels::{ConvShape, KernelError, KernelResult};
 
 /// An algorithm chosen for one pass, and the workspace it needs.
 #[derive(Debug, Clone, Copy)]
@@ -37,24 +38,14 @@ pub(super) struct ConvPlan {
 }
 
 impl ConvPlan {
-    /// Activations and filters in `layout` (filters OHWI in NHWC).
-    pub(super) fn new(
-        shape: &ConvShape,
-        math: cudnnMathType_t,
-        layout: Layout,
-    ) -> KernelResult<Self> {
+    /// Activations and filters in `form` (filters OHWI in NHWC; bf16 in bf16, summed in f32).
+    pub(super) fn new(shape: &ConvShape, math: cudnnMathType_t, form: Form) -> KernelResult<Self> {
         const OUTPUT_DIM: &str = "cudnnGetConvolution2dForwardOutputDim";
         let out = shape.out_size();
         let (size, kernel) = (shape.size, shape.kernel);
-        let x = TensorDesc::new(layout, shape.batch, shape.in_channels, size, size)?;
-        let w = FilterDesc::new(
-            layout,
-            shape.out_channels,
-            shape.in_channels,
-            kernel,
-            kernel,
-        )?;
-        let y = TensorDesc::new(layout, shape.batch, shape.out_channels, out, out)?;
+        let x = TensorDesc::new(form, shape.batch, shape.in_channels, size, size)?;
+        let w = FilterDesc::new(form, shape.out_channels, shape.in_channels, kernel, kernel)?;
+        let y = TensorDesc::new(form, shape.batch, shape.out_channels, out, out)?;
         let direction = || {
             Ok::<_, KernelError>(Direction {
                 conv: ConvDesc::new(shape, math)?,
@@ -173,13 +164,14 @@ fn math_type(value: u32) -> Option<cudnnMathType_t> {
 /// The first usable result, in cuDNN's order (fastest first when measured, best first by its
 /// heuristics otherwise). It must have succeeded and be deterministic, so that a resumed run
 /// reproduces an uninterrupted one. Tensor-core math that converts fp32 down to fp16/bf16 is
-/// never wanted (cuDNN should not offer it for fp32 without being asked; this makes sure);
-/// Strict also refuses plain tensor-op math (TF32), which its FMA math type already asks for.
+/// never wanted (cuDNN should not offer it for fp32 without being asked; this makes sure: a
+/// bf16 convolution has bf16 operands already); Strict also refuses plain tensor-op math
+/// (TF32), which its FMA math type already asks for.
 fn accept(results: &[ffi::AlgoPerf], precision: Precision, api: &PassApi) -> Option<ffi::AlgoPerf> {
     results.iter().copied().find(|r| {
         let math_ok = match r.math_type {
             ffi::MATH_TENSOR_OP_ALLOW_CONVERSION => false,
-            ffi::MATH_TENSOR_OP => precision == Precision::Tf32,
+            ffi::MATH_TENSOR_OP => precision != Precision::Strict,
             _ => true,
         };
         // Strict fp32 means the convolution's own products and sums, rounded as fp32 rounds
@@ -282,7 +274,7 @@ unsafe fn choose(
     // Run exactly what was measured: with the default math type cuDNN may have timed a
     // tensor-core (TF32) variant, which the descriptor must then ask for (as PyTorch does).
     // Strict keeps FMA math whatever was reported.
-    if precision == Precision::Tf32 {
+    if precision != Precision::Strict {
         if let Some(math) = math_type(pick.math_type) {
             conv.set_math(math)?;
         }

@@ -12,7 +12,35 @@ use cudarc::driver::{
 use dfdx::tensor::Cuda;
 
 use super::check;
-use crate::kernels::{Buf, ConvShape, KernelResult, PoolShape, MAX_POOL_PLANE};
+use crate::kernels::{Buf, ConvShape, KernelResult, Layout, PoolShape, MAX_POOL_PLANE};
+
+/// How activation buffers hold their values: in which layout, and whether as bf16 (two to
+/// each f32 slot of dfdx's buffer type, the first in the low half) or as f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Form {
+    pub(super) layout: Layout,
+    pub(super) bf16: bool,
+}
+
+impl Form {
+    /// How many activation values `buf` holds.
+    pub(super) fn values(&self, buf: &Buf<Cuda>) -> usize {
+        if self.bf16 {
+            buf.len() * 2
+        } else {
+            buf.len()
+        }
+    }
+
+    /// The f32 slots `len` activation values take.
+    pub(super) fn slots(&self, len: usize) -> usize {
+        if self.bf16 {
+            len.div_ceil(2)
+        } else {
+            len
+        }
+    }
+}
 
 pub(super) fn device_ptr(buf: &Buf<Cuda>) -> *const c_void {
     *buf.device_ptr() as *const c_void

@@ -1,14 +1,19 @@
 //! The fully connected layers' matrix products on cuBLAS: a handle on dfdx's stream in the
 //! pipeline's precision, and the row-major product expressed in cuBLAS's column-major terms.
+//! In bf16 the operands stay f32 buffers and cuBLAS rounds them to bf16 on the way into its
+//! tensor cores (`CUBLAS_COMPUTE_32F_FAST_16BF`), summing in f32: autocast's bf16 GEMM with
+//! f32 output, without a conversion pass or a second copy of FC6's 151 MB of weights.
 //!
 //! The handle is made here rather than with cudarc's `CudaBlas`, which unwraps the context
 //! binding when it is made and the destroy when it is dropped: a panic where the kernels
 //! return errors.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
-use cudarc::cublas::sys::{self, cublasMath_t, cublasOperation_t};
+use cudarc::cublas::sys::{
+    self, cublasComputeType_t, cublasMath_t, cublasOperation_t, cudaDataType,
+};
 use cudarc::driver::{CudaDevice, DeviceSlice};
 use dfdx::tensor::Cuda;
 
@@ -20,6 +25,7 @@ use crate::kernels::{Buf, KernelResult, MatMul};
 /// A cuBLAS handle on dfdx's stream.
 pub(super) struct Handle {
     raw: sys::cublasHandle_t,
+    precision: Precision,
     /// Keeps the context alive (and current for the destroy) until the handle is gone.
     dev: Arc<CudaDevice>,
 }
@@ -33,6 +39,7 @@ impl Handle {
         check::cublas("cublasCreate", unsafe { sys::cublasCreate_v2(&mut raw) })?;
         let handle = Self {
             raw,
+            precision,
             dev: dev.clone(),
         };
         // The device's stream, as for cuDNN: the products queue behind dfdx's work and our
@@ -47,6 +54,8 @@ impl Handle {
             Precision::Strict => cublasMath_t::CUBLAS_DEFAULT_MATH,
             // TF32 tensor cores for fp32 inputs on Ampere and later.
             Precision::Tf32 => cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            // The products' compute type asks for bf16 (see `matmul`).
+            Precision::Bf16 => cublasMath_t::CUBLAS_DEFAULT_MATH,
         };
         // SAFETY: the handle is live.
         check::cublas("cublasSetMathMode", unsafe {
@@ -67,6 +76,7 @@ impl Drop for Handle {
 
 const CALL: &str = "matmul";
 const SGEMM: &str = "cublasSgemm (matmul)";
+const GEMM_EX: &str = "cublasGemmEx (matmul, bf16 compute)";
 
 /// `c = op(a) · op(b)`, all three row-major (see `MatMul`). A row-major matrix is its
 /// transpose in column-major order, so cuBLAS computes `cᵀ = op(b)ᵀ · op(a)ᵀ`: `b` first, each
@@ -120,6 +130,36 @@ pub(super) fn matmul(
     let ld_b = if mm.b_transposed { k } else { n };
     let ld_a = if mm.a_transposed { m } else { k };
     let (alpha, beta) = (1.0f32, 0.0f32);
+    let (b_ptr, a_ptr, c_ptr) = (device_ptr(b), device_ptr(a), device_ptr_mut(c));
+    let (op_b, op_a) = (op(mm.b_transposed), op(mm.a_transposed));
+    if handle.precision == Precision::Bf16 {
+        let f32_type = cudaDataType::CUDA_R_32F;
+        // SAFETY: as for the Sgemm below: the same operands, dimensions and leading
+        // dimensions, every matrix f32, and `alpha`/`beta` f32 as the compute type needs.
+        return check::cublas(GEMM_EX, unsafe {
+            sys::cublasGemmEx(
+                handle.raw,
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
+                &alpha as *const f32 as *const c_void,
+                b_ptr,
+                f32_type,
+                ld_b,
+                a_ptr,
+                f32_type,
+                ld_a,
+                &beta as *const f32 as *const c_void,
+                c_ptr,
+                f32_type,
+                n,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        });
+    }
     // SAFETY: the handle is live on the device's stream and its context current; with these
     // dimensions and leading dimensions cuBLAS reads `b`'s `k·n`, `a`'s `m·k` and writes `c`'s
     // `m·n` values, which the buffers hold (checked). `alpha` and `beta` are host values
@@ -127,18 +167,18 @@ pub(super) fn matmul(
     check::cublas(SGEMM, unsafe {
         sys::cublasSgemm_v2(
             handle.raw,
-            op(mm.b_transposed),
-            op(mm.a_transposed),
+            op_b,
+            op_a,
             n,
             m,
             k,
             &alpha,
-            device_ptr(b) as *const f32,
+            b_ptr as *const f32,
             ld_b,
-            device_ptr(a) as *const f32,
+            a_ptr as *const f32,
             ld_a,
             &beta,
-            device_ptr_mut(c) as *mut f32,
+            c_ptr as *mut f32,
             n,
         )
     })

@@ -7,18 +7,29 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaDevice;
 
+use super::buffers::Form;
 use super::check;
 use super::ffi::{
-    self, cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION, cudnnDataType_t::CUDNN_DATA_FLOAT,
-    cudnnMathType_t, cudnnTensorFormat_t,
+    self, cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION, cudnnDataType_t,
+    cudnnDataType_t::CUDNN_DATA_FLOAT, cudnnMathType_t, cudnnTensorFormat_t,
 };
 use crate::kernels::{ConvShape, KernelResult, Layout};
 
-/// cuDNN's name for a layout: of activations, and of filters (NHWC filters are OHWI).
-fn format(layout: Layout) -> cudnnTensorFormat_t {
-    match layout {
+/// cuDNN's name for a form's layout: of activations, and of filters (NHWC filters are OHWI).
+fn format(form: Form) -> cudnnTensorFormat_t {
+    match form.layout {
         Layout::Nchw => cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
         Layout::Nhwc => cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+    }
+}
+
+/// cuDNN's name for a form's element type (filters and activations alike: a bf16
+/// convolution reads bf16 filters).
+fn data_type(form: Form) -> cudnnDataType_t {
+    if form.bf16 {
+        cudnnDataType_t::CUDNN_DATA_BFLOAT16
+    } else {
+        CUDNN_DATA_FLOAT
     }
 }
 
@@ -63,14 +74,8 @@ impl Drop for Handle {
 pub(super) struct TensorDesc(pub(super) ffi::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    /// A dense f32 tensor of `n × c × h × w` values in `layout`.
-    pub(super) fn new(
-        layout: Layout,
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-    ) -> KernelResult<Self> {
+    /// A dense tensor of `n × c × h × w` values in `form`.
+    pub(super) fn new(form: Form, n: usize, c: usize, h: usize, w: usize) -> KernelResult<Self> {
         const SET: &str = "cudnnSetTensor4dDescriptor";
         let dims = [
             check::c_int(SET, n)?,
@@ -87,7 +92,7 @@ impl TensorDesc {
         let [n, c, h, w] = dims;
         // SAFETY: `desc` is a live tensor descriptor.
         check::cudnn(SET, unsafe {
-            ffi::cudnnSetTensor4dDescriptor(desc.0, format(layout), CUDNN_DATA_FLOAT, n, c, h, w)
+            ffi::cudnnSetTensor4dDescriptor(desc.0, format(form), data_type(form), n, c, h, w)
         })?;
         Ok(desc)
     }
@@ -103,14 +108,9 @@ impl Drop for TensorDesc {
 pub(super) struct FilterDesc(pub(super) ffi::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    /// f32 filters of `o × i × h × w` values, OIHW in the NCHW layout and OHWI in NHWC.
-    pub(super) fn new(
-        layout: Layout,
-        o: usize,
-        i: usize,
-        h: usize,
-        w: usize,
-    ) -> KernelResult<Self> {
+    /// Filters of `o × i × h × w` values in `form`'s element type, OIHW in the NCHW layout and
+    /// OHWI in NHWC.
+    pub(super) fn new(form: Form, o: usize, i: usize, h: usize, w: usize) -> KernelResult<Self> {
         const SET: &str = "cudnnSetFilter4dDescriptor";
         let dims = [
             check::c_int(SET, o)?,
@@ -128,7 +128,7 @@ impl FilterDesc {
         // SAFETY: `desc` is a live filter descriptor. Note the argument order: data type
         // before format, unlike the tensor call.
         check::cudnn(SET, unsafe {
-            ffi::cudnnSetFilter4dDescriptor(desc.0, CUDNN_DATA_FLOAT, format(layout), o, i, h, w)
+            ffi::cudnnSetFilter4dDescriptor(desc.0, data_type(form), format(form), o, i, h, w)
         })?;
         Ok(desc)
     }

@@ -7,6 +7,35 @@
 //
 // Element counts are 32-bit (the Rust side checks they fit); indices into the mean table, which
 // multiply a row by its length, are 64-bit.
+//
+// Activations (see `kernels` in Rust) are f32 or bf16: each kernel that reads or writes them is
+// a template over their type `T`, instantiated twice under C names, `name` for f32 and
+// `name_bf16` for bf16. Loads widen to f32 and all arithmetic is f32; a bf16 store rounds once,
+// to nearest with ties to even, exactly as the host's `bf16::round` does.
+
+// A bf16 value as its bits (NVRTC has no cuda_bf16.h without the toolkit's headers): the top
+// half of an f32.
+struct bf16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ bf16 to_bf16(float value)
+{
+    unsigned int u = __float_as_uint(value);
+    // NaN stays NaN (made quiet, so that rounding cannot carry it into infinity).
+    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{(unsigned short)((u >> 16) | 0x40u)};
+    // Round to nearest, ties to even: add just under half a step, plus one for an odd result.
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return bf16{(unsigned short)(u >> 16)};
+}
+
+__device__ __forceinline__ float load(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16 *p, size_t i)
+{
+    return __uint_as_float((unsigned int)p[i].bits << 16);
+}
+__device__ __forceinline__ void store(float *p, size_t i, float value) { p[i] = value; }
+__device__ __forceinline__ void store(bf16 *p, size_t i, float value) { p[i] = to_bf16(value); }
 
 #define RELU_BIAS_THREADS 256
 #define RELU_BIAS_CHUNK 8192
@@ -14,8 +43,9 @@
 // x[b, c, y, x] = (pixel[b, y, x, c] - mean[row(b, y)][x*3 + c] + lighting[b, c]) * scale[c],
 // one thread per output value so the f32 writes are coalesced (in NCHW the u8 reads stride by
 // 3; with `channels_last` x is NHWC and its index is the pixel's).
-extern "C" __global__ void normalize(
-    float *x,
+template <typename T>
+__device__ void normalize_t(
+    T *x,
     const unsigned char *pixels,
     const float *mean,
     const unsigned int *mean_rows,
@@ -51,20 +81,35 @@ extern "C" __global__ void normalize(
     size_t at = (size_t)mean_rows[r] * row_len + xx * 3u + c;
     float scale = c == 0u ? scale0 : (c == 1u ? scale1 : scale2);
     float value = pixel - mean[at] + lighting[b * 3u + c];
-    x[i] = value * scale;
+    store(x, i, value * scale);
 }
+
+#define NORMALIZE_PARAMS(T)                                                                    \
+    T *x, const unsigned char *pixels, const float *mean, const unsigned int *mean_rows,        \
+        const float *lighting, float scale0, float scale1, float scale2, unsigned int batch,   \
+        unsigned int crop, unsigned int row_len, unsigned int channels_last
+#define NORMALIZE_ARGS \
+    x, pixels, mean, mean_rows, lighting, scale0, scale1, scale2, batch, crop, row_len, channels_last
+extern "C" __global__ void normalize(NORMALIZE_PARAMS(float)) { normalize_t(NORMALIZE_ARGS); }
+extern "C" __global__ void normalize_bf16(NORMALIZE_PARAMS(bf16)) { normalize_t(NORMALIZE_ARGS); }
 
 // y <- max(y + bias[c], 0) in place. Value i's channel is (i / channel_stride) % channels:
 // the stride is the plane's pixels in NCHW, 1 in NHWC.
-extern "C" __global__ void bias_relu(
-    float *y, const float *bias, unsigned int n, unsigned int channels,
-    unsigned int channel_stride)
+template <typename T>
+__device__ void bias_relu_t(
+    T *y, const float *bias, unsigned int n, unsigned int channels, unsigned int channel_stride)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     unsigned int c = (i / channel_stride) % channels;
-    y[i] = fmaxf(y[i] + bias[c], 0.0f);
+    store(y, i, fmaxf(load(y, i) + bias[c], 0.0f));
 }
+
+#define BIAS_RELU_PARAMS(T) \
+    T *y, const float *bias, unsigned int n, unsigned int channels, unsigned int channel_stride
+#define BIAS_RELU_ARGS y, bias, n, channels, channel_stride
+extern "C" __global__ void bias_relu(BIAS_RELU_PARAMS(float)) { bias_relu_t(BIAS_RELU_ARGS); }
+extern "C" __global__ void bias_relu_bf16(BIAS_RELU_PARAMS(bf16)) { bias_relu_t(BIAS_RELU_ARGS); }
 
 // Masks the gradient by the ReLU (dy <- 0 where y <= 0) and reduces each channel's share to
 // partial sums: block (s, c) takes the channel's values [s * RELU_BIAS_CHUNK, (s + 1) *
@@ -75,8 +120,9 @@ extern "C" __global__ void bias_relu(
 // run reproduces an uninterrupted one. Launched with exactly RELU_BIAS_THREADS threads; as many
 // blocks per channel as the channel has chunks, so a large layer fills the GPU (one block per
 // channel left conv1's 96 channels on 96 of the H200's 132 SMs).
-extern "C" __global__ void relu_bias_partials(
-    float *dy, const float *y, float *partial,
+template <typename T>
+__device__ void relu_bias_partials_t(
+    T *dy, const T *y, float *partial,
     unsigned int batch, unsigned int channels, unsigned int pixels, unsigned int splits)
 {
     __shared__ float sums[RELU_BIAS_THREADS];
@@ -91,10 +137,10 @@ extern "C" __global__ void relu_bias_partials(
         unsigned int b = j / pixels;
         unsigned int p = j - b * pixels;
         unsigned int at = (b * channels + c) * pixels + p;
-        float g = dy[at];
-        if (y[at] <= 0.0f) {
+        float g = load(dy, at);
+        if (load(y, at) <= 0.0f) {
             g = 0.0f;
-            dy[at] = 0.0f;
+            store(dy, at, 0.0f);
         }
         sum += g;
     }
@@ -107,6 +153,19 @@ extern "C" __global__ void relu_bias_partials(
     if (tid == 0) partial[s * channels + c] = sums[0];
 }
 
+#define RELU_BIAS_PARAMS(T)                                                                   \
+    T *dy, const T *y, float *partial, unsigned int batch, unsigned int channels,              \
+        unsigned int pixels, unsigned int splits
+#define RELU_BIAS_ARGS dy, y, partial, batch, channels, pixels, splits
+extern "C" __global__ void relu_bias_partials(RELU_BIAS_PARAMS(float))
+{
+    relu_bias_partials_t(RELU_BIAS_ARGS);
+}
+extern "C" __global__ void relu_bias_partials_bf16(RELU_BIAS_PARAMS(bf16))
+{
+    relu_bias_partials_t(RELU_BIAS_ARGS);
+}
+
 // relu_bias_partials for NHWC, where the values are a (batch * pixels) x channels matrix. Block
 // (g, s) takes rows [s * RELU_BIAS_ROWS, (s + 1) * RELU_BIAS_ROWS) of channels [g * 32, g * 32 +
 // 32): lane tid % 32 is the channel, so a warp reads 32 neighbouring values of one row, and
@@ -114,8 +173,9 @@ extern "C" __global__ void relu_bias_partials(
 // gives partial[s * channels + c], summed down by `bias_backward` as before: deterministic.
 #define RELU_BIAS_ROWS 1024
 #define RELU_BIAS_LANES 32
-extern "C" __global__ void relu_bias_partials_nhwc(
-    float *dy, const float *y, float *partial, unsigned int rows, unsigned int channels)
+template <typename T>
+__device__ void relu_bias_partials_nhwc_t(
+    T *dy, const T *y, float *partial, unsigned int rows, unsigned int channels)
 {
     __shared__ float sums[RELU_BIAS_THREADS];
     unsigned int tid = threadIdx.x;
@@ -129,10 +189,10 @@ extern "C" __global__ void relu_bias_partials_nhwc(
     if (c < channels) {
         for (unsigned int r = begin + warp; r < end; r += RELU_BIAS_THREADS / RELU_BIAS_LANES) {
             size_t at = (size_t)r * channels + c;
-            float g = dy[at];
-            if (y[at] <= 0.0f) {
+            float g = load(dy, at);
+            if (load(y, at) <= 0.0f) {
                 g = 0.0f;
-                dy[at] = 0.0f;
+                store(dy, at, 0.0f);
             }
             sum += g;
         }
@@ -147,6 +207,18 @@ extern "C" __global__ void relu_bias_partials_nhwc(
     if (tid < RELU_BIAS_LANES && c < channels) partial[s * channels + c] = sums[tid];
 }
 
+#define RELU_BIAS_NHWC_PARAMS(T) \
+    T *dy, const T *y, float *partial, unsigned int rows, unsigned int channels
+#define RELU_BIAS_NHWC_ARGS dy, y, partial, rows, channels
+extern "C" __global__ void relu_bias_partials_nhwc(RELU_BIAS_NHWC_PARAMS(float))
+{
+    relu_bias_partials_nhwc_t(RELU_BIAS_NHWC_ARGS);
+}
+extern "C" __global__ void relu_bias_partials_nhwc_bf16(RELU_BIAS_NHWC_PARAMS(bf16))
+{
+    relu_bias_partials_nhwc_t(RELU_BIAS_NHWC_ARGS);
+}
+
 // LRN's window slides along the channels, so each thread keeps the terms of the channels in
 // its window in a ring (indexed by channel mod LRN_RING) and computes every term once instead
 // of once per window that holds it. Each window's sum is still taken afresh, in ascending
@@ -157,8 +229,9 @@ extern "C" __global__ void relu_bias_partials_nhwc(
 // d_c = k + alpha * sum_{|c'-c| <= half} x_c'^2 and y_c = x_c * d_c^-beta. One thread per
 // (image, pixel) walking the channels: neighbouring threads read neighbouring pixels of the
 // same plane, so every access is coalesced.
-extern "C" __global__ void lrn_forward(
-    const float *x, float *y, float *d,
+template <typename T>
+__device__ void lrn_forward_t(
+    const T *x, T *y, float *d,
     unsigned int batch, unsigned int channels, unsigned int pixels,
     int half, float k, float alpha, float beta)
 {
@@ -166,8 +239,8 @@ extern "C" __global__ void lrn_forward(
     if (i >= batch * pixels) return;
     unsigned int b = i / pixels;
     unsigned int p = i - b * pixels;
-    const float *xs = x + (size_t)b * channels * pixels + p;
-    float *ys = y + (size_t)b * channels * pixels + p;
+    const T *xs = x + (size_t)b * channels * pixels + p;
+    T *ys = y + (size_t)b * channels * pixels + p;
     float *ds = d + (size_t)b * channels * pixels + p;
     int last = (int)channels - 1;
     float squares[LRN_RING];
@@ -176,21 +249,32 @@ extern "C" __global__ void lrn_forward(
         int lo = c - half < 0 ? 0 : c - half;
         int hi = c + half > last ? last : c + half;
         for (; next <= hi; ++next) {
-            float v = xs[(size_t)next * pixels];
+            float v = load(xs, (size_t)next * pixels);
             squares[next & (LRN_RING - 1)] = v * v;
         }
         float sum = 0.0f;
         for (int j = lo; j <= hi; ++j) sum += squares[j & (LRN_RING - 1)];
         float denominator = k + alpha * sum;
         ds[(size_t)c * pixels] = denominator;
-        ys[(size_t)c * pixels] = xs[(size_t)c * pixels] * powf(denominator, -beta);
+        store(ys, (size_t)c * pixels, load(xs, (size_t)c * pixels) * powf(denominator, -beta));
     }
+}
+
+#define LRN_FORWARD_PARAMS(T)                                                                 \
+    const T *x, T *y, float *d, unsigned int batch, unsigned int channels, unsigned int pixels, \
+        int half, float k, float alpha, float beta
+#define LRN_FORWARD_ARGS x, y, d, batch, channels, pixels, half, k, alpha, beta
+extern "C" __global__ void lrn_forward(LRN_FORWARD_PARAMS(float)) { lrn_forward_t(LRN_FORWARD_ARGS); }
+extern "C" __global__ void lrn_forward_bf16(LRN_FORWARD_PARAMS(bf16))
+{
+    lrn_forward_t(LRN_FORWARD_ARGS);
 }
 
 // dx_c = dy_c * d_c^-beta - 2 alpha beta x_c * sum_{|c'-c| <= half} dy_c' x_c' d_c'^(-beta-1),
 // laid out and ordered as lrn_forward, the cross terms kept in a ring as the squares there.
-extern "C" __global__ void lrn_backward(
-    const float *x, const float *d, const float *dy, float *dx,
+template <typename T>
+__device__ void lrn_backward_t(
+    const T *x, const float *d, const T *dy, T *dx,
     unsigned int batch, unsigned int channels, unsigned int pixels,
     int half, float alpha, float beta)
 {
@@ -199,10 +283,10 @@ extern "C" __global__ void lrn_backward(
     unsigned int b = i / pixels;
     unsigned int p = i - b * pixels;
     size_t base = (size_t)b * channels * pixels + p;
-    const float *xs = x + base;
+    const T *xs = x + base;
     const float *ds = d + base;
-    const float *gs = dy + base;
-    float *out = dx + base;
+    const T *gs = dy + base;
+    T *out = dx + base;
     int last = (int)channels - 1;
     float exponent = -beta - 1.0f;
     float terms[LRN_RING];
@@ -212,13 +296,27 @@ extern "C" __global__ void lrn_backward(
         int hi = c + half > last ? last : c + half;
         for (; next <= hi; ++next) {
             size_t at = (size_t)next * pixels;
-            terms[next & (LRN_RING - 1)] = gs[at] * xs[at] * powf(ds[at], exponent);
+            terms[next & (LRN_RING - 1)] = load(gs, at) * load(xs, at) * powf(ds[at], exponent);
         }
         float cross = 0.0f;
         for (int j = lo; j <= hi; ++j) cross += terms[j & (LRN_RING - 1)];
         size_t at = (size_t)c * pixels;
-        out[at] = gs[at] * powf(ds[at], -beta) - 2.0f * alpha * beta * xs[at] * cross;
+        store(out, at,
+              load(gs, at) * powf(ds[at], -beta) - 2.0f * alpha * beta * load(xs, at) * cross);
     }
+}
+
+#define LRN_BACKWARD_PARAMS(T)                                                                \
+    const T *x, const float *d, const T *dy, T *dx, unsigned int batch, unsigned int channels, \
+        unsigned int pixels, int half, float alpha, float beta
+#define LRN_BACKWARD_ARGS x, d, dy, dx, batch, channels, pixels, half, alpha, beta
+extern "C" __global__ void lrn_backward(LRN_BACKWARD_PARAMS(float))
+{
+    lrn_backward_t(LRN_BACKWARD_ARGS);
+}
+extern "C" __global__ void lrn_backward_bf16(LRN_BACKWARD_PARAMS(bf16))
+{
+    lrn_backward_t(LRN_BACKWARD_ARGS);
 }
 
 // LRN in NHWC, where each row (image, pixel) holds its channels together. A block takes
@@ -227,8 +325,9 @@ extern "C" __global__ void lrn_backward(
 // from them. Reads and writes are coalesced, and every value is computed as lrn_forward computes
 // it (the window summed afresh in ascending channel order). Dynamic shared memory: rows_per_block
 // * channels floats.
-extern "C" __global__ void lrn_forward_nhwc(
-    const float *x, float *y, float *d,
+template <typename T>
+__device__ void lrn_forward_nhwc_t(
+    const T *x, T *y, float *d,
     unsigned int rows, unsigned int channels, unsigned int rows_per_block,
     int half, float k, float alpha, float beta)
 {
@@ -238,7 +337,7 @@ extern "C" __global__ void lrn_forward_nhwc(
     unsigned int n = min(rows_per_block, rows - first_row) * channels;
     size_t first = (size_t)first_row * channels;
     for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
-        float v = x[first + e];
+        float v = load(x, first + e);
         squares[e] = v * v;
     }
     __syncthreads();
@@ -253,14 +352,28 @@ extern "C" __global__ void lrn_forward_nhwc(
         for (int j = lo; j <= hi; ++j) sum += window[j];
         float denominator = k + alpha * sum;
         d[first + e] = denominator;
-        y[first + e] = x[first + e] * powf(denominator, -beta);
+        store(y, first + e, load(x, first + e) * powf(denominator, -beta));
     }
+}
+
+#define LRN_FORWARD_NHWC_PARAMS(T)                                                            \
+    const T *x, T *y, float *d, unsigned int rows, unsigned int channels,                      \
+        unsigned int rows_per_block, int half, float k, float alpha, float beta
+#define LRN_FORWARD_NHWC_ARGS x, y, d, rows, channels, rows_per_block, half, k, alpha, beta
+extern "C" __global__ void lrn_forward_nhwc(LRN_FORWARD_NHWC_PARAMS(float))
+{
+    lrn_forward_nhwc_t(LRN_FORWARD_NHWC_ARGS);
+}
+extern "C" __global__ void lrn_forward_nhwc_bf16(LRN_FORWARD_NHWC_PARAMS(bf16))
+{
+    lrn_forward_nhwc_t(LRN_FORWARD_NHWC_ARGS);
 }
 
 // lrn_backward in NHWC, organised as lrn_forward_nhwc: the cross terms dy x d^(-beta-1) of a
 // block's rows once into shared memory, then every output from them.
-extern "C" __global__ void lrn_backward_nhwc(
-    const float *x, const float *d, const float *dy, float *dx,
+template <typename T>
+__device__ void lrn_backward_nhwc_t(
+    const T *x, const float *d, const T *dy, T *dx,
     unsigned int rows, unsigned int channels, unsigned int rows_per_block,
     int half, float alpha, float beta)
 {
@@ -272,7 +385,7 @@ extern "C" __global__ void lrn_backward_nhwc(
     float exponent = -beta - 1.0f;
     for (unsigned int e = threadIdx.x; e < n; e += blockDim.x) {
         size_t at = first + e;
-        terms[e] = dy[at] * x[at] * powf(d[at], exponent);
+        terms[e] = load(dy, at) * load(x, at) * powf(d[at], exponent);
     }
     __syncthreads();
     int last = (int)channels - 1;
@@ -285,23 +398,37 @@ extern "C" __global__ void lrn_backward_nhwc(
         float cross = 0.0f;
         for (int j = lo; j <= hi; ++j) cross += window[j];
         size_t at = first + e;
-        dx[at] = dy[at] * powf(d[at], -beta) - 2.0f * alpha * beta * x[at] * cross;
+        store(dx, at, load(dy, at) * powf(d[at], -beta) - 2.0f * alpha * beta * load(x, at) * cross);
     }
+}
+
+#define LRN_BACKWARD_NHWC_PARAMS(T)                                                           \
+    const T *x, const float *d, const T *dy, T *dx, unsigned int rows, unsigned int channels,  \
+        unsigned int rows_per_block, int half, float alpha, float beta
+#define LRN_BACKWARD_NHWC_ARGS x, d, dy, dx, rows, channels, rows_per_block, half, alpha, beta
+extern "C" __global__ void lrn_backward_nhwc(LRN_BACKWARD_NHWC_PARAMS(float))
+{
+    lrn_backward_nhwc_t(LRN_BACKWARD_NHWC_ARGS);
+}
+extern "C" __global__ void lrn_backward_nhwc_bf16(LRN_BACKWARD_NHWC_PARAMS(bf16))
+{
+    lrn_backward_nhwc_t(LRN_BACKWARD_NHWC_ARGS);
 }
 
 // Index within the plane of the first maximum of window (oy, ox), scanning row-major and
 // replacing only on a strictly greater value (the reference's rule, NaN included). The plane's
 // value `at` lies at plane[at * step]: step 1 in NCHW, the channel count in NHWC.
+template <typename T>
 __device__ __forceinline__ unsigned int window_argmax(
-    const float *plane, size_t step, unsigned int size, unsigned int kernel,
+    const T *plane, size_t step, unsigned int size, unsigned int kernel,
     unsigned int stride, unsigned int oy, unsigned int ox)
 {
     unsigned int best_at = (oy * stride) * size + ox * stride;
-    float best = plane[best_at * step];
+    float best = load(plane, best_at * step);
     for (unsigned int ky = 0; ky < kernel; ++ky) {
         for (unsigned int kx = 0; kx < kernel; ++kx) {
             unsigned int at = (oy * stride + ky) * size + ox * stride + kx;
-            float v = plane[at * step];
+            float v = load(plane, at * step);
             if (v > best) {
                 best = v;
                 best_at = at;
@@ -313,8 +440,9 @@ __device__ __forceinline__ unsigned int window_argmax(
 
 // One thread per output value. The choice is kept for pool_backward as its index within the
 // plane, exact as a float: the launch refuses planes of more than 2^24 values.
-extern "C" __global__ void pool_forward(
-    const float *x, float *y, float *argmax,
+template <typename T>
+__device__ void pool_forward_t(
+    const T *x, T *y, float *argmax,
     unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
     unsigned int out)
 {
@@ -324,16 +452,30 @@ extern "C" __global__ void pool_forward(
     unsigned int t = i / out;
     unsigned int oy = t % out;
     unsigned int plane = t / out;
-    const float *xs = x + (size_t)plane * size * size;
+    const T *xs = x + (size_t)plane * size * size;
     unsigned int at = window_argmax(xs, 1, size, kernel, stride, oy, ox);
     y[i] = xs[at];
     argmax[i] = (float)at;
 }
 
+#define POOL_FORWARD_PARAMS(T)                                                                \
+    const T *x, T *y, float *argmax, unsigned int planes, unsigned int size, unsigned int kernel, \
+        unsigned int stride, unsigned int out
+#define POOL_FORWARD_ARGS x, y, argmax, planes, size, kernel, stride, out
+extern "C" __global__ void pool_forward(POOL_FORWARD_PARAMS(float))
+{
+    pool_forward_t(POOL_FORWARD_ARGS);
+}
+extern "C" __global__ void pool_forward_bf16(POOL_FORWARD_PARAMS(bf16))
+{
+    pool_forward_t(POOL_FORWARD_ARGS);
+}
+
 // pool_forward in NHWC: one thread per output value (image, oy, ox, c), so neighbouring threads
 // read neighbouring channels of each window position.
-extern "C" __global__ void pool_forward_nhwc(
-    const float *x, float *y, float *argmax,
+template <typename T>
+__device__ void pool_forward_nhwc_t(
+    const T *x, T *y, float *argmax,
     unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,
     unsigned int stride, unsigned int out)
 {
@@ -345,10 +487,23 @@ extern "C" __global__ void pool_forward_nhwc(
     t /= out;
     unsigned int oy = t % out;
     unsigned int b = t / out;
-    const float *xs = x + (size_t)b * size * size * channels + c;
+    const T *xs = x + (size_t)b * size * size * channels + c;
     unsigned int at = window_argmax(xs, channels, size, kernel, stride, oy, ox);
     y[i] = xs[(size_t)at * channels];
     argmax[i] = (float)at;
+}
+
+#define POOL_NHWC_PARAMS(X, Y, M)                                                             \
+    X, Y, M, unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel, \
+        unsigned int stride, unsigned int out
+#define POOL_FORWARD_NHWC_ARGS x, y, argmax, images, channels, size, kernel, stride, out
+extern "C" __global__ void pool_forward_nhwc(POOL_NHWC_PARAMS(const float *x, float *y, float *argmax))
+{
+    pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
+}
+extern "C" __global__ void pool_forward_nhwc_bf16(POOL_NHWC_PARAMS(const bf16 *x, bf16 *y, float *argmax))
+{
+    pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
 }
 
 // The windows o along one axis that cover input position i: o * stride <= i < o * stride + kernel.
@@ -364,8 +519,9 @@ __device__ __forceinline__ void covering_windows(
 // choice is this value. Every value is written by one thread and the windows are visited in
 // the reference's order (rows, then columns), so there are no atomics and the sums round
 // identically. Values no window chose get 0.
-extern "C" __global__ void pool_backward(
-    const float *argmax, const float *dy, float *dx,
+template <typename T>
+__device__ void pool_backward_t(
+    const float *argmax, const T *dy, T *dx,
     unsigned int planes, unsigned int size, unsigned int kernel, unsigned int stride,
     unsigned int out)
 {
@@ -376,7 +532,7 @@ extern "C" __global__ void pool_backward(
     unsigned int iy = t % size;
     unsigned int plane = t / size;
     const float *chosen = argmax + (size_t)plane * out * out;
-    const float *gs = dy + (size_t)plane * out * out;
+    const T *gs = dy + (size_t)plane * out * out;
     unsigned int self_at = iy * size + ix;
     unsigned int oy_lo, oy_hi, ox_lo, ox_hi;
     covering_windows(iy, kernel, stride, out, &oy_lo, &oy_hi);
@@ -386,17 +542,31 @@ extern "C" __global__ void pool_backward(
         for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
             unsigned int w = oy * out + ox;
             if ((unsigned int)chosen[w] == self_at) {
-                sum += gs[w];
+                sum += load(gs, w);
             }
         }
     }
-    dx[i] = sum;
+    store(dx, i, sum);
+}
+
+#define POOL_BACKWARD_PARAMS(T)                                                               \
+    const float *argmax, const T *dy, T *dx, unsigned int planes, unsigned int size,           \
+        unsigned int kernel, unsigned int stride, unsigned int out
+#define POOL_BACKWARD_ARGS argmax, dy, dx, planes, size, kernel, stride, out
+extern "C" __global__ void pool_backward(POOL_BACKWARD_PARAMS(float))
+{
+    pool_backward_t(POOL_BACKWARD_ARGS);
+}
+extern "C" __global__ void pool_backward_bf16(POOL_BACKWARD_PARAMS(bf16))
+{
+    pool_backward_t(POOL_BACKWARD_ARGS);
 }
 
 // pool_backward in NHWC: one thread per input value (image, iy, ix, c), visiting the windows
 // that cover it in the same order.
-extern "C" __global__ void pool_backward_nhwc(
-    const float *argmax, const float *dy, float *dx,
+template <typename T>
+__device__ void pool_backward_nhwc_t(
+    const float *argmax, const T *dy, T *dx,
     unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,
     unsigned int stride, unsigned int out)
 {
@@ -410,7 +580,7 @@ extern "C" __global__ void pool_backward_nhwc(
     unsigned int b = t / size;
     size_t base = (size_t)b * out * out * channels + c;
     const float *chosen = argmax + base;
-    const float *gs = dy + base;
+    const T *gs = dy + base;
     unsigned int self_at = iy * size + ix;
     unsigned int oy_lo, oy_hi, ox_lo, ox_hi;
     covering_windows(iy, kernel, stride, out, &oy_lo, &oy_hi);
@@ -420,16 +590,33 @@ extern "C" __global__ void pool_backward_nhwc(
         for (unsigned int ox = ox_lo; ox <= ox_hi; ++ox) {
             size_t w = (size_t)(oy * out + ox) * channels;
             if ((unsigned int)chosen[w] == self_at) {
-                sum += gs[w];
+                sum += load(gs, w);
             }
         }
     }
-    dx[i] = sum;
+    store(dx, i, sum);
 }
 
+#define POOL_BACKWARD_NHWC_ARGS argmax, dy, dx, images, channels, size, kernel, stride, out
+extern "C" __global__ void pool_backward_nhwc(POOL_NHWC_PARAMS(const float *argmax, const float *dy, float *dx))
+{
+    pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
+}
+extern "C" __global__ void pool_backward_nhwc_bf16(POOL_NHWC_PARAMS(const float *argmax, const bf16 *dy, bf16 *dx))
+{
+    pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
+}
+
+// The layout and type conversions: each between any two of f32 and bf16 (`In` -> `Out`), one
+// template per permutation. Instantiated as `name` (f32 -> f32), `name_widen` (bf16 -> f32:
+// bf16 activations into the f32 features, a bf16 convolution's filter gradient into f32) and
+// `name_narrow` (f32 -> bf16: the features' gradient into bf16 activations, f32 filters into a
+// bf16 convolution's).
+
 // (B, C, P) -> (B, P*C), one thread per output value (coalesced writes).
-extern "C" __global__ void to_channels_last(
-    const float *x, float *y, unsigned int batch, unsigned int channels, unsigned int pixels)
+template <typename In, typename Out>
+__device__ void to_channels_last_t(
+    const In *x, Out *y, unsigned int batch, unsigned int channels, unsigned int pixels)
 {
     unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= batch * channels * pixels) return;
@@ -437,12 +624,13 @@ extern "C" __global__ void to_channels_last(
     unsigned int t = j / channels;
     unsigned int p = t % pixels;
     unsigned int b = t / pixels;
-    y[j] = x[(b * channels + c) * pixels + p];
+    store(y, j, load(x, (b * channels + c) * pixels + p));
 }
 
 // (B, P*C) -> (B, C, P), one thread per output value.
-extern "C" __global__ void from_channels_last(
-    const float *y, float *x, unsigned int batch, unsigned int channels, unsigned int pixels)
+template <typename In, typename Out>
+__device__ void from_channels_last_t(
+    const In *y, Out *x, unsigned int batch, unsigned int channels, unsigned int pixels)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * channels * pixels) return;
@@ -450,16 +638,37 @@ extern "C" __global__ void from_channels_last(
     unsigned int t = i / pixels;
     unsigned int c = t % channels;
     unsigned int b = t / channels;
-    x[i] = y[(b * pixels + p) * channels + c];
+    store(x, i, load(y, (b * pixels + p) * channels + c));
 }
 
 // y = x over n values (flattening NHWC activations, which are channels-last already).
-extern "C" __global__ void copy(const float *x, float *y, unsigned int n)
+template <typename In, typename Out>
+__device__ void copy_t(const In *x, Out *y, unsigned int n)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    y[i] = x[i];
+    store(y, i, load(x, i));
 }
+
+#define PERMUTE_PARAMS(In, Out) \
+    const In *src, Out *dst, unsigned int batch, unsigned int channels, unsigned int pixels
+#define PERMUTE_ARGS src, dst, batch, channels, pixels
+#define CONVERSIONS(In, Out, suffix)                                                           \
+    extern "C" __global__ void to_channels_last##suffix(PERMUTE_PARAMS(In, Out))               \
+    {                                                                                          \
+        to_channels_last_t(PERMUTE_ARGS);                                                      \
+    }                                                                                          \
+    extern "C" __global__ void from_channels_last##suffix(PERMUTE_PARAMS(In, Out))             \
+    {                                                                                          \
+        from_channels_last_t(PERMUTE_ARGS);                                                    \
+    }                                                                                          \
+    extern "C" __global__ void copy##suffix(const In *src, Out *dst, unsigned int n)           \
+    {                                                                                          \
+        copy_t(src, dst, n);                                                                   \
+    }
+CONVERSIONS(float, float, )
+CONVERSIONS(bf16, float, _widen)
+CONVERSIONS(float, bf16, _narrow)
 
 // g' = g + wd*w; v <- mom*v + g'; w <- w - lr*v (PyTorch's momentum SGD).
 extern "C" __global__ void sgd(

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use cudarc::driver::{CudaDevice, CudaSlice, DeviceSlice};
 use dfdx::tensor::Cuda;
 
-use super::buffers::{self, at_least, count32, DeviceMeanTable};
+use super::buffers::{self, at_least, count32, DeviceMeanTable, Form};
 use super::check;
 use super::nvrtc::{
     grid, grid_stride, lrn_rows, per_chunk, per_lanes_and_rows, per_row, relu_bias_row_splits,
-    relu_bias_splits, Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SGD_MAX_TENSORS, SOFTMAX_THREADS,
+    relu_bias_splits, Converting, Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SGD_MAX_TENSORS,
+    SOFTMAX_THREADS,
 };
 use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
@@ -21,7 +22,7 @@ use crate::kernels::{
 
 pub(super) fn normalize(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     uploads: &mut Uploads,
     table: Option<&DeviceMeanTable>,
     input: &InputBatch,
@@ -55,7 +56,7 @@ pub(super) fn normalize(
             format!("mean row {bad} outside the table's {} rows", table.rows),
         ));
     }
-    at_least(CALL, "x", x.len(), n)?;
+    at_least(CALL, "x", form.values(x), n)?;
     let n = count32(CALL, "x", n)?;
     let row_len = count32(CALL, "mean row length", table.row_len)?;
     if n == 0 {
@@ -74,35 +75,36 @@ pub(super) fn normalize(
         batch as u32,
         crop as u32,
         row_len,
-        u32::from(layout == Layout::Nhwc),
+        u32::from(form.layout == Layout::Nhwc),
     );
-    // SAFETY: the parameters match `normalize` in the CUDA source; lengths checked above.
-    unsafe { kernels.normalize.launch(grid(n), params) }?;
+    // SAFETY: the parameters match `normalize` in the CUDA source (`x` of the form's type);
+    // lengths checked above.
+    unsafe { kernels.normalize.of(form.bf16).launch(grid(n), params) }?;
     uploads.consumed()
 }
 
 pub(super) fn bias_relu(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     planes: &Planes,
     y: &mut Buf<Cuda>,
     bias: &Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "bias_relu";
-    at_least(CALL, "y", y.len(), planes.len())?;
+    at_least(CALL, "y", form.values(y), planes.len())?;
     at_least(CALL, "bias", bias.len(), planes.channels)?;
     let n = count32(CALL, "y", planes.len())?;
     if n == 0 {
         return Ok(());
     }
-    let channel_stride = match layout {
+    let channel_stride = match form.layout {
         Layout::Nchw => planes.pixels as u32,
         Layout::Nhwc => 1,
     };
     let params = (&mut *y, bias, n, planes.channels as u32, channel_stride);
     // SAFETY: matches `bias_relu`; lengths checked, and `channel_stride` is not 0 when `n` is
     // not.
-    unsafe { kernels.bias_relu.launch(grid(n), params) }
+    unsafe { kernels.bias_relu.of(form.bf16).launch(grid(n), params) }
 }
 
 /// The ReLU's mask and the bias gradient in two launches: per-chunk partial sums into
@@ -110,7 +112,7 @@ pub(super) fn bias_relu(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn relu_bias_backward(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     dev: &Arc<CudaDevice>,
     partials: &mut Option<CudaSlice<f32>>,
     planes: &Planes,
@@ -119,8 +121,8 @@ pub(super) fn relu_bias_backward(
     db: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "relu_bias_backward";
-    at_least(CALL, "y", y.len(), planes.len())?;
-    at_least(CALL, "dy", dy.len(), planes.len())?;
+    at_least(CALL, "y", form.values(y), planes.len())?;
+    at_least(CALL, "dy", form.values(dy), planes.len())?;
     at_least(CALL, "db", db.len(), planes.channels)?;
     count32(CALL, "dy", planes.len())?;
     if planes.channels == 0 {
@@ -128,7 +130,7 @@ pub(super) fn relu_bias_backward(
     }
     let channels = count32(CALL, "channels", planes.channels)?;
     let rows = planes.batch * planes.pixels;
-    let splits = match layout {
+    let splits = match form.layout {
         Layout::Nchw => relu_bias_splits(rows),
         Layout::Nhwc => relu_bias_row_splits(rows),
     };
@@ -152,7 +154,7 @@ pub(super) fn relu_bias_backward(
             "no partial sums after allocating".into(),
         ));
     };
-    match layout {
+    match form.layout {
         Layout::Nchw => {
             let params = (
                 &mut *dy,
@@ -168,6 +170,7 @@ pub(super) fn relu_bias_backward(
             unsafe {
                 kernels
                     .relu_bias_partials
+                    .of(form.bf16)
                     .launch(per_chunk(splits, channels), params)
             }?;
         }
@@ -179,6 +182,7 @@ pub(super) fn relu_bias_backward(
             unsafe {
                 kernels
                     .relu_bias_partials_nhwc
+                    .of(form.bf16)
                     .launch(per_lanes_and_rows(channels, splits), params)
             }?;
         }
@@ -192,7 +196,7 @@ pub(super) fn relu_bias_backward(
 
 pub(super) fn lrn_forward(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     planes: &Planes,
     lrn: &LrnParams,
     x: &Buf<Cuda>,
@@ -200,8 +204,8 @@ pub(super) fn lrn_forward(
     d: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "lrn_forward";
-    at_least(CALL, "x", x.len(), planes.len())?;
-    at_least(CALL, "y", y.len(), planes.len())?;
+    at_least(CALL, "x", form.values(x), planes.len())?;
+    at_least(CALL, "y", form.values(y), planes.len())?;
     at_least(CALL, "d", d.len(), planes.len())?;
     count32(CALL, "x", planes.len())?;
     let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
@@ -209,7 +213,7 @@ pub(super) fn lrn_forward(
     if n == 0 || planes.channels == 0 {
         return Ok(());
     }
-    if layout == Layout::Nhwc {
+    if form.layout == Layout::Nhwc {
         let channels = lrn_nhwc_channels(CALL, planes)?;
         let (config, per_block) = lrn_rows(n, channels);
         let params = (
@@ -217,7 +221,12 @@ pub(super) fn lrn_forward(
         );
         // SAFETY: matches `lrn_forward_nhwc`; lengths checked, and the launch gives each block
         // the shared memory of `per_block` rows.
-        return unsafe { kernels.lrn_forward_nhwc.launch(config, params) };
+        return unsafe {
+            kernels
+                .lrn_forward_nhwc
+                .of(form.bf16)
+                .launch(config, params)
+        };
     }
     let params = (
         x,
@@ -232,13 +241,13 @@ pub(super) fn lrn_forward(
         lrn.beta,
     );
     // SAFETY: matches `lrn_forward`; lengths checked.
-    unsafe { kernels.lrn_forward.launch(grid(n), params) }
+    unsafe { kernels.lrn_forward.of(form.bf16).launch(grid(n), params) }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lrn_backward(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     planes: &Planes,
     lrn: &LrnParams,
     x: &Buf<Cuda>,
@@ -247,17 +256,17 @@ pub(super) fn lrn_backward(
     dx: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "lrn_backward";
-    at_least(CALL, "x", x.len(), planes.len())?;
+    at_least(CALL, "x", form.values(x), planes.len())?;
     at_least(CALL, "d", d.len(), planes.len())?;
-    at_least(CALL, "dy", dy.len(), planes.len())?;
-    at_least(CALL, "dx", dx.len(), planes.len())?;
+    at_least(CALL, "dy", form.values(dy), planes.len())?;
+    at_least(CALL, "dx", form.values(dx), planes.len())?;
     count32(CALL, "x", planes.len())?;
     let n = count32(CALL, "columns", planes.batch * planes.pixels)?;
     let half = lrn_half(CALL, lrn)?;
     if n == 0 || planes.channels == 0 {
         return Ok(());
     }
-    if layout == Layout::Nhwc {
+    if form.layout == Layout::Nhwc {
         let channels = lrn_nhwc_channels(CALL, planes)?;
         let (config, per_block) = lrn_rows(n, channels);
         let params = (
@@ -265,7 +274,12 @@ pub(super) fn lrn_backward(
         );
         // SAFETY: matches `lrn_backward_nhwc`; lengths checked, and the launch gives each block
         // the shared memory of `per_block` rows.
-        return unsafe { kernels.lrn_backward_nhwc.launch(config, params) };
+        return unsafe {
+            kernels
+                .lrn_backward_nhwc
+                .of(form.bf16)
+                .launch(config, params)
+        };
     }
     let params = (
         x,
@@ -280,12 +294,12 @@ pub(super) fn lrn_backward(
         lrn.beta,
     );
     // SAFETY: matches `lrn_backward`; lengths checked.
-    unsafe { kernels.lrn_backward.launch(grid(n), params) }
+    unsafe { kernels.lrn_backward.of(form.bf16).launch(grid(n), params) }
 }
 
 pub(super) fn pool_forward(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     shape: &PoolShape,
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
@@ -294,15 +308,15 @@ pub(super) fn pool_forward(
     const CALL: &str = "pool_forward";
     buffers::pool_geometry(CALL, shape)?;
     buffers::pool_plane(CALL, shape)?;
-    at_least(CALL, "x", x.len(), shape.input_len())?;
-    at_least(CALL, "y", y.len(), shape.output_len())?;
+    at_least(CALL, "x", form.values(x), shape.input_len())?;
+    at_least(CALL, "y", form.values(y), shape.output_len())?;
     at_least(CALL, "argmax", argmax.len(), shape.output_len())?;
     count32(CALL, "x", shape.input_len())?;
     let n = count32(CALL, "y", shape.output_len())?;
     if n == 0 {
         return Ok(());
     }
-    if layout == Layout::Nhwc {
+    if form.layout == Layout::Nhwc {
         let params = (
             x,
             &mut *y,
@@ -315,7 +329,12 @@ pub(super) fn pool_forward(
             shape.out_size() as u32,
         );
         // SAFETY: matches `pool_forward_nhwc`; lengths checked.
-        return unsafe { kernels.pool_forward_nhwc.launch(grid(n), params) };
+        return unsafe {
+            kernels
+                .pool_forward_nhwc
+                .of(form.bf16)
+                .launch(grid(n), params)
+        };
     }
     let params = (
         x,
@@ -328,13 +347,13 @@ pub(super) fn pool_forward(
         shape.out_size() as u32,
     );
     // SAFETY: matches `pool_forward`; lengths checked.
-    unsafe { kernels.pool_forward.launch(grid(n), params) }
+    unsafe { kernels.pool_forward.of(form.bf16).launch(grid(n), params) }
 }
 
 /// Routes each window's gradient to the input `pool_forward` stored as its choice.
 pub(super) fn pool_backward(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     shape: &PoolShape,
     argmax: &Buf<Cuda>,
     dy: &Buf<Cuda>,
@@ -344,13 +363,13 @@ pub(super) fn pool_backward(
     buffers::pool_geometry(CALL, shape)?;
     buffers::pool_plane(CALL, shape)?;
     at_least(CALL, "argmax", argmax.len(), shape.output_len())?;
-    at_least(CALL, "dy", dy.len(), shape.output_len())?;
-    at_least(CALL, "dx", dx.len(), shape.input_len())?;
+    at_least(CALL, "dy", form.values(dy), shape.output_len())?;
+    at_least(CALL, "dx", form.values(dx), shape.input_len())?;
     let n = count32(CALL, "dx", shape.input_len())?;
     if n == 0 {
         return Ok(());
     }
-    if layout == Layout::Nhwc {
+    if form.layout == Layout::Nhwc {
         let params = (
             argmax,
             dy,
@@ -363,7 +382,12 @@ pub(super) fn pool_backward(
             shape.out_size() as u32,
         );
         // SAFETY: matches `pool_backward_nhwc`; lengths checked.
-        return unsafe { kernels.pool_backward_nhwc.launch(grid(n), params) };
+        return unsafe {
+            kernels
+                .pool_backward_nhwc
+                .of(form.bf16)
+                .launch(grid(n), params)
+        };
     }
     let params = (
         argmax,
@@ -376,87 +400,149 @@ pub(super) fn pool_backward(
         shape.out_size() as u32,
     );
     // SAFETY: matches `pool_backward`; lengths checked.
-    unsafe { kernels.pool_backward.launch(grid(n), params) }
+    unsafe { kernels.pool_backward.of(form.bf16).launch(grid(n), params) }
 }
 
-/// NCHW → `(B, P·C)` channels-last; a copy in NHWC, which is channels-last already.
+/// Activations in `form` → `(B, P·C)` channels-last f32: a permutation from NCHW, a copy in
+/// NHWC, which is channels-last already; widening from bf16.
 pub(super) fn flatten_channels_last(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     planes: &Planes,
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "flatten_channels_last";
-    match layout {
-        Layout::Nchw => permute(&kernels.to_channels_last, CALL, planes, x, y),
-        Layout::Nhwc => copy(kernels, CALL, planes.len(), x, y),
+    let types = Types {
+        from_bf16: form.bf16,
+        to_bf16: false,
+    };
+    match form.layout {
+        Layout::Nchw => permute(&kernels.to_channels_last, CALL, types, planes, x, y),
+        Layout::Nhwc => convert(kernels, CALL, types, planes.len(), x, y),
     }
 }
 
+/// The inverse of `flatten_channels_last`: f32 into activations in `form`.
 pub(super) fn unflatten_channels_last(
     kernels: &Functions,
-    layout: Layout,
+    form: Form,
     planes: &Planes,
     y: &Buf<Cuda>,
     x: &mut Buf<Cuda>,
 ) -> KernelResult {
     const CALL: &str = "unflatten_channels_last";
-    match layout {
-        Layout::Nchw => permute(&kernels.from_channels_last, CALL, planes, y, x),
-        Layout::Nhwc => copy(kernels, CALL, planes.len(), y, x),
+    let types = Types {
+        from_bf16: false,
+        to_bf16: form.bf16,
+    };
+    match form.layout {
+        Layout::Nchw => permute(&kernels.from_channels_last, CALL, types, planes, y, x),
+        Layout::Nhwc => convert(kernels, CALL, types, planes.len(), y, x),
     }
 }
 
-/// OIHW filters → OHWI, the filter layout of cuDNN's NHWC convolutions (`(B, C, P)` →
-/// `(B, P·C)` with a filter per image, its kernel taps as pixels).
-pub(super) fn filters_to_ohwi(
+/// f32 OIHW filters (the parameters) → the filters a convolution in `form` reads: OHWI for
+/// cuDNN's NHWC convolutions (`(B, C, P)` → `(B, P·C)` with a filter per image, its kernel
+/// taps as pixels), bf16 for bf16 ones.
+pub(super) fn filters_in(
     kernels: &Functions,
+    form: Form,
     filters: &Planes,
     oihw: &Buf<Cuda>,
-    ohwi: &mut Buf<Cuda>,
+    converted: &mut Buf<Cuda>,
 ) -> KernelResult {
-    permute(
-        &kernels.to_channels_last,
-        "filters_to_ohwi",
-        filters,
-        oihw,
-        ohwi,
-    )
+    const CALL: &str = "filters for the convolution";
+    let types = Types {
+        from_bf16: false,
+        to_bf16: form.bf16,
+    };
+    match form.layout {
+        Layout::Nchw => convert(kernels, CALL, types, filters.len(), oihw, converted),
+        Layout::Nhwc => permute(
+            &kernels.to_channels_last,
+            CALL,
+            types,
+            filters,
+            oihw,
+            converted,
+        ),
+    }
 }
 
-/// The inverse of `filters_to_ohwi` (an NHWC convolution's filter gradient into OIHW).
-pub(super) fn filters_to_oihw(
+/// The inverse of `filters_in`: a convolution's filter gradient in `form` into f32 OIHW.
+pub(super) fn filters_out(
     kernels: &Functions,
+    form: Form,
     filters: &Planes,
-    ohwi: &Buf<Cuda>,
+    converted: &Buf<Cuda>,
     oihw: &mut Buf<Cuda>,
 ) -> KernelResult {
-    permute(
-        &kernels.from_channels_last,
-        "filters_to_oihw",
-        filters,
-        ohwi,
-        oihw,
-    )
+    const CALL: &str = "filter gradient from the convolution";
+    let types = Types {
+        from_bf16: form.bf16,
+        to_bf16: false,
+    };
+    match form.layout {
+        Layout::Nchw => convert(kernels, CALL, types, filters.len(), converted, oihw),
+        Layout::Nhwc => permute(
+            &kernels.from_channels_last,
+            CALL,
+            types,
+            filters,
+            converted,
+            oihw,
+        ),
+    }
 }
 
-/// `dst = src` over the first `len` values.
-fn copy(
+/// The element types of a conversion's source and destination.
+#[derive(Debug, Clone, Copy)]
+struct Types {
+    from_bf16: bool,
+    to_bf16: bool,
+}
+
+impl Types {
+    /// The instantiation of `kernel` for these types.
+    fn pick<'a>(&self, call: &'static str, kernel: &'a Converting) -> KernelResult<&'a Kernel> {
+        match (self.from_bf16, self.to_bf16) {
+            (false, false) => Ok(&kernel.same),
+            (true, false) => Ok(&kernel.widen),
+            (false, true) => Ok(&kernel.narrow),
+            (true, true) => Err(check::failed(
+                call,
+                "no conversion from bf16 to bf16 (a bug in this build)".into(),
+            )),
+        }
+    }
+
+    /// The values `src` and `dst` hold.
+    fn values(&self, src: &Buf<Cuda>, dst: &Buf<Cuda>) -> (usize, usize) {
+        let of = |bf16: bool, buf: &Buf<Cuda>| if bf16 { 2 * buf.len() } else { buf.len() };
+        (of(self.from_bf16, src), of(self.to_bf16, dst))
+    }
+}
+
+/// `dst = src` over the first `len` values, converted between `types`.
+fn convert(
     kernels: &Functions,
     call: &'static str,
+    types: Types,
     len: usize,
     src: &Buf<Cuda>,
     dst: &mut Buf<Cuda>,
 ) -> KernelResult {
-    at_least(call, "source", src.len(), len)?;
-    at_least(call, "destination", dst.len(), len)?;
+    let kernel = types.pick(call, &kernels.copy)?;
+    let (src_values, dst_values) = types.values(src, dst);
+    at_least(call, "source", src_values, len)?;
+    at_least(call, "destination", dst_values, len)?;
     let n = count32(call, "values", len)?;
     if n == 0 {
         return Ok(());
     }
-    // SAFETY: matches `copy`; both buffers hold at least `n` values (checked).
-    unsafe { kernels.copy.launch(grid(n), (src, &mut *dst, n)) }
+    // SAFETY: matches `copy` for `types`; both buffers hold at least `n` values (checked).
+    unsafe { kernel.launch(grid(n), (src, &mut *dst, n)) }
 }
 
 pub(super) fn sgd(
@@ -735,17 +821,20 @@ fn matrix_len(call: &'static str, what: &str, rows: usize, columns: usize) -> Ke
         .ok_or_else(|| check::failed(call, format!("{what}: {rows} × {columns} values overflow")))
 }
 
-/// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, which share their
-/// parameters: source, destination, batch, channels, pixels.
+/// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, converting between
+/// `types`; they share their parameters: source, destination, batch, channels, pixels.
 fn permute(
-    kernel: &Kernel,
+    kernel: &Converting,
     call: &'static str,
+    types: Types,
     planes: &Planes,
     src: &Buf<Cuda>,
     dst: &mut Buf<Cuda>,
 ) -> KernelResult {
-    at_least(call, "source", src.len(), planes.len())?;
-    at_least(call, "destination", dst.len(), planes.len())?;
+    let kernel = types.pick(call, kernel)?;
+    let (src_values, dst_values) = types.values(src, dst);
+    at_least(call, "source", src_values, planes.len())?;
+    at_least(call, "destination", dst_values, planes.len())?;
     let n = count32(call, "planes", planes.len())?;
     if n == 0 {
         return Ok(());
@@ -757,8 +846,8 @@ fn permute(
         planes.channels as u32,
         planes.pixels as u32,
     );
-    // SAFETY: both kernels take exactly these parameters; lengths checked above, and the
-    // factors of a count that fits 32 bits fit too.
+    // SAFETY: both kernels take exactly these parameters, of the picked types; lengths checked
+    // above, and the factors of a count that fits 32 bits fit too.
     unsafe { kernel.launch(grid(n), params) }
 }
 

@@ -27,6 +27,11 @@
 //! Layouts: activations NCHW or NHWC (`compute.layout`); the NHWC kernels are their own, and
 //! cuDNN is told the layout, so that its tensor-core kernels (which compute in NHWC) need no
 //! conversions. Filters stay OIHW; NHWC convolutions transpose them to OHWI around each call.
+//!
+//! bf16 (`Precision::Bf16`): activation buffers hold two bf16 values per f32 slot (`Form`);
+//! every kernel over activations has a bf16 instantiation, cuDNN convolves bf16 tensors with
+//! f32 accumulation (the f32 filters converted to bf16 around each call, with the OHWI
+//! transposition in NHWC), and cuBLAS feeds its tensor cores bf16 from the f32 FC buffers.
 
 mod algorithms;
 mod buffers;
@@ -49,15 +54,15 @@ use dfdx::prelude::Storage;
 use dfdx::tensor::{Cuda, CudaError};
 
 use algorithms::{Chosen, ConvPlan};
-use buffers::{at_least, device_ptr, device_ptr_mut, DeviceMeanTable};
+use buffers::{at_least, device_ptr, device_ptr_mut, DeviceMeanTable, Form};
 use ffi::cudnnMathType_t;
 use nvrtc::Functions;
 use passes::{Descriptors, Operands, Pass, Workspace};
 use upload::Uploads;
 
 use super::{
-    Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, Layout, LrnParams,
-    MatMul, Memory, Planes, PoolShape, SgdStep, SgdTensor,
+    bf16, Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, Layout,
+    LrnParams, MatMul, Memory, Planes, PoolShape, SgdStep, SgdTensor,
 };
 use crate::config::{Algorithms, ComputeConfig, Precision};
 
@@ -79,10 +84,10 @@ pub struct CudaKernels {
     /// Choose convolution algorithms by timing them (else by cuDNN's heuristics).
     measure: bool,
     functions: Functions,
-    /// In the NHWC layout, one layer's filters (or filter gradient) in cuDNN's OHWI, grown on
-    /// demand: the parameters stay OIHW, and a transposed copy costs little next to the
-    /// convolution.
-    ohwi: Option<Buf<Cuda>>,
+    /// In the NHWC layout or in bf16, one layer's filters (or filter gradient) as the
+    /// convolution reads (writes) them — OHWI, bf16 — grown on demand: the parameters stay
+    /// f32 OIHW, and a converted copy costs little next to the convolution.
+    filters: Option<Buf<Cuda>>,
     /// Shared by every convolution (they run one at a time on one stream), grown on demand.
     workspace: Option<CudaSlice<u8>>,
     /// `relu_bias_backward`'s per-chunk sums, grown on demand.
@@ -149,7 +154,7 @@ impl CudaKernels {
             layout: compute.layout,
             measure,
             functions,
-            ohwi: None,
+            filters: None,
             workspace: None,
             partials: None,
             labels: None,
@@ -167,6 +172,16 @@ impl CudaKernels {
             Precision::Strict => cudnnMathType_t::CUDNN_FMA_MATH,
             // Default math lets cuDNN use TF32 tensor cores for fp32 on Ampere and later.
             Precision::Tf32 => cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            // Tensor cores for bf16 operands (they are bf16 already: no down-conversion).
+            Precision::Bf16 => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        }
+    }
+
+    /// How activation buffers hold their values.
+    fn form(&self) -> Form {
+        Form {
+            layout: self.layout,
+            bf16: self.precision.bf16_activations(),
         }
     }
 
@@ -181,11 +196,11 @@ impl CudaKernels {
     /// The descriptors of `shape` with `pass`'s algorithm chosen and the workspace large
     /// enough for it.
     fn prepare(&mut self, shape: &ConvShape, pass: Pass) -> KernelResult<(Descriptors, Chosen)> {
-        let math = self.base_math();
+        let (math, form) = (self.base_math(), self.form());
         let plan = match self.convs.entry(*shape) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(ConvPlan::new(shape, math, self.layout)?)
+                e.insert(ConvPlan::new(shape, math, form)?)
             }
         };
         let (descriptors, chosen) = plan.pass(pass);
@@ -231,7 +246,8 @@ impl CudaKernels {
         }
     }
 
-    /// `out = pass(a, b)`, the operands in cuDNN's order for the pass (see `algorithms`).
+    /// `out = pass(a, b)`, the operands in cuDNN's order for the pass (see `algorithms`), all
+    /// three (filters too) in the form's layout and element type.
     fn convolve(
         &mut self,
         pass: Pass,
@@ -243,9 +259,10 @@ impl CudaKernels {
         let api = pass.api();
         buffers::conv_geometry(api.method, shape)?;
         let [(a_name, a_kind), (b_name, b_kind), (out_name, out_kind)] = api.operands;
-        at_least(api.method, a_name, a.len(), a_kind.len(shape))?;
-        at_least(api.method, b_name, b.len(), b_kind.len(shape))?;
-        at_least(api.method, out_name, out.len(), out_kind.len(shape))?;
+        let form = self.form();
+        at_least(api.method, a_name, form.values(a), a_kind.len(shape))?;
+        at_least(api.method, b_name, form.values(b), b_kind.len(shape))?;
+        at_least(api.method, out_name, form.values(out), out_kind.len(shape))?;
         self.bind()?;
         let (descriptors, chosen) = self.prepare(shape, pass)?;
         let workspace = self.workspace(chosen.workspace);
@@ -276,20 +293,21 @@ impl CudaKernels {
 }
 
 impl CudaKernels {
-    /// The OHWI scratch buffer, taken out of `self` (put it back with `self.ohwi = Some(..)`)
-    /// and at least as long as `shape`'s filters.
-    fn take_ohwi(&mut self, shape: &ConvShape) -> KernelResult<Buf<Cuda>> {
-        let len = shape.filter_len();
-        match self.ohwi.take() {
-            Some(buf) if buf.len() >= len => Ok(buf),
+    /// The filter scratch buffer, taken out of `self` (put it back with
+    /// `self.filters = Some(..)`) and large enough for `shape`'s filters in the form.
+    fn take_filters(&mut self, shape: &ConvShape) -> KernelResult<Buf<Cuda>> {
+        let slots = self.form().slots(shape.filter_len());
+        match self.filters.take() {
+            Some(buf) if buf.len() >= slots => Ok(buf),
             // Dropping a shorter one frees it in stream order, after the work that used it.
-            _ => self.alloc(len),
+            _ => self.alloc(slots),
         }
     }
 
-    /// `pass` in NHWC: the filters (OIHW) transposed to OHWI first for the two passes that
-    /// read them; the filter gradient written as OHWI and transposed back to OIHW.
-    fn convolve_nhwc(
+    /// `pass` with the filters converted from the parameters' f32 OIHW into the form (OHWI in
+    /// NHWC, bf16 in bf16) for the two passes that read them, and the filter gradient written
+    /// in the form and converted back to f32 OIHW.
+    fn convolve_converted(
         &mut self,
         pass: Pass,
         shape: &ConvShape,
@@ -303,24 +321,29 @@ impl CudaKernels {
             channels: shape.in_channels,
             pixels: shape.kernel * shape.kernel,
         };
-        let mut ohwi = self.take_ohwi(shape)?;
+        let form = self.form();
+        let mut converted = self.take_filters(shape)?;
+        let functions = &self.functions;
         let result = match pass {
-            Pass::Forward => launches::filters_to_ohwi(&self.functions, &filters, b, &mut ohwi)
-                .and_then(|()| self.convolve(pass, shape, a, &ohwi, out)),
+            Pass::Forward => launches::filters_in(functions, form, &filters, b, &mut converted)
+                .and_then(|()| self.convolve(pass, shape, a, &converted, out)),
             Pass::BackwardData => {
-                launches::filters_to_ohwi(&self.functions, &filters, a, &mut ohwi)
-                    .and_then(|()| self.convolve(pass, shape, &ohwi, b, out))
+                launches::filters_in(functions, form, &filters, a, &mut converted)
+                    .and_then(|()| self.convolve(pass, shape, &converted, b, out))
             }
-            Pass::BackwardFilter => self
-                .convolve(pass, shape, a, b, &mut ohwi)
-                .and_then(|()| launches::filters_to_oihw(&self.functions, &filters, &ohwi, out)),
+            Pass::BackwardFilter => {
+                self.convolve(pass, shape, a, b, &mut converted)
+                    .and_then(|()| {
+                        launches::filters_out(&self.functions, form, &filters, &converted, out)
+                    })
+            }
         };
-        self.ohwi = Some(ohwi);
+        self.filters = Some(converted);
         result
     }
 
-    /// `pass` in the kernels' layout (operands as `convolve` takes them).
-    fn convolve_in_layout(
+    /// `pass` in the kernels' form (operands as `convolve` takes them).
+    fn convolve_in_form(
         &mut self,
         pass: Pass,
         shape: &ConvShape,
@@ -328,9 +351,11 @@ impl CudaKernels {
         b: &Buf<Cuda>,
         out: &mut Buf<Cuda>,
     ) -> KernelResult {
-        match self.layout {
-            Layout::Nchw => self.convolve(pass, shape, a, b, out),
-            Layout::Nhwc => self.convolve_nhwc(pass, shape, a, b, out),
+        let form = self.form();
+        if form.layout == Layout::Nchw && !form.bf16 {
+            self.convolve(pass, shape, a, b, out)
+        } else {
+            self.convolve_converted(pass, shape, a, b, out)
         }
     }
 }
@@ -347,6 +372,10 @@ fn dfdx_error(error: &CudaError) -> String {
 impl Kernels<Cuda> for CudaKernels {
     fn layout(&self) -> Layout {
         self.layout
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn algorithms(&self) -> Vec<String> {
@@ -410,6 +439,48 @@ impl Kernels<Cuda> for CudaKernels {
             .map_err(|e| check::driver("cuMemcpyDtoH (download)", e))
     }
 
+    fn alloc_activation(&mut self, len: usize) -> KernelResult<Buf<Cuda>> {
+        self.alloc(self.form().slots(len))
+    }
+
+    fn upload_activation(&mut self, host: &[f32]) -> KernelResult<Buf<Cuda>> {
+        if !self.form().bf16 {
+            return self.upload(host);
+        }
+        // Two bf16 values per f32 slot, the first in the low half (little-endian memory order).
+        let bits = bf16::to_bits(host);
+        let slots: Vec<f32> = bits
+            .chunks(2)
+            .map(|pair| {
+                let high = pair.get(1).copied().unwrap_or(0);
+                f32::from_bits(u32::from(pair[0]) | u32::from(high) << 16)
+            })
+            .collect();
+        self.upload(&slots)
+    }
+
+    fn download_activation(&mut self, buf: &Buf<Cuda>, len: usize) -> KernelResult<Vec<f32>> {
+        if !self.form().bf16 {
+            return self.download_prefix(buf, len);
+        }
+        at_least(
+            "download_activation",
+            "buffer",
+            self.form().values(buf),
+            len,
+        )?;
+        let slots = self.download_prefix(buf, len.div_ceil(2))?;
+        let bits: Vec<u16> = slots
+            .iter()
+            .flat_map(|slot| {
+                let bits = slot.to_bits();
+                [bits as u16, (bits >> 16) as u16]
+            })
+            .take(len)
+            .collect();
+        Ok(bf16::from_bits(&bits))
+    }
+
     fn synchronize(&mut self) -> KernelResult {
         self.dev
             .synchronize()
@@ -430,7 +501,7 @@ impl Kernels<Cuda> for CudaKernels {
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cuda>) -> KernelResult {
         launches::normalize(
             &self.functions,
-            self.layout,
+            self.form(),
             &mut self.uploads,
             self.mean_table.as_ref(),
             input,
@@ -445,7 +516,7 @@ impl Kernels<Cuda> for CudaKernels {
         w: &Buf<Cuda>,
         y: &mut Buf<Cuda>,
     ) -> KernelResult {
-        self.convolve_in_layout(Pass::Forward, shape, x, w, y)
+        self.convolve_in_form(Pass::Forward, shape, x, w, y)
     }
 
     fn conv_backward_data(
@@ -456,7 +527,7 @@ impl Kernels<Cuda> for CudaKernels {
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
         // cuDNN's order: filters first, then the output gradient.
-        self.convolve_in_layout(Pass::BackwardData, shape, w, dy, dx)
+        self.convolve_in_form(Pass::BackwardData, shape, w, dy, dx)
     }
 
     fn conv_backward_filter(
@@ -466,11 +537,11 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dw: &mut Buf<Cuda>,
     ) -> KernelResult {
-        self.convolve_in_layout(Pass::BackwardFilter, shape, x, dy, dw)
+        self.convolve_in_form(Pass::BackwardFilter, shape, x, dy, dw)
     }
 
     fn bias_relu(&mut self, planes: &Planes, y: &mut Buf<Cuda>, bias: &Buf<Cuda>) -> KernelResult {
-        launches::bias_relu(&self.functions, self.layout, planes, y, bias)
+        launches::bias_relu(&self.functions, self.form(), planes, y, bias)
     }
 
     fn relu_bias_backward(
@@ -482,7 +553,7 @@ impl Kernels<Cuda> for CudaKernels {
     ) -> KernelResult {
         launches::relu_bias_backward(
             &self.functions,
-            self.layout,
+            self.form(),
             &self.dev,
             &mut self.partials,
             planes,
@@ -500,7 +571,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &mut Buf<Cuda>,
         d: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::lrn_forward(&self.functions, self.layout, planes, lrn, x, y, d)
+        launches::lrn_forward(&self.functions, self.form(), planes, lrn, x, y, d)
     }
 
     fn lrn_backward(
@@ -512,7 +583,7 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::lrn_backward(&self.functions, self.layout, planes, lrn, x, d, dy, dx)
+        launches::lrn_backward(&self.functions, self.form(), planes, lrn, x, d, dy, dx)
     }
 
     fn pool_forward(
@@ -522,7 +593,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &mut Buf<Cuda>,
         argmax: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_forward(&self.functions, self.layout, shape, x, y, argmax)
+        launches::pool_forward(&self.functions, self.form(), shape, x, y, argmax)
     }
 
     fn pool_backward(
@@ -532,7 +603,7 @@ impl Kernels<Cuda> for CudaKernels {
         dy: &Buf<Cuda>,
         dx: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::pool_backward(&self.functions, self.layout, shape, argmax, dy, dx)
+        launches::pool_backward(&self.functions, self.form(), shape, argmax, dy, dx)
     }
 
     fn flatten_channels_last(
@@ -541,7 +612,7 @@ impl Kernels<Cuda> for CudaKernels {
         x: &Buf<Cuda>,
         y: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::flatten_channels_last(&self.functions, self.layout, planes, x, y)
+        launches::flatten_channels_last(&self.functions, self.form(), planes, x, y)
     }
 
     fn unflatten_channels_last(
@@ -550,7 +621,7 @@ impl Kernels<Cuda> for CudaKernels {
         y: &Buf<Cuda>,
         x: &mut Buf<Cuda>,
     ) -> KernelResult {
-        launches::unflatten_channels_last(&self.functions, self.layout, planes, y, x)
+        launches::unflatten_channels_last(&self.functions, self.form(), planes, y, x)
     }
 
     fn matmul(

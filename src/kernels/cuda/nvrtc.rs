@@ -34,35 +34,52 @@ pub(super) const LRN_NHWC_MAX_CHANNELS: usize = 12 * 1024;
 pub(super) const SOFTMAX_THREADS: u32 = 256;
 
 /// Each kernel's name in `kernels.cu` and the call its launch errors name.
-const KERNELS: [(&str, &str); 22] = [
-    ("normalize", "cuLaunchKernel(normalize)"),
-    ("bias_relu", "cuLaunchKernel(bias_relu)"),
-    ("relu_bias_partials", "cuLaunchKernel(relu_bias_partials)"),
-    (
-        "relu_bias_partials_nhwc",
-        "cuLaunchKernel(relu_bias_partials_nhwc)",
-    ),
-    ("lrn_forward", "cuLaunchKernel(lrn_forward)"),
-    ("lrn_backward", "cuLaunchKernel(lrn_backward)"),
-    ("lrn_forward_nhwc", "cuLaunchKernel(lrn_forward_nhwc)"),
-    ("lrn_backward_nhwc", "cuLaunchKernel(lrn_backward_nhwc)"),
-    ("pool_forward", "cuLaunchKernel(pool_forward)"),
-    ("pool_backward", "cuLaunchKernel(pool_backward)"),
-    ("pool_forward_nhwc", "cuLaunchKernel(pool_forward_nhwc)"),
-    ("pool_backward_nhwc", "cuLaunchKernel(pool_backward_nhwc)"),
-    ("copy", "cuLaunchKernel(copy)"),
-    ("to_channels_last", "cuLaunchKernel(to_channels_last)"),
-    ("from_channels_last", "cuLaunchKernel(from_channels_last)"),
-    ("sgd", "cuLaunchKernel(sgd)"),
-    ("sgd_all", "cuLaunchKernel(sgd_all)"),
-    ("dropout_mask", "cuLaunchKernel(dropout_mask)"),
-    ("bias_add", "cuLaunchKernel(bias_add)"),
-    ("bias_backward", "cuLaunchKernel(bias_backward)"),
-    ("multiply", "cuLaunchKernel(multiply)"),
-    (
-        "softmax_cross_entropy",
-        "cuLaunchKernel(softmax_cross_entropy)",
-    ),
+macro_rules! kernel_table {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, concat!("cuLaunchKernel(", $name, ")"))),*]
+    };
+}
+const KERNELS: [(&str, &str); 40] = kernel_table![
+    "normalize",
+    "normalize_bf16",
+    "bias_relu",
+    "bias_relu_bf16",
+    "relu_bias_partials",
+    "relu_bias_partials_bf16",
+    "relu_bias_partials_nhwc",
+    "relu_bias_partials_nhwc_bf16",
+    "lrn_forward",
+    "lrn_forward_bf16",
+    "lrn_backward",
+    "lrn_backward_bf16",
+    "lrn_forward_nhwc",
+    "lrn_forward_nhwc_bf16",
+    "lrn_backward_nhwc",
+    "lrn_backward_nhwc_bf16",
+    "pool_forward",
+    "pool_forward_bf16",
+    "pool_backward",
+    "pool_backward_bf16",
+    "pool_forward_nhwc",
+    "pool_forward_nhwc_bf16",
+    "pool_backward_nhwc",
+    "pool_backward_nhwc_bf16",
+    "copy",
+    "copy_widen",
+    "copy_narrow",
+    "to_channels_last",
+    "to_channels_last_widen",
+    "to_channels_last_narrow",
+    "from_channels_last",
+    "from_channels_last_widen",
+    "from_channels_last_narrow",
+    "sgd",
+    "sgd_all",
+    "dropout_mask",
+    "bias_add",
+    "bias_backward",
+    "multiply",
+    "softmax_cross_entropy",
 ];
 
 /// One loaded kernel.
@@ -89,23 +106,47 @@ impl Kernel {
     }
 }
 
+/// A kernel over activations, as instantiated for each of their element types.
+pub(super) struct Typed {
+    f32: Kernel,
+    bf16: Kernel,
+}
+
+impl Typed {
+    /// The instantiation for bf16 activations, or for f32 ones.
+    pub(super) fn of(&self, bf16: bool) -> &Kernel {
+        if bf16 {
+            &self.bf16
+        } else {
+            &self.f32
+        }
+    }
+}
+
+/// A layout or type conversion: f32 → f32, bf16 → f32 (`widen`) and f32 → bf16 (`narrow`).
+pub(super) struct Converting {
+    pub(super) same: Kernel,
+    pub(super) widen: Kernel,
+    pub(super) narrow: Kernel,
+}
+
 /// The NVRTC kernels, looked up once.
 pub(super) struct Functions {
-    pub(super) normalize: Kernel,
-    pub(super) bias_relu: Kernel,
-    pub(super) relu_bias_partials: Kernel,
-    pub(super) relu_bias_partials_nhwc: Kernel,
-    pub(super) lrn_forward: Kernel,
-    pub(super) lrn_backward: Kernel,
-    pub(super) lrn_forward_nhwc: Kernel,
-    pub(super) lrn_backward_nhwc: Kernel,
-    pub(super) pool_forward: Kernel,
-    pub(super) pool_backward: Kernel,
-    pub(super) pool_forward_nhwc: Kernel,
-    pub(super) pool_backward_nhwc: Kernel,
-    pub(super) copy: Kernel,
-    pub(super) to_channels_last: Kernel,
-    pub(super) from_channels_last: Kernel,
+    pub(super) normalize: Typed,
+    pub(super) bias_relu: Typed,
+    pub(super) relu_bias_partials: Typed,
+    pub(super) relu_bias_partials_nhwc: Typed,
+    pub(super) lrn_forward: Typed,
+    pub(super) lrn_backward: Typed,
+    pub(super) lrn_forward_nhwc: Typed,
+    pub(super) lrn_backward_nhwc: Typed,
+    pub(super) pool_forward: Typed,
+    pub(super) pool_backward: Typed,
+    pub(super) pool_forward_nhwc: Typed,
+    pub(super) pool_backward_nhwc: Typed,
+    pub(super) copy: Converting,
+    pub(super) to_channels_last: Converting,
+    pub(super) from_channels_last: Converting,
     pub(super) sgd: Kernel,
     pub(super) sgd_all: Kernel,
     pub(super) dropout_mask: Kernel,
@@ -155,22 +196,35 @@ impl Functions {
                 ))),
             }
         };
+        let typed = |name: &str| -> KernelResult<Typed> {
+            Ok(Typed {
+                f32: get(name)?,
+                bf16: get(&format!("{name}_bf16"))?,
+            })
+        };
+        let converting = |name: &str| -> KernelResult<Converting> {
+            Ok(Converting {
+                same: get(name)?,
+                widen: get(&format!("{name}_widen"))?,
+                narrow: get(&format!("{name}_narrow"))?,
+            })
+        };
         Ok(Self {
-            normalize: get("normalize")?,
-            bias_relu: get("bias_relu")?,
-            relu_bias_partials: get("relu_bias_partials")?,
-            relu_bias_partials_nhwc: get("relu_bias_partials_nhwc")?,
-            lrn_forward: get("lrn_forward")?,
-            lrn_backward: get("lrn_backward")?,
-            lrn_forward_nhwc: get("lrn_forward_nhwc")?,
-            lrn_backward_nhwc: get("lrn_backward_nhwc")?,
-            pool_forward: get("pool_forward")?,
-            pool_backward: get("pool_backward")?,
-            pool_forward_nhwc: get("pool_forward_nhwc")?,
-            pool_backward_nhwc: get("pool_backward_nhwc")?,
-            copy: get("copy")?,
-            to_channels_last: get("to_channels_last")?,
-            from_channels_last: get("from_channels_last")?,
+            normalize: typed("normalize")?,
+            bias_relu: typed("bias_relu")?,
+            relu_bias_partials: typed("relu_bias_partials")?,
+            relu_bias_partials_nhwc: typed("relu_bias_partials_nhwc")?,
+            lrn_forward: typed("lrn_forward")?,
+            lrn_backward: typed("lrn_backward")?,
+            lrn_forward_nhwc: typed("lrn_forward_nhwc")?,
+            lrn_backward_nhwc: typed("lrn_backward_nhwc")?,
+            pool_forward: typed("pool_forward")?,
+            pool_backward: typed("pool_backward")?,
+            pool_forward_nhwc: typed("pool_forward_nhwc")?,
+            pool_backward_nhwc: typed("pool_backward_nhwc")?,
+            copy: converting("copy")?,
+            to_channels_last: converting("to_channels_last")?,
+            from_channels_last: converting("from_channels_last")?,
             sgd: get("sgd")?,
             sgd_all: get("sgd_all")?,
             dropout_mask: get("dropout_mask")?,
@@ -284,8 +338,20 @@ mod tests {
             fmad: Some(false),
             ..Default::default()
         };
-        if let Err(e) = compile_ptx_with_opts(SOURCE, options) {
-            panic!("{}", compile_error(&e));
-        }
+        let ptx = match compile_ptx_with_opts(SOURCE, options) {
+            Ok(ptx) => ptx.to_src(),
+            Err(e) => panic!("{}", compile_error(&e)),
+        };
+        // Every kernel the table names is an entry point of the module, and nothing more.
+        let entries: Vec<&str> = ptx
+            .lines()
+            .filter_map(|l| l.strip_prefix(".visible .entry "))
+            .map(|l| l.split('(').next().unwrap_or(l))
+            .collect();
+        let mut names: Vec<&str> = KERNELS.iter().map(|(name, _)| *name).collect();
+        let mut found = entries;
+        names.sort_unstable();
+        found.sort_unstable();
+        assert_eq!(names, found);
     }
 }
