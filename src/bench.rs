@@ -213,7 +213,7 @@ pub fn run<D: FastDevice>(
         .then(|| measure_bandwidth(dev, compute))
         .flatten();
     let floors = match bandwidth_gbs {
-        Some(gbs) => floors(&model.spec, batch_size, &stages_ms, gbs),
+        Some(gbs) => floors(&model.spec, batch_size, compute.precision, &stages_ms, gbs),
         None => Vec::new(),
     };
 
@@ -231,8 +231,14 @@ pub fn run<D: FastDevice>(
 }
 
 /// Each profiled stage beside its floor at `gbs` GB/s (stages without a cost are left out).
-fn floors(spec: &Spec, batch: usize, stages_ms: &[(String, f64)], gbs: f64) -> Vec<StageFloor> {
-    let costs = crate::engine::costs::fast_step_costs(spec, batch);
+fn floors(
+    spec: &Spec,
+    batch: usize,
+    precision: crate::config::Precision,
+    stages_ms: &[(String, f64)],
+    gbs: f64,
+) -> Vec<StageFloor> {
+    let costs = crate::engine::costs::fast_step_costs(spec, batch, precision);
     stages_ms
         .iter()
         .filter_map(|(name, ms)| {

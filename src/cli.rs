@@ -84,8 +84,9 @@ pub enum Command {
             parameter and the SGD update (weights drawn N(0, 0.02²) with biases 0.1 rather than the \
             paper's N(0, 0.01²) and 1, whose activations tie exactly inside pooling windows, where \
             dfdx and the fast path legitimately route the gradient differently). Each comparison is ‖fast − reference‖ / ‖reference‖ per \
-            tensor, held to 1e-4 with --precision strict and 2e-2 with tf32 (elementwise kernels \
-            to 1e-5). Exits with status 1 when any comparison fails; the last line is JSON."
+            tensor, held to 1e-4 with --precision strict, 2e-2 with tf32 and 5e-2 with bf16 \
+            (elementwise kernels to 1e-5, their bf16-stored outputs to 1e-3; on the CPU bf16 is \
+            emulated by the host kernels). Exits with status 1 when any comparison fails; the last line is JSON."
     )]
     CheckFast(CheckFastArgs),
 }

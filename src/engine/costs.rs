@@ -3,11 +3,13 @@
 //! far longer than its bytes at the device's bandwidth is worth work; one near it is done.
 //!
 //! The bytes are the stage's job, not its implementation's: every tensor it reads once and
-//! every tensor it writes once, f32 (the u8 pixels as bytes). Two passes over a tensor where
-//! one would do (bias and ReLU after a convolution, a transposed copy of the filters) count
-//! once, so the floor also shows what fusing would gain.
+//! every tensor it writes once, activations in the precision's element type (2 bytes in bf16),
+//! everything else f32 (the u8 pixels as bytes). Two passes over a tensor where one would do
+//! (bias and ReLU after a convolution, a converted copy of the filters) count once, so the
+//! floor also shows what fusing would gain.
 
 use super::{Phase, Stage};
+use crate::config::Precision;
 use crate::model::{ConvBlock, Spec, CONV_BLOCKS};
 
 /// One stage's floor: the bytes it must move and the floating-point operations it does.
@@ -21,28 +23,31 @@ pub struct StageCost {
 const F32: u64 = 4;
 
 /// Every stage the fast path's training step reports (`StepEngine::train_step_observed`, in
-/// the same order and with the same names), for `batch` images of `spec`'s network.
-pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
+/// the same order and with the same names), for `batch` images of `spec`'s network in
+/// `precision`.
+pub fn fast_step_costs(spec: &Spec, batch: usize, precision: Precision) -> Vec<StageCost> {
     let b = batch as u64;
     let blocks = spec.blocks();
     let input = blocks[0].conv_shape(batch);
-    // u8 pixels in (a quarter of an f32 each), the mean table's value for each, f32 out.
+    let act = precision.activation_bytes() as u64;
+    // u8 pixels in, the mean table's f32 value for each, the activation out.
     let pixels = input.input_len() as u64;
     let mut costs = vec![StageCost {
         stage: Stage {
             phase: Phase::Input,
             what: super::fast::NORMALISE.to_string(),
         },
-        bytes: pixels + 2 * pixels * F32,
+        bytes: pixels + pixels * F32 + pixels * act,
         flops: 3 * pixels,
     }];
-    let mut push = |phase, what: &str, values: u64, flops: u64| {
+    // A stage moving `floats` f32 values and `activations` activation values.
+    let mut push = |phase, what: &str, [floats, activations]: [u64; 2], flops: u64| {
         costs.push(StageCost {
             stage: Stage {
                 phase,
                 what: what.to_string(),
             },
-            bytes: values * F32,
+            bytes: floats * F32 + activations * act,
             flops,
         })
     };
@@ -59,31 +64,32 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
         push(
             Phase::Forward,
             conv,
-            x + w + bias + y,
+            [w + bias, x + y],
             conv_flops(block) + 2 * y,
         );
         if block.lrn {
-            // In, out and the denominators kept for the backward pass.
+            // In, out and the denominators (f32) kept for the backward pass.
             push(
                 Phase::Forward,
                 lrn,
-                3 * y,
+                [y, 2 * y],
                 2 * y * spec.config.lrn_size as u64,
             );
         }
         if let Some(p) = block.pool_shape(batch) {
             let (i, o) = (p.input_len() as u64, p.output_len() as u64);
-            // In, out and each window's choice.
+            // In, out and each window's choice (f32).
             push(
                 Phase::Forward,
                 pool,
-                i + 2 * o,
+                [o, i + o],
                 o * (p.kernel * p.kernel) as u64,
             );
         }
     }
+    // pool5's output in, the f32 features out.
     let features = (batch * spec.fc6_inputs()) as u64;
-    push(Phase::Forward, "flatten", 2 * features, 0);
+    push(Phase::Forward, "flatten", [features, features], 0);
     let fc = fc_layers(spec);
     for &(name, inputs, outputs, dropout) in &fc {
         let (i, o) = ((inputs * batch) as u64, (outputs * batch) as u64);
@@ -93,13 +99,13 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
         push(
             Phase::Forward,
             name,
-            i + masks + weights + o,
+            [i + masks + weights + o, 0],
             2 * i * outputs as u64,
         );
     }
     let logits = (batch * spec.classes) as u64;
     // Logits in, their gradient out; a loss and a rank per row.
-    push(Phase::Forward, "loss", 2 * logits + 2 * b, 5 * logits);
+    push(Phase::Forward, "loss", [2 * logits + 2 * b, 0], 5 * logits);
 
     for &(name, inputs, outputs, dropout) in fc.iter().rev() {
         let (i, o) = ((inputs * batch) as u64, (outputs * batch) as u64);
@@ -110,25 +116,25 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
         push(
             Phase::Backward,
             name,
-            o + i + 2 * weights + i + masks,
+            [o + i + 2 * weights + i + masks, 0],
             4 * i * outputs as u64,
         );
     }
-    push(Phase::Backward, "flatten", 2 * features, 0);
+    push(Phase::Backward, "flatten", [features, features], 0);
     for block in blocks.iter().rev() {
         let (conv, lrn, pool) = block.names();
         let [x, w, y, bias] = conv_values(block, batch);
         if let Some(p) = block.pool_shape(batch) {
             let (i, o) = (p.input_len() as u64, p.output_len() as u64);
-            // Choices and gradient in, the input's gradient out.
-            push(Phase::Backward, pool, 2 * o + i, o);
+            // Choices (f32) and gradient in, the input's gradient out.
+            push(Phase::Backward, pool, [o, o + i], o);
         }
         if block.lrn {
-            // Input, denominators and gradient in; the input's gradient out.
+            // Input, denominators (f32) and gradient in; the input's gradient out.
             push(
                 Phase::Backward,
                 lrn,
-                4 * y,
+                [y, 3 * y],
                 4 * y * spec.config.lrn_size as u64,
             );
         }
@@ -136,27 +142,27 @@ pub fn fast_step_costs(spec: &Spec, batch: usize) -> Vec<StageCost> {
         push(
             Phase::Backward,
             &format!("{conv} relu+bias"),
-            3 * y + bias,
+            [bias, 3 * y],
             2 * y,
         );
         push(
             Phase::Backward,
             &format!("{conv} filter"),
-            x + y + w,
+            [w, x + y],
             conv_flops(block),
         );
         if block.number > 1 {
             push(
                 Phase::Backward,
                 &format!("{conv} data"),
-                y + w + x,
+                [w, y + x],
                 conv_flops(block),
             );
         }
     }
     let params = spec_params(spec);
     // Weights, momentum and gradient in; weights and momentum out.
-    push(Phase::Update, "sgd", 5 * params, 5 * params);
+    push(Phase::Update, "sgd", [5 * params, 0], 5 * params);
     costs
 }
 
@@ -206,7 +212,7 @@ mod tests {
     fn the_papers_network_costs_what_its_shapes_say() {
         let spec = Spec::new(&ModelConfig::default(), 224, 1000).unwrap();
         assert_eq!(spec_params(&spec), 62_378_344);
-        let costs = fast_step_costs(&spec, 128);
+        let costs = fast_step_costs(&spec, 128, Precision::Tf32);
         let conv1 = costs.iter().find(|c| c.stage.what == "conv1").unwrap();
         // 96 filters of 3·11·11 at 55×55 positions, 2 flops per multiply-add, 128 images,
         // plus bias and ReLU.
@@ -225,5 +231,13 @@ mod tests {
             assert!(c.bytes > 0, "{}", c.stage);
             assert!(seen.insert(c.stage.to_string()), "{} twice", c.stage);
         }
+        // In bf16 every activation value is 2 bytes: conv1's input and output at half.
+        let bf16 = fast_step_costs(&spec, 128, Precision::Bf16);
+        let conv1_bf16 = bf16.iter().find(|c| c.stage.what == "conv1").unwrap();
+        let activations = 128 * (3 * 224 * 224 + 96 * 55 * 55);
+        assert_eq!(conv1.bytes - conv1_bf16.bytes, 2 * activations);
+        assert_eq!(bf16.last().unwrap().bytes, sgd.bytes, "SGD is f32 in every precision");
+        let bf16_bytes: u64 = bf16.iter().map(|c| c.bytes).sum();
+        assert!(bf16_bytes < bytes * 3 / 4, "{bf16_bytes} vs {bytes}");
     }
 }

@@ -157,6 +157,9 @@ impl<D: FastDevice> StepEngine<D> {
         match self {
             Self::Dfdx(_) => "dfdx ops".into(),
             Self::Fast(f) if D::GPU => format!("the fast path ({:?})", f.precision).to_lowercase(),
+            Self::Fast(f) if f.precision == Precision::Bf16 => {
+                "the fast path (host kernels, bf16 storage emulated)".into()
+            }
             Self::Fast(_) => "the fast path (host kernels)".into(),
         }
     }
