@@ -2,22 +2,24 @@
 # Every GPU check and benchmark in one run (a few minutes on an H200), ending with one table:
 #   check-fast   the fast path's kernels against the host kernels, and one training step of the
 #                paper's network against dfdx (logits), an f64 replay of its own backward pass
-#                (gradients) and SGD in f64, strict and TF32, at batches 2 to 128, in the NCHW
-#                layout and (smallest and largest batch) the NHWC one; TF32 held to 2× PyTorch's
-#                own TF32 error on the same weights and batch (benches/pytorch_precision.py,
-#                measured here in the same run);
+#                (gradients) and SGD in f64, strict, TF32 and bf16, at batches 2 to 128, in the
+#                NCHW layout and (smallest and largest batch) the NHWC one; TF32 and bf16 held to
+#                2× PyTorch's own TF32 and bf16 (autocast) error on the same weights and batch
+#                (benches/pytorch_precision.py, measured here in the same run);
 #   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast (both
 #                layouts) and a few training steps (the sample network);
-#   training     the GPU against the CPU (first steps), NHWC against NCHW, the fast path against the dfdx path
+#   training     the GPU against the CPU (first steps), NHWC against NCHW, bf16 against TF32
+#                (first steps), the fast path against the dfdx path
 #                (200 steps), --resume against an uninterrupted run, one data-parallel rank
 #                (NCCL) against the plain run, Ctrl-C, evaluate on both devices, a
 #                PyTorch-written checkpoint;
-#   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) strict,
-#                TF32, TF32 with measured algorithms (each in NCHW and NHWC) and the dfdx path,
-#                with peak GPU memory,
-#                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run; the
-#                loader alone; the fast path's per-stage profile and each kernel's GPU time in
-#                one step (Nsight Compute, benches/ncu_step.py).
+#   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) bf16,
+#                strict, TF32, TF32 with measured algorithms (each in NCHW and NHWC) and the dfdx
+#                path, with peak GPU memory,
+#                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run, and
+#                our bf16 beside PyTorch's in one row per batch; the loader alone; the fast path's
+#                per-stage profile (TF32 in both layouts, bf16 in NHWC) and each kernel's GPU
+#                time in one step (Nsight Compute, benches/ncu_step.py).
 # It never stops at a failure: each check's verdict goes into the table.
 # Build first, on a machine with the CUDA toolkit (`cargo build --release --features cuda`).
 # Usage: bash benches/gpu_check.sh [DIR]   (DIR holds the CUDA build of `alexnet`, default
@@ -108,29 +110,37 @@ for b in $check_batches; do
         > "$work/check-strict-$b.txt" 2>&1
     IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-strict-$b.txt")
     row check-fast "strict, batch $b" "$verdict" "$detail; $(seconds "$t") s"
-    # TF32: PyTorch's own TF32 error on the same weights and batch sets the tolerance.
-    reference=()
-    if [ "$have_torch" = 1 ] && alexnet check-fast --batch-size "$b" \
-        --write-case "$work/case-$b.safetensors" > /dev/null 2>&1 &&
-        python3 benches/pytorch_precision.py "$work/case-$b.safetensors" --precision tf32 \
-            --out "$work/pytorch-tf32-$b.json" > "$work/pytorch-tf32-$b.txt" 2>&1; then
-        reference=(--reference-errors "$work/pytorch-tf32-$b.json")
-        row check-fast "PyTorch's own TF32 error, batch $b" measured "$(tail -1 "$work/pytorch-tf32-$b.txt")"
-    else
-        row check-fast "PyTorch's own TF32 error, batch $b" "not measured" \
-            "(no torch here, or it failed: $(tail -1 "$work/pytorch-tf32-$b.txt" 2>/dev/null)); fixed tolerance"
-    fi
-    t=$(date +%s)
-    alexnet check-fast --device "$device" --precision tf32 --batch-size "$b" "${reference[@]}" \
-        > "$work/check-tf32-$b.txt" 2>&1
-    IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-tf32-$b.txt")
-    row check-fast "tf32, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+    # TF32 and bf16: PyTorch's own error in that precision on the same weights and batch sets
+    # the tolerance. One case serves both (it holds no precision); a JSON exists only if measured.
+    written=0
+    [ "$have_torch" = 1 ] && alexnet check-fast --batch-size "$b" \
+        --write-case "$work/case-$b.safetensors" > /dev/null 2>&1 && written=1
+    for precision in tf32 bf16; do
+        name=$( [ "$precision" = tf32 ] && echo TF32 || echo bf16)
+        reference=()
+        if [ "$written" = 1 ] &&
+            python3 benches/pytorch_precision.py "$work/case-$b.safetensors" --precision "$precision" \
+                --out "$work/pytorch-$precision-$b.json" > "$work/pytorch-$precision-$b.txt" 2>&1; then
+            reference=(--reference-errors "$work/pytorch-$precision-$b.json")
+            row check-fast "PyTorch's own $name error, batch $b" measured "$(tail -1 "$work/pytorch-$precision-$b.txt")"
+        else
+            rm -f "$work/pytorch-$precision-$b.json"
+            row check-fast "PyTorch's own $name error, batch $b" "not measured" \
+                "(no torch here, or it failed: $(tail -1 "$work/pytorch-$precision-$b.txt" 2>/dev/null)); fixed tolerance"
+        fi
+        t=$(date +%s)
+        alexnet check-fast --device "$device" --precision "$precision" --batch-size "$b" "${reference[@]}" \
+            > "$work/check-$precision-$b.txt" 2>&1
+        IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-$precision-$b.txt")
+        row check-fast "$precision, batch $b" "$verdict" "$detail; $(seconds "$t") s"
+    done
     # Channels-last activations: their own kernels, and cuDNN told the layout.
     case " ${check_batches%% *} ${check_batches##* } " in *" $b "*)
-        for precision in strict tf32; do
+        for precision in strict tf32 bf16; do
             t=$(date +%s)
             held=()
-            [ "$precision" = tf32 ] && held=("${reference[@]}")
+            [ -f "$work/pytorch-$precision-$b.json" ] &&
+                held=(--reference-errors "$work/pytorch-$precision-$b.json")
             alexnet check-fast --device "$device" --precision "$precision" --layout nhwc \
                 --batch-size "$b" "${held[@]}" > "$work/check-nhwc-$precision-$b.txt" 2>&1
             IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-nhwc-$precision-$b.txt")
@@ -141,6 +151,7 @@ done
 # The largest batch's decisions and cuDNN algorithms, for the record.
 [ -f "$work/check-strict-${check_batches##* }.txt" ] && sed -n '/^decisions/,/^{/p' "$work/check-strict-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /'
 [ -f "$work/check-tf32-${check_batches##* }.txt" ] && sed -n '/^decisions/,/^{/p' "$work/check-tf32-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /' | tail -n +2
+[ -f "$work/check-bf16-${check_batches##* }.txt" ] && sed -n '/^decisions/,/^{/p' "$work/check-bf16-${check_batches##* }.txt" | grep -v '^{' | sed 's/^/  /' | tail -n +2
 
 echo "== compute-sanitizer over check-fast and a few training steps (sample network)"
 if ! wants sanitizer; then
@@ -217,6 +228,33 @@ alexnet train "${sample[@]}" --run "$work/dev-nhwc" --device "$device" --layout 
     --stop-after-steps 10 >/dev/null 2>&1
 IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-nhwc/steps.csv" "$work/dev-run/steps.csv")
 row training "first 10 steps, nhwc vs nchw on $device" "$verdict" "$detail; $(seconds "$t") s"
+t=$(date +%s)
+alexnet train "${sample[@]}" --run "$work/dev-bf16" --device "$device" --precision bf16 \
+    --stop-after-steps 10 >/dev/null 2>&1
+# bf16 beside TF32 (dev-run, the pipeline's precision): rounding alone parts them step by step,
+# so the difference is reported, not held; the row fails only if bf16 logged fewer steps, ended
+# on a loss that is not finite, or ended more than 10% (relative) away from TF32's last loss.
+IFS=$'\t' read -r verdict detail < <(python3 - "$work/dev-bf16/steps.csv" "$work/dev-run/steps.csv" <<'PY'
+import csv, math, sys
+def losses(path):
+    try:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(path))}
+    except OSError:
+        return {}
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+common = sorted(set(a) & set(b))
+if not common:
+    print("FAILED\tno common steps"); sys.exit()
+last = common[-1]
+# A NaN loss is the worst difference of all.
+worst = max((abs(a[s] - b[s]) / max(abs(b[s]), 1e-12) for s in common),
+            key=lambda d: d if d == d else math.inf)
+ok = set(b) <= set(a) and math.isfinite(a[last]) and abs(a[last] - b[last]) <= 0.1 * abs(b[last])
+print(f"{'passed' if ok else 'FAILED'}\t{len(a)} steps (tf32 {len(b)}), last loss {a[last]:.4f} vs {b[last]:.4f}, "
+      f"max relative loss difference {worst:.2e}")
+PY
+)
+row training "first 10 steps, bf16 vs tf32 on $device" "$verdict" "$detail; $(seconds "$t") s"
 
 t=$(date +%s)
 for engine in fast dfdx; do
@@ -347,12 +385,41 @@ bench_ours() {
         --device "$device" --batch-size "$b" --steps "$steps" --warmup 5 --profile-steps 5 \
         "$@" 2>/dev/null | tail -1 > "$work/one.json"
 }
+# One batch's bf16 runs, ours (both layouts) and PyTorch's (eager, compiled): ours NHWC over
+# PyTorch eager, then each run's throughput and peak memory. Prints nothing if neither ran.
+bf16_side_by_side() {
+    python3 - "$work/ours.jsonl" "$work/torch-$1.jsonl" "$1" <<'PY'
+import json, sys
+def read(path):
+    try:
+        return [json.loads(l) for l in open(path) if l.startswith("{")]
+    except OSError:
+        return []
+b = int(sys.argv[3])
+ours = {v["variant"].split()[-1]: v for v in read(sys.argv[1])
+        if v["variant"].startswith("fast bf16 ") and v["batch_size"] == b}
+torch = {r["compile"]: r for r in read(sys.argv[2]) if r["mode"] == "bf16"}
+if not ours and not torch:
+    sys.exit()
+parts = [f"ours {l} {v['images_per_sec']:.0f} img/s, peak {v['peak_memory_mib']} MiB"
+         for l, v in sorted(ours.items(), key=lambda lv: lv[0] != "nhwc")]
+parts += [f"PyTorch {'eager' if c == 'none' else 'compile ' + c} {r['images_per_sec']:.0f} img/s, "
+          f"peak {r['peak_memory_mib']:.0f} MiB" for c, r in torch.items()]
+ratio = "-"
+if "nhwc" in ours and "none" in torch:
+    ratio = f"{ours['nhwc']['images_per_sec'] / torch['none']['images_per_sec']:.2f}x eager"
+print(f"{ratio}\t" + "; ".join(parts))
+PY
+}
 : > "$work/ours.jsonl"
 for b in $speed_batches; do
-    variants=()
+    # bf16 in NHWC first (the layout its tensor-core convolutions read): the row a run cut short
+    # by BUDGET should still have.
+    variants=("fast bf16 heuristic nhwc")
     for layout in nchw nhwc; do
         variants+=("fast strict heuristic $layout" "fast tf32 heuristic $layout" "fast tf32 measure $layout")
     done
+    variants+=("fast bf16 heuristic nchw")
     # The dfdx engine once, as the reference point.
     [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic nchw")
     for variant in "${variants[@]}"; do
@@ -383,6 +450,11 @@ PY
                 "$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print('peak %.0f MiB, warm-up %.0f s (synthetic input)' % (r['peak_memory_mib'], r['warmup_s']))" "$line")"
         done < "$work/torch-$b.jsonl"
     fi
+    # Our bf16 and PyTorch's (autocast) in one row, as measured above: nothing is run here.
+    IFS=$'\t' read -r verdict detail < <(bf16_side_by_side "$b")
+    if [ -n "$verdict" ]; then
+        row speed "bf16, batch $b: ours beside PyTorch" "$verdict" "$detail"
+    fi
 done
 if wants speed "the loader alone"; then
     alexnet bench-loader --data "$work/shards-alexnet" --pipeline pipelines/alexnet.toml --output u8 \
@@ -392,30 +464,35 @@ if wants speed "the loader alone"; then
 fi
 
 echo
-echo "== profile of the fast path (TF32, batch $batch), median ms per stage, device synchronised"
+echo "== profile of the fast path (TF32, and bf16 NHWC, batch $batch), median ms per stage, device synchronised"
 # Beside each stage: the bytes it must move and their time at the measured bandwidth (its
-# floor), and its arithmetic (engine/costs.rs).
+# floor), and its arithmetic (engine/costs.rs); TF32's, then bf16's.
 python3 - "$work/ours.jsonl" "$batch" <<'PY'
 import json, sys
+columns = {"nchw": "fast tf32 heuristic nchw", "nhwc": "fast tf32 heuristic nhwc",
+           "bf16 nhwc": "fast bf16 heuristic nhwc"}
 runs = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    for layout in ("nchw", "nhwc"):
-        if v["variant"] == f"fast tf32 heuristic {layout}" and v["batch_size"] == int(sys.argv[2]):
-            runs[layout] = v
+    for column, variant in columns.items():
+        if v["variant"] == variant and v["batch_size"] == int(sys.argv[2]):
+            runs[column] = v
 if not runs:
     print("  (no profile)"); sys.exit()
-floors = {f["stage"]: f for r in runs.values() for f in r.get("floors", [])}
+floors = {f["stage"]: f for l, r in runs.items() if l != "bf16 nhwc" for f in r.get("floors", [])}
+floors_bf16 = {f["stage"]: f for f in runs.get("bf16 nhwc", {}).get("floors", [])}
 bandwidth = ", ".join(f"{l} run {r.get('bandwidth_gbs') or float('nan'):.0f} GB/s" for l, r in runs.items())
 print(f"  measured bandwidth: {bandwidth}")
-print(f"  {'stage':32} {'nchw ms':>8} {'nhwc ms':>8} {'MB':>8} {'floor ms':>8} {'GFLOP':>8}")
+print(f"  {'stage':32} {'nchw ms':>8} {'nhwc ms':>8} {'MB':>8} {'floor ms':>8} {'GFLOP':>8}"
+      f" {'bf16 ms':>8} {'bf16 MB':>8} {'bf16 floor':>10}")
 stages = {l: dict(r["stages_ms"]) for l, r in runs.items()}
 names = list(dict.fromkeys(k for s in stages.values() for k in s))
 for k in names:
-    ms = [stages.get(l, {}).get(k, float("nan")) for l in ("nchw", "nhwc")]
-    f = floors.get(k)
-    rest = f"{f['megabytes']:8.1f} {f['floor_ms']:8.3f} {f['gflop']:8.1f}" if f else ""
-    print(f"  {k:32} {ms[0]:8.2f} {ms[1]:8.2f} {rest}")
+    ms = [stages.get(l, {}).get(k, float("nan")) for l in columns]
+    f, g = floors.get(k), floors_bf16.get(k)
+    rest = f"{f['megabytes']:8.1f} {f['floor_ms']:8.3f} {f['gflop']:8.1f}" if f else f"{'':26}"
+    bf16 = f" {g['megabytes']:8.1f} {g['floor_ms']:10.3f}" if g else ""
+    print(f"  {k:32} {ms[0]:8.2f} {ms[1]:8.2f} {rest} {ms[2]:8.2f}{bf16}")
 PY
 # Each kernel of one unsynchronised step (Nsight Compute, one metric, clocks and caches left
 # alone), grouped by kernel: where the GPU time goes, beside PyTorch's own per-kernel profile
