@@ -236,7 +236,11 @@ mod tests {
         let conv1_bf16 = bf16.iter().find(|c| c.stage.what == "conv1").unwrap();
         let activations = 128 * (3 * 224 * 224 + 96 * 55 * 55);
         assert_eq!(conv1.bytes - conv1_bf16.bytes, 2 * activations);
-        assert_eq!(bf16.last().unwrap().bytes, sgd.bytes, "SGD is f32 in every precision");
+        assert_eq!(
+            bf16.last().unwrap().bytes,
+            sgd.bytes,
+            "SGD is f32 in every precision"
+        );
         let bf16_bytes: u64 = bf16.iter().map(|c| c.bytes).sum();
         assert!(bf16_bytes < bytes * 3 / 4, "{bf16_bytes} vs {bytes}");
     }

@@ -208,16 +208,31 @@ impl CudaKernels {
             Some(chosen) => chosen,
             // SAFETY: the handle is live and the context current (`bind` came first).
             None => unsafe { plan.choose(self.cudnn.raw, pass, self.precision, self.measure) }
-                .map_err(|e| match (e, self.layout) {
-                    // cuDNN offers fewer algorithms for NHWC, none at all for some precisions.
-                    (KernelError::Failed { call, status }, Layout::Nhwc) => KernelError::Failed {
+                .map_err(|e| match (e, form.bf16, self.layout) {
+                    // cuDNN's bf16 tensor-core convolutions are mostly NHWC ones.
+                    (KernelError::Failed { call, status }, true, _) => KernelError::Failed {
                         call,
                         status: format!(
-                            "{status}; with channels-last activations: set compute.layout = \
-                             \"nchw\" (--layout nchw)"
+                            "{status}; with bf16 activations in {}: try compute.layout = \
+                             \"{}\" (--layout), or compute.precision = \"tf32\" (--precision tf32)",
+                            format!("{:?}", self.layout).to_lowercase(),
+                            match self.layout {
+                                Layout::Nchw => "nhwc",
+                                Layout::Nhwc => "nchw",
+                            }
                         ),
                     },
-                    (e, _) => e,
+                    // cuDNN offers fewer algorithms for NHWC, none at all for some precisions.
+                    (KernelError::Failed { call, status }, false, Layout::Nhwc) => {
+                        KernelError::Failed {
+                            call,
+                            status: format!(
+                                "{status}; with channels-last activations: set compute.layout = \
+                                 \"nchw\" (--layout nchw)"
+                            ),
+                        }
+                    }
+                    (e, ..) => e,
                 })?,
         };
         let have = self.workspace.as_ref().map_or(0, |w| w.len());
