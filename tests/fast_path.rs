@@ -79,15 +79,16 @@ fn the_fast_path_trains_like_the_dfdx_path() {
     }
 }
 
-/// Trains `tiny_setup`'s run whole, and again stopped after `stop` steps and resumed with a
-/// plain `--resume` plus `resume_args`; checks both end alike, losses and checkpoints bit for
-/// bit. Returns the resumed run's directory and the resuming process's output.
-fn stop_and_resume(
+/// Trains `tiny_setup`'s run (with `extra` in its pipeline) whole, and again stopped after
+/// `stop` steps and resumed with a plain `--resume` plus `resume_args`. Returns both runs'
+/// directories and the resuming process's output.
+fn whole_and_resumed(
     dir: &Path,
+    extra: &str,
     stop: &str,
     resume_args: &[&str],
-) -> (std::path::PathBuf, std::process::Output) {
-    let (data, pipeline) = tiny_setup(dir, "");
+) -> (std::path::PathBuf, std::path::PathBuf, std::process::Output) {
+    let (data, pipeline) = tiny_setup(dir, extra);
     let whole = dir.join("whole");
     assert!(train(&data, &whole, &pipeline, "fast", &[])
         .status
@@ -119,6 +120,17 @@ fn stop_and_resume(
         "{:?}",
         losses(&whole)
     );
+    (whole, split, out)
+}
+
+/// `whole_and_resumed`, checking that both runs end alike, losses and checkpoints bit for bit.
+/// Returns the resumed run's directory and the resuming process's output.
+fn stop_and_resume(
+    dir: &Path,
+    stop: &str,
+    resume_args: &[&str],
+) -> (std::path::PathBuf, std::process::Output) {
+    let (whole, split, out) = whole_and_resumed(dir, "", stop, resume_args);
     assert_eq!(losses(&whole), losses(&split));
     let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
     let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
@@ -171,33 +183,8 @@ fn a_run_stopped_in_nchw_resumes_in_nhwc_exactly() {
 #[test]
 fn a_run_resumed_in_bf16_tracks_the_fp32_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
-    let whole = dir.path().join("whole");
-    assert!(train(&data, &whole, &pipeline, "fast", &[])
-        .status
-        .success());
-    let split = dir.path().join("split");
-    let first = train(
-        &data,
-        &split,
-        &pipeline,
-        "fast",
-        &["--stop-after-steps", "2"],
-    );
-    assert_eq!(first.status.code(), Some(130), "{first:?}");
-    let out = common::run(&[
-        "train",
-        "--data",
-        s(&data),
-        "--run",
-        s(&split),
-        "--resume",
-        "--device",
-        "cpu",
-        "--precision",
-        "bf16",
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let (whole, split, _) =
+        whole_and_resumed(dir.path(), "epochs = 2", "2", &["--precision", "bf16"]);
     assert!(read(&split.join("pipeline.toml")).contains("precision = \"bf16\""));
 
     let (a, b) = (losses(&whole), losses(&split));
@@ -229,27 +216,10 @@ fn a_run_resumed_in_bf16_tracks_the_fp32_run() {
 /// while visibly differing from exact arithmetic (the rounding is applied).
 #[test]
 fn check_fast_passes_in_bf16() {
-    let out = run_ok(&[
-        "check-fast",
-        "--pipeline",
-        s(&repo_file("pipelines/sample.toml")),
-        "--batch-size",
-        "3",
-        "--device",
-        "cpu",
-        "--precision",
-        "bf16",
-        "--layout",
-        "nhwc",
-    ]);
-    assert!(!out.contains("FAIL"), "{out}");
-    let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(report["precision"], "bf16");
-    let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
+    let (out, results) = check_fast_on_the_sample_network("bf16", "nhwc");
     let kinds = |kind: &str| results.iter().filter(move |r| r[0]["kind"] == kind).count();
     assert!(kinds("bf16_kernel") >= 20, "{out}");
-    for r in results {
+    for r in &results {
         let name = r[0]["name"].as_str().unwrap();
         if name.starts_with("replayed d conv") {
             let error = r[0]["relative_error"].as_f64().unwrap();
@@ -329,6 +299,22 @@ fn check_fast_passes_at_a_batch_where_the_paths_decide_a_relu_differently() {
 /// NCHW and transpose) and replays the step from activations recorded back in NCHW.
 #[test]
 fn check_fast_passes_with_channels_last_activations() {
+    let (out, results) = check_fast_on_the_sample_network("strict", "nhwc");
+    for r in &results {
+        let name = r[0]["name"].as_str().unwrap();
+        if name.starts_with("replayed d conv") || name.starts_with("kernel ") {
+            let error = r[0]["relative_error"].as_f64().unwrap();
+            assert!(error < 1e-5, "{name}: {error:e}\n{out}");
+        }
+    }
+}
+
+/// `check-fast` of the sample pipeline at batch 3 on the CPU in `precision` and `layout`,
+/// which must pass with every comparison there: its output and its results.
+fn check_fast_on_the_sample_network(
+    precision: &str,
+    layout: &str,
+) -> (String, Vec<serde_json::Value>) {
     let out = run_ok(&[
         "check-fast",
         "--pipeline",
@@ -338,22 +324,16 @@ fn check_fast_passes_with_channels_last_activations() {
         "--device",
         "cpu",
         "--precision",
-        "strict",
+        precision,
         "--layout",
-        "nhwc",
+        layout,
     ]);
-    let json = out.lines().last().unwrap();
-    let report: serde_json::Value = serde_json::from_str(json).unwrap();
-    let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
     assert!(!out.contains("FAIL"), "{out}");
-    for r in results {
-        let name = r[0]["name"].as_str().unwrap();
-        if name.starts_with("replayed d conv") || name.starts_with("kernel ") {
-            let error = r[0]["relative_error"].as_f64().unwrap();
-            assert!(error < 1e-5, "{name}: {error:e}\n{out}");
-        }
-    }
+    let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(report["precision"], precision);
+    let results = report["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
+    (out, results)
 }
 
 /// `bench-train`'s profile puts every stage of the fast path beside the bytes it must move and
