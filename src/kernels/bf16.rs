@@ -28,6 +28,33 @@ pub fn from_bits(bits: &[u16]) -> Vec<f32> {
     bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
 }
 
+/// `values` rounded to bf16 and packed two to an f32 slot, as a device's bf16 activation buffer
+/// holds them: value `2i` in the low half of slot `i`'s bits, value `2i + 1` in the high half
+/// (so that on a little-endian device value `j` lies at byte `2j`), an odd last slot padded with
+/// zero.
+pub fn pack(values: &[f32]) -> Vec<f32> {
+    to_bits(values)
+        .chunks(2)
+        .map(|pair| {
+            let high = pair.get(1).copied().unwrap_or(0);
+            f32::from_bits(u32::from(pair[0]) | u32::from(high) << 16)
+        })
+        .collect()
+}
+
+/// The first `len` values of `pack`ed slots.
+pub fn unpack(slots: &[f32], len: usize) -> Vec<f32> {
+    let bits: Vec<u16> = slots
+        .iter()
+        .flat_map(|slot| {
+            let bits = slot.to_bits();
+            [bits as u16, (bits >> 16) as u16]
+        })
+        .take(len)
+        .collect();
+    from_bits(&bits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +91,21 @@ mod tests {
         for (v, b) in values.iter().zip(&back) {
             assert_eq!(round(*v), *b);
         }
+    }
+
+    #[test]
+    fn packed_values_lie_where_a_devices_bf16_array_reads_them() {
+        let values = [1.0f32, -2.0, 0.5];
+        let slots = pack(&values);
+        assert_eq!(slots.len(), 2);
+        // Little-endian bytes of the slots: one bf16 per two bytes, in order.
+        let bytes: Vec<u8> = slots.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let halves: Vec<u16> = bytes
+            .chunks(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(halves, [0x3f80, 0xc000, 0x3f00, 0]);
+        assert_eq!(unpack(&slots, 3), values);
+        assert_eq!(unpack(&pack(&[0.1, 0.2]), 2), [round(0.1), round(0.2)]);
     }
 }

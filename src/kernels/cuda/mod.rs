@@ -462,16 +462,7 @@ impl Kernels<Cuda> for CudaKernels {
         if !self.form().bf16 {
             return self.upload(host);
         }
-        // Two bf16 values per f32 slot, the first in the low half (little-endian memory order).
-        let bits = bf16::to_bits(host);
-        let slots: Vec<f32> = bits
-            .chunks(2)
-            .map(|pair| {
-                let high = pair.get(1).copied().unwrap_or(0);
-                f32::from_bits(u32::from(pair[0]) | u32::from(high) << 16)
-            })
-            .collect();
-        self.upload(&slots)
+        self.upload(&bf16::pack(host))
     }
 
     fn download_activation(&mut self, buf: &Buf<Cuda>, len: usize) -> KernelResult<Vec<f32>> {
@@ -485,15 +476,7 @@ impl Kernels<Cuda> for CudaKernels {
             len,
         )?;
         let slots = self.download_prefix(buf, len.div_ceil(2))?;
-        let bits: Vec<u16> = slots
-            .iter()
-            .flat_map(|slot| {
-                let bits = slot.to_bits();
-                [bits as u16, (bits >> 16) as u16]
-            })
-            .take(len)
-            .collect();
-        Ok(bf16::from_bits(&bits))
+        Ok(bf16::unpack(&slots, len))
     }
 
     fn synchronize(&mut self) -> KernelResult {
