@@ -22,14 +22,19 @@ pub(super) struct Form {
     pub(super) bf16: bool,
 }
 
+/// How many values `buf` holds as bf16 (two per slot) or as f32.
+pub(super) fn values(buf: &Buf<Cuda>, bf16: bool) -> usize {
+    if bf16 {
+        buf.len() * 2
+    } else {
+        buf.len()
+    }
+}
+
 impl Form {
     /// How many activation values `buf` holds.
     pub(super) fn values(&self, buf: &Buf<Cuda>) -> usize {
-        if self.bf16 {
-            buf.len() * 2
-        } else {
-            buf.len()
-        }
+        values(buf, self.bf16)
     }
 
     /// The f32 slots `len` activation values take.

@@ -519,8 +519,10 @@ impl Types {
 
     /// The values `src` and `dst` hold.
     fn values(&self, src: &Buf<Cuda>, dst: &Buf<Cuda>) -> (usize, usize) {
-        let of = |bf16: bool, buf: &Buf<Cuda>| if bf16 { 2 * buf.len() } else { buf.len() };
-        (of(self.from_bf16, src), of(self.to_bf16, dst))
+        (
+            buffers::values(src, self.from_bf16),
+            buffers::values(dst, self.to_bf16),
+        )
     }
 }
 
