@@ -88,8 +88,9 @@ __device__ void normalize_t(
     T *x, const unsigned char *pixels, const float *mean, const unsigned int *mean_rows,        \
         const float *lighting, float scale0, float scale1, float scale2, unsigned int batch,   \
         unsigned int crop, unsigned int row_len, unsigned int channels_last
-#define NORMALIZE_ARGS \
-    x, pixels, mean, mean_rows, lighting, scale0, scale1, scale2, batch, crop, row_len, channels_last
+#define NORMALIZE_ARGS                                                                         \
+    x, pixels, mean, mean_rows, lighting, scale0, scale1, scale2, batch, crop, row_len,          \
+        channels_last
 extern "C" __global__ void normalize(NORMALIZE_PARAMS(float)) { normalize_t(NORMALIZE_ARGS); }
 extern "C" __global__ void normalize_bf16(NORMALIZE_PARAMS(bf16)) { normalize_t(NORMALIZE_ARGS); }
 
@@ -264,7 +265,10 @@ __device__ void lrn_forward_t(
     const T *x, T *y, float *d, unsigned int batch, unsigned int channels, unsigned int pixels, \
         int half, float k, float alpha, float beta
 #define LRN_FORWARD_ARGS x, y, d, batch, channels, pixels, half, k, alpha, beta
-extern "C" __global__ void lrn_forward(LRN_FORWARD_PARAMS(float)) { lrn_forward_t(LRN_FORWARD_ARGS); }
+extern "C" __global__ void lrn_forward(LRN_FORWARD_PARAMS(float))
+{
+    lrn_forward_t(LRN_FORWARD_ARGS);
+}
 extern "C" __global__ void lrn_forward_bf16(LRN_FORWARD_PARAMS(bf16))
 {
     lrn_forward_t(LRN_FORWARD_ARGS);
@@ -398,7 +402,8 @@ __device__ void lrn_backward_nhwc_t(
         float cross = 0.0f;
         for (int j = lo; j <= hi; ++j) cross += window[j];
         size_t at = first + e;
-        store(dx, at, load(dy, at) * powf(d[at], -beta) - 2.0f * alpha * beta * load(x, at) * cross);
+        float g = load(dy, at);
+        store(dx, at, g * powf(d[at], -beta) - 2.0f * alpha * beta * load(x, at) * cross);
     }
 }
 
@@ -493,15 +498,18 @@ __device__ void pool_forward_nhwc_t(
     argmax[i] = (float)at;
 }
 
-#define POOL_NHWC_PARAMS(X, Y, M)                                                             \
-    X, Y, M, unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel, \
+// The NHWC pooling kernels' parameters after their three buffers.
+#define POOL_NHWC_SHAPE                                                                         \
+    unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,          \
         unsigned int stride, unsigned int out
 #define POOL_FORWARD_NHWC_ARGS x, y, argmax, images, channels, size, kernel, stride, out
-extern "C" __global__ void pool_forward_nhwc(POOL_NHWC_PARAMS(const float *x, float *y, float *argmax))
+extern "C" __global__ void pool_forward_nhwc(
+    const float *x, float *y, float *argmax, POOL_NHWC_SHAPE)
 {
     pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
 }
-extern "C" __global__ void pool_forward_nhwc_bf16(POOL_NHWC_PARAMS(const bf16 *x, bf16 *y, float *argmax))
+extern "C" __global__ void pool_forward_nhwc_bf16(
+    const bf16 *x, bf16 *y, float *argmax, POOL_NHWC_SHAPE)
 {
     pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
 }
@@ -598,11 +606,13 @@ __device__ void pool_backward_nhwc_t(
 }
 
 #define POOL_BACKWARD_NHWC_ARGS argmax, dy, dx, images, channels, size, kernel, stride, out
-extern "C" __global__ void pool_backward_nhwc(POOL_NHWC_PARAMS(const float *argmax, const float *dy, float *dx))
+extern "C" __global__ void pool_backward_nhwc(
+    const float *argmax, const float *dy, float *dx, POOL_NHWC_SHAPE)
 {
     pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
 }
-extern "C" __global__ void pool_backward_nhwc_bf16(POOL_NHWC_PARAMS(const float *argmax, const bf16 *dy, bf16 *dx))
+extern "C" __global__ void pool_backward_nhwc_bf16(
+    const float *argmax, const bf16 *dy, bf16 *dx, POOL_NHWC_SHAPE)
 {
     pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
 }
