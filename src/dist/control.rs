@@ -3,8 +3,8 @@
 //! sends the result back to all — deterministic, and cheap for the few numbers a step shares.
 //! Every wait has a deadline, and a rank that fails tells the others why before it goes.
 
-use std::io;
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::wire::{self, Frame, Word, ABORT, DATA, HELLO, WELCOME};
@@ -170,6 +170,7 @@ impl Control {
         }
         let rank = self.world.rank;
         self.tell_all(rank, reason, None);
+        self.drain();
     }
 
     fn sum<T: Word + std::ops::AddAssign>(
@@ -277,8 +278,33 @@ impl Control {
                 other => (0, other.to_string()),
             };
             self.tell_all(rank, &reason, Some(rank));
+            self.drain();
         }
         e
+    }
+
+    /// Rank 0, stopping the job, lets every other rank read what it was just told before the
+    /// connections close: closing a socket that holds unread data (a rank's part of the next
+    /// collective) resets the connection, and the reset discards what the other side had not
+    /// yet read — the abort naming the rank at fault — so that rank would report rank 0 lost
+    /// instead. Rank 0 stops writing, then reads and drops whatever each rank still sends until
+    /// it closes its end, for at most `DRAIN` in all.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + DRAIN;
+        let mut sink = [0u8; 4096];
+        for peer in self.peers() {
+            let _ = peer.shutdown(Shutdown::Write);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || peer.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match peer.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
     }
 
     /// Sends an abort speaking for `rank` to every connection, except to `skip`.
@@ -479,6 +505,9 @@ fn lost(rank: usize, what: &'static str, e: &io::Error) -> DistError {
     DistError::Lost { rank, what, reason }
 }
 
+/// How long rank 0, stopping the job, waits for the other ranks to read why (see `drain`).
+const DRAIN: Duration = Duration::from_secs(2);
+
 fn shape(rank: usize, what: &'static str) -> DistError {
     DistError::Mismatch(format!(
         "rank {rank} sent values of another size while {what} (a different model or data?)"
@@ -602,6 +631,27 @@ mod tests {
             let text = r.unwrap().unwrap();
             assert!(text.contains("rank 1") && text.contains("ended"), "{text}");
         }
+    }
+
+    /// Rank 0 stops at rank 1's loss before rank 2 has sent its part: rank 2's part must not
+    /// reset the connection (and with it the abort waiting there), so rank 2 still hears that
+    /// rank 1 was lost, not that rank 0 was.
+    #[test]
+    fn a_rank_that_arrives_after_rank_0_stopped_still_hears_why() {
+        let results = ranks(3, 10.0, |c, _| {
+            match c.world().rank {
+                1 => return None,
+                2 => std::thread::sleep(Duration::from_millis(300)),
+                _ => {}
+            }
+            Some(
+                c.sum_f64(&mut [1.0], "summing a step")
+                    .unwrap_err()
+                    .to_string(),
+            )
+        });
+        let text = results.into_iter().nth(2).unwrap().unwrap().unwrap();
+        assert!(text.contains("rank 1") && text.contains("ended"), "{text}");
     }
 
     #[test]
