@@ -14,7 +14,7 @@ done
 
 packages=()
 for tool in "${missing[@]}"; do
-    case "$tool" in cc) packages+=(gcc) ;; *) packages+=("$tool") ;; esac
+    case "$tool" in cc) packages+=(gcc) ;; c++) packages+=(g++) ;; *) packages+=("$tool") ;; esac
 done
 install="apt-get update && apt-get install -y ${packages[*]}"
 why="building needs ${missing[*]} (cmake, nasm and a C compiler build libjpeg-turbo into the binary)"
