@@ -311,7 +311,15 @@ fn the_cuda_kernels_compute_what_the_host_kernels_do() {
         };
         let form = format!("{precision:?} {layout:?}");
         case.normalize(&form);
-        case.bias_relu(&form);
+        // Many channels with a partial chunk each; few channels of several chunks each.
+        for (channels, pixels) in [(37, 401), (5, 5_001)] {
+            let p = Planes {
+                batch: 3,
+                channels,
+                pixels,
+            };
+            case.bias_relu(&form, p);
+        }
         case.lrn(&form);
         case.pool(&form);
         case.flatten(&form);
@@ -532,18 +540,12 @@ impl Case<'_> {
         exact(&format!("normalize, {form}"), &x.values(), &want[..n]);
     }
 
-    fn bias_relu(&mut self, form: &str) {
+    fn bias_relu(&mut self, form: &str, p: Planes) {
         type BiasRelu = unsafe extern "C" fn(*mut c_void, *const f32, u32, u32, u32);
         type Partials =
             unsafe extern "C" fn(*mut c_void, *const c_void, *mut f32, u32, u32, u32, u32);
         type PartialsNhwc = unsafe extern "C" fn(*mut c_void, *const c_void, *mut f32, u32, u32);
         type Sum = unsafe extern "C" fn(*const f32, *mut f32, u32, u32);
-        // More values per channel than one block sums, in either layout, with partial chunks.
-        let p = Planes {
-            batch: 3,
-            channels: 37,
-            pixels: 401,
-        };
         let precision = self.precision;
         let y0 = random(p.len(), -1.0, 1.0, 4);
         let bias = random(p.channels, -0.5, 0.5, 5);
@@ -633,6 +635,10 @@ impl Case<'_> {
         self.emu.launch(Launch::items(p.channels), || unsafe {
             sum(pp as *const f32, dbp as *mut f32, splits, p.channels as u32)
         });
+        assert!(
+            splits > 1 || p.channels > 32,
+            "{p:?}: one block sums everything"
+        );
         exact(
             &format!("relu backward, {form}"),
             &dy.values(),
