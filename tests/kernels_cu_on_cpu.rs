@@ -320,7 +320,16 @@ fn the_cuda_kernels_compute_what_the_host_kernels_do() {
             };
             case.bias_relu(&form, p);
         }
-        case.lrn(&form);
+        // NHWC: a block holds 4096 / 37 = 110 rows, and 135 rows leave a partial second block;
+        // 4,099 channels are more than a block holds, one row per block.
+        for (batch, channels, pixels) in [(3, 37, 45), (1, 4_099, 3)] {
+            let p = Planes {
+                batch,
+                channels,
+                pixels,
+            };
+            case.lrn(&form, p);
+        }
         case.pool(&form);
         case.flatten(&form);
     }
@@ -648,7 +657,7 @@ impl Case<'_> {
         close(&format!("bias gradient, {form}"), &db, &want_db, 1e-5);
     }
 
-    fn lrn(&mut self, form: &str) {
+    fn lrn(&mut self, form: &str, p: Planes) {
         type Forward = unsafe extern "C" fn(
             *const c_void,
             *mut c_void,
@@ -673,12 +682,6 @@ impl Case<'_> {
             f32,
             f32,
         );
-        // NHWC: a block holds 4096 / 37 = 110 rows; 135 rows leave a partial second block.
-        let p = Planes {
-            batch: 3,
-            channels: 37,
-            pixels: 45,
-        };
         let lrn = LrnParams {
             size: 5,
             k: 2.0,
