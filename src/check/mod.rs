@@ -1263,10 +1263,17 @@ pub fn write_case(
 pub enum CheckError {
     #[error(transparent)]
     Fast(#[from] FastError),
+    // Not a `#[from]` source: the message holds it already, and a source would print it twice.
     #[error("a kernel failed during the check: {0}")]
-    Kernel(#[from] KernelError),
+    Kernel(KernelError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Checkpoint(#[from] crate::model::checkpoint::CheckpointError),
+}
+
+impl From<KernelError> for CheckError {
+    fn from(e: KernelError) -> Self {
+        Self::Kernel(e)
+    }
 }

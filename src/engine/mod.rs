@@ -48,6 +48,12 @@ pub enum EngineError {
          (compute.engine = \"fast\" or \"auto\", or --engine fast)"
     )]
     DfdxAlone,
+    #[error(
+        "compute.precision = \"bf16\" runs on the fast engine; the dfdx engine computes in f32 \
+         only: set compute.engine = \"fast\" or \"auto\" (--engine fast), or another precision \
+         (--precision tf32)"
+    )]
+    DfdxIsF32,
 }
 
 impl From<crate::dist::DistError> for EngineError {
@@ -137,6 +143,10 @@ impl<D: FastDevice> StepEngine<D> {
         sgd: Option<&Sgd<D>>,
     ) -> Result<Self, EngineError> {
         if !compute.engine.is_fast() {
+            // Running f32 where bf16 was asked for would change the numbers silently.
+            if compute.precision == Precision::Bf16 {
+                return Err(EngineError::DfdxIsF32);
+            }
             return Ok(Self::Dfdx(InputStage::new(dev, data, loader)));
         }
         let mut kernels = dev.fast_kernels(compute)?;

@@ -86,8 +86,9 @@ pub enum TrainError {
         error: EngineError,
         checkpoint: String,
     },
+    // Not a `#[from]` source: the message holds it already, and a source would print it twice.
     #[error("cannot open the training engine: {0}")]
-    EngineSetup(#[from] EngineError),
+    EngineSetup(EngineError),
     #[error("{run} is already at step {step}; --stop-after-steps {limit} would train nothing")]
     AlreadyPastStop { run: PathBuf, step: u64, limit: u64 },
     #[error(transparent)]
@@ -108,6 +109,12 @@ pub enum TrainError {
         checksums: String,
         checkpoint: String,
     },
+}
+
+impl From<EngineError> for TrainError {
+    fn from(e: EngineError) -> Self {
+        Self::EngineSetup(e)
+    }
 }
 
 /// The warm-up the divergence message suggests, in epochs (tested to let the paper's
