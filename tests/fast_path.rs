@@ -211,26 +211,6 @@ fn a_run_resumed_in_bf16_tracks_the_fp32_run() {
     assert_eq!(a.tensors.len(), b.tensors.len());
 }
 
-/// bf16 is the fast engine's: asked of the dfdx engine, which computes in f32 only, a run is
-/// refused (the error said once) instead of training in f32 under a bf16 label, and the fix
-/// the error names works in the same run directory.
-#[test]
-fn bf16_on_the_dfdx_engine_is_refused_instead_of_running_in_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, pipeline) = tiny_setup(dir.path(), "");
-    let run = dir.path().join("run");
-    let out = train(&data, &run, &pipeline, "dfdx", &["--precision", "bf16"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let message = "the dfdx engine computes in f32 only";
-    assert_eq!(err.matches(message).count(), 1, "{err}");
-    assert!(err.contains("--engine fast"), "{err}");
-    assert!(losses(&run).is_empty());
-    let out = train(&data, &run, &pipeline, "fast", &["--precision", "bf16"]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(!losses(&run).is_empty());
-}
-
 /// `check-fast --precision bf16` on the host: the kernels agree with themselves, and the
 /// step — bf16 activations against dfdx's f32 and the f64 replay — holds to bf16's tolerance
 /// while visibly differing from exact arithmetic (the rounding is applied).

@@ -1418,3 +1418,41 @@ fn an_unreadable_fault_setting_is_an_error_not_ignored() {
         "{err}"
     );
 }
+
+/// bf16 is the fast engine's: asked of the dfdx engine, which computes in f32 only, a run is
+/// refused (the error said once) instead of training in f32 under a bf16 label, and the fix
+/// the error names works in the same run directory.
+#[test]
+fn bf16_on_the_dfdx_engine_is_refused_instead_of_running_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let train = |engine: &str| {
+        let mut args = train_args(&data, &run_dir, &pipeline);
+        args.extend([
+            "--engine",
+            engine,
+            "--precision",
+            "bf16",
+            "--stop-after-steps",
+            "2",
+        ]);
+        run(&args)
+    };
+    let out = train("dfdx");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_no_panic(&err);
+    assert_eq!(
+        err.matches("the dfdx engine computes in f32 only").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("--engine fast"), "{err}");
+    let checkpoints =
+        |run: &Path| std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| d.count());
+    assert_eq!(checkpoints(&run_dir), 0, "nothing trained");
+    let out = train("fast");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(checkpoints(&run_dir), 1);
+}
