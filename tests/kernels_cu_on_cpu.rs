@@ -469,6 +469,95 @@ fn the_cuda_update_and_loss_compute_what_the_host_kernels_do() {
     assert!(stats[2].is_nan() && want_stats[2].is_nan());
 }
 
+/// The fully connected part's own kernels: dropout masks drawn on the device (the host's
+/// counter-based draw, bit for bit), the bias and its gradient, and the mask product.
+#[test]
+fn the_cuda_head_kernels_compute_what_the_host_kernels_do() {
+    type Mask = unsafe extern "C" fn(*mut f32, u64, u64, u64, f32, u32, u32);
+    type BiasAdd = unsafe extern "C" fn(*mut f32, *const f32, u32, u32);
+    type BiasSum = unsafe extern "C" fn(*const f32, *mut f32, u32, u32);
+    type Multiply = unsafe extern "C" fn(*const f32, *const f32, *mut f32, u32);
+    let Some(emu) = Emulator::build() else {
+        return;
+    };
+    let mut host = HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict).unwrap();
+    let mask = alexnet::kernels::DropoutMask {
+        key: alexnet::model::dropout_key(3, 5, 6),
+        first_image: 7,
+        rate: 0.5,
+        keep: 2.0,
+        images: 3,
+        units: 1_001,
+    };
+    let mut want = host.alloc(mask.len()).unwrap();
+    host.dropout_mask(&mask, &mut want).unwrap();
+    let mut out = vec![0.0f32; mask.len()];
+    let op = at(&mut out);
+    let f: Mask = unsafe { std::mem::transmute(emu.symbol("dropout_mask")) };
+    let threshold = alexnet::seed::dropout_threshold(mask.rate);
+    emu.launch(Launch::items(mask.len()), || unsafe {
+        f(
+            op as *mut f32,
+            mask.key,
+            mask.first_image,
+            threshold,
+            mask.keep,
+            mask.images as u32,
+            mask.units as u32,
+        )
+    });
+    exact("dropout mask", &out, &want);
+    let kept = out.iter().filter(|&&v| v == 2.0).count() as f64 / out.len() as f64;
+    assert!((kept - 0.5).abs() < 0.05, "{kept} of the units kept");
+
+    let (rows, columns) = (7usize, 1_001usize);
+    let (y0, bias, dy) = (
+        random(rows * columns, -1.0, 1.0, 50),
+        random(columns, -0.5, 0.5, 51),
+        random(rows * columns, -1.0, 1.0, 52),
+    );
+    let mut want_y = host.upload(&y0).unwrap();
+    let bias_host = host.upload(&bias).unwrap();
+    host.bias_add(rows, columns, &mut want_y, &bias_host)
+        .unwrap();
+    let dy_host = host.upload(&dy).unwrap();
+    let mut want_db = host.alloc(columns).unwrap();
+    host.bias_backward(rows, columns, &dy_host, &mut want_db)
+        .unwrap();
+    let mut want_product = host.alloc(rows * columns).unwrap();
+    let y0_host = host.upload(&y0).unwrap();
+    host.multiply(rows * columns, &y0_host, &dy_host, &mut want_product)
+        .unwrap();
+
+    let (mut y, mut b, mut g) = (y0.clone(), bias.clone(), dy.clone());
+    let (mut db, mut x) = (vec![0.0f32; columns], y0.clone());
+    let mut product = vec![0.0f32; rows * columns];
+    let (yp, bp, gp, dbp) = (at(&mut y), at(&mut b), at(&mut g), at(&mut db));
+    let (xp, pp) = (at(&mut x), at(&mut product));
+    let n = (rows * columns) as u32;
+    let add: BiasAdd = unsafe { std::mem::transmute(emu.symbol("bias_add")) };
+    emu.launch(Launch::items(rows * columns), || unsafe {
+        add(yp as *mut f32, bp as *const f32, n, columns as u32)
+    });
+    let sum: BiasSum = unsafe { std::mem::transmute(emu.symbol("bias_backward")) };
+    emu.launch(Launch::items(columns), || unsafe {
+        sum(
+            gp as *const f32,
+            dbp as *mut f32,
+            rows as u32,
+            columns as u32,
+        )
+    });
+    let mul: Multiply = unsafe { std::mem::transmute(emu.symbol("multiply")) };
+    emu.launch(Launch::items(rows * columns), || unsafe {
+        mul(xp as *const f32, gp as *const f32, pp as *mut f32, n)
+    });
+    exact("bias add", &y, &want_y);
+    // One thread per column adds its rows in order: the host's loop exactly.
+    exact("bias gradient", &db, &want_db);
+    exact("mask product", &product, &want_product);
+}
+
 struct Case<'a> {
     emu: &'a Emulator,
     host: HostKernels,
