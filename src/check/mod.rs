@@ -603,13 +603,16 @@ const SGD_CASE_STEP: SgdStep = SgdStep {
     weight_decay: 5e-4,
 };
 
-/// The outputs of `Case::Pool` holding each window's choice, of `Case::BiasRelu` holding the
-/// bias gradient, of `Case::Lrn` holding the denominators and of `Case::ChannelsLast` holding
-/// the features unflattened (f32 buffers, but for the last).
+/// The output of `Case::Pool` holding each window's choice.
 const ARGMAX: &str = "argmax";
-const BIAS_GRADIENT: &str = "bias gradient";
-const DENOMINATOR: &str = "denominator";
-const UNFLATTENED: &str = "back";
+
+/// One output of a kernel case on the host.
+struct CaseOutput {
+    name: String,
+    values: Vec<f32>,
+    /// Whether it is an activation buffer (bf16 in `Precision::Bf16`).
+    activation: bool,
+}
 
 /// Random values in `[lo, hi)`, the same for the same `seed`.
 fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
@@ -621,7 +624,7 @@ fn random(len: usize, (lo, hi): (f32, f32), seed: u64) -> Vec<f32> {
 fn run_case<D: Storage<f32>, K: Kernels<D>>(
     k: &mut K,
     case: Case,
-) -> KernelResult<Vec<(String, Vec<f32>)>> {
+) -> KernelResult<Vec<CaseOutput>> {
     // f32 buffers (`up`) and activation buffers (`act`, in the precision's element type).
     let up =
         |k: &mut K, len: usize, range: (f32, f32), seed: u64| k.upload(&random(len, range, seed));
@@ -686,7 +689,7 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             vec![
                 ("bias+relu", y, Some(p.len())),
                 ("relu backward", dy, Some(p.len())),
-                (BIAS_GRADIENT, db, None),
+                ("bias gradient", db, None),
             ]
         }
         Case::Lrn(p, lrn) => {
@@ -703,7 +706,7 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             k.lrn_backward(&p, &lrn, &x, &d, &dy, &mut dx)?;
             vec![
                 ("forward", y, Some(p.len())),
-                (DENOMINATOR, d, None),
+                ("denominator", d, None),
                 ("backward", dx, Some(p.len())),
             ]
         }
@@ -730,7 +733,7 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
             let (mut y, mut back) = (k.alloc(p.len())?, k.alloc_activation(p.len())?);
             k.flatten_channels_last(&p, &x, &mut y)?;
             k.unflatten_channels_last(&p, &y, &mut back)?;
-            vec![("to", y, None), (UNFLATTENED, back, Some(p.len()))]
+            vec![("to", y, None), ("back", back, Some(p.len()))]
         }
         Case::Sgd(n) => {
             let (mut w, mut v, g) = (
@@ -826,7 +829,11 @@ fn run_case<D: Storage<f32>, K: Kernels<D>>(
                 Some(len) => k.download_activation(&buf, len)?,
                 None => k.download(&buf)?,
             };
-            Ok((name.to_string(), values))
+            Ok(CaseOutput {
+                name: name.to_string(),
+                values,
+                activation: activation.is_some(),
+            })
         })
         .collect()
 }
@@ -955,18 +962,6 @@ fn cases(spec: &Spec) -> Vec<(String, Case)> {
     cases
 }
 
-/// Whether `output` of `case` is an activation buffer (see `kernels`): stored in bf16 in
-/// `Precision::Bf16`.
-fn stores_activation(case: Case, output: &str) -> bool {
-    match case {
-        Case::Normalize { .. } | Case::Pool(_) => output != ARGMAX,
-        Case::BiasRelu(_) => output != BIAS_GRADIENT,
-        Case::Lrn(..) => output != DENOMINATOR,
-        Case::ChannelsLast(_) => output == UNFLATTENED,
-        _ => false,
-    }
-}
-
 /// Every kernel of `dev` against the host kernels on random inputs of `spec`'s shapes: one
 /// comparison per output.
 pub fn kernels_against_host<D: FastDevice>(
@@ -981,12 +976,13 @@ pub fn kernels_against_host<D: FastDevice>(
     for (name, case) in cases(spec) {
         let ours = run_case(&mut device, case)?;
         let reference = run_case(&mut host, case)?;
-        for ((output, a), (_, b)) in ours.iter().zip(&reference) {
+        for (ours, reference) in ours.iter().zip(&reference) {
+            let (output, a, b) = (&ours.name, &ours.values, &reference.values);
             let bf16 = compute.precision.bf16_activations();
             let kind = match (case, output.as_str()) {
                 (Case::Conv(_) | Case::MatMul(_), _) => Kind::ConvolutionKernel,
                 (Case::Pool(_), ARGMAX) => Kind::ExactKernel,
-                _ if bf16 && stores_activation(case, output) => Kind::Bf16Kernel,
+                _ if bf16 && ours.activation => Kind::Bf16Kernel,
                 _ => Kind::ElementwiseKernel,
             };
             out.push(compare(kind, &format!("kernel {name} {output}"), a, b));
