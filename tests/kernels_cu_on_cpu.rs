@@ -151,13 +151,24 @@ impl Emulator {
         f
     }
 
+    /// Kernel `name` as a function of type `F`.
+    ///
+    /// # Safety
+    /// `F` must be a function pointer type with the kernel's parameters in kernels.cu.
+    unsafe fn kernel<F: Copy>(&self, name: &str) -> F {
+        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+        // SAFETY: a function pointer of the size of the symbol's address (checked), whose
+        // signature the caller vouches for.
+        unsafe { std::mem::transmute_copy(&self.symbol(name)) }
+    }
+
     /// Runs `call` (one kernel call) as every thread of `launch`.
     fn launch(&self, launch: Launch, call: impl Fn() + Sync) {
         type Set = unsafe extern "C" fn(u32, u32, u32, u32, u32, u32);
         type Block = unsafe extern "C" fn(u32);
         // SAFETY: the shim's functions, of these signatures.
-        let set: Set = unsafe { std::mem::transmute(self.symbol("emu_set")) };
-        let block: Block = unsafe { std::mem::transmute(self.symbol("emu_block")) };
+        let set: Set = unsafe { self.kernel("emu_set") };
+        let block: Block = unsafe { self.kernel("emu_block") };
         let Launch {
             grid: (gx, gy),
             threads,
@@ -380,7 +391,7 @@ fn the_cuda_update_and_loss_compute_what_the_host_kernels_do() {
         end += w.len() as u64;
         table.extend([at(w) as u64, at(v) as u64, at(g) as u64, end]);
     }
-    let f: SgdAll = unsafe { std::mem::transmute(emu.symbol("sgd_all")) };
+    let f: SgdAll = unsafe { emu.kernel("sgd_all") };
     let tp = table.as_ptr() as usize;
     let launch = Launch {
         grid: (3, 1),
@@ -431,7 +442,7 @@ fn the_cuda_update_and_loss_compute_what_the_host_kernels_do() {
         at(&mut stats),
         at(&mut d),
     );
-    let f: Softmax = unsafe { std::mem::transmute(emu.symbol("softmax_cross_entropy")) };
+    let f: Softmax = unsafe { emu.kernel("softmax_cross_entropy") };
     let scale = 1.0 / mean_over as f32;
     let launch = Launch {
         grid: (rows as u32, 1),
@@ -493,7 +504,7 @@ fn the_cuda_head_kernels_compute_what_the_host_kernels_do() {
     host.dropout_mask(&mask, &mut want).unwrap();
     let mut out = vec![0.0f32; mask.len()];
     let op = at(&mut out);
-    let f: Mask = unsafe { std::mem::transmute(emu.symbol("dropout_mask")) };
+    let f: Mask = unsafe { emu.kernel("dropout_mask") };
     let threshold = alexnet::seed::dropout_threshold(mask.rate);
     emu.launch(Launch::items(mask.len()), || unsafe {
         f(
@@ -535,11 +546,11 @@ fn the_cuda_head_kernels_compute_what_the_host_kernels_do() {
     let (yp, bp, gp, dbp) = (at(&mut y), at(&mut b), at(&mut g), at(&mut db));
     let (xp, pp) = (at(&mut x), at(&mut product));
     let n = (rows * columns) as u32;
-    let add: BiasAdd = unsafe { std::mem::transmute(emu.symbol("bias_add")) };
+    let add: BiasAdd = unsafe { emu.kernel("bias_add") };
     emu.launch(Launch::items(rows * columns), || unsafe {
         add(yp as *mut f32, bp as *const f32, n, columns as u32)
     });
-    let sum: BiasSum = unsafe { std::mem::transmute(emu.symbol("bias_backward")) };
+    let sum: BiasSum = unsafe { emu.kernel("bias_backward") };
     emu.launch(Launch::items(columns), || unsafe {
         sum(
             gp as *const f32,
@@ -548,7 +559,7 @@ fn the_cuda_head_kernels_compute_what_the_host_kernels_do() {
             columns as u32,
         )
     });
-    let mul: Multiply = unsafe { std::mem::transmute(emu.symbol("multiply")) };
+    let mul: Multiply = unsafe { emu.kernel("multiply") };
     emu.launch(Launch::items(rows * columns), || unsafe {
         mul(xp as *const f32, gp as *const f32, pp as *mut f32, n)
     });
@@ -610,8 +621,7 @@ impl Case<'_> {
         k.normalize(&input, &mut want).unwrap();
 
         let mut x = Act::zeros(n, self.precision);
-        let f: Normalize =
-            unsafe { std::mem::transmute(self.emu.symbol(&typed("normalize", self.precision))) };
+        let f: Normalize = unsafe { self.emu.kernel(&typed("normalize", self.precision)) };
         let (xp, nhwc) = (x.at(), u32::from(self.nhwc()));
         let (pp, tp, rp, lp) = (
             pixels.as_ptr() as usize,
@@ -658,8 +668,7 @@ impl Case<'_> {
             .unwrap();
 
         let (mut y, mut b) = (Act::new(&y0, precision), bias.clone());
-        let f: BiasRelu =
-            unsafe { std::mem::transmute(self.emu.symbol(&typed("bias_relu", precision))) };
+        let f: BiasRelu = unsafe { self.emu.kernel(&typed("bias_relu", precision)) };
         let stride = if self.nhwc() { 1 } else { p.pixels as u32 };
         let (yp, bp) = (y.at(), at(&mut b));
         self.emu.launch(Launch::items(p.len()), || unsafe {
@@ -697,10 +706,8 @@ impl Case<'_> {
         };
         if self.nhwc() {
             let f: PartialsNhwc = unsafe {
-                std::mem::transmute(
-                    self.emu
-                        .symbol(&typed("relu_bias_partials_nhwc", precision)),
-                )
+                self.emu
+                    .kernel(&typed("relu_bias_partials_nhwc", precision))
             };
             self.emu.launch(launch, || unsafe {
                 f(
@@ -712,9 +719,7 @@ impl Case<'_> {
                 )
             });
         } else {
-            let f: Partials = unsafe {
-                std::mem::transmute(self.emu.symbol(&typed("relu_bias_partials", precision)))
-            };
+            let f: Partials = unsafe { self.emu.kernel(&typed("relu_bias_partials", precision)) };
             self.emu.launch(launch, || unsafe {
                 f(
                     dyp as *mut c_void,
@@ -729,7 +734,7 @@ impl Case<'_> {
         }
         let mut db = vec![0.0f32; p.channels];
         let dbp = at(&mut db);
-        let sum: Sum = unsafe { std::mem::transmute(self.emu.symbol("bias_backward")) };
+        let sum: Sum = unsafe { self.emu.kernel("bias_backward") };
         self.emu.launch(Launch::items(p.channels), || unsafe {
             sum(pp as *const f32, dbp as *mut f32, splits, p.channels as u32)
         });
@@ -813,10 +818,8 @@ impl Case<'_> {
             ("", shape, Launch::items(rows as usize))
         };
         let forward: Forward = unsafe {
-            std::mem::transmute(
-                self.emu
-                    .symbol(&typed(&format!("lrn_forward{suffix}"), precision)),
-            )
+            self.emu
+                .kernel(&typed(&format!("lrn_forward{suffix}"), precision))
         };
         self.emu.launch(launch, || unsafe {
             forward(
@@ -833,10 +836,8 @@ impl Case<'_> {
             )
         });
         let backward: Backward = unsafe {
-            std::mem::transmute(
-                self.emu
-                    .symbol(&typed(&format!("lrn_backward{suffix}"), precision)),
-            )
+            self.emu
+                .kernel(&typed(&format!("lrn_backward{suffix}"), precision))
         };
         self.emu.launch(launch, || unsafe {
             backward(
@@ -946,9 +947,8 @@ impl Case<'_> {
         let (out_n, in_n) = (Launch::items(s.output_len()), Launch::items(s.input_len()));
         if self.nhwc() {
             let (b, c) = (s.batch as u32, s.channels as u32);
-            let forward: ForwardNhwc = unsafe {
-                std::mem::transmute(self.emu.symbol(&typed("pool_forward_nhwc", precision)))
-            };
+            let forward: ForwardNhwc =
+                unsafe { self.emu.kernel(&typed("pool_forward_nhwc", precision)) };
             self.emu.launch(out_n, || unsafe {
                 forward(
                     xp as *const c_void,
@@ -962,9 +962,8 @@ impl Case<'_> {
                     out,
                 )
             });
-            let backward: BackwardNhwc = unsafe {
-                std::mem::transmute(self.emu.symbol(&typed("pool_backward_nhwc", precision)))
-            };
+            let backward: BackwardNhwc =
+                unsafe { self.emu.kernel(&typed("pool_backward_nhwc", precision)) };
             self.emu.launch(in_n, || unsafe {
                 backward(
                     mp as *const f32,
@@ -980,8 +979,7 @@ impl Case<'_> {
             });
         } else {
             let planes = (s.batch * s.channels) as u32;
-            let forward: Forward =
-                unsafe { std::mem::transmute(self.emu.symbol(&typed("pool_forward", precision))) };
+            let forward: Forward = unsafe { self.emu.kernel(&typed("pool_forward", precision)) };
             self.emu.launch(out_n, || unsafe {
                 forward(
                     xp as *const c_void,
@@ -994,8 +992,7 @@ impl Case<'_> {
                     out,
                 )
             });
-            let backward: Backward =
-                unsafe { std::mem::transmute(self.emu.symbol(&typed("pool_backward", precision))) };
+            let backward: Backward = unsafe { self.emu.kernel(&typed("pool_backward", precision)) };
             self.emu.launch(in_n, || unsafe {
                 backward(
                     mp as *const f32,
@@ -1046,25 +1043,20 @@ impl Case<'_> {
         let (b, c, px) = (p.batch as u32, p.channels as u32, p.pixels as u32);
         let n = Launch::items(p.len());
         if self.nhwc() {
-            let to: Copy = unsafe { std::mem::transmute(self.emu.symbol(&format!("copy{widen}"))) };
+            let to: Copy = unsafe { self.emu.kernel(&format!("copy{widen}")) };
             self.emu.launch(n, || unsafe {
                 to(xp as *const c_void, fp as *mut c_void, p.len() as u32)
             });
-            let from: Copy =
-                unsafe { std::mem::transmute(self.emu.symbol(&format!("copy{narrow}"))) };
+            let from: Copy = unsafe { self.emu.kernel(&format!("copy{narrow}")) };
             self.emu.launch(n, || unsafe {
                 from(gp as *const c_void, bp as *mut c_void, p.len() as u32)
             });
         } else {
-            let to: Permute = unsafe {
-                std::mem::transmute(self.emu.symbol(&format!("to_channels_last{widen}")))
-            };
+            let to: Permute = unsafe { self.emu.kernel(&format!("to_channels_last{widen}")) };
             self.emu.launch(n, || unsafe {
                 to(xp as *const c_void, fp as *mut c_void, b, c, px)
             });
-            let from: Permute = unsafe {
-                std::mem::transmute(self.emu.symbol(&format!("from_channels_last{narrow}")))
-            };
+            let from: Permute = unsafe { self.emu.kernel(&format!("from_channels_last{narrow}")) };
             self.emu.launch(n, || unsafe {
                 from(gp as *const c_void, bp as *mut c_void, b, c, px)
             });
