@@ -10,8 +10,7 @@ use super::buffers::{self, at_least, count32, DeviceMeanTable, Form};
 use super::check;
 use super::nvrtc::{
     grid, grid_stride, lrn_rows, per_chunk, per_lanes_and_rows, per_row, relu_bias_row_splits,
-    relu_bias_splits, Converting, Functions, Kernel, LRN_NHWC_MAX_CHANNELS, SGD_MAX_TENSORS,
-    SOFTMAX_THREADS,
+    relu_bias_splits, Functions, LRN_NHWC_MAX_CHANNELS, SGD_MAX_TENSORS, SOFTMAX_THREADS,
 };
 use super::upload::Uploads;
 use crate::config::MAX_LRN_SIZE;
@@ -403,8 +402,19 @@ pub(super) fn pool_backward(
     unsafe { kernels.pool_backward.of(form.bf16).launch(grid(n), params) }
 }
 
-/// Activations in `form` → `(B, P·C)` channels-last f32: a permutation from NCHW, a copy in
-/// NHWC, which is channels-last already; widening from bf16.
+/// The flattened features FC6 reads: f32, channels-last.
+const FEATURES: Form = Form {
+    layout: Layout::Nhwc,
+    bf16: false,
+};
+
+/// The parameters' filters: f32, OIHW (`(O, I, K²)` planes, channels first).
+const PARAMETERS: Form = Form {
+    layout: Layout::Nchw,
+    bf16: false,
+};
+
+/// Activations in `form` → `(B, P·C)` channels-last f32 (what FC6 reads).
 pub(super) fn flatten_channels_last(
     kernels: &Functions,
     form: Form,
@@ -412,15 +422,8 @@ pub(super) fn flatten_channels_last(
     x: &Buf<Cuda>,
     y: &mut Buf<Cuda>,
 ) -> KernelResult {
-    const CALL: &str = "flatten_channels_last";
-    let types = Types {
-        from_bf16: form.bf16,
-        to_bf16: false,
-    };
-    match form.layout {
-        Layout::Nchw => permute(&kernels.to_channels_last, CALL, types, planes, x, y),
-        Layout::Nhwc => convert(kernels, CALL, types, planes.len(), x, y),
-    }
+    let call = "flatten_channels_last";
+    relayout(kernels, call, planes, (form, x), (FEATURES, y))
 }
 
 /// The inverse of `flatten_channels_last`: f32 into activations in `form`.
@@ -431,20 +434,13 @@ pub(super) fn unflatten_channels_last(
     y: &Buf<Cuda>,
     x: &mut Buf<Cuda>,
 ) -> KernelResult {
-    const CALL: &str = "unflatten_channels_last";
-    let types = Types {
-        from_bf16: false,
-        to_bf16: form.bf16,
-    };
-    match form.layout {
-        Layout::Nchw => permute(&kernels.from_channels_last, CALL, types, planes, y, x),
-        Layout::Nhwc => convert(kernels, CALL, types, planes.len(), y, x),
-    }
+    let call = "unflatten_channels_last";
+    relayout(kernels, call, planes, (FEATURES, y), (form, x))
 }
 
 /// f32 OIHW filters (the parameters) → the filters a convolution in `form` reads: OHWI for
-/// cuDNN's NHWC convolutions (`(B, C, P)` → `(B, P·C)` with a filter per image, its kernel
-/// taps as pixels), bf16 for bf16 ones.
+/// cuDNN's NHWC convolutions (filters as `(O, I, K²)` planes, a filter per image and its
+/// kernel taps as pixels), bf16 for bf16 ones.
 pub(super) fn filters_in(
     kernels: &Functions,
     form: Form,
@@ -452,22 +448,14 @@ pub(super) fn filters_in(
     oihw: &Buf<Cuda>,
     converted: &mut Buf<Cuda>,
 ) -> KernelResult {
-    const CALL: &str = "filters for the convolution";
-    let types = Types {
-        from_bf16: false,
-        to_bf16: form.bf16,
-    };
-    match form.layout {
-        Layout::Nchw => convert(kernels, CALL, types, filters.len(), oihw, converted),
-        Layout::Nhwc => permute(
-            &kernels.to_channels_last,
-            CALL,
-            types,
-            filters,
-            oihw,
-            converted,
-        ),
-    }
+    let call = "filters for the convolution";
+    relayout(
+        kernels,
+        call,
+        filters,
+        (PARAMETERS, oihw),
+        (form, converted),
+    )
 }
 
 /// The inverse of `filters_in`: a convolution's filter gradient in `form` into f32 OIHW.
@@ -478,73 +466,63 @@ pub(super) fn filters_out(
     converted: &Buf<Cuda>,
     oihw: &mut Buf<Cuda>,
 ) -> KernelResult {
-    const CALL: &str = "filter gradient from the convolution";
-    let types = Types {
-        from_bf16: form.bf16,
-        to_bf16: false,
-    };
-    match form.layout {
-        Layout::Nchw => convert(kernels, CALL, types, filters.len(), converted, oihw),
-        Layout::Nhwc => permute(
-            &kernels.from_channels_last,
-            CALL,
-            types,
-            filters,
-            converted,
-            oihw,
-        ),
-    }
+    let call = "filter gradient from the convolution";
+    relayout(
+        kernels,
+        call,
+        filters,
+        (form, converted),
+        (PARAMETERS, oihw),
+    )
 }
 
-/// The element types of a conversion's source and destination.
-#[derive(Debug, Clone, Copy)]
-struct Types {
-    from_bf16: bool,
-    to_bf16: bool,
-}
-
-impl Types {
-    /// The instantiation of `kernel` for these types.
-    fn pick<'a>(&self, call: &'static str, kernel: &'a Converting) -> KernelResult<&'a Kernel> {
-        match (self.from_bf16, self.to_bf16) {
-            (false, false) => Ok(&kernel.same),
-            (true, false) => Ok(&kernel.widen),
-            (false, true) => Ok(&kernel.narrow),
-            (true, true) => Err(check::failed(
-                call,
-                "no conversion from bf16 to bf16 (a bug in this build)".into(),
-            )),
-        }
-    }
-
-    /// The values `src` and `dst` hold.
-    fn values(&self, src: &Buf<Cuda>, dst: &Buf<Cuda>) -> (usize, usize) {
-        (
-            buffers::values(src, self.from_bf16),
-            buffers::values(dst, self.to_bf16),
-        )
-    }
-}
-
-/// `dst = src` over the first `len` values, converted between `types`.
-fn convert(
+/// `planes` from `src` in its form into `dst` in another: a copy where the layouts agree, else
+/// one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`; widening or narrowing between f32
+/// and bf16 on the way.
+fn relayout(
     kernels: &Functions,
     call: &'static str,
-    types: Types,
-    len: usize,
-    src: &Buf<Cuda>,
-    dst: &mut Buf<Cuda>,
+    planes: &Planes,
+    (from, src): (Form, &Buf<Cuda>),
+    (to, dst): (Form, &mut Buf<Cuda>),
 ) -> KernelResult {
-    let kernel = types.pick(call, &kernels.copy)?;
-    let (src_values, dst_values) = types.values(src, dst);
-    at_least(call, "source", src_values, len)?;
-    at_least(call, "destination", dst_values, len)?;
-    let n = count32(call, "values", len)?;
+    let kernel = match (from.layout, to.layout) {
+        (Layout::Nchw, Layout::Nhwc) => &kernels.to_channels_last,
+        (Layout::Nhwc, Layout::Nchw) => &kernels.from_channels_last,
+        _ => &kernels.copy,
+    };
+    let kernel = match (from.bf16, to.bf16) {
+        (false, false) => &kernel.same,
+        (true, false) => &kernel.widen,
+        (false, true) => &kernel.narrow,
+        (true, true) => {
+            return Err(check::failed(
+                call,
+                "no conversion from bf16 to bf16 (a bug in this build)".into(),
+            ))
+        }
+    };
+    at_least(call, "source", from.values(src), planes.len())?;
+    at_least(call, "destination", to.values(dst), planes.len())?;
+    let n = count32(call, "planes", planes.len())?;
     if n == 0 {
         return Ok(());
     }
-    // SAFETY: matches `copy` for `types`; both buffers hold at least `n` values (checked).
-    unsafe { kernel.launch(grid(n), (src, &mut *dst, n)) }
+    if from.layout == to.layout {
+        // SAFETY: matches `copy` for these types; both buffers hold at least `n` values
+        // (checked).
+        return unsafe { kernel.launch(grid(n), (src, &mut *dst, n)) };
+    }
+    let params = (
+        src,
+        &mut *dst,
+        planes.batch as u32,
+        planes.channels as u32,
+        planes.pixels as u32,
+    );
+    // SAFETY: both layout kernels take exactly these parameters, of the picked types; lengths
+    // checked above, and the factors of a count that fits 32 bits fit too.
+    unsafe { kernel.launch(grid(n), params) }
 }
 
 pub(super) fn sgd(
@@ -821,36 +799,6 @@ pub(super) fn softmax_cross_entropy(
 fn matrix_len(call: &'static str, what: &str, rows: usize, columns: usize) -> KernelResult<usize> {
     rows.checked_mul(columns)
         .ok_or_else(|| check::failed(call, format!("{what}: {rows} × {columns} values overflow")))
-}
-
-/// Launches one of the two layout kernels, `(B, C, P)` ↔ `(B, P·C)`, converting between
-/// `types`; they share their parameters: source, destination, batch, channels, pixels.
-fn permute(
-    kernel: &Converting,
-    call: &'static str,
-    types: Types,
-    planes: &Planes,
-    src: &Buf<Cuda>,
-    dst: &mut Buf<Cuda>,
-) -> KernelResult {
-    let kernel = types.pick(call, kernel)?;
-    let (src_values, dst_values) = types.values(src, dst);
-    at_least(call, "source", src_values, planes.len())?;
-    at_least(call, "destination", dst_values, planes.len())?;
-    let n = count32(call, "planes", planes.len())?;
-    if n == 0 {
-        return Ok(());
-    }
-    let params = (
-        src,
-        &mut *dst,
-        planes.batch as u32,
-        planes.channels as u32,
-        planes.pixels as u32,
-    );
-    // SAFETY: both kernels take exactly these parameters, of the picked types; lengths checked
-    // above, and the factors of a count that fits 32 bits fit too.
-    unsafe { kernel.launch(grid(n), params) }
 }
 
 /// The channels of an NHWC LRN, which its kernels hold a row of in shared memory.
