@@ -16,6 +16,12 @@
 //!
 //! Faults can be injected (`ALEXNET_HOST_FAULT`, see `Faults`), so that the tests can show
 //! what a run does when a GPU kernel fails or the GPU runs out of memory.
+//!
+//! Replaying (`compute.graphs = "on"`, see `replay`) cannot skip work on the CPU, so the host
+//! kernels check it instead: a recording is the trace of a stretch's calls — each with its
+//! shapes, parameters and buffers' addresses — and every replay runs the stretch again and
+//! fails unless it makes exactly the recorded calls; a call that a GPU recording could not
+//! hold (an upload, a download, `normalize`, a dropout mask, the loss, SGD) fails inside one.
 
 use dfdx::prelude::{Cpu, Storage};
 use rayon::prelude::*;
@@ -23,6 +29,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 
 use super::loops::{self, to_nchw};
+use super::replay::{self, ReplayKey, ReplayStats, Replays, Work};
 use super::{
     bf16, Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels,
     LayerGradients, Layout, LrnParams, MatMul, Memory, Planes, PoolShape, Precision, SgdStep,
@@ -82,6 +89,9 @@ pub struct HostKernels {
     mean_table: Vec<f32>,
     row_len: usize,
     faults: Faults,
+    replays: Replays<Vec<String>>,
+    /// The calls of the stretch being recorded or replayed.
+    trace: Option<Vec<String>>,
 }
 
 /// Injected faults, from `ALEXNET_HOST_FAULT`: comma-separated `CALL@N` (the `N`th call of
@@ -182,7 +192,89 @@ impl HostKernels {
             mean_table: Vec::new(),
             row_len: 0,
             faults,
+            replays: Replays::new(false),
+            trace: None,
         })
+    }
+
+    /// With stretches recorded and their replays checked (`compute.graphs = "on"`).
+    pub fn replaying(mut self, on: bool) -> Self {
+        self.replays = Replays::new(on);
+        self
+    }
+
+    /// Every kernel's first step: the injected faults, and inside a stretch being recorded or
+    /// replayed the call's trace — `args`, its shapes, parameters and buffers — or, for a
+    /// call no recording can hold (`args` none), an error.
+    fn enter(&mut self, call: &'static str, args: Option<&dyn std::fmt::Debug>) -> KernelResult {
+        self.faults.enter(call)?;
+        match (&mut self.trace, args) {
+            (None, _) => Ok(()),
+            (Some(trace), Some(args)) => {
+                trace.push(format!("{call}{args:?}"));
+                Ok(())
+            }
+            (Some(_), None) => Err(KernelError::Failed {
+                call,
+                status: "called inside a stretch recorded for replay (compute.graphs): only \
+                         launches on buffers that stay put belong there; per-step values, \
+                         uploads and downloads go before or after it"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// A buffer's address, as a trace shows it.
+fn at(buf: &Buf<Cpu>) -> *const f32 {
+    buf.as_ptr()
+}
+
+impl replay::Recorder for HostKernels {
+    type Recording = Vec<String>;
+    const RECORDING_RUNS_WORK: bool = true;
+
+    fn replays(&mut self) -> &mut Replays<Vec<String>> {
+        &mut self.replays
+    }
+
+    fn fingerprint(&self) -> u64 {
+        // No scratch buffers of their own.
+        0
+    }
+
+    fn begin(&mut self) -> KernelResult {
+        self.trace = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end(&mut self) -> KernelResult<Vec<String>> {
+        Ok(self.trace.take().unwrap_or_default())
+    }
+
+    fn replay(&mut self, recording: &Vec<String>, work: Work<'_, Self>) -> KernelResult {
+        self.trace = Some(Vec::new());
+        let worked = work(self);
+        let trace = self.trace.take().unwrap_or_default();
+        worked?;
+        let differs = (0..recording.len().max(trace.len()))
+            .find(|&i| recording.get(i) != trace.get(i));
+        match differs {
+            None => Ok(()),
+            Some(i) => {
+                let call = |t: &Vec<String>| t.get(i).map_or("nothing".into(), |c| format!("`{c}`"));
+                Err(KernelError::Failed {
+                    call: "replay",
+                    status: format!(
+                        "call {i} of a replayed stretch was {} when recorded and is {} now: a \
+                         value that changes from step to step is inside it, so a CUDA graph \
+                         would replay a stale one",
+                        call(recording),
+                        call(&trace)
+                    ),
+                })
+            }
+        }
     }
 }
 
@@ -252,12 +344,20 @@ impl Kernels<Cpu> for HostKernels {
         self.layout
     }
 
+    fn replayable(&mut self, key: ReplayKey, work: Work<'_, Self>) -> KernelResult {
+        replay::run(self, key, work)
+    }
+
+    fn replay_stats(&self) -> Option<ReplayStats> {
+        self.replays.stats()
+    }
+
     fn precision(&self) -> Precision {
         self.precision
     }
 
     fn alloc(&mut self, len: usize) -> KernelResult<Buf<Cpu>> {
-        self.faults.enter("alloc")?;
+        self.enter("alloc", None)?;
         self.faults.allocate("alloc", len)?;
         self.dev
             .try_alloc_len(len)
@@ -270,14 +370,14 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn upload(&mut self, host: &[f32]) -> KernelResult<Buf<Cpu>> {
-        self.faults.enter("upload")?;
+        self.enter("upload", None)?;
         let mut buf = self.alloc(host.len())?;
         buf.copy_from_slice(host);
         Ok(buf)
     }
 
     fn download(&mut self, buf: &Buf<Cpu>) -> KernelResult<Vec<f32>> {
-        self.faults.enter("download")?;
+        self.enter("download", None)?;
         Ok(buf.to_vec())
     }
 
@@ -296,7 +396,7 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn synchronize(&mut self) -> KernelResult {
-        self.faults.enter("synchronize")
+        self.enter("synchronize", None)
     }
 
     fn memory(&mut self) -> Option<Memory> {
@@ -304,14 +404,14 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn set_mean_table(&mut self, table: &[f32], row_len: usize) -> KernelResult {
-        self.faults.enter("set_mean_table")?;
+        self.enter("set_mean_table", None)?;
         self.mean_table = table.to_vec();
         self.row_len = row_len;
         Ok(())
     }
 
     fn normalize(&mut self, input: &InputBatch, x: &mut Buf<Cpu>) -> KernelResult {
-        self.faults.enter("normalize")?;
+        self.enter("normalize", None)?;
         let (crop, table, row_len) = (input.crop, &self.mean_table, self.row_len);
         let layout = self.layout;
         let plane = crop * crop;
@@ -348,7 +448,7 @@ impl Kernels<Cpu> for HostKernels {
         w: &Buf<Cpu>,
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("conv_forward")?;
+        self.enter("conv_forward", Some(&(s, at(x), at(w), at(y))))?;
         let w = self.operand(&w[..s.filter_len()]);
         match self.layout {
             Layout::Nchw => loops::conv_forward(s, x, &w, y),
@@ -369,7 +469,7 @@ impl Kernels<Cpu> for HostKernels {
         w: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("conv_backward_data")?;
+        self.enter("conv_backward_data", Some(&(s, at(dy), at(w), at(dx))))?;
         let w = self.operand(&w[..s.filter_len()]);
         match self.layout {
             Layout::Nchw => loops::conv_backward_data(s, dy, &w, dx),
@@ -390,7 +490,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dw: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("conv_backward_filter")?;
+        self.enter("conv_backward_filter", Some(&(s, at(x), at(dy), at(dw))))?;
         match self.layout {
             Layout::Nchw => loops::conv_backward_filter(s, x, dy, dw),
             Layout::Nhwc => {
@@ -404,7 +504,7 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn bias_relu(&mut self, p: &Planes, y: &mut Buf<Cpu>, bias: &Buf<Cpu>) -> KernelResult {
-        self.faults.enter("bias_relu")?;
+        self.enter("bias_relu", Some(&(p, at(y), at(bias))))?;
         match self.layout {
             Layout::Nchw => loops::bias_relu(p, y, bias),
             // Elementwise: the same arithmetic, channels innermost.
@@ -427,7 +527,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &mut Buf<Cpu>,
         db: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("relu_bias_backward")?;
+        self.enter("relu_bias_backward", Some(&(p, at(y), at(dy), at(db))))?;
         match self.layout {
             Layout::Nchw => loops::relu_bias_backward(p, y, dy, db),
             Layout::Nhwc => relu_bias_backward_nhwc(p, y, dy, db),
@@ -443,7 +543,7 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
         d: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("lrn_forward")?;
+        self.enter("lrn_forward", Some(&(p, lrn, at(x), at(y), at(d))))?;
         match self.layout {
             Layout::Nchw => loops::lrn_forward(p, lrn, x, y, d),
             Layout::Nhwc => {
@@ -466,7 +566,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("lrn_backward")?;
+        self.enter("lrn_backward", Some(&(p, lrn, at(x), at(d), at(dy), at(dx))))?;
         match self.layout {
             Layout::Nchw => loops::lrn_backward(p, lrn, x, d, dy, dx),
             Layout::Nhwc => {
@@ -488,7 +588,7 @@ impl Kernels<Cpu> for HostKernels {
         argmax: &mut Buf<Cpu>,
     ) -> KernelResult {
         const CALL: &str = "pool_forward";
-        self.faults.enter(CALL)?;
+        self.enter(CALL, Some(&(s, at(x), at(y), at(argmax))))?;
         // Larger planes' indices would be rounded in f32, routing gradients to wrong inputs.
         if s.size
             .checked_mul(s.size)
@@ -522,7 +622,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("pool_backward")?;
+        self.enter("pool_backward", Some(&(s, at(argmax), at(dy), at(dx))))?;
         match self.layout {
             Layout::Nchw => loops::pool_backward(s, argmax, dy, dx),
             Layout::Nhwc => {
@@ -544,7 +644,7 @@ impl Kernels<Cpu> for HostKernels {
         x: &Buf<Cpu>,
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("flatten_channels_last")?;
+        self.enter("flatten_channels_last", Some(&(p, at(x), at(y))))?;
         match self.layout {
             Layout::Nchw => loops::flatten_channels_last(p, x, y),
             Layout::Nhwc => y[..p.len()].copy_from_slice(&x[..p.len()]),
@@ -558,7 +658,7 @@ impl Kernels<Cpu> for HostKernels {
         y: &Buf<Cpu>,
         x: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("unflatten_channels_last")?;
+        self.enter("unflatten_channels_last", Some(&(p, at(y), at(x))))?;
         match self.layout {
             Layout::Nchw => loops::unflatten_channels_last(p, y, x),
             Layout::Nhwc => x[..p.len()].copy_from_slice(&y[..p.len()]),
@@ -574,7 +674,7 @@ impl Kernels<Cpu> for HostKernels {
         b: &Buf<Cpu>,
         c: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("matmul")?;
+        self.enter("matmul", Some(&(mm, at(a), at(b), at(c))))?;
         let short = [
             ("a", a.len(), mm.a_len()),
             ("b", b.len(), mm.b_len()),
@@ -603,7 +703,7 @@ impl Kernels<Cpu> for HostKernels {
         y: &mut Buf<Cpu>,
         bias: &Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("bias_add")?;
+        self.enter("bias_add", Some(&(rows, columns, at(y), at(bias))))?;
         loops::bias_add(rows, columns, y, bias);
         Ok(())
     }
@@ -615,7 +715,7 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         db: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("bias_backward")?;
+        self.enter("bias_backward", Some(&(rows, columns, at(dy), at(db))))?;
         loops::bias_backward(rows, columns, dy, db);
         Ok(())
     }
@@ -627,7 +727,7 @@ impl Kernels<Cpu> for HostKernels {
         m: &Buf<Cpu>,
         y: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("multiply")?;
+        self.enter("multiply", Some(&(len, at(x), at(m), at(y))))?;
         for ((y, &x), &m) in y[..len].iter_mut().zip(&x[..len]).zip(&m[..len]) {
             *y = x * m;
         }
@@ -644,7 +744,7 @@ impl Kernels<Cpu> for HostKernels {
         row_stats: &mut Buf<Cpu>,
         dlogits: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("softmax_cross_entropy")?;
+        self.enter("softmax_cross_entropy", None)?;
         check_labels(rows, mean_over, classes, labels)?;
         if rows == 0 {
             return Ok(());
@@ -654,7 +754,7 @@ impl Kernels<Cpu> for HostKernels {
     }
 
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<Cpu>) -> KernelResult {
-        self.faults.enter("dropout_mask")?;
+        self.enter("dropout_mask", None)?;
         let values = crate::seed::dropout_mask(
             mask.key,
             mask.rate,
@@ -673,7 +773,7 @@ impl Kernels<Cpu> for HostKernels {
         v: &mut Buf<Cpu>,
         g: &Buf<Cpu>,
     ) -> KernelResult {
-        self.faults.enter("sgd")?;
+        self.enter("sgd", None)?;
         for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g.iter()) {
             let g = g + step.weight_decay * *w;
             *v = step.momentum * *v + g;
@@ -1075,6 +1175,63 @@ mod tests {
         close(&to_nhwc(&dx, s.in_channels, pixels), &want_dx, "dx");
         let dw_ours = crate::model::checkpoint::from_torch(layout, &dw, inputs, s.out_channels);
         close(&dw_ours, &want_dw, "dw");
+        Ok(())
+    }
+
+    fn replay_key() -> ReplayKey {
+        ReplayKey {
+            stretch: replay::Stretch::Forward,
+            batch: 2,
+            dropout: false,
+            buffers: 1,
+        }
+    }
+
+    /// A stretch whose launches change from step to step (here the rows of a bias, as a
+    /// per-step value baked into a CUDA graph would be) fails at its first replay, naming
+    /// the call.
+    #[test]
+    fn a_replay_that_would_launch_other_than_its_recording_fails() -> Result<(), KernelError> {
+        let mut k = HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?
+            .replaying(true);
+        let (mut y, bias) = (k.upload(&[1.0; 8])?, k.upload(&[0.5; 4])?);
+        let mut rows = 0;
+        let mut varying = |k: &mut HostKernels| {
+            rows = rows % 2 + 1;
+            k.bias_add(rows, 4, &mut y, &bias)
+        };
+        k.replayable(replay_key(), &mut varying)?;
+        k.replayable(replay_key(), &mut varying)?;
+        let e = k.replayable(replay_key(), &mut varying).unwrap_err();
+        assert!(e.to_string().contains("bias_add(1, 4"), "{e}");
+        // The same launches replay.
+        let mut fixed = |k: &mut HostKernels| k.bias_add(2, 4, &mut y, &bias);
+        let key = ReplayKey {
+            buffers: 2,
+            ..replay_key()
+        };
+        for _ in 0..3 {
+            k.replayable(key, &mut fixed)?;
+        }
+        let stats = k.replay_stats().unwrap();
+        assert_eq!((stats.recorded, stats.replayed), (2, 2));
+        Ok(())
+    }
+
+    /// What a GPU recording cannot hold (an upload here) refuses the recording: the stretch
+    /// runs directly from then on, and the reason is kept for the run's summary.
+    #[test]
+    fn a_host_call_inside_a_recorded_stretch_refuses_the_recording() -> Result<(), KernelError> {
+        let mut k = HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?
+            .replaying(true);
+        let mut uploads = |k: &mut HostKernels| k.upload(&[1.0]).map(drop);
+        for _ in 0..3 {
+            k.replayable(replay_key(), &mut uploads)?;
+        }
+        let stats = k.replay_stats().unwrap();
+        assert_eq!((stats.direct, stats.recorded), (3, 0));
+        let reason = stats.refused.unwrap_or_default();
+        assert!(reason.contains("upload") && reason.contains("inside"), "{reason}");
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ pub mod bf16;
 pub mod cuda;
 pub mod host;
 pub mod loops;
+pub mod replay;
 
 pub use crate::config::{Layout, Precision};
 use crate::dist::Control;
@@ -551,4 +552,22 @@ pub trait Kernels<D: Storage<f32>> {
 
     /// Writes dropout mask `mask` into `out` (drawn on the device, nothing uploaded).
     fn dropout_mask(&mut self, mask: &DropoutMask, out: &mut Buf<D>) -> KernelResult;
+
+    /// Runs `work`: kernel launches only — the convolutions, the elementwise kernels,
+    /// `matmul` — on buffers that stay put, the same launches whenever `key` is the same;
+    /// nothing from the host (no upload or download, no `normalize`, `dropout_mask`,
+    /// `softmax_cross_entropy` or SGD: their per-step values are written outside). With
+    /// replaying on (`compute.graphs`), kernels that can record such a stretch replay it
+    /// instead (see `replay`). `work` must not change host state: a replay does not call it.
+    fn replayable(&mut self, key: replay::ReplayKey, work: replay::Work<'_, Self>) -> KernelResult
+    where
+        Self: Sized,
+    {
+        let _ = key;
+        work(self)
+    }
+    /// How the stretches went; `None` when replaying is off.
+    fn replay_stats(&self) -> Option<replay::ReplayStats> {
+        None
+    }
 }
