@@ -47,6 +47,8 @@ pub struct BenchReport {
     /// The device's streaming bandwidth in GB/s, measured with a kernel that reads two arrays
     /// and writes a third (`Kernels::multiply`; best of five), when the fast path was profiled.
     pub bandwidth_gbs: Option<f64>,
+    /// How the timed steps' passes ran, when `compute.graphs` is on.
+    pub replays: Option<crate::kernels::replay::ReplayStats>,
     /// The fast path's stages against what they must at least do (`engine::costs`).
     pub floors: Vec<StageFloor>,
 }
@@ -91,6 +93,9 @@ impl std::fmt::Display for BenchReport {
                     s.stage, s.ms, s.megabytes, s.floor_ms, s.gflop, s.tflops
                 )?;
             }
+        }
+        if let Some(replays) = &self.replays {
+            writeln!(f, "passes (compute.graphs, unprofiled steps): {replays}")?;
         }
         writeln!(
             f,
@@ -207,6 +212,7 @@ pub fn run<D: FastDevice>(
         stages_ms.push((name, ms));
     }
     let (fast, path) = (matches!(engine, StepEngine::Fast(_)), engine.describe());
+    let replays = engine.replay_stats();
     // Its buffers go back before the probe takes its own.
     drop(engine);
     let bandwidth_gbs = (fast && profile_steps > 0)
@@ -226,6 +232,7 @@ pub fn run<D: FastDevice>(
         phases_ms,
         stages_ms,
         bandwidth_gbs,
+        replays,
         floors,
     })
 }

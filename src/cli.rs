@@ -187,11 +187,16 @@ pub struct DeviceArg {
     /// nchw].
     #[arg(long, value_enum)]
     pub layout: Option<crate::config::Layout>,
+    /// Record each training step's forward and backward passes once as CUDA graphs and replay
+    /// them (on the CPU: check that they would replay) [default: the pipeline's
+    /// compute.graphs, off].
+    #[arg(long, value_enum)]
+    pub graphs: Option<crate::config::Graphs>,
 }
 
 impl DeviceArg {
-    /// Applies `--engine`, `--precision`, `--algorithms` and `--layout` (none changes what is
-    /// trained, so each may differ on resume).
+    /// Applies `--engine`, `--precision`, `--algorithms`, `--layout` and `--graphs` (none
+    /// changes what is trained, so each may differ on resume).
     pub fn apply(&self, pipeline: &mut Pipeline) {
         if let Some(engine) = self.engine {
             pipeline.compute.engine = engine;
@@ -204,6 +209,9 @@ impl DeviceArg {
         }
         if let Some(layout) = self.layout {
             pipeline.compute.layout = layout;
+        }
+        if let Some(graphs) = self.graphs {
+            pipeline.compute.graphs = graphs;
         }
     }
 }

@@ -77,6 +77,24 @@ pub struct ComputeConfig {
     /// tensor-core convolutions read, so none of its layout conversions run). Filters,
     /// checkpoints and results are the same in both.
     pub layout: Layout,
+    /// `on`: the fast path records each training step's forward and backward passes once as
+    /// CUDA graphs and replays them (one launch each instead of some seventy, no gaps between
+    /// them); `off`: every kernel is launched every step. Results are the same bit for bit.
+    /// On the CPU, `on` checks instead that every replay would launch what was recorded.
+    pub graphs: Graphs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Graphs {
+    Off,
+    On,
+}
+
+impl Graphs {
+    pub fn is_on(self) -> bool {
+        self == Graphs::On
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -132,6 +150,7 @@ impl Default for ComputeConfig {
             precision: Precision::Tf32,
             algorithms: Algorithms::Heuristic,
             layout: Layout::Nchw,
+            graphs: Graphs::Off,
         }
     }
 }

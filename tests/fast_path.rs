@@ -166,6 +166,44 @@ fn a_channels_last_run_trains_exactly_as_a_channels_first_run() {
     assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
 }
 
+/// `--graphs on`: the host kernels record each pass as a trace and check every replay
+/// against it (a per-step value inside a replayed pass fails the run), and the run repeats a
+/// run without replaying bit for bit. The epoch lines say how the passes ran: training's two
+/// passes are recorded at the second step; validation's forward passes (a full and a short
+/// last batch, without dropout: keys of their own) when seen again, in the second epoch.
+#[test]
+fn a_run_replaying_its_passes_repeats_a_run_launching_them_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = tiny_setup(dir.path(), "epochs = 2");
+    let (off, on) = (dir.path().join("off"), dir.path().join("on"));
+    let out = train(&data, &off, &pipeline, "fast", &["--graphs", "off"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("compute.graphs"), "{stderr}");
+    let out = train(&data, &on, &pipeline, "fast", &["--graphs", "on"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(read(&on.join("pipeline.toml")).contains("graphs = \"on\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let passes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("  passes (compute.graphs)"))
+        .collect();
+    assert_eq!(passes.len(), 2, "one line per epoch: {stderr}");
+    assert!(passes[0].contains("2 recorded"), "{stderr}");
+    assert!(passes[1].contains("4 recorded"), "{stderr}");
+    // And once in the run's summary.
+    assert!(
+        stderr.contains("\npasses (compute.graphs): 4 recorded, 16 replayed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("recording failed"), "{stderr}");
+    assert!(losses(&off).len() >= 6);
+    assert_eq!(losses(&off), losses(&on));
+    let a = TensorFile::read(&latest_checkpoint(&off)).unwrap();
+    let b = TensorFile::read(&latest_checkpoint(&on)).unwrap();
+    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+}
+
 /// The layout may change when a run is resumed (checkpoints are the same in both): a run
 /// stopped in NCHW and resumed in NHWC repeats the uninterrupted run bit for bit on the host.
 #[test]
@@ -306,6 +344,42 @@ fn check_fast_passes_with_channels_last_activations() {
             let error = r[0]["relative_error"].as_f64().unwrap();
             assert!(error < 1e-5, "{name}: {error:e}\n{out}");
         }
+    }
+}
+
+/// `check-fast --graphs on` runs the step twice more — recorded, then replayed — and holds its
+/// logits and all 16 gradients to the step run directly, exactly (on the host the replay is
+/// also checked to make the recorded calls).
+#[test]
+fn check_fast_holds_replayed_passes_to_the_step_run_directly() {
+    let out = run_ok(&[
+        "check-fast",
+        "--pipeline",
+        s(&repo_file("pipelines/sample.toml")),
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--layout",
+        "nhwc",
+        "--graphs",
+        "on",
+    ]);
+    assert!(!out.contains("FAIL"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16 + 17);
+    let recorded: Vec<_> = results
+        .iter()
+        .filter(|r| r[0]["kind"] == "recorded")
+        .collect();
+    assert_eq!(recorded.len(), 17, "{out}");
+    for r in recorded {
+        assert!(r[0]["name"].as_str().unwrap().starts_with("recorded passes: "));
+        assert_eq!(r[0]["relative_error"].as_f64(), Some(0.0), "{r}");
+        assert_eq!(r[1].as_f64(), Some(0.0), "held exactly: {r}");
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Kind {
     /// the replay from an exact forward pass): reported, not held to a tolerance, since a
     /// decision taken the other way at a near-tie moves it by more than rounding.
     EndToEnd,
+    /// The step again from recorded passes (`compute.graphs`) against the step run directly:
+    /// the same launches on the same buffers, so exactly equal.
+    Recorded,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +165,40 @@ fn compare<R: Copy + Into<f64>>(
     }
 }
 
+/// The latest step of `against_dfdx` (whose gradients were `direct`) twice more without the
+/// update — recorded the second time, replayed the third (`compute.graphs`) — its logits and
+/// gradients against the first's, which ran every kernel directly.
+fn recorded_passes<D: FastDevice>(
+    net: &mut FastNet<D>,
+    batch: &TestBatch,
+    seed: u64,
+    direct: &[(Vec<f32>, Vec<f32>)],
+) -> Result<Vec<Comparison>, CheckError> {
+    let direct_logits = net.logits()?;
+    for _ in 0..2 {
+        let key = DropoutKey {
+            seed,
+            step: 0,
+            first_image: 0,
+        };
+        net.forward(&batch.input(), Some(key))?;
+        net.loss(&batch.labels)?;
+        net.backward()?;
+    }
+    let mut out = vec![compare(
+        Kind::Recorded,
+        "recorded passes: logits",
+        &net.logits()?,
+        &direct_logits,
+    )];
+    for (i, ((w, b), (w0, b0))) in net.gradients()?.iter().zip(direct).enumerate() {
+        let name = |what| format!("recorded passes: d {}.{what}", TORCH_NAMES[i]);
+        out.push(compare(Kind::Recorded, &name("weight"), w, w0));
+        out.push(compare(Kind::Recorded, &name("bias"), b, b0));
+    }
+    Ok(out)
+}
+
 /// What one checked training step found.
 pub struct StepCheck {
     pub comparisons: Vec<Comparison>,
@@ -231,6 +268,9 @@ pub fn against_dfdx<D: FastDevice>(
     net.backward()?;
 
     let fast = net.gradients()?;
+    if compute.graphs.is_on() {
+        out.extend(recorded_passes(&mut net, batch, seed, &fast)?);
+    }
     for (i, ([weight, bias], (fast_weight, fast_bias))) in reference.iter().zip(&fast).enumerate() {
         let name = |what| format!("dfdx d {}.{what}", TORCH_NAMES[i]);
         out.push(compare(
@@ -998,7 +1038,7 @@ pub fn tolerance(kind: Kind, conv: f64) -> Option<f64> {
     match kind {
         Kind::ElementwiseKernel => Some(1e-5),
         Kind::Bf16Kernel => Some(BF16_KERNEL_TOLERANCE),
-        Kind::ExactKernel => Some(0.0),
+        Kind::ExactKernel | Kind::Recorded => Some(0.0),
         Kind::ConvolutionKernel | Kind::Network | Kind::Replay => Some(conv),
         Kind::EndToEnd => None,
     }

@@ -2,6 +2,12 @@
 //! activations one training step keeps, the forward and backward passes and the SGD update —
 //! and the fully connected part in `head`, which `FastNet` drives. Both passes are a loop over
 //! the model's blocks (`Spec::blocks`), so the network's layout is written once, in `model`.
+//!
+//! A step's per-step values go into fixed buffers first — the input is normalised and the
+//! dropout masks drawn before the forward pass, the loss's gradient written before the
+//! backward pass — so that each pass is the same launches at every step of a batch size,
+//! which the kernels may record once and replay (`kernels::replay`; not while a profile
+//! observes the stages).
 
 use dfdx::prelude::*;
 
@@ -10,6 +16,7 @@ use super::metrics::Tally;
 use super::params::Params;
 use crate::config::Precision;
 use crate::device::FastDevice;
+use crate::kernels::replay::{ReplayKey, Stretch};
 use crate::kernels::{
     Buf, ConvShape, InputBatch, KernelError, KernelResult, Kernels, LayerGradients, Layout,
     LrnParams, Memory, Planes, PoolShape, SgdStep,
@@ -19,6 +26,8 @@ use crate::model::{Affine, AlexNet, ConvBlock, Mat, TorchLayout, CONV_BLOCKS};
 
 /// The stage name `forward_observed` reports for normalising the input.
 pub const NORMALISE: &str = "normalise";
+/// The stage name `forward_observed` reports for drawing the dropout masks (training only).
+pub const MASKS: &str = "dropout masks";
 
 /// Why a step on the fast path failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +145,8 @@ impl<D: Storage<f32>> BlockActivations<D> {
 /// What one batch size needs.
 struct Activations<D: Storage<f32>> {
     batch: usize,
+    /// Which allocation these are (a replayed pass reads and writes these very buffers).
+    id: u64,
     /// The normalised input, `[B, 3, S, S]`.
     input: Buf<D>,
     blocks: Vec<BlockActivations<D>>,
@@ -146,15 +157,23 @@ struct Activations<D: Storage<f32>> {
     head: HeadActivations<D>,
 }
 
-/// The whole network on the fast path. See the module documentation of `engine`.
-pub struct FastNet<D: FastDevice> {
-    kernels: D::Kernels,
+/// The network's parameters, and its forward and backward passes over one batch's
+/// activations.
+struct Network<D: Storage<f32>> {
     layers: [ConvParams<D>; CONV_BLOCKS],
     head: Head<D>,
     lrn: LrnParams,
+}
+
+/// The whole network on the fast path. See the module documentation of `engine`.
+pub struct FastNet<D: FastDevice> {
+    kernels: D::Kernels,
+    net: Network<D>,
     /// Kept for the last two batch sizes (training's, and an evaluation pass's short last
     /// batch), newest last.
     activations: Vec<Activations<D>>,
+    /// Activation buffers allocated so far (their ids).
+    allocations: u64,
     momentum: f32,
     weight_decay: f32,
 }
@@ -188,15 +207,18 @@ impl<D: FastDevice> FastNet<D> {
         let head = Head::new(&mut kernels, model, velocity)?;
         Ok(Self {
             kernels,
-            layers: params.try_into().unwrap_or_else(|_| unreachable!()),
-            head,
-            lrn: LrnParams {
-                size: cfg.lrn_size,
-                k: cfg.lrn_k,
-                alpha: cfg.lrn_alpha,
-                beta: cfg.lrn_beta,
+            net: Network {
+                layers: params.try_into().unwrap_or_else(|_| unreachable!()),
+                head,
+                lrn: LrnParams {
+                    size: cfg.lrn_size,
+                    k: cfg.lrn_k,
+                    alpha: cfg.lrn_alpha,
+                    beta: cfg.lrn_beta,
+                },
             },
             activations: Vec::new(),
+            allocations: 0,
             momentum: momentum as f32,
             weight_decay: weight_decay as f32,
         })
@@ -204,6 +226,11 @@ impl<D: FastDevice> FastNet<D> {
 
     pub fn kernels(&mut self) -> &mut D::Kernels {
         &mut self.kernels
+    }
+
+    /// How the passes were run so far (see `Kernels::replay_stats`).
+    pub fn replay_stats(&self) -> Option<crate::kernels::replay::ReplayStats> {
+        self.kernels.replay_stats()
     }
 
     /// Writes the parameters and their momentum back into `model` and `velocity` (dfdx's
@@ -214,7 +241,7 @@ impl<D: FastDevice> FastNet<D> {
         velocity: &mut [Affine<f32, D>; 8],
     ) -> KernelResult {
         let layers = model.layers_mut();
-        for (i, (affine, p)) in layers.into_iter().zip(&self.layers).enumerate() {
+        for (i, (affine, p)) in layers.into_iter().zip(&self.net.layers).enumerate() {
             let (inputs, outputs) = (affine.inputs(), affine.outputs());
             let k = &mut self.kernels;
             let filters = |k: &mut D::Kernels, buf: &Buf<D>| -> KernelResult<Vec<f32>> {
@@ -226,14 +253,14 @@ impl<D: FastDevice> FastNet<D> {
             v.weight.copy_from(&filters(k, &p.params.weight_velocity)?);
             v.bias.copy_from(&k.download(&p.params.bias_velocity)?);
         }
-        self.head.export(&mut self.kernels, model, velocity)
+        self.net.head.export(&mut self.kernels, model, velocity)
     }
 
     /// Bytes of activations and gradients a batch of `batch` crops needs.
     pub fn activation_bytes(&self, batch: usize) -> usize {
         let precision = self.kernels.precision();
-        activation_bytes(&self.layers.each_ref().map(|p| p.block), batch, precision)
-            + self.head.activation_bytes(batch)
+        activation_bytes(&self.net.layers.each_ref().map(|p| p.block), batch, precision)
+            + self.net.head.activation_bytes(batch)
     }
 
     /// The buffers for `batch`, allocated on first use. A batch whose activations cannot fit
@@ -273,13 +300,14 @@ impl<D: FastDevice> FastNet<D> {
         if self.activations.len() == 2 {
             self.activations.remove(0);
         }
-        let features = self.final_planes(batch).len();
+        self.allocations += 1;
+        let features = self.net.final_planes(batch).len();
         let k = &mut self.kernels;
         // Activations and their gradients in the precision's element type; LRN's
         // denominators and pooling's choices f32 (see `kernels`).
-        let input = k.alloc_activation(self.layers[0].shape(batch).input_len())?;
+        let input = k.alloc_activation(self.net.layers[0].shape(batch).input_len())?;
         let mut blocks = Vec::with_capacity(CONV_BLOCKS);
-        for p in &self.layers {
+        for p in &self.net.layers {
             let conv = p.shape(batch).output_len();
             let pool = p.pool_shape(batch).map(|s| s.output_len());
             let lrn = p.block.lrn;
@@ -301,11 +329,12 @@ impl<D: FastDevice> FastNet<D> {
         }
         Ok(Activations {
             batch,
+            id: self.allocations,
             input,
             blocks,
             features: k.alloc(features)?,
             d_features: k.alloc(features)?,
-            head: self.head.allocate(k, batch)?,
+            head: self.net.head.allocate(k, batch)?,
         })
     }
 
@@ -338,26 +367,48 @@ impl<D: FastDevice> FastNet<D> {
         input: &InputBatch,
         dropout: Option<DropoutKey>,
     ) -> Result<(), FastError> {
-        self.forward_observed(input, dropout, &mut |_| {})
+        self.forward_observed(input, dropout, None)
     }
 
-    /// `forward`, calling `observe(stage)` after each stage (for profiling).
+    /// `forward`, calling `observe(stage)` after each stage when given (for profiling: every
+    /// kernel is then launched on its own, never replayed).
     pub fn forward_observed(
         &mut self,
         input: &InputBatch,
         dropout: Option<DropoutKey>,
-        observe: &mut dyn FnMut(&str),
+        observe: Option<&mut dyn FnMut(&str)>,
     ) -> Result<(), FastError> {
         let batch = input.batch;
         let mut a = self.activations(batch)?;
-        let result = self.features_into(&mut a, input, observe).and_then(|()| {
-            let (k, features) = (&mut self.kernels, &a.features);
-            self.head
-                .forward(k, &mut a.head, features, dropout, observe)
-        });
+        let result = self.forward_into(&mut a, input, dropout, observe);
         // Kept even after a failure: the buffers are good for the next try.
         self.activations.push(a);
         Ok(result?)
+    }
+
+    fn forward_into(
+        &mut self,
+        a: &mut Activations<D>,
+        input: &InputBatch,
+        dropout: Option<DropoutKey>,
+        mut observe: Option<&mut dyn FnMut(&str)>,
+    ) -> KernelResult {
+        let (k, net) = (&mut self.kernels, &self.net);
+        k.normalize(input, &mut a.input)?; //                               [B, 3, S, S]
+        if let Some(observe) = observe.as_deref_mut() {
+            observe(NORMALISE);
+        }
+        net.head.draw_masks(k, &mut a.head, dropout)?;
+        if let (Some(observe), true) = (observe.as_deref_mut(), a.head.dropout()) {
+            observe(MASKS);
+        }
+        match observe {
+            Some(observe) => net.forward(k, a, observe),
+            None => {
+                let key = a.key(Stretch::Forward);
+                k.replayable(key, &mut |k| net.forward(k, a, &mut |_| {}))
+            }
+        }
     }
 
     /// The latest forward pass's mean softmax cross-entropy against `labels`; its gradient is
@@ -373,7 +424,8 @@ impl<D: FastDevice> FastNet<D> {
         let Some(a) = self.activations.last_mut() else {
             return Err(no_step("loss"));
         };
-        self.head
+        self.net
+            .head
             .loss(&mut self.kernels, &mut a.head, labels, mean_over)
     }
 
@@ -382,21 +434,197 @@ impl<D: FastDevice> FastNet<D> {
         let Some(a) = self.activations.last() else {
             return Err(no_step("logits"));
         };
-        let len = a.batch * self.head.classes();
-        self.kernels.download_prefix(self.head.logits(&a.head), len)
+        let len = a.batch * self.net.head.classes();
+        self.kernels
+            .download_prefix(self.net.head.logits(&a.head), len)
     }
 
-    fn features_into(
+    /// The backward pass of the latest `forward` and `loss`: fills every parameter's gradient
+    /// (replayed where the kernels replay).
+    pub fn backward(&mut self) -> KernelResult {
+        let Some(mut a) = self.activations.pop() else {
+            return Err(no_step("backward"));
+        };
+        let (k, net) = (&mut self.kernels, &mut self.net);
+        let key = a.key(Stretch::Backward);
+        let result = k.replayable(key, &mut |k| {
+            net.backward(k, &mut a, &mut |_| Ok(()), &mut |_| {})
+        });
+        self.activations.push(a);
+        result
+    }
+
+    /// `backward`, calling `observe(stage)` after each stage: `fc8` to `fc6`, `pool3`, then
+    /// per block its pooling, LRN, ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`)
+    /// and input (`conv2 data`) gradients, so that a profile shows each kernel's share.
+    pub fn backward_observed(&mut self, observe: &mut dyn FnMut(&str)) -> KernelResult {
+        self.backward_summed(&mut |_| Ok(()), observe)
+    }
+
+    /// `backward_observed`, handing each layer's weight and bias gradients to `sum` as soon
+    /// as they are written — FC8, FC7, FC6, conv5, …, conv1 — so that summing them across the
+    /// ranks of a data-parallel job overlaps the rest of the pass.
+    pub fn backward_summed(
         &mut self,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
+        let Some(mut a) = self.activations.pop() else {
+            return Err(no_step("backward"));
+        };
+        let result = self.net.backward(&mut self.kernels, &mut a, sum, observe);
+        self.activations.push(a);
+        result
+    }
+
+    /// For a rank whose slice of the batch is empty: zero gradients, handed to `sum` in the
+    /// order `backward_summed` hands them (the ranks' sums pair up by order).
+    pub fn backward_empty(
+        &mut self,
+        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
+    ) -> KernelResult {
+        let k = &mut self.kernels;
+        let net = &mut self.net;
+        let conv = net.layers.iter_mut().rev().map(|p| &mut p.params);
+        for p in net.head.params_backward().chain(conv) {
+            p.zero_gradients(k)?;
+            sum(p.gradients())?;
+        }
+        Ok(())
+    }
+
+    /// A checksum of every weight and bias, bit for bit (the ranks of a data-parallel job
+    /// compare theirs).
+    pub fn checksum(&mut self) -> KernelResult<u64> {
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let conv = self.net.layers.iter().map(|p| &p.params);
+        for p in conv.chain(self.net.head.params()) {
+            p.hash_into(&mut self.kernels, &mut hash)?;
+        }
+        Ok(hash.digest())
+    }
+
+    /// One SGD update of every parameter from the gradients of `backward`.
+    pub fn sgd_step(&mut self, learning_rate: f64) -> KernelResult {
+        let step = SgdStep {
+            learning_rate: learning_rate as f32,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        };
+        let conv = self.net.layers.iter_mut().map(|p| &mut p.params);
+        let mut tensors: Vec<_> = conv
+            .chain(self.net.head.params_mut())
+            .flat_map(|p| p.sgd_tensors())
+            .collect();
+        self.kernels.sgd_all(&step, &mut tensors)
+    }
+
+    /// The latest step's input, activations, parameters and gradients, on the host.
+    pub fn record(&mut self) -> KernelResult<Recorded> {
+        let Some(a) = self.activations.last() else {
+            return Err(no_step("record"));
+        };
+        let batch = a.batch;
+        let head = self.net.head.record(&mut self.kernels, &a.head)?;
+        let k = &mut self.kernels;
+        let layout = k.layout();
+        // Activations as NCHW, whatever the kernels' layout.
+        let nchw = |planes: Planes, values: Vec<f32>| match layout {
+            Layout::Nchw => values,
+            Layout::Nhwc => crate::kernels::loops::to_nchw(&planes, &values),
+        };
+        let mut blocks = Vec::with_capacity(CONV_BLOCKS);
+        for (p, b) in self.net.layers.iter().zip(&a.blocks) {
+            let shape = p.shape(batch);
+            let (conv, filter) = (shape.output_planes(), shape.filter_len());
+            let pooled = p.pool_shape(batch).map(|s| s.output_planes());
+            let channels = p.block.out_channels;
+            let activation = |k: &mut D::Kernels, buf: &Buf<D>, planes: Planes| {
+                Ok::<_, KernelError>(nchw(planes, k.download_activation(buf, planes.len())?))
+            };
+            let relu = activation(k, &b.relu, conv)?;
+            let lrn = b
+                .lrn
+                .as_ref()
+                .map(|(y, _)| activation(k, y, conv))
+                .transpose()?;
+            let pool = match (&b.pool, pooled) {
+                (Some((y, _)), Some(planes)) => Some(activation(k, y, planes)?),
+                _ => None,
+            };
+            blocks.push(RecordedBlock {
+                block: p.block,
+                weight: k.download_prefix(&p.params.weight, filter)?,
+                bias: k.download_prefix(&p.params.bias, channels)?,
+                relu,
+                lrn,
+                pool,
+                weight_grad: k.download_prefix(&p.params.weight_grad, filter)?,
+                bias_grad: k.download_prefix(&p.params.bias_grad, channels)?,
+                weight_velocity: k.download_prefix(&p.params.weight_velocity, filter)?,
+            });
+        }
+        let input_planes = self.net.layers[0].shape(batch).input_planes();
+        let input = k.download_activation(&a.input, input_planes.len())?;
+        let input = nchw(input_planes, input);
+        let features_len = batch * self.net.head.inputs();
+        Ok(Recorded {
+            batch,
+            lrn: self.net.lrn,
+            input,
+            blocks,
+            features: k.download_prefix(&a.features, features_len)?,
+            d_features: k.download_prefix(&a.d_features, features_len)?,
+            head,
+        })
+    }
+
+    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer; all
+    /// eight layers).
+    pub fn gradients(&mut self) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
+        let k = &mut self.kernels;
+        let mut out = self
+            .net
+            .layers
+            .iter()
+            .map(|p| {
+                let (inputs, outputs) = (p.block.weight_rows(), p.block.out_channels);
+                let w = from_torch(
+                    p.layout(),
+                    &k.download(&p.params.weight_grad)?,
+                    inputs,
+                    outputs,
+                );
+                Ok((w, k.download(&p.params.bias_grad)?))
+            })
+            .collect::<KernelResult<Vec<_>>>()?;
+        out.extend(self.net.head.gradients(k)?);
+        Ok(out)
+    }
+}
+
+impl<D: Storage<f32>> Activations<D> {
+    /// What a pass over these buffers depends on (see `Kernels::replayable`).
+    fn key(&self, stretch: Stretch) -> ReplayKey {
+        ReplayKey {
+            stretch,
+            batch: self.batch,
+            dropout: self.head.dropout(),
+            buffers: self.id,
+        }
+    }
+}
+
+impl<D: Storage<f32>> Network<D> {
+    /// conv1 to the logits, from the normalised input and the drawn masks in `a`.
+    fn forward<K: Kernels<D>>(
+        &self,
+        k: &mut K,
         a: &mut Activations<D>,
-        input: &InputBatch,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
         let batch = a.batch;
         let final_planes = self.final_planes(batch);
-        let k = &mut self.kernels;
-        k.normalize(input, &mut a.input)?; //                               [B, 3, S, S]
-        observe(NORMALISE);
         for (i, p) in self.layers.iter().enumerate() {
             let (conv, lrn, pool) = p.block.names();
             let shape = p.shape(batch);
@@ -420,7 +648,7 @@ impl<D: FastDevice> FastNet<D> {
         let last = a.blocks.last().expect("five blocks");
         k.flatten_channels_last(&final_planes, last.output(), &mut a.features)?; // [B, S_out²·C_out]
         observe("flatten");
-        Ok(())
+        self.head.forward(k, &mut a.head, &a.features, observe)
     }
 
     /// conv5's pooled output as planes (what FC6 reads, flattened).
@@ -433,68 +661,20 @@ impl<D: FastDevice> FastNet<D> {
         }
     }
 
-    /// The backward pass of the latest `forward` and `loss`: fills every parameter's gradient.
-    pub fn backward(&mut self) -> KernelResult {
-        self.backward_observed(&mut |_| {})
-    }
-
-    /// `backward`, calling `observe(stage)` after each stage: `fc8` to `fc6`, `pool3`, then
-    /// per block its pooling, LRN, ReLU and bias (`conv1 relu+bias`), filter (`conv1 filter`)
-    /// and input (`conv2 data`) gradients, so that a profile shows each kernel's share.
-    pub fn backward_observed(&mut self, observe: &mut dyn FnMut(&str)) -> KernelResult {
-        self.backward_summed(&mut |_| Ok(()), observe)
-    }
-
-    /// `backward_observed`, handing each layer's weight and bias gradients to `sum` as soon
-    /// as they are written — FC8, FC7, FC6, conv5, …, conv1 — so that summing them across the
-    /// ranks of a data-parallel job overlaps the rest of the pass.
-    pub fn backward_summed(
+    /// From the logits' gradient (written by the loss) to every parameter's gradient, each
+    /// layer's handed to `sum` once written.
+    fn backward<K: Kernels<D>>(
         &mut self,
-        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
-        observe: &mut dyn FnMut(&str),
-    ) -> KernelResult {
-        let Some(mut a) = self.activations.pop() else {
-            return Err(no_step("backward"));
-        };
-        let result = self
-            .head
-            .backward(
-                &mut self.kernels,
-                &mut a.head,
-                &a.features,
-                &mut a.d_features,
-                sum,
-                observe,
-            )
-            .and_then(|()| self.backward_from(&mut a, sum, observe));
-        self.activations.push(a);
-        result
-    }
-
-    /// For a rank whose slice of the batch is empty: zero gradients, handed to `sum` in the
-    /// order `backward_summed` hands them (the ranks' sums pair up by order).
-    pub fn backward_empty(
-        &mut self,
-        sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
-    ) -> KernelResult {
-        let k = &mut self.kernels;
-        let conv = self.layers.iter_mut().rev().map(|p| &mut p.params);
-        for p in self.head.params_backward().chain(conv) {
-            p.zero_gradients(k)?;
-            sum(p.gradients())?;
-        }
-        Ok(())
-    }
-
-    fn backward_from(
-        &mut self,
+        k: &mut K,
         a: &mut Activations<D>,
         sum: &mut dyn FnMut(LayerGradients<'_, D>) -> KernelResult,
         observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
+        let (features, d_features) = (&a.features, &mut a.d_features);
+        self.head
+            .backward(k, &mut a.head, features, d_features, sum, observe)?;
         let batch = a.batch;
         let planes = self.final_planes(batch);
-        let k = &mut self.kernels;
         let last = a.blocks.last_mut().expect("five blocks");
         k.unflatten_channels_last(&planes, &a.d_features, last.d_output())?;
         observe("flatten");
@@ -532,114 +712,6 @@ impl<D: FastDevice> FastNet<D> {
             }
         }
         Ok(())
-    }
-
-    /// A checksum of every weight and bias, bit for bit (the ranks of a data-parallel job
-    /// compare theirs).
-    pub fn checksum(&mut self) -> KernelResult<u64> {
-        let mut hash = xxhash_rust::xxh3::Xxh3::new();
-        let conv = self.layers.iter().map(|p| &p.params);
-        for p in conv.chain(self.head.params()) {
-            p.hash_into(&mut self.kernels, &mut hash)?;
-        }
-        Ok(hash.digest())
-    }
-
-    /// One SGD update of every parameter from the gradients of `backward`.
-    pub fn sgd_step(&mut self, learning_rate: f64) -> KernelResult {
-        let step = SgdStep {
-            learning_rate: learning_rate as f32,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-        };
-        let conv = self.layers.iter_mut().map(|p| &mut p.params);
-        let mut tensors: Vec<_> = conv
-            .chain(self.head.params_mut())
-            .flat_map(|p| p.sgd_tensors())
-            .collect();
-        self.kernels.sgd_all(&step, &mut tensors)
-    }
-
-    /// The latest step's input, activations, parameters and gradients, on the host.
-    pub fn record(&mut self) -> KernelResult<Recorded> {
-        let Some(a) = self.activations.last() else {
-            return Err(no_step("record"));
-        };
-        let batch = a.batch;
-        let head = self.head.record(&mut self.kernels, &a.head)?;
-        let k = &mut self.kernels;
-        let layout = k.layout();
-        // Activations as NCHW, whatever the kernels' layout.
-        let nchw = |planes: Planes, values: Vec<f32>| match layout {
-            Layout::Nchw => values,
-            Layout::Nhwc => crate::kernels::loops::to_nchw(&planes, &values),
-        };
-        let mut blocks = Vec::with_capacity(CONV_BLOCKS);
-        for (p, b) in self.layers.iter().zip(&a.blocks) {
-            let shape = p.shape(batch);
-            let (conv, filter) = (shape.output_planes(), shape.filter_len());
-            let pooled = p.pool_shape(batch).map(|s| s.output_planes());
-            let channels = p.block.out_channels;
-            let activation = |k: &mut D::Kernels, buf: &Buf<D>, planes: Planes| {
-                Ok::<_, KernelError>(nchw(planes, k.download_activation(buf, planes.len())?))
-            };
-            let relu = activation(k, &b.relu, conv)?;
-            let lrn = b
-                .lrn
-                .as_ref()
-                .map(|(y, _)| activation(k, y, conv))
-                .transpose()?;
-            let pool = match (&b.pool, pooled) {
-                (Some((y, _)), Some(planes)) => Some(activation(k, y, planes)?),
-                _ => None,
-            };
-            blocks.push(RecordedBlock {
-                block: p.block,
-                weight: k.download_prefix(&p.params.weight, filter)?,
-                bias: k.download_prefix(&p.params.bias, channels)?,
-                relu,
-                lrn,
-                pool,
-                weight_grad: k.download_prefix(&p.params.weight_grad, filter)?,
-                bias_grad: k.download_prefix(&p.params.bias_grad, channels)?,
-                weight_velocity: k.download_prefix(&p.params.weight_velocity, filter)?,
-            });
-        }
-        let input_planes = self.layers[0].shape(batch).input_planes();
-        let input = k.download_activation(&a.input, input_planes.len())?;
-        let input = nchw(input_planes, input);
-        let features_len = batch * self.head.inputs();
-        Ok(Recorded {
-            batch,
-            lrn: self.lrn,
-            input,
-            blocks,
-            features: k.download_prefix(&a.features, features_len)?,
-            d_features: k.download_prefix(&a.d_features, features_len)?,
-            head,
-        })
-    }
-
-    /// The gradients of the latest `backward`, in dfdx's layouts (weight, bias per layer; all
-    /// eight layers).
-    pub fn gradients(&mut self) -> KernelResult<Vec<(Vec<f32>, Vec<f32>)>> {
-        let k = &mut self.kernels;
-        let mut out = self
-            .layers
-            .iter()
-            .map(|p| {
-                let (inputs, outputs) = (p.block.weight_rows(), p.block.out_channels);
-                let w = from_torch(
-                    p.layout(),
-                    &k.download(&p.params.weight_grad)?,
-                    inputs,
-                    outputs,
-                );
-                Ok((w, k.download(&p.params.bias_grad)?))
-            })
-            .collect::<KernelResult<Vec<_>>>()?;
-        out.extend(self.head.gradients(k)?);
-        Ok(out)
     }
 }
 

@@ -58,6 +58,13 @@ pub struct HeadActivations<D: Storage<f32>> {
     dropout: bool,
 }
 
+impl<D: Storage<f32>> HeadActivations<D> {
+    /// Whether the latest forward pass applies dropout.
+    pub fn dropout(&self) -> bool {
+        self.dropout
+    }
+}
+
 /// The fully connected part's parameters.
 pub struct Head<D: Storage<f32>> {
     layers: Vec<Dense<D>>,
@@ -172,39 +179,49 @@ impl<D: Storage<f32>> Head<D> {
         })
     }
 
-    /// FC6 to FC8 from `features` (`(batch, inputs)`), with the dropout masks of `dropout`
-    /// (none to evaluate); the logits stay in `a` (see `logits`).
-    pub fn forward<K: Kernels<D>>(
+    /// Draws the dropout masks of `dropout` (none to evaluate) for the next `forward`: before
+    /// it, so that the forward pass itself is the same launches at every step (`replay`).
+    pub fn draw_masks<K: Kernels<D>>(
         &self,
         k: &mut K,
         a: &mut HeadActivations<D>,
-        features: &Buf<D>,
         dropout: Option<DropoutKey>,
-        observe: &mut dyn FnMut(&str),
     ) -> KernelResult {
-        let batch = a.batch;
         let keep = (1.0 / (1.0 - self.dropout)) as f32;
         a.dropout = dropout.is_some() && self.dropout > 0.0;
-        for (i, p) in self.layers.iter().enumerate() {
-            let (below, this) = a.layers.split_at_mut(i);
-            let l = &mut this[0];
-            let mut x = below.last().map_or(features, |b| &b.out);
-            if let (true, Some(key), Some(layer), Some(mask), Some(dropped)) = (
-                a.dropout,
-                dropout,
-                p.dropout_layer,
-                &mut l.mask,
-                &mut l.dropped,
-            ) {
+        for (p, l) in self.layers.iter().zip(&mut a.layers) {
+            if let (true, Some(key), Some(layer), Some(mask)) =
+                (a.dropout, dropout, p.dropout_layer, &mut l.mask)
+            {
                 let draw = DropoutMask {
                     key: dropout_key(key.seed, key.step, layer),
                     first_image: key.first_image,
                     rate: self.dropout,
                     keep,
-                    images: batch,
+                    images: a.batch,
                     units: p.inputs,
                 };
                 k.dropout_mask(&draw, mask)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// FC6 to FC8 from `features` (`(batch, inputs)`), behind the masks of the latest
+    /// `draw_masks`; the logits stay in `a` (see `logits`).
+    pub fn forward<K: Kernels<D>>(
+        &self,
+        k: &mut K,
+        a: &mut HeadActivations<D>,
+        features: &Buf<D>,
+        observe: &mut dyn FnMut(&str),
+    ) -> KernelResult {
+        let batch = a.batch;
+        for (i, p) in self.layers.iter().enumerate() {
+            let (below, this) = a.layers.split_at_mut(i);
+            let l = &mut this[0];
+            let mut x = below.last().map_or(features, |b| &b.out);
+            if let (true, Some(mask), Some(dropped)) = (a.dropout, &l.mask, &mut l.dropped) {
                 k.multiply(batch * p.inputs, x, mask, dropped)?; //         [B, inputs]
                 x = dropped;
             }

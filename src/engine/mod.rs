@@ -162,6 +162,14 @@ impl<D: FastDevice> StepEngine<D> {
         })))
     }
 
+    /// How the fast path's passes were run so far (`None` unless `compute.graphs` is on).
+    pub fn replay_stats(&self) -> Option<crate::kernels::replay::ReplayStats> {
+        match self {
+            Self::Dfdx(_) => None,
+            Self::Fast(fast) => fast.net.replay_stats(),
+        }
+    }
+
     /// For the header line.
     pub fn describe(&self) -> String {
         match self {
@@ -186,10 +194,12 @@ impl<D: FastDevice> StepEngine<D> {
         dropout: Option<DropoutKey>,
         lr: f64,
     ) -> Result<f32, EngineError> {
-        self.train_step_observed(dev, model, sgd, batch, dropout, lr, &mut |_| {})
+        let whole = self.train_step_with(dev, model, sgd, batch, dropout, lr, &mut Alone, None)?;
+        Ok(whole.loss() as f32)
     }
 
-    /// `train_step`, calling `observe` after each stage (for profiling).
+    /// `train_step`, calling `observe` after each stage (for profiling: the fast path then
+    /// launches every kernel on its own, never replays a pass).
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_observed(
         &mut self,
@@ -201,8 +211,16 @@ impl<D: FastDevice> StepEngine<D> {
         lr: f64,
         observe: Observer,
     ) -> Result<f32, EngineError> {
-        let whole =
-            self.train_step_with(dev, model, sgd, batch, dropout, lr, &mut Alone, observe)?;
+        let whole = self.train_step_with(
+            dev,
+            model,
+            sgd,
+            batch,
+            dropout,
+            lr,
+            &mut Alone,
+            Some(observe),
+        )?;
         Ok(whole.loss() as f32)
     }
 
@@ -210,6 +228,7 @@ impl<D: FastDevice> StepEngine<D> {
     /// on its slice `batch` of the whole batch: forward and loss; the whole batch's counts
     /// from `sync`; then, if its loss is finite, backward — each layer's gradients summed
     /// through `sync` as they are written — and the update. Returns the whole batch's counts.
+    /// `observe`, when given, is called after each stage.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_with(
         &mut self,
@@ -220,12 +239,14 @@ impl<D: FastDevice> StepEngine<D> {
         dropout: Option<DropoutKey>,
         lr: f64,
         sync: &mut dyn StepSync<D>,
-        observe: Observer,
+        mut observe: Option<Observer>,
     ) -> Result<Tally, EngineError> {
         let classes = model.spec.classes;
+        let mut quiet = |_: Stage| {};
         match self {
             Self::Dfdx(_) if sync.ranks() > 1 => Err(EngineError::DfdxAlone),
             Self::Dfdx(input) => {
+                let observe = observe.unwrap_or(&mut quiet);
                 let masks = dropout.and_then(|key| {
                     DropoutMasks::draw(dev, &model.spec, key.seed, key.step, batch.len())
                 });
@@ -239,24 +260,26 @@ impl<D: FastDevice> StepEngine<D> {
                 Ok(Tally::of(&logits, classes, labels, loss_sum))
             }
             Self::Fast(fast) => {
+                let (ranks, profiled) = (sync.ranks(), observe.is_some());
                 // A rank's slice of a short last batch may be empty; it still takes part.
                 let local = if batch.is_empty() {
                     Tally::default()
                 } else {
-                    fast.forward(batch, dropout, observe)?;
+                    fast.forward(batch, dropout, observe.as_deref_mut())?;
                     fast.net.tally(&batch.labels, batch.whole_batch)?
                 };
+                let observe = observe.unwrap_or(&mut quiet);
                 observe(stage(Phase::Forward, "loss"));
                 let whole = sync.counts(local)?;
                 let net = &mut fast.net;
                 if (whole.loss() as f32).is_finite() {
                     let mut sum = |grads: LayerGradients<'_, D>| sync.gradients(grads);
-                    if batch.is_empty() {
-                        net.backward_empty(&mut sum)?;
-                    } else {
-                        net.backward_summed(&mut sum, &mut |name| {
-                            observe(stage(Phase::Backward, name))
-                        })?;
+                    let mut backward = |name: &str| observe(stage(Phase::Backward, name));
+                    match (batch.is_empty(), ranks, profiled) {
+                        (true, ..) => net.backward_empty(&mut sum)?,
+                        // Alone and unobserved: the pass the kernels may replay.
+                        (false, 1, false) => net.backward()?,
+                        (false, ..) => net.backward_summed(&mut sum, &mut backward)?,
                     }
                     sync.finish()?;
                     net.sgd_step(lr)?;
@@ -280,7 +303,7 @@ impl<D: FastDevice> StepEngine<D> {
                 Ok(model.forward(x, None).as_vec())
             }
             Self::Fast(fast) => {
-                fast.forward(batch, None, &mut |_| {})?;
+                fast.forward(batch, None, None)?;
                 Ok(fast.net.logits()?)
             }
         }
@@ -315,7 +338,7 @@ impl<D: FastDevice> Fast<D> {
         &mut self,
         batch: &Batch,
         dropout: Option<DropoutKey>,
-        observe: Observer,
+        observe: Option<&mut (dyn FnMut(Stage) + '_)>,
     ) -> Result<(), FastError> {
         let rows = self.table.batch_rows(batch);
         let lighting = MeanRowTable::batch_lighting(batch);
@@ -327,14 +350,20 @@ impl<D: FastDevice> Fast<D> {
             batch: batch.crops.len(),
             crop: self.table.crop(),
         };
-        self.net.forward_observed(&input, dropout, &mut |name| {
-            let phase = if name == fast::NORMALISE {
-                Phase::Input
-            } else {
-                Phase::Forward
-            };
-            observe(stage(phase, name))
-        })
+        let Some(observe) = observe else {
+            return self.net.forward(&input, dropout);
+        };
+        self.net.forward_observed(
+            &input,
+            dropout,
+            Some(&mut |name| {
+                let phase = match name {
+                    fast::NORMALISE | fast::MASKS => Phase::Input,
+                    _ => Phase::Forward,
+                };
+                observe(stage(phase, name))
+            }),
+        )
     }
 }
 

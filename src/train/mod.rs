@@ -18,6 +18,7 @@ use crate::engine::metrics::Tally;
 use crate::engine::replicas::{Alone, Replicas, StepSync};
 use crate::engine::sgd::Sgd;
 use crate::engine::{EngineError, StepEngine};
+use crate::kernels::replay::ReplayStats;
 use crate::loader::{Batch, Loader, LoaderData, LoaderError, LoaderOptions, Mode, Output};
 use crate::model::checkpoint::CheckpointError;
 use crate::model::{AlexNet, ModelError, Spec};
@@ -189,6 +190,8 @@ pub struct Outcome {
     pub seconds: f64,
     /// The ranks of the job (1: one process).
     pub ranks: usize,
+    /// How the fast path's passes ran, when `compute.graphs` is on.
+    pub replays: Option<ReplayStats>,
 }
 
 impl Outcome {
@@ -196,6 +199,9 @@ impl Outcome {
     /// final validation error; then where the checkpoint and the metrics are.
     pub fn summary(&self, data: &Path, run: &Path) -> String {
         let mut text = String::new();
+        if let Some(replays) = &self.replays {
+            text += &format!("passes (compute.graphs): {replays}\n");
+        }
         if self.interrupted {
             let saved = self.checkpoint.as_deref().map(Path::display);
             let launch = if self.ranks > 1 {
@@ -360,6 +366,9 @@ impl<D: FastDevice> Trainer<D> {
                 bar.finish_epoch();
                 let record = self.finish_epoch()?;
                 bar.println(&record.summary_line(epochs));
+                if let Some(replays) = self.engine.replay_stats() {
+                    bar.println(&format!("  passes (compute.graphs): {replays}"));
+                }
                 if self.state.epoch < epochs {
                     bar.start_epoch(&self.state, epochs);
                 }
@@ -768,7 +777,7 @@ impl<D: FastDevice> Trainer<D> {
             dropout,
             lr,
             sync,
-            &mut |_| {},
+            None,
         );
         let whole = stepped.map_err(|e| self.engine_failed(e))?;
         let stop = self.replicas.as_ref().map_or(wants_stop, |r| r.stop);
@@ -1066,6 +1075,7 @@ impl<D: FastDevice> Trainer<D> {
             checkpoint,
             seconds: self.state.elapsed_seconds,
             ranks: self.world().size,
+            replays: self.engine.replay_stats(),
         }
     }
 }
