@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cudarc::cublas::sys::{
     self, cublasComputeType_t, cublasMath_t, cublasOperation_t, cudaDataType,
 };
-use cudarc::driver::{CudaDevice, DeviceSlice};
+use cudarc::driver::{sys::CUstream, CudaDevice, CudaSlice, DevicePtrMut, DeviceSlice};
 use dfdx::tensor::Cuda;
 
 use super::buffers::{at_least, device_ptr, device_ptr_mut};
@@ -22,10 +22,19 @@ use super::check;
 use crate::config::Precision;
 use crate::kernels::{Buf, KernelResult, MatMul};
 
+/// cuBLAS's workspace: what its documentation recommends for Hopper (32 MiB), the largest
+/// of its recommendations.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
 /// A cuBLAS handle on dfdx's stream.
 pub(super) struct Handle {
     raw: sys::cublasHandle_t,
     precision: Precision,
+    /// Given to cuBLAS explicitly, so that its products read and write the same scratch
+    /// memory on any stream (a recorded pass bakes its address in) and never allocate.
+    workspace: CudaSlice<u8>,
+    /// Whether the handle's stream is recording (`CudaKernels`'s recorder).
+    recording: bool,
     /// Keeps the context alive (and current for the destroy) until the handle is gone.
     dev: Arc<CudaDevice>,
 }
@@ -37,18 +46,25 @@ impl Handle {
         let mut raw: sys::cublasHandle_t = std::ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; a context is current.
         check::cublas("cublasCreate", unsafe { sys::cublasCreate_v2(&mut raw) })?;
-        let handle = Self {
+        let workspace = dev.alloc_zeros::<u8>(WORKSPACE_BYTES);
+        let mut handle = Self {
             raw,
             precision,
+            // Dropped (destroying the handle) if the workspace could not be had.
+            workspace: match workspace {
+                Ok(w) => w,
+                Err(e) => {
+                    // SAFETY: created above and destroyed once.
+                    unsafe { sys::cublasDestroy_v2(raw) };
+                    return Err(check::allocation(dev, "cuMemAlloc (cuBLAS workspace)", WORKSPACE_BYTES, e));
+                }
+            },
+            recording: false,
             dev: dev.clone(),
         };
         // The device's stream, as for cuDNN: the products queue behind dfdx's work and our
         // kernels and in front of what follows them, with no events.
-        let stream = *dev.cu_stream() as sys::cudaStream_t;
-        // SAFETY: the handle is live and the stream belongs to its context.
-        check::cublas("cublasSetStream", unsafe {
-            sys::cublasSetStream_v2(handle.raw, stream)
-        })?;
+        handle.set_stream(*dev.cu_stream(), false)?;
         let math = match precision {
             // fp32 products and sums throughout, as cuDNN's FMA math for the convolutions.
             Precision::Strict => cublasMath_t::CUBLAS_DEFAULT_MATH,
@@ -62,6 +78,26 @@ impl Handle {
             sys::cublasSetMathMode(handle.raw, math)
         })?;
         Ok(handle)
+    }
+}
+
+impl Handle {
+    /// Queues the products on `stream` (of the handle's context) from now on, `recording`
+    /// or not, with the handle's own workspace (setting the stream resets it).
+    pub(super) fn set_stream(&mut self, stream: CUstream, recording: bool) -> KernelResult {
+        // SAFETY: the handle is live and the stream belongs to its context.
+        check::cublas("cublasSetStream", unsafe {
+            sys::cublasSetStream_v2(self.raw, stream as sys::cudaStream_t)
+        })?;
+        let bytes = self.workspace.len();
+        let ptr = *self.workspace.device_ptr_mut() as *mut c_void;
+        // SAFETY: a live buffer of `bytes` bytes of the handle's context, kept as long as the
+        // handle.
+        check::cublas("cublasSetWorkspace", unsafe {
+            sys::cublasSetWorkspace_v2(self.raw, ptr, bytes)
+        })?;
+        self.recording = recording;
+        Ok(())
     }
 }
 
@@ -107,6 +143,10 @@ pub(super) fn matmul(
         return Ok(());
     }
     if k == 0 {
+        if handle.recording {
+            // The memset below goes to the device's stream, not into the recording.
+            return Err(check::failed(CALL, "a product over k = 0 cannot be recorded".into()));
+        }
         // Every value is an empty sum. cuBLAS documents no result for k = 0, so the zeros are
         // written here.
         let Some(mut front) = c.try_slice_mut(0..mm.c_len()) else {

@@ -5,7 +5,7 @@
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use cudarc::driver::CudaDevice;
+use cudarc::driver::{sys::CUstream, CudaDevice};
 
 use super::buffers::Form;
 use super::check;
@@ -53,12 +53,16 @@ impl Handle {
         };
         // The device's stream (the legacy default stream, as dfdx uses it): cuDNN's work then
         // queues behind dfdx's kernels and in front of the next ones with no events.
-        let stream = *dev.cu_stream() as ffi::cudaStream_t;
+        handle.set_stream(*dev.cu_stream())?;
+        Ok(handle)
+    }
+
+    /// Queues cuDNN's work on `stream` (of the handle's context) from now on.
+    pub(super) fn set_stream(&self, stream: CUstream) -> KernelResult {
         // SAFETY: the handle is live and the stream belongs to its context.
         check::cudnn("cudnnSetStream", unsafe {
-            ffi::cudnnSetStream(handle.raw, stream)
-        })?;
-        Ok(handle)
+            ffi::cudnnSetStream(self.raw, stream as ffi::cudaStream_t)
+        })
     }
 }
 

@@ -23,6 +23,8 @@
 //! - `launches`: each of those kernels' checks, parameters and launch.
 //! - `buffers`: device pointers, length and shape checks, uploads.
 //! - `upload`: each batch's inputs on a copy stream of their own, overlapping the compute.
+//! - `graphs`: a pass recorded as a CUDA graph on a stream of its own, and its launch
+//!   (`compute.graphs`; the bookkeeping is `kernels::replay`).
 //!
 //! Layouts: activations NCHW or NHWC (`compute.layout`); the NHWC kernels are their own, and
 //! cuDNN is told the layout, so that its tensor-core kernels (which compute in NHWC) need no
@@ -39,6 +41,7 @@ mod check;
 mod cublas;
 mod cudnn;
 mod ffi;
+mod graphs;
 mod launches;
 pub mod nccl;
 mod nvrtc;
@@ -47,9 +50,10 @@ mod upload;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaDevice, CudaSlice, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaDevice, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
 use dfdx::prelude::Storage;
 use dfdx::tensor::{Cuda, CudaError};
 
@@ -59,6 +63,8 @@ use ffi::cudnnMathType_t;
 use nvrtc::Functions;
 use passes::{Descriptors, Operands, Pass, Workspace};
 use upload::Uploads;
+
+use super::replay::{self, ReplayKey, ReplayStats, Replays, Work};
 
 use super::{
     bf16, Buf, ConvShape, DropoutMask, InputBatch, KernelError, KernelResult, Kernels, Layout,
@@ -74,8 +80,11 @@ const CUDNN_REMEDY: &str = "the fast path needs cuDNN 9 (libcudnn.so.9 and its s
 
 /// The fast path's kernels on dfdx's CUDA device.
 pub struct CudaKernels {
-    // Field order is drop order: cuDNN and cuBLAS objects go before the device they were made
-    // on.
+    // Field order is drop order: graphs, cuDNN and cuBLAS objects go before the device they
+    // were made on.
+    replays: Replays<graphs::Graph>,
+    /// The stream passes are recorded from, made on first use.
+    recording: Option<Rc<CudaStream>>,
     convs: HashMap<ConvShape, ConvPlan>,
     cudnn: cudnn::Handle,
     cublas: cublas::Handle,
@@ -104,10 +113,13 @@ pub struct CudaKernels {
     dev: Arc<CudaDevice>,
 }
 
-// SAFETY: the only members that are not `Send` are the cuDNN handle and descriptors and the
-// cuBLAS handle (raw pointers). cuDNN and cuBLAS allow a handle to move between host threads
-// as long as it is not used by two at once, which `&mut self` on every method guarantees;
-// every cuDNN and cuBLAS call binds the device's context to the calling thread first.
+// SAFETY: the members that are not `Send` are the cuDNN handle and descriptors and the
+// cuBLAS handle (raw pointers), and the recording stream with the `Rc`s that share it. cuDNN
+// and cuBLAS allow a handle to move between host threads as long as it is not used by two at
+// once, which `&mut self` on every method guarantees; every cuDNN and cuBLAS call binds the
+// device's context to the calling thread first. Every `Rc` of the recording stream is owned
+// by this value (`recording`, `functions`) and never handed out, so all of them move
+// together.
 unsafe impl Send for CudaKernels {}
 
 impl CudaKernels {
@@ -147,6 +159,8 @@ impl CudaKernels {
         })?;
         let functions = Functions::load(&dev)?;
         Ok(Self {
+            replays: Replays::new(compute.graphs.is_on()),
+            recording: None,
             convs: HashMap::new(),
             cudnn,
             cublas,
@@ -704,5 +718,77 @@ impl Kernels<Cuda> for CudaKernels {
     fn sgd_all(&mut self, step: &SgdStep, tensors: &mut [SgdTensor<'_, Cuda>]) -> KernelResult {
         let table = &mut self.sgd_table;
         launches::sgd_all(&self.functions, &self.dev, table, step, tensors)
+    }
+
+    fn replayable(&mut self, key: ReplayKey, work: Work<'_, Self>) -> KernelResult {
+        replay::run(self, key, work)
+    }
+
+    fn replay_stats(&self) -> Option<ReplayStats> {
+        self.replays.stats()
+    }
+}
+
+impl CudaKernels {
+    /// Sends cuDNN's, cuBLAS's and the NVRTC kernels' work to `stream` (`None`: the device's).
+    fn route(&mut self, stream: Option<&Rc<CudaStream>>) -> KernelResult {
+        let raw = stream.map_or(*self.dev.cu_stream(), |s| s.stream);
+        self.functions.launch_on(stream.cloned());
+        self.cudnn.set_stream(raw)?;
+        self.cublas.set_stream(raw, stream.is_some())
+    }
+}
+
+/// Passes recorded as CUDA graphs. The convolution workspace, the converted filters and the
+/// bias gradient's partial sums are the scratch buffers a pass uses without its caller
+/// knowing; cuBLAS's workspace is fixed (`cublas::Handle`).
+impl replay::Recorder for CudaKernels {
+    type Recording = graphs::Graph;
+    const RECORDING_RUNS_WORK: bool = false;
+
+    fn replays(&mut self) -> &mut Replays<graphs::Graph> {
+        &mut self.replays
+    }
+
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        self.workspace.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
+        self.filters.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
+        self.partials.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
+        hash.finish()
+    }
+
+    fn begin(&mut self) -> KernelResult {
+        self.bind()?;
+        let stream = match &self.recording {
+            Some(stream) => stream.clone(),
+            None => {
+                let stream = self
+                    .dev
+                    .fork_default_stream()
+                    .map_err(|e| check::driver("cuStreamCreate (recording)", e))?;
+                self.recording.insert(Rc::new(stream)).clone()
+            }
+        };
+        self.route(Some(&stream))?;
+        graphs::begin(stream.stream).inspect_err(|_| {
+            // Back to the device's stream; the error at hand is the one to report.
+            let _ = self.route(None);
+        })
+    }
+
+    fn end(&mut self) -> KernelResult<graphs::Graph> {
+        let Some(stream) = self.recording.clone() else {
+            return Err(check::failed("cuStreamEndCapture", "nothing is recording".into()));
+        };
+        let graph = graphs::end(&self.dev, stream.stream);
+        self.route(None)?;
+        graph
+    }
+
+    fn replay(&mut self, graph: &graphs::Graph, _: Work<'_, Self>) -> KernelResult {
+        self.bind()?;
+        graphs::launch(graph, *self.dev.cu_stream())
     }
 }

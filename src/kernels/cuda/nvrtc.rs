@@ -2,9 +2,11 @@
 //! NVRTC when the kernels start, loaded into dfdx's context, looked up once, and launched
 //! with every launch checked.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaDevice, CudaFunction, LaunchAsync, LaunchConfig};
+use cudarc::driver::{CudaDevice, CudaFunction, CudaStream, LaunchAsync, LaunchConfig};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 
 use super::check;
@@ -82,15 +84,33 @@ const KERNELS: [(&str, &str); 40] = kernel_table![
     "softmax_cross_entropy",
 ];
 
+/// Where every kernel is launched: the device's stream, or while a pass is being recorded
+/// (`graphs`) the recording stream. Shared by all the kernels of one `Functions` (and so
+/// owned by one `CudaKernels`, whose every clone of it moves with it).
+#[derive(Clone, Default)]
+pub(super) struct LaunchStream(Rc<RefCell<Option<Rc<CudaStream>>>>);
+
+impl LaunchStream {
+    fn get(&self) -> Option<Rc<CudaStream>> {
+        self.0.borrow().clone()
+    }
+
+    fn set(&self, stream: Option<Rc<CudaStream>>) {
+        *self.0.borrow_mut() = stream;
+    }
+}
+
 /// One loaded kernel.
 pub(super) struct Kernel {
     function: CudaFunction,
     call: &'static str,
+    stream: LaunchStream,
 }
 
 impl Kernel {
-    /// Queues the kernel on the device's stream. A failure to queue it is an error naming
-    /// the kernel; a fault while it runs surfaces at the next call that waits (see `check`).
+    /// Queues the kernel on the device's stream (or the recording stream). A failure to queue
+    /// it is an error naming the kernel; a fault while it runs surfaces at the next call that
+    /// waits (see `check`).
     ///
     /// # Safety
     /// `params` must match the kernel's parameters in `kernels.cu`, and every buffer must be
@@ -99,10 +119,12 @@ impl Kernel {
     where
         CudaFunction: LaunchAsync<P>,
     {
-        self.function
-            .clone()
-            .launch(cfg, params)
-            .map_err(|e| check::driver(self.call, e))
+        let function = self.function.clone();
+        match self.stream.get() {
+            Some(stream) => function.launch_on_stream(&stream, cfg, params),
+            None => function.launch(cfg, params),
+        }
+        .map_err(|e| check::driver(self.call, e))
     }
 }
 
@@ -154,6 +176,7 @@ pub(super) struct Functions {
     pub(super) bias_backward: Kernel,
     pub(super) multiply: Kernel,
     pub(super) softmax_cross_entropy: Kernel,
+    stream: LaunchStream,
 }
 
 /// What to try when the kernels cannot be built or loaded.
@@ -185,11 +208,16 @@ impl Functions {
                     check::driver_status(&e)
                 ))
             })?;
+        let stream = LaunchStream::default();
         let get = |name: &str| -> KernelResult<Kernel> {
             let found = KERNELS.iter().find(|(n, _)| *n == name);
             let function = found.and_then(|(n, _)| dev.get_func(MODULE, n));
             match (found, function) {
-                (Some(&(_, call)), Some(function)) => Ok(Kernel { function, call }),
+                (Some(&(_, call)), Some(function)) => Ok(Kernel {
+                    function,
+                    call,
+                    stream: stream.clone(),
+                }),
                 _ => Err(KernelError::Setup(format!(
                     "kernel {name} is missing from the loaded module: kernels.cu and the \
                      table in src/kernels/cuda/nvrtc.rs disagree (a bug in this build)"
@@ -232,7 +260,13 @@ impl Functions {
             bias_backward: get("bias_backward")?,
             multiply: get("multiply")?,
             softmax_cross_entropy: get("softmax_cross_entropy")?,
+            stream,
         })
+    }
+
+    /// Launches every kernel on `stream` from now on (`None`: the device's stream).
+    pub(super) fn launch_on(&self, stream: Option<Rc<CudaStream>>) {
+        self.stream.set(stream);
     }
 }
 
