@@ -5,18 +5,20 @@
 #                (gradients) and SGD in f64, strict, TF32 and bf16, at batches 2 to 128, in the
 #                NCHW layout and (smallest and largest batch) the NHWC one; TF32 and bf16 held to
 #                2× PyTorch's own TF32 and bf16 (autocast) error on the same weights and batch
-#                (benches/pytorch_precision.py, measured here in the same run);
+#                (benches/pytorch_precision.py, measured here in the same run); TF32 and bf16
+#                also replayed from CUDA graphs, held bit for bit to the step run directly;
 #   sanitizer    compute-sanitizer memcheck, racecheck and initcheck over check-fast (both
 #                layouts) and a few training steps (the sample network);
 #   training     the GPU against the CPU (first steps), NHWC against NCHW, bf16 against TF32
-#                (first steps), the fast path against the dfdx path and bf16 against TF32 (300
+#                (first steps), passes replayed as CUDA graphs against launched ones (bit for
+#                bit, TF32 NCHW and bf16 NHWC), the fast path against the dfdx path and bf16 against TF32 (300
 #                steps at a flat learning rate, both curves reported), --resume against an
 #                uninterrupted run, one data-parallel rank
 #                (NCCL) against the plain run, Ctrl-C, evaluate on both devices, a
 #                PyTorch-written checkpoint;
 #   speed        `alexnet bench-train` (paper AlexNet, batches 128 and 256, loader-fed) bf16,
-#                strict, TF32, TF32 with measured algorithms (each in NCHW and NHWC) and the dfdx
-#                path, with peak GPU memory,
+#                strict, TF32, TF32 with measured algorithms (each in NCHW and NHWC), bf16 and
+#                TF32 with CUDA graphs, and the dfdx path, with peak GPU memory,
 #                beside PyTorch (fp32, TF32, bf16; eager and torch.compile) in the same run, and
 #                our bf16 beside PyTorch's in one row per batch; the loader alone; the fast path's
 #                per-stage profile (TF32 in both layouts, bf16 in NHWC) and each kernel's GPU
@@ -98,8 +100,10 @@ e2e = worst(lambda c: c["kind"] == "end_to_end" and c["name"].startswith("dfdx")
 kernel = worst(lambda c: c["kind"].endswith("kernel"))
 differing = sum(d["differing"] for d in r["decisions"])
 verdict = "passed" if not bad else "FAILED (" + ", ".join(bad[:4]) + ")"
+recorded = worst(lambda c: c["kind"] == "recorded")
+recorded = "" if recorded == "-" else f"; CUDA graphs {recorded}"
 print(f"{verdict}\tkernels {kernel}; logits {worst(lambda c: c['name'] == 'logits')}; "
-      f"replay {replay}; vs dfdx {e2e} (reported); {differing} decisions differ")
+      f"replay {replay}; vs dfdx {e2e} (reported){recorded}; {differing} decisions differ")
 PY
 }
 
@@ -130,8 +134,10 @@ for b in $check_batches; do
                 "(no torch here, or it failed: $(tail -1 "$work/pytorch-$precision-$b.txt" 2>/dev/null)); fixed tolerance"
         fi
         t=$(date +%s)
+        # With CUDA graphs: the step is also run twice more, recorded and replayed, and held
+        # bit for bit to the first (strict runs every kernel directly only).
         alexnet check-fast --device "$device" --precision "$precision" --batch-size "$b" "${reference[@]}" \
-            > "$work/check-$precision-$b.txt" 2>&1
+            --graphs on > "$work/check-$precision-$b.txt" 2>&1
         IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-$precision-$b.txt")
         row check-fast "$precision, batch $b" "$verdict" "$detail; $(seconds "$t") s"
     done
@@ -143,7 +149,7 @@ for b in $check_batches; do
             [ -f "$work/pytorch-$precision-$b.json" ] &&
                 held=(--reference-errors "$work/pytorch-$precision-$b.json")
             alexnet check-fast --device "$device" --precision "$precision" --layout nhwc \
-                --batch-size "$b" "${held[@]}" > "$work/check-nhwc-$precision-$b.txt" 2>&1
+                --batch-size "$b" "${held[@]}" --graphs on > "$work/check-nhwc-$precision-$b.txt" 2>&1
             IFS=$'\t' read -r verdict detail < <(summarise_check "$work/check-nhwc-$precision-$b.txt")
             row check-fast "nhwc $precision, batch $b" "$verdict" "$detail; $(seconds "$t") s"
         done ;;
@@ -173,8 +179,10 @@ elif [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
     done
     sanitize memcheck "$work/sanitizer-nhwc.txt" check-fast --device cuda --batch-size 2 \
         --pipeline pipelines/sample.toml --layout nhwc &
+    # With CUDA graphs: the steps after the second replay their passes (check-fast above runs
+    # every kernel directly).
     sanitize memcheck "$work/sanitizer-train.txt" train "${sample[@]}" --run "$work/sanitized" \
-        --device cuda --stop-after-steps 3 &
+        --device cuda --graphs on --stop-after-steps 4 &
     wait
     for tool in memcheck racecheck initcheck nhwc train; do
         log="$work/sanitizer-$tool.txt"
@@ -186,7 +194,7 @@ elif [ "$device" = cuda ] && [ -x "$sanitizer" ]; then
             *) verdict="FAILED (exit $status)" ;;
         esac
         case $tool in
-            train) what="memcheck, 3 training steps" ;;
+            train) what="memcheck, 4 training steps, CUDA graphs" ;;
             nhwc) what="memcheck, check-fast --layout nhwc" ;;
             *) what="$tool, check-fast" ;;
         esac
@@ -244,6 +252,24 @@ alexnet train "${sample[@]}" --run "$work/dev-nhwc" --device "$device" --layout 
     --stop-after-steps 10 >/dev/null 2>&1
 IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-nhwc/steps.csv" "$work/dev-run/steps.csv")
 row training "first 10 steps, nhwc vs nchw on $device" "$verdict" "$detail; $(seconds "$t") s"
+# Passes replayed as CUDA graphs (recorded at the second step) launch the same kernels on the
+# same buffers: the same losses bit for bit, and every pass after the second step replayed.
+for variant in "tf32 nchw" "bf16 nhwc"; do
+    set -- $variant
+    t=$(date +%s)
+    launched="$work/dev-run"
+    if [ "$1" != tf32 ] || [ "$2" != nchw ]; then
+        launched="$work/dev-launched-$1-$2"
+        alexnet train "${sample[@]}" --run "$launched" --device "$device" --precision "$1" \
+            --layout "$2" --stop-after-steps 10 >/dev/null 2>&1
+    fi
+    alexnet train "${sample[@]}" --run "$work/dev-graphs-$1-$2" --device "$device" --precision "$1" \
+        --layout "$2" --graphs on --stop-after-steps 10 > "$work/dev-graphs-$1-$2.log" 2>&1
+    IFS=$'\t' read -r verdict detail < <(compare_losses "$work/dev-graphs-$1-$2/steps.csv" "$launched/steps.csv" 0)
+    passes=$(grep -h "passes (compute.graphs)" "$work/dev-graphs-$1-$2.log" | tail -1)
+    case $passes in *"recording failed"* | "") verdict=FAILED ;; esac
+    row training "CUDA graphs vs launched, $1 $2, on $device" "$verdict" "$detail; ${passes:-no passes line}; $(seconds "$t") s"
+done
 t=$(date +%s)
 alexnet train "${sample[@]}" --run "$work/dev-bf16" --device "$device" --precision bf16 \
     --stop-after-steps 10 >/dev/null 2>&1
@@ -399,8 +425,9 @@ bench_ours() {
         --device "$device" --batch-size "$b" --steps "$steps" --warmup 5 --profile-steps 5 \
         "$@" 2>/dev/null | tail -1 > "$work/one.json"
 }
-# One batch's bf16 runs, ours (both layouts) and PyTorch's (eager, compiled): ours NHWC over
-# PyTorch eager, then each run's throughput and peak memory. Prints nothing if neither ran.
+# One batch's bf16 runs, ours (both layouts, NHWC also with CUDA graphs) and PyTorch's (eager,
+# compiled): our faster NHWC over PyTorch eager, then each run's throughput and peak memory.
+# Prints nothing if neither ran.
 bf16_side_by_side() {
     python3 - "$work/ours.jsonl" "$work/torch-$1.jsonl" "$1" <<'PY'
 import json, sys
@@ -410,18 +437,21 @@ def read(path):
     except OSError:
         return []
 b = int(sys.argv[3])
-ours = {v["variant"].split()[-1]: v for v in read(sys.argv[1])
+# By layout, and "graphs" where the passes were replayed.
+ours = {" ".join(v["variant"].split()[3:]): v for v in read(sys.argv[1])
         if v["variant"].startswith("fast bf16 ") and v["batch_size"] == b}
 torch = {r["compile"]: r for r in read(sys.argv[2]) if r["mode"] == "bf16"}
 if not ours and not torch:
     sys.exit()
 parts = [f"ours {l} {v['images_per_sec']:.0f} img/s, peak {v['peak_memory_mib']} MiB"
-         for l, v in sorted(ours.items(), key=lambda lv: lv[0] != "nhwc")]
+         for l, v in sorted(ours.items(), key=lambda lv: not lv[0].startswith("nhwc"))]
 parts += [f"PyTorch {'eager' if c == 'none' else 'compile ' + c} {r['images_per_sec']:.0f} img/s, "
           f"peak {r['peak_memory_mib']:.0f} MiB" for c, r in torch.items()]
 ratio = "-"
-if "nhwc" in ours and "none" in torch:
-    ratio = f"{ours['nhwc']['images_per_sec'] / torch['none']['images_per_sec']:.2f}x eager"
+nhwc = [(v["images_per_sec"], l) for l, v in ours.items() if l.startswith("nhwc")]
+if nhwc and "none" in torch:
+    best, layout = max(nhwc)
+    ratio = f"{best / torch['none']['images_per_sec']:.2f}x eager ({layout})"
 print(f"{ratio}\t" + "; ".join(parts))
 PY
 }
@@ -429,11 +459,11 @@ PY
 for b in $speed_batches; do
     # bf16 in NHWC first (the layout its tensor-core convolutions read): the row a run cut short
     # by BUDGET should still have.
-    variants=("fast bf16 heuristic nhwc")
+    variants=("fast bf16 heuristic nhwc" "fast bf16 heuristic nhwc graphs")
     for layout in nchw nhwc; do
         variants+=("fast strict heuristic $layout" "fast tf32 heuristic $layout" "fast tf32 measure $layout")
     done
-    variants+=("fast bf16 heuristic nchw")
+    variants+=("fast tf32 heuristic nchw graphs" "fast tf32 heuristic nhwc graphs" "fast bf16 heuristic nchw")
     # The dfdx engine once, as the reference point.
     [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic nchw")
     for variant in "${variants[@]}"; do
@@ -441,7 +471,7 @@ for b in $speed_batches; do
         set -- $variant
         : > "$work/one.json"
         peak=$(with_peak_memory bench_ours "$b" --engine "$1" --precision "$2" --algorithms "$3" \
-            --layout "$4")
+            --layout "$4" --graphs "$([ "${5:-}" = graphs ] && echo on || echo off)")
         if python3 - "$work/one.json" "$peak" "$variant" >> "$work/ours.jsonl" 2>/dev/null <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -449,7 +479,8 @@ report["peak_memory_mib"], report["variant"] = sys.argv[2], sys.argv[3]
 print(json.dumps(report))
 PY
         then
-            row speed "ours, batch $b: $variant" "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(open(sys.argv[1]).readlines()[-1])['images_per_sec'])" "$work/ours.jsonl")" "peak $peak MiB"
+            row speed "ours, batch $b: $variant" "$(python3 -c "import json,sys; print('%.0f img/s' % json.loads(open(sys.argv[1]).readlines()[-1])['images_per_sec'])" "$work/ours.jsonl")" \
+                "peak $peak MiB$(python3 -c "import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]).get('replays'); print('' if r is None else '; passes %d recorded, %d replayed, %d direct%s' % (r['recorded'], r['replayed'], r['direct'], '; RECORDING FAILED: ' + r['refused'] if r['refused'] else ''))" "$work/ours.jsonl")"
         else
             row speed "ours, batch $b: $variant" FAILED "no report"
         fi
