@@ -260,7 +260,7 @@ impl<D: FastDevice> StepEngine<D> {
                 Ok(Tally::of(&logits, classes, labels, loss_sum))
             }
             Self::Fast(fast) => {
-                let (ranks, profiled) = (sync.ranks(), observe.is_some());
+                let (summed, profiled) = (sync.sums_gradients(), observe.is_some());
                 // A rank's slice of a short last batch may be empty; it still takes part.
                 let local = if batch.is_empty() {
                     Tally::default()
@@ -275,10 +275,10 @@ impl<D: FastDevice> StepEngine<D> {
                 if (whole.loss() as f32).is_finite() {
                     let mut sum = |grads: LayerGradients<'_, D>| sync.gradients(grads);
                     let mut backward = |name: &str| observe(stage(Phase::Backward, name));
-                    match (batch.is_empty(), ranks, profiled) {
+                    match (batch.is_empty(), summed, profiled) {
                         (true, ..) => net.backward_empty(&mut sum)?,
-                        // Alone and unobserved: the pass the kernels may replay.
-                        (false, 1, false) => net.backward()?,
+                        // No sums between its layers, no profile: the pass the kernels may replay.
+                        (false, false, false) => net.backward()?,
                         (false, ..) => net.backward_summed(&mut sum, &mut backward)?,
                     }
                     sync.finish()?;

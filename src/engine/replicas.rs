@@ -12,6 +12,9 @@ use crate::kernels::{GradientSum, KernelResult, LayerGradients};
 pub trait StepSync<D: FastDevice> {
     /// The job's ranks (1: nothing is shared).
     fn ranks(&self) -> usize;
+    /// Whether `gradients` does anything (a job of one rank still sums through its
+    /// collective, so that a one-rank launch checks it).
+    fn sums_gradients(&self) -> bool;
     /// This rank's counts of the step → the whole batch's, the same on every rank.
     fn counts(&mut self, local: Tally) -> Result<Tally, DistError>;
     /// Starts summing one layer's gradients across the ranks (see `GradientSum`).
@@ -26,6 +29,9 @@ pub struct Alone;
 impl<D: FastDevice> StepSync<D> for Alone {
     fn ranks(&self) -> usize {
         1
+    }
+    fn sums_gradients(&self) -> bool {
+        false
     }
     fn counts(&mut self, local: Tally) -> Result<Tally, DistError> {
         Ok(local)
@@ -71,6 +77,10 @@ impl<D: FastDevice> Replicas<D> {
 impl<D: FastDevice> StepSync<D> for Replicas<D> {
     fn ranks(&self) -> usize {
         self.world().size
+    }
+
+    fn sums_gradients(&self) -> bool {
+        true
     }
 
     fn counts(&mut self, local: Tally) -> Result<Tally, DistError> {
