@@ -70,7 +70,8 @@ impl FastDevice for Cpu {
     type Kernels = HostKernels;
     type GradientSum = HostSum;
     fn fast_kernels(&self, compute: &ComputeConfig) -> Result<HostKernels, KernelError> {
-        Ok(HostKernels::new(self, compute.layout, compute.precision)?.replaying(compute.graphs.is_on()))
+        Ok(HostKernels::new(self, compute.layout, compute.precision)?
+            .replaying(compute.graphs.is_on()))
     }
     fn collective_id() -> Result<Vec<u8>, DistError> {
         Ok(Vec::new())

@@ -254,7 +254,7 @@ fn a_run_resumed_in_bf16_tracks_the_fp32_run() {
 /// while visibly differing from exact arithmetic (the rounding is applied).
 #[test]
 fn check_fast_passes_in_bf16() {
-    let (out, results) = check_fast_on_the_sample_network("bf16", "nhwc");
+    let (out, results) = check_fast_on_the_sample_network("bf16", "nhwc", "off");
     let kinds = |kind: &str| results.iter().filter(move |r| r[0]["kind"] == kind).count();
     assert!(kinds("bf16_kernel") >= 20, "{out}");
     for r in &results {
@@ -337,7 +337,7 @@ fn check_fast_passes_at_a_batch_where_the_paths_decide_a_relu_differently() {
 /// NCHW and transpose) and replays the step from activations recorded back in NCHW.
 #[test]
 fn check_fast_passes_with_channels_last_activations() {
-    let (out, results) = check_fast_on_the_sample_network("strict", "nhwc");
+    let (out, results) = check_fast_on_the_sample_network("strict", "nhwc", "off");
     for r in &results {
         let name = r[0]["name"].as_str().unwrap();
         if name.starts_with("replayed d conv") || name.starts_with("kernel ") {
@@ -352,42 +352,28 @@ fn check_fast_passes_with_channels_last_activations() {
 /// also checked to make the recorded calls).
 #[test]
 fn check_fast_holds_replayed_passes_to_the_step_run_directly() {
-    let out = run_ok(&[
-        "check-fast",
-        "--pipeline",
-        s(&repo_file("pipelines/sample.toml")),
-        "--batch-size",
-        "3",
-        "--device",
-        "cpu",
-        "--precision",
-        "bf16",
-        "--layout",
-        "nhwc",
-        "--graphs",
-        "on",
-    ]);
-    assert!(!out.contains("FAIL"), "{out}");
-    let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16 + 17);
+    let (out, results) = check_fast_on_the_sample_network("bf16", "nhwc", "on");
     let recorded: Vec<_> = results
         .iter()
         .filter(|r| r[0]["kind"] == "recorded")
         .collect();
     assert_eq!(recorded.len(), 17, "{out}");
     for r in recorded {
-        assert!(r[0]["name"].as_str().unwrap().starts_with("recorded passes: "));
+        assert!(r[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("recorded passes: "));
         assert_eq!(r[0]["relative_error"].as_f64(), Some(0.0), "{r}");
         assert_eq!(r[1].as_f64(), Some(0.0), "held exactly: {r}");
     }
 }
 
-/// `check-fast` of the sample pipeline at batch 3 on the CPU in `precision` and `layout`,
-/// which must pass with every comparison there: its output and its results.
+/// `check-fast` of the sample pipeline at batch 3 on the CPU in `precision` and `layout`, with
+/// `graphs` on or off, which must pass with every comparison there: its output and its results.
 fn check_fast_on_the_sample_network(
     precision: &str,
     layout: &str,
+    graphs: &str,
 ) -> (String, Vec<serde_json::Value>) {
     let out = run_ok(&[
         "check-fast",
@@ -401,12 +387,19 @@ fn check_fast_on_the_sample_network(
         precision,
         "--layout",
         layout,
+        "--graphs",
+        graphs,
     ]);
     assert!(!out.contains("FAIL"), "{out}");
     let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(report["precision"], precision);
     let results = report["results"].as_array().unwrap().clone();
-    assert_eq!(results.len(), KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16);
+    // With graphs, the logits and 16 gradients of the step replayed.
+    let recorded = if graphs == "on" { 17 } else { 0 };
+    assert_eq!(
+        results.len(),
+        KERNEL_CASES + 1 + 16 + 7 + 10 + 10 + 16 + recorded
+    );
     (out, results)
 }
 

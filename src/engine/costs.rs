@@ -234,7 +234,10 @@ mod tests {
         let flops: u64 = costs.iter().map(|c| c.flops).sum();
         assert_eq!((bytes, flops), (7_121_730_304, 847_582_092_040));
         // The masks: one f32 per input of FC6 (9,216) and FC7 (4,096) and image.
-        let masks = costs.iter().find(|c| c.stage.what == "dropout masks").unwrap();
+        let masks = costs
+            .iter()
+            .find(|c| c.stage.what == "dropout masks")
+            .unwrap();
         assert_eq!(masks.bytes, 4 * 128 * (9216 + 4096));
         let sgd = costs.last().unwrap();
         assert_eq!(sgd.bytes, 5 * 4 * 62_378_344);

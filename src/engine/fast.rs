@@ -259,8 +259,11 @@ impl<D: FastDevice> FastNet<D> {
     /// Bytes of activations and gradients a batch of `batch` crops needs.
     pub fn activation_bytes(&self, batch: usize) -> usize {
         let precision = self.kernels.precision();
-        activation_bytes(&self.net.layers.each_ref().map(|p| p.block), batch, precision)
-            + self.net.head.activation_bytes(batch)
+        activation_bytes(
+            &self.net.layers.each_ref().map(|p| p.block),
+            batch,
+            precision,
+        ) + self.net.head.activation_bytes(batch)
     }
 
     /// The buffers for `batch`, allocated on first use. A batch whose activations cannot fit

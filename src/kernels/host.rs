@@ -257,12 +257,13 @@ impl replay::Recorder for HostKernels {
         let worked = work(self);
         let trace = self.trace.take().unwrap_or_default();
         worked?;
-        let differs = (0..recording.len().max(trace.len()))
-            .find(|&i| recording.get(i) != trace.get(i));
+        let differs =
+            (0..recording.len().max(trace.len())).find(|&i| recording.get(i) != trace.get(i));
         match differs {
             None => Ok(()),
             Some(i) => {
-                let call = |t: &Vec<String>| t.get(i).map_or("nothing".into(), |c| format!("`{c}`"));
+                let call =
+                    |t: &Vec<String>| t.get(i).map_or("nothing".into(), |c| format!("`{c}`"));
                 Err(KernelError::Failed {
                     call: "replay",
                     status: format!(
@@ -566,7 +567,10 @@ impl Kernels<Cpu> for HostKernels {
         dy: &Buf<Cpu>,
         dx: &mut Buf<Cpu>,
     ) -> KernelResult {
-        self.enter("lrn_backward", Some(&(p, lrn, at(x), at(d), at(dy), at(dx))))?;
+        self.enter(
+            "lrn_backward",
+            Some(&(p, lrn, at(x), at(d), at(dy), at(dx))),
+        )?;
         match self.layout {
             Layout::Nchw => loops::lrn_backward(p, lrn, x, d, dy, dx),
             Layout::Nhwc => {
@@ -1192,8 +1196,8 @@ mod tests {
     /// the call.
     #[test]
     fn a_replay_that_would_launch_other_than_its_recording_fails() -> Result<(), KernelError> {
-        let mut k = HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?
-            .replaying(true);
+        let mut k =
+            HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?.replaying(true);
         let (mut y, bias) = (k.upload(&[1.0; 8])?, k.upload(&[0.5; 4])?);
         let mut rows = 0;
         let mut varying = |k: &mut HostKernels| {
@@ -1222,8 +1226,8 @@ mod tests {
     /// runs directly from then on, and the reason is kept for the run's summary.
     #[test]
     fn a_host_call_inside_a_recorded_stretch_refuses_the_recording() -> Result<(), KernelError> {
-        let mut k = HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?
-            .replaying(true);
+        let mut k =
+            HostKernels::new(&Cpu::default(), Layout::Nchw, Precision::Strict)?.replaying(true);
         let mut uploads = |k: &mut HostKernels| k.upload(&[1.0]).map(drop);
         for _ in 0..3 {
             k.replayable(replay_key(), &mut uploads)?;
@@ -1231,7 +1235,10 @@ mod tests {
         let stats = k.replay_stats().unwrap();
         assert_eq!((stats.direct, stats.recorded), (3, 0));
         let reason = stats.refused.unwrap_or_default();
-        assert!(reason.contains("upload") && reason.contains("inside"), "{reason}");
+        assert!(
+            reason.contains("upload") && reason.contains("inside"),
+            "{reason}"
+        );
         Ok(())
     }
 }

@@ -62,7 +62,10 @@ impl std::fmt::Display for ReplayStats {
             self.recorded, self.replayed, self.direct
         )?;
         if let Some(reason) = &self.refused {
-            write!(f, "; recording failed and those stretches run directly: {reason}")?;
+            write!(
+                f,
+                "; recording failed and those stretches run directly: {reason}"
+            )?;
         }
         Ok(())
     }
@@ -109,10 +112,7 @@ enum State<R> {
     /// Ran directly once.
     Seen,
     /// `fingerprint`: the recorder's when it was made.
-    Recorded {
-        recording: Arc<R>,
-        fingerprint: u64,
-    },
+    Recorded { recording: Arc<R>, fingerprint: u64 },
     /// Recording failed: runs directly.
     Refused,
 }
@@ -404,7 +404,10 @@ mod tests {
         let stats = k.stats();
         assert_eq!((stats.direct, stats.recorded, stats.replayed), (4, 0, 0));
         let reason = stats.refused.clone().expect("a reason");
-        assert!(reason.contains("begin") && reason.contains("not here"), "{reason}");
+        assert!(
+            reason.contains("begin") && reason.contains("not here"),
+            "{reason}"
+        );
         assert!(stats.to_string().contains("not here"), "{stats}");
     }
 

@@ -769,16 +769,9 @@ impl<D: FastDevice> Trainer<D> {
             }
             None => &mut Alone,
         };
-        let stepped = self.engine.train_step_with(
-            &self.dev,
-            model,
-            sgd,
-            batch,
-            dropout,
-            lr,
-            sync,
-            None,
-        );
+        let stepped = self
+            .engine
+            .train_step_with(&self.dev, model, sgd, batch, dropout, lr, sync, None);
         let whole = stepped.map_err(|e| self.engine_failed(e))?;
         let stop = self.replicas.as_ref().map_or(wants_stop, |r| r.stop);
         let value = whole.loss() as f32;

@@ -56,7 +56,12 @@ impl Handle {
                 Err(e) => {
                     // SAFETY: created above and destroyed once.
                     unsafe { sys::cublasDestroy_v2(raw) };
-                    return Err(check::allocation(dev, "cuMemAlloc (cuBLAS workspace)", WORKSPACE_BYTES, e));
+                    return Err(check::allocation(
+                        dev,
+                        "cuMemAlloc (cuBLAS workspace)",
+                        WORKSPACE_BYTES,
+                        e,
+                    ));
                 }
             },
             recording: false,
@@ -145,7 +150,10 @@ pub(super) fn matmul(
     if k == 0 {
         if handle.recording {
             // The memset below goes to the device's stream, not into the recording.
-            return Err(check::failed(CALL, "a product over k = 0 cannot be recorded".into()));
+            return Err(check::failed(
+                CALL,
+                "a product over k = 0 cannot be recorded".into(),
+            ));
         }
         // Every value is an empty sum. cuBLAS documents no result for k = 0, so the zeros are
         // written here.

@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{
-    self, CUgraph, CUgraphExec, CUresult, CUstream, CUstreamCaptureMode,
-};
+use cudarc::driver::sys::{self, CUgraph, CUgraphExec, CUresult, CUstream, CUstreamCaptureMode};
 use cudarc::driver::{result::DriverError, CudaDevice};
 
 use super::check;
@@ -92,5 +90,7 @@ pub(super) fn end(dev: &Arc<CudaDevice>, stream: CUstream) -> KernelResult<Graph
 /// Queues `graph` on `stream`.
 pub(super) fn launch(graph: &Graph, stream: CUstream) -> KernelResult {
     // SAFETY: a live executable graph and a stream of its context.
-    checked("cuGraphLaunch", unsafe { sys::cuGraphLaunch(graph.exec, stream) })
+    checked("cuGraphLaunch", unsafe {
+        sys::cuGraphLaunch(graph.exec, stream)
+    })
 }

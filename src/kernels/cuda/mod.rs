@@ -730,12 +730,14 @@ impl Kernels<Cuda> for CudaKernels {
 }
 
 impl CudaKernels {
-    /// Sends cuDNN's, cuBLAS's and the NVRTC kernels' work to `stream` (`None`: the device's).
+    /// Sends cuDNN's, cuBLAS's and the NVRTC kernels' work to `stream` (`None`: the device's):
+    /// all three are set even when one fails (the first failure is returned).
     fn route(&mut self, stream: Option<&Rc<CudaStream>>) -> KernelResult {
         let raw = stream.map_or(*self.dev.cu_stream(), |s| s.stream);
         self.functions.launch_on(stream.cloned());
-        self.cudnn.set_stream(raw)?;
-        self.cublas.set_stream(raw, stream.is_some())
+        let cudnn = self.cudnn.set_stream(raw);
+        let cublas = self.cublas.set_stream(raw, stream.is_some());
+        cudnn.and(cublas)
     }
 }
 
@@ -753,9 +755,18 @@ impl replay::Recorder for CudaKernels {
     fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hash = std::collections::hash_map::DefaultHasher::new();
-        self.workspace.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
-        self.filters.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
-        self.partials.as_ref().map(|b| (*b.device_ptr(), b.len())).hash(&mut hash);
+        self.workspace
+            .as_ref()
+            .map(|b| (*b.device_ptr(), b.len()))
+            .hash(&mut hash);
+        self.filters
+            .as_ref()
+            .map(|b| (*b.device_ptr(), b.len()))
+            .hash(&mut hash);
+        self.partials
+            .as_ref()
+            .map(|b| (*b.device_ptr(), b.len()))
+            .hash(&mut hash);
         hash.finish()
     }
 
@@ -771,8 +782,10 @@ impl replay::Recorder for CudaKernels {
                 self.recording.insert(Rc::new(stream)).clone()
             }
         };
-        self.route(Some(&stream))?;
-        graphs::begin(stream.stream).inspect_err(|_| {
+        let begun = self
+            .route(Some(&stream))
+            .and_then(|()| graphs::begin(stream.stream));
+        begun.inspect_err(|_| {
             // Back to the device's stream; the error at hand is the one to report.
             let _ = self.route(None);
         })
@@ -780,7 +793,10 @@ impl replay::Recorder for CudaKernels {
 
     fn end(&mut self) -> KernelResult<graphs::Graph> {
         let Some(stream) = self.recording.clone() else {
-            return Err(check::failed("cuStreamEndCapture", "nothing is recording".into()));
+            return Err(check::failed(
+                "cuStreamEndCapture",
+                "nothing is recording".into(),
+            ));
         };
         let graph = graphs::end(&self.dev, stream.stream);
         self.route(None)?;
