@@ -179,6 +179,36 @@ fn one_rank_through_the_launcher_equals_the_plain_run() {
     assert_eq!(losses(&alone), losses(&launched));
 }
 
+/// With `--graphs on`, a rank replays its forward pass but runs its backward pass directly,
+/// summing each layer's gradients as they are written — even a job of one rank, whose sums
+/// are the collective a one-rank launch is there to exercise (replaying the pass skipped
+/// them) — and still repeats the plain run.
+#[test]
+fn a_rank_with_graphs_sums_its_gradients_instead_of_replaying_its_backward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pipeline) = setup(dir.path(), 1, "");
+    let alone = dir.path().join("alone");
+    let mut args = train_args(&data, &alone, &pipeline);
+    args.extend(["--graphs", "on"]);
+    let out = run(&args);
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stderr).into_owned();
+    let launched = dir.path().join("launched");
+    let mut args = train_args(&data, &launched, &pipeline);
+    args.extend(["--graphs", "on"]);
+    let results = job(&args, 1, &[]);
+    assert_all_ok(&results);
+    assert_eq!(losses(&alone), losses(&launched));
+    // Alone: training's forward and backward passes recorded; as a rank, the forward pass.
+    let epoch_line = |stderr: &str| {
+        let line = stderr.lines().find(|l| l.starts_with("  passes (compute.graphs)"));
+        line.unwrap_or_else(|| panic!("no passes line in {stderr}")).to_string()
+    };
+    assert!(epoch_line(&out).contains(" 2 recorded"), "{out}");
+    let rank = &results[0].1;
+    assert!(epoch_line(rank).contains(" 1 recorded"), "{rank}");
+}
+
 #[test]
 fn evaluation_shared_by_ranks_equals_one_process() {
     let dir = tempfile::tempdir().unwrap();
