@@ -201,8 +201,11 @@ fn a_rank_with_graphs_sums_its_gradients_instead_of_replaying_its_backward_pass(
     assert_eq!(losses(&alone), losses(&launched));
     // Alone: training's forward and backward passes recorded; as a rank, the forward pass.
     let epoch_line = |stderr: &str| {
-        let line = stderr.lines().find(|l| l.starts_with("  passes (compute.graphs)"));
-        line.unwrap_or_else(|| panic!("no passes line in {stderr}")).to_string()
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("  passes (compute.graphs)"));
+        line.unwrap_or_else(|| panic!("no passes line in {stderr}"))
+            .to_string()
     };
     assert!(epoch_line(&out).contains(" 2 recorded"), "{out}");
     let rank = &results[0].1;

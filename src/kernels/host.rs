@@ -269,7 +269,8 @@ impl replay::Recorder for HostKernels {
                     status: format!(
                         "call {i} of a replayed stretch was {} when recorded and is {} now: a \
                          value that changes from step to step is inside it, so a CUDA graph \
-                         would replay a stale one",
+                         would replay a stale one (a bug; compute.graphs = \"off\", or \
+                         --graphs off, runs without replaying)",
                         call(recording),
                         call(&trace)
                     ),

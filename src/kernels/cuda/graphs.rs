@@ -13,7 +13,7 @@ use cudarc::driver::sys::{self, CUgraph, CUgraphExec, CUresult, CUstream, CUstre
 use cudarc::driver::{result::DriverError, CudaDevice};
 
 use super::check;
-use crate::kernels::KernelResult;
+use crate::kernels::{KernelError, KernelResult};
 
 /// An instantiated graph, destroyed when dropped (a launch still running finishes first:
 /// the driver frees it then).
@@ -87,10 +87,20 @@ pub(super) fn end(dev: &Arc<CudaDevice>, stream: CUstream) -> KernelResult<Graph
     })
 }
 
-/// Queues `graph` on `stream`.
+/// Queues `graph` on `stream`. A failure names the setting that runs without graphs.
 pub(super) fn launch(graph: &Graph, stream: CUstream) -> KernelResult {
     // SAFETY: a live executable graph and a stream of its context.
-    checked("cuGraphLaunch", unsafe {
+    let launched = checked("cuGraphLaunch", unsafe {
         sys::cuGraphLaunch(graph.exec, stream)
+    });
+    launched.map_err(|e| match e {
+        KernelError::Failed { call, status } => KernelError::Failed {
+            call,
+            status: format!(
+                "{status}; compute.graphs = \"off\" (--graphs off) runs the passes without \
+                 CUDA graphs"
+            ),
+        },
+        other => other,
     })
 }
