@@ -459,11 +459,15 @@ PY
 for b in $speed_batches; do
     # bf16 in NHWC first (the layout its tensor-core convolutions read): the row a run cut short
     # by BUDGET should still have.
+    # Then what decides the defaults (layout, graphs) before the rest.
     variants=("fast bf16 heuristic nhwc" "fast bf16 heuristic nhwc graphs")
-    for layout in nchw nhwc; do
-        variants+=("fast strict heuristic $layout" "fast tf32 heuristic $layout" "fast tf32 measure $layout")
+    for layout in nhwc nchw; do
+        variants+=("fast tf32 heuristic $layout" "fast tf32 heuristic $layout graphs")
     done
-    variants+=("fast tf32 heuristic nchw graphs" "fast tf32 heuristic nhwc graphs" "fast bf16 heuristic nchw")
+    for layout in nchw nhwc; do
+        variants+=("fast strict heuristic $layout" "fast tf32 measure $layout")
+    done
+    variants+=("fast bf16 heuristic nchw")
     # The dfdx engine once, as the reference point.
     [ "$b" = "${speed_batches%% *}" ] && variants+=("dfdx tf32 heuristic nchw")
     for variant in "${variants[@]}"; do
