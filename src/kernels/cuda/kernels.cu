@@ -37,6 +37,13 @@ __device__ __forceinline__ float load(const bf16 *p, size_t i)
 __device__ __forceinline__ void store(float *p, size_t i, float value) { p[i] = value; }
 __device__ __forceinline__ void store(bf16 *p, size_t i, float value) { p[i] = to_bf16(value); }
 
+// Exports the template `name##_t` over activations as `name` (f32) and `name_bf16` (bf16): NVRTC
+// finds only extern "C" names. PARAMS(T) is its parameter list for activations of type T, ARGS
+// the same names as arguments.
+#define F32_AND_BF16(name, PARAMS, ARGS)                                                       \
+    extern "C" __global__ void name(PARAMS(float)) { name##_t(ARGS); }                          \
+    extern "C" __global__ void name##_bf16(PARAMS(bf16)) { name##_t(ARGS); }
+
 #define RELU_BIAS_THREADS 256
 #define RELU_BIAS_CHUNK 8192
 
@@ -91,8 +98,7 @@ __device__ void normalize_t(
 #define NORMALIZE_ARGS                                                                         \
     x, pixels, mean, mean_rows, lighting, scale0, scale1, scale2, batch, crop, row_len,          \
         channels_last
-extern "C" __global__ void normalize(NORMALIZE_PARAMS(float)) { normalize_t(NORMALIZE_ARGS); }
-extern "C" __global__ void normalize_bf16(NORMALIZE_PARAMS(bf16)) { normalize_t(NORMALIZE_ARGS); }
+F32_AND_BF16(normalize, NORMALIZE_PARAMS, NORMALIZE_ARGS)
 
 // y <- max(y + bias[c], 0) in place. Value i's channel is (i / channel_stride) % channels:
 // the stride is the plane's pixels in NCHW, 1 in NHWC.
@@ -109,8 +115,7 @@ __device__ void bias_relu_t(
 #define BIAS_RELU_PARAMS(T) \
     T *y, const float *bias, unsigned int n, unsigned int channels, unsigned int channel_stride
 #define BIAS_RELU_ARGS y, bias, n, channels, channel_stride
-extern "C" __global__ void bias_relu(BIAS_RELU_PARAMS(float)) { bias_relu_t(BIAS_RELU_ARGS); }
-extern "C" __global__ void bias_relu_bf16(BIAS_RELU_PARAMS(bf16)) { bias_relu_t(BIAS_RELU_ARGS); }
+F32_AND_BF16(bias_relu, BIAS_RELU_PARAMS, BIAS_RELU_ARGS)
 
 // Masks the gradient by the ReLU (dy <- 0 where y <= 0) and reduces each channel's share to
 // partial sums: block (s, c) takes the channel's values [s * RELU_BIAS_CHUNK, (s + 1) *
@@ -158,14 +163,7 @@ __device__ void relu_bias_partials_t(
     T *dy, const T *y, float *partial, unsigned int batch, unsigned int channels,              \
         unsigned int pixels, unsigned int splits
 #define RELU_BIAS_ARGS dy, y, partial, batch, channels, pixels, splits
-extern "C" __global__ void relu_bias_partials(RELU_BIAS_PARAMS(float))
-{
-    relu_bias_partials_t(RELU_BIAS_ARGS);
-}
-extern "C" __global__ void relu_bias_partials_bf16(RELU_BIAS_PARAMS(bf16))
-{
-    relu_bias_partials_t(RELU_BIAS_ARGS);
-}
+F32_AND_BF16(relu_bias_partials, RELU_BIAS_PARAMS, RELU_BIAS_ARGS)
 
 // relu_bias_partials for NHWC, where the values are a (batch * pixels) x channels matrix. Block
 // (g, s) takes rows [s * RELU_BIAS_ROWS, (s + 1) * RELU_BIAS_ROWS) of channels [g * 32, g * 32 +
@@ -211,14 +209,7 @@ __device__ void relu_bias_partials_nhwc_t(
 #define RELU_BIAS_NHWC_PARAMS(T) \
     T *dy, const T *y, float *partial, unsigned int rows, unsigned int channels
 #define RELU_BIAS_NHWC_ARGS dy, y, partial, rows, channels
-extern "C" __global__ void relu_bias_partials_nhwc(RELU_BIAS_NHWC_PARAMS(float))
-{
-    relu_bias_partials_nhwc_t(RELU_BIAS_NHWC_ARGS);
-}
-extern "C" __global__ void relu_bias_partials_nhwc_bf16(RELU_BIAS_NHWC_PARAMS(bf16))
-{
-    relu_bias_partials_nhwc_t(RELU_BIAS_NHWC_ARGS);
-}
+F32_AND_BF16(relu_bias_partials_nhwc, RELU_BIAS_NHWC_PARAMS, RELU_BIAS_NHWC_ARGS)
 
 // LRN's window slides along the channels, so each thread keeps the terms of the channels in
 // its window in a ring (indexed by channel mod LRN_RING) and computes every term once instead
@@ -265,14 +256,7 @@ __device__ void lrn_forward_t(
     const T *x, T *y, float *d, unsigned int batch, unsigned int channels, unsigned int pixels, \
         int half, float k, float alpha, float beta
 #define LRN_FORWARD_ARGS x, y, d, batch, channels, pixels, half, k, alpha, beta
-extern "C" __global__ void lrn_forward(LRN_FORWARD_PARAMS(float))
-{
-    lrn_forward_t(LRN_FORWARD_ARGS);
-}
-extern "C" __global__ void lrn_forward_bf16(LRN_FORWARD_PARAMS(bf16))
-{
-    lrn_forward_t(LRN_FORWARD_ARGS);
-}
+F32_AND_BF16(lrn_forward, LRN_FORWARD_PARAMS, LRN_FORWARD_ARGS)
 
 // dx_c = dy_c * d_c^-beta - 2 alpha beta x_c * sum_{|c'-c| <= half} dy_c' x_c' d_c'^(-beta-1),
 // laid out and ordered as lrn_forward, the cross terms kept in a ring as the squares there.
@@ -314,14 +298,7 @@ __device__ void lrn_backward_t(
     const T *x, const float *d, const T *dy, T *dx, unsigned int batch, unsigned int channels, \
         unsigned int pixels, int half, float alpha, float beta
 #define LRN_BACKWARD_ARGS x, d, dy, dx, batch, channels, pixels, half, alpha, beta
-extern "C" __global__ void lrn_backward(LRN_BACKWARD_PARAMS(float))
-{
-    lrn_backward_t(LRN_BACKWARD_ARGS);
-}
-extern "C" __global__ void lrn_backward_bf16(LRN_BACKWARD_PARAMS(bf16))
-{
-    lrn_backward_t(LRN_BACKWARD_ARGS);
-}
+F32_AND_BF16(lrn_backward, LRN_BACKWARD_PARAMS, LRN_BACKWARD_ARGS)
 
 // LRN in NHWC, where each row (image, pixel) holds its channels together. A block takes
 // `rows_per_block` whole rows, a contiguous span of memory: every thread first computes its
@@ -364,14 +341,7 @@ __device__ void lrn_forward_nhwc_t(
     const T *x, T *y, float *d, unsigned int rows, unsigned int channels,                      \
         unsigned int rows_per_block, int half, float k, float alpha, float beta
 #define LRN_FORWARD_NHWC_ARGS x, y, d, rows, channels, rows_per_block, half, k, alpha, beta
-extern "C" __global__ void lrn_forward_nhwc(LRN_FORWARD_NHWC_PARAMS(float))
-{
-    lrn_forward_nhwc_t(LRN_FORWARD_NHWC_ARGS);
-}
-extern "C" __global__ void lrn_forward_nhwc_bf16(LRN_FORWARD_NHWC_PARAMS(bf16))
-{
-    lrn_forward_nhwc_t(LRN_FORWARD_NHWC_ARGS);
-}
+F32_AND_BF16(lrn_forward_nhwc, LRN_FORWARD_NHWC_PARAMS, LRN_FORWARD_NHWC_ARGS)
 
 // lrn_backward in NHWC, organised as lrn_forward_nhwc: the cross terms dy x d^(-beta-1) of a
 // block's rows once into shared memory, then every output from them.
@@ -411,14 +381,7 @@ __device__ void lrn_backward_nhwc_t(
     const T *x, const float *d, const T *dy, T *dx, unsigned int rows, unsigned int channels,  \
         unsigned int rows_per_block, int half, float alpha, float beta
 #define LRN_BACKWARD_NHWC_ARGS x, d, dy, dx, rows, channels, rows_per_block, half, alpha, beta
-extern "C" __global__ void lrn_backward_nhwc(LRN_BACKWARD_NHWC_PARAMS(float))
-{
-    lrn_backward_nhwc_t(LRN_BACKWARD_NHWC_ARGS);
-}
-extern "C" __global__ void lrn_backward_nhwc_bf16(LRN_BACKWARD_NHWC_PARAMS(bf16))
-{
-    lrn_backward_nhwc_t(LRN_BACKWARD_NHWC_ARGS);
-}
+F32_AND_BF16(lrn_backward_nhwc, LRN_BACKWARD_NHWC_PARAMS, LRN_BACKWARD_NHWC_ARGS)
 
 // Index within the plane of the first maximum of window (oy, ox), scanning row-major and
 // replacing only on a strictly greater value (the reference's rule, NaN included). The plane's
@@ -467,14 +430,7 @@ __device__ void pool_forward_t(
     const T *x, T *y, float *argmax, unsigned int planes, unsigned int size, unsigned int kernel, \
         unsigned int stride, unsigned int out
 #define POOL_FORWARD_ARGS x, y, argmax, planes, size, kernel, stride, out
-extern "C" __global__ void pool_forward(POOL_FORWARD_PARAMS(float))
-{
-    pool_forward_t(POOL_FORWARD_ARGS);
-}
-extern "C" __global__ void pool_forward_bf16(POOL_FORWARD_PARAMS(bf16))
-{
-    pool_forward_t(POOL_FORWARD_ARGS);
-}
+F32_AND_BF16(pool_forward, POOL_FORWARD_PARAMS, POOL_FORWARD_ARGS)
 
 // pool_forward in NHWC: one thread per output value (image, oy, ox, c), so neighbouring threads
 // read neighbouring channels of each window position.
@@ -502,17 +458,9 @@ __device__ void pool_forward_nhwc_t(
 #define POOL_NHWC_SHAPE                                                                         \
     unsigned int images, unsigned int channels, unsigned int size, unsigned int kernel,          \
         unsigned int stride, unsigned int out
+#define POOL_FORWARD_NHWC_PARAMS(T) const T *x, T *y, float *argmax, POOL_NHWC_SHAPE
 #define POOL_FORWARD_NHWC_ARGS x, y, argmax, images, channels, size, kernel, stride, out
-extern "C" __global__ void pool_forward_nhwc(
-    const float *x, float *y, float *argmax, POOL_NHWC_SHAPE)
-{
-    pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
-}
-extern "C" __global__ void pool_forward_nhwc_bf16(
-    const bf16 *x, bf16 *y, float *argmax, POOL_NHWC_SHAPE)
-{
-    pool_forward_nhwc_t(POOL_FORWARD_NHWC_ARGS);
-}
+F32_AND_BF16(pool_forward_nhwc, POOL_FORWARD_NHWC_PARAMS, POOL_FORWARD_NHWC_ARGS)
 
 // The windows o along one axis that cover input position i: o * stride <= i < o * stride + kernel.
 __device__ __forceinline__ void covering_windows(
@@ -561,14 +509,7 @@ __device__ void pool_backward_t(
     const float *argmax, const T *dy, T *dx, unsigned int planes, unsigned int size,           \
         unsigned int kernel, unsigned int stride, unsigned int out
 #define POOL_BACKWARD_ARGS argmax, dy, dx, planes, size, kernel, stride, out
-extern "C" __global__ void pool_backward(POOL_BACKWARD_PARAMS(float))
-{
-    pool_backward_t(POOL_BACKWARD_ARGS);
-}
-extern "C" __global__ void pool_backward_bf16(POOL_BACKWARD_PARAMS(bf16))
-{
-    pool_backward_t(POOL_BACKWARD_ARGS);
-}
+F32_AND_BF16(pool_backward, POOL_BACKWARD_PARAMS, POOL_BACKWARD_ARGS)
 
 // pool_backward in NHWC: one thread per input value (image, iy, ix, c), visiting the windows
 // that cover it in the same order.
@@ -605,17 +546,9 @@ __device__ void pool_backward_nhwc_t(
     store(dx, i, sum);
 }
 
+#define POOL_BACKWARD_NHWC_PARAMS(T) const float *argmax, const T *dy, T *dx, POOL_NHWC_SHAPE
 #define POOL_BACKWARD_NHWC_ARGS argmax, dy, dx, images, channels, size, kernel, stride, out
-extern "C" __global__ void pool_backward_nhwc(
-    const float *argmax, const float *dy, float *dx, POOL_NHWC_SHAPE)
-{
-    pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
-}
-extern "C" __global__ void pool_backward_nhwc_bf16(
-    const float *argmax, const bf16 *dy, bf16 *dx, POOL_NHWC_SHAPE)
-{
-    pool_backward_nhwc_t(POOL_BACKWARD_NHWC_ARGS);
-}
+F32_AND_BF16(pool_backward_nhwc, POOL_BACKWARD_NHWC_PARAMS, POOL_BACKWARD_NHWC_ARGS)
 
 // The layout and type conversions: each between any two of f32 and bf16 (`In` -> `Out`), one
 // template per permutation. Instantiated as `name` (f32 -> f32), `name_widen` (bf16 -> f32:
