@@ -123,6 +123,15 @@ fn whole_and_resumed(
     (whole, split, out)
 }
 
+/// Two runs alike bit for bit: every step's loss, and the latest checkpoint's weights and
+/// momentum.
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(losses(a), losses(b));
+    let x = TensorFile::read(&latest_checkpoint(a)).unwrap();
+    let y = TensorFile::read(&latest_checkpoint(b)).unwrap();
+    assert_eq!(x.tensors, y.tensors, "weights and momentum, bit for bit");
+}
+
 /// `whole_and_resumed`, checking that both runs end alike, losses and checkpoints bit for bit.
 /// Returns the resumed run's directory and the resuming process's output.
 fn stop_and_resume(
@@ -131,10 +140,7 @@ fn stop_and_resume(
     resume_args: &[&str],
 ) -> (std::path::PathBuf, std::process::Output) {
     let (whole, split, out) = whole_and_resumed(dir, "", stop, resume_args);
-    assert_eq!(losses(&whole), losses(&split));
-    let a = TensorFile::read(&latest_checkpoint(&whole)).unwrap();
-    let b = TensorFile::read(&latest_checkpoint(&split)).unwrap();
-    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+    assert_same_run(&whole, &split);
     (split, out)
 }
 
@@ -160,10 +166,7 @@ fn a_channels_last_run_trains_exactly_as_a_channels_first_run() {
     assert!(out.status.success(), "{out:?}");
     assert!(read(&last.join("pipeline.toml")).contains("layout = \"nhwc\""));
     assert!(losses(&first).len() >= 3);
-    assert_eq!(losses(&first), losses(&last));
-    let a = TensorFile::read(&latest_checkpoint(&first)).unwrap();
-    let b = TensorFile::read(&latest_checkpoint(&last)).unwrap();
-    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+    assert_same_run(&first, &last);
 }
 
 /// `--graphs on`: the host kernels record each pass as a trace and check every replay
@@ -198,10 +201,7 @@ fn a_run_replaying_its_passes_repeats_a_run_launching_them_exactly() {
     );
     assert!(!stderr.contains("recording failed"), "{stderr}");
     assert!(losses(&off).len() >= 6);
-    assert_eq!(losses(&off), losses(&on));
-    let a = TensorFile::read(&latest_checkpoint(&off)).unwrap();
-    let b = TensorFile::read(&latest_checkpoint(&on)).unwrap();
-    assert_eq!(a.tensors, b.tensors, "weights and momentum, bit for bit");
+    assert_same_run(&off, &on);
 }
 
 /// The layout may change when a run is resumed (checkpoints are the same in both): a run
